@@ -1,0 +1,15 @@
+//! moeplace-core: the domain of moeplace, with no file formats and no command line.
+//!
+//! - [`trace`]: the trace model (tokens x MoE layers x top-k expert ids) in batches.
+//! - [`stats`]: statistics that are sums, so shards merge exactly.
+//! - [`report`]: the characterization report computed from statistics.
+//! - [`cluster`]: nodes, GPUs, slots and links.
+//! - [`placement`]: the slot -> expert map and its invariants (checked in one place).
+//! - [`placers`]: algorithms statistics + cluster -> placement, one per file.
+
+pub mod cluster;
+pub mod placement;
+pub mod placers;
+pub mod report;
+pub mod stats;
+pub mod trace;

@@ -1,0 +1,38 @@
+//! `linear`: the default placement of serving engines and the baseline of every
+//! "cut" (DESIGN.md): expert e on GPU floor(e / ceil(E / G)) when E >= G, primaries
+//! dealt in id order; redundant slots (if any) take extra copies of the hottest
+//! experts of the calibration loads.
+
+use super::{check_fits, fill_redundant_hottest, PlaceError, Placer, PlacerInput, PlacerOutput};
+
+pub struct Linear;
+
+impl Placer for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn about(&self) -> &'static str {
+        "expert e on GPU e/(E/G) in id order; redundant slots copy the hottest experts (the baseline)"
+    }
+
+    fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
+        input.params.allow_only(self.name(), &[])?;
+        check_fits(input.shape, input.cluster)?;
+        let (e, g) = (input.shape.experts, input.cluster.gpus);
+        // Contiguous blocks of ceil(E/G)... but never more than fits: the first
+        // E mod G GPUs get one more when E does not divide.
+        let base_per = e / g;
+        let extra = e % g;
+        let mut gpus: Vec<Vec<usize>> = Vec::with_capacity(g);
+        let mut next = 0;
+        for gpu in 0..g {
+            let n = base_per + usize::from(gpu < extra);
+            gpus.push((next..next + n).collect());
+            next += n;
+        }
+        let base = vec![gpus; input.shape.layers];
+        let placement = fill_redundant_hottest(input.shape, input.cluster, input.loads, base)?;
+        Ok(PlacerOutput::placement(placement))
+    }
+}

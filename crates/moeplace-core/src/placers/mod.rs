@@ -1,0 +1,207 @@
+//! Placers: statistics + cluster -> placement (and, for some, where requests are
+//! served). One placer per file behind the small [`Placer`] trait; [`registry`]
+//! lists them. To add a placer: write `placers/<name>.rs` implementing [`Placer`],
+//! then add one line to [`registry`].
+
+use std::collections::BTreeMap;
+
+use crate::cluster::Cluster;
+use crate::placement::{Placement, PlacementError};
+use crate::stats::{ExpertLoads, Statistics};
+use crate::trace::ModelShape;
+
+mod linear;
+mod round_robin;
+
+/// Placer parameters as `key=value` strings (from `--param` on the command line);
+/// each placer documents and parses its own.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Params(pub BTreeMap<String, String>);
+
+impl Params {
+    /// Parses `key=value` items.
+    pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Params, PlaceError> {
+        let mut m = BTreeMap::new();
+        for it in items {
+            let (k, v) = it
+                .split_once('=')
+                .ok_or_else(|| PlaceError::BadParam(format!("{it:?} is not of the form key=value")))?;
+            m.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        Ok(Params(m))
+    }
+
+    /// A number parameter, or `default` when absent.
+    pub fn f64(&self, key: &str, default: f64) -> Result<f64, PlaceError> {
+        match self.0.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| PlaceError::BadParam(format!("parameter {key}={v:?} is not a number"))),
+        }
+    }
+
+    /// An integer parameter, or `default` when absent.
+    pub fn usize(&self, key: &str, default: usize) -> Result<usize, PlaceError> {
+        match self.0.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .map_err(|_| PlaceError::BadParam(format!("parameter {key}={v:?} is not a non-negative integer"))),
+        }
+    }
+
+    /// A yes/no parameter (`true/false/yes/no/1/0`), or `default` when absent.
+    pub fn bool(&self, key: &str, default: bool) -> Result<bool, PlaceError> {
+        match self.0.get(key).map(|s| s.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) => match v.as_str() {
+                "true" | "yes" | "1" => Ok(true),
+                "false" | "no" | "0" => Ok(false),
+                _ => Err(PlaceError::BadParam(format!("parameter {key}={v:?} is not true or false"))),
+            },
+        }
+    }
+
+    /// Refuses keys the placer does not know, so typos do not pass silently.
+    pub fn allow_only(&self, placer: &str, known: &[&str]) -> Result<(), PlaceError> {
+        for k in self.0.keys() {
+            if !known.contains(&k.as_str()) {
+                return Err(PlaceError::BadParam(format!(
+                    "placer {placer} has no parameter {k:?} (it takes: {})",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a placer gets.
+pub struct PlacerInput<'a> {
+    pub shape: ModelShape,
+    pub cluster: &'a Cluster,
+    /// Expert loads (always present; from statistics or an engine dump).
+    pub loads: &'a ExpertLoads,
+    /// Full statistics when planned from traces (co-activation, families, requests).
+    pub stats: Option<&'a Statistics>,
+    /// The plan currently deployed, for migration-aware placers.
+    pub previous: Option<&'a Placement>,
+    pub params: &'a Params,
+    pub seed: u64,
+}
+
+/// What a placer returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlacerOutput {
+    pub placement: Placement,
+    /// Where each family's requests should be served, if the placer decides it.
+    pub family_gpus: Option<BTreeMap<String, Vec<usize>>>,
+    /// Figures worth reporting (lower bounds, chosen knobs), by name.
+    pub notes: BTreeMap<String, f64>,
+}
+
+impl PlacerOutput {
+    pub fn placement(placement: Placement) -> Self {
+        PlacerOutput { placement, family_gpus: None, notes: BTreeMap::new() }
+    }
+}
+
+/// Why a placer could not produce a plan.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlaceError {
+    #[error("{0}")]
+    BadParam(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("placer produced an invalid placement: {0}")]
+    Invalid(#[from] PlacementError),
+}
+
+/// An algorithm that turns statistics and a cluster into a placement.
+pub trait Placer: Send + Sync {
+    /// The name used on the command line and in plan provenance.
+    fn name(&self) -> &'static str;
+    /// One line for `--help` and `moeplace placers`.
+    fn about(&self) -> &'static str;
+    fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError>;
+}
+
+/// Every placer, in the order tables list them.
+pub fn registry() -> Vec<Box<dyn Placer>> {
+    vec![Box::new(linear::Linear), Box::new(round_robin::RoundRobin)]
+}
+
+/// The placer called `name`.
+pub fn by_name(name: &str) -> Option<Box<dyn Placer>> {
+    registry().into_iter().find(|p| p.name() == name)
+}
+
+/// Checks the cluster can hold the model: at least one slot per expert, and (a
+/// placement rule) no more slots per GPU than experts, since two copies of one
+/// expert may not share a GPU.
+pub fn check_fits(shape: ModelShape, cluster: &Cluster) -> Result<(), PlaceError> {
+    if cluster.slots() < shape.experts {
+        return Err(PlaceError::Unsupported(format!(
+            "{} GPUs x {} slots = {} slots cannot hold {} experts",
+            cluster.gpus,
+            cluster.slots_per_gpu,
+            cluster.slots(),
+            shape.experts
+        )));
+    }
+    if cluster.slots_per_gpu > shape.experts {
+        return Err(PlaceError::Unsupported(format!(
+            "{} slots per GPU is more than the {} experts: some GPU would hold two copies of one expert",
+            cluster.slots_per_gpu, shape.experts
+        )));
+    }
+    Ok(())
+}
+
+/// Fills each layer's redundant slots with extra copies of the hottest experts,
+/// round-robin over GPUs that do not already hold them. Shared by the baselines:
+/// `base[layer][gpu]` are the primaries of each GPU (fewer than slots_per_gpu).
+pub(crate) fn fill_redundant_hottest(
+    shape: ModelShape,
+    cluster: &Cluster,
+    loads: &ExpertLoads,
+    mut base: Vec<Vec<Vec<usize>>>,
+) -> Result<Placement, PlaceError> {
+    let s = cluster.slots_per_gpu;
+    for (layer, gpus) in base.iter_mut().enumerate() {
+        let load = loads.layer_total(layer);
+        // Hottest first; lower id first on ties (deterministic).
+        let mut order: Vec<usize> = (0..shape.experts).collect();
+        order.sort_by(|&a, &b| load[b].total_cmp(&load[a]).then(a.cmp(&b)));
+        let mut copies = vec![1usize; shape.experts];
+        let free: usize = gpus.iter().map(|g| s - g.len()).sum();
+        // Each redundant slot goes to the expert with the highest load per copy that
+        // still fits on some GPU with room (ties: lower id), placed on the
+        // least-filled such GPU (ties: lower id).
+        for _ in 0..free {
+            let mut best: Option<(usize, usize)> = None;
+            for &e in &order {
+                let Some(g) = (0..cluster.gpus)
+                    .filter(|&g| gpus[g].len() < s && !gpus[g].contains(&e))
+                    .min_by_key(|&g| (gpus[g].len(), g))
+                else {
+                    continue;
+                };
+                let better = match best {
+                    None => true,
+                    Some((b, _)) => load[e] / copies[e] as f64 > load[b] / copies[b] as f64,
+                };
+                if better {
+                    best = Some((e, g));
+                }
+            }
+            let (e, g) = best.expect("a GPU with room lacks some expert since slots per GPU <= experts");
+            copies[e] += 1;
+            gpus[g].push(e);
+        }
+    }
+    Ok(Placement::from_gpu_lists(shape.experts, cluster.gpus, s, &base)?)
+}

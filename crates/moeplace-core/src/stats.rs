@@ -1,0 +1,501 @@
+//! Mergeable routing statistics (DESIGN.md "profile").
+//!
+//! Everything here is a sum of per-token counts, so statistics of shards added with
+//! [`Statistics::merge`] equal the statistics of the whole trace, exactly. That is
+//! what lets a cluster engine profile shards and a laptop add them up.
+//!
+//! Per group (family, phase) and MoE layer:
+//! - `tokens`: tokens seen (every token passes every layer, so one count per group),
+//! - `load[l][e]`: picks of expert e,
+//! - `coact[l][pair]`: tokens whose top-k holds both experts of an unordered pair,
+//! - `transitions[l][a][b]`: picks of a at layer l and b at layer l+1 by one token
+//!   (all k x k pairs), for l < layers - 1.
+//! Per request and phase: the activation vector, tokens per (layer, expert).
+
+use std::collections::{BTreeMap, HashMap};
+
+use rayon::prelude::*;
+
+use crate::trace::{ModelShape, Phase, ShapeError, TokenBatch};
+
+/// Which tokens a block of counts covers. `None` means the trace did not say.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct GroupKey {
+    pub family: Option<String>,
+    pub phase: Option<Phase>,
+}
+
+/// Index of the unordered pair (a, b), a != b, in a layer's upper-triangle array.
+#[inline]
+pub fn pair_index(a: usize, b: usize, experts: usize) -> usize {
+    let (a, b) = if a < b { (a, b) } else { (b, a) };
+    a * (2 * experts - a - 1) / 2 + (b - a - 1)
+}
+
+/// Number of unordered expert pairs in one layer.
+pub fn pair_count(experts: usize) -> usize {
+    experts * (experts - 1) / 2
+}
+
+/// Counts of one (family, phase) group over all layers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStats {
+    pub tokens: u64,
+    /// `[layers * experts]`.
+    pub load: Vec<u64>,
+    /// `[layers * pair_count(experts)]`; empty when the statistics carry loads only.
+    pub coact: Vec<u64>,
+    /// `[layers * experts * experts]`, the last layer's block all zero; empty when
+    /// the statistics carry loads only.
+    pub transitions: Vec<u64>,
+}
+
+impl GroupStats {
+    fn zeros(shape: ModelShape, pairs: bool) -> Self {
+        let (l, e) = (shape.layers, shape.experts);
+        GroupStats {
+            tokens: 0,
+            load: vec![0; l * e],
+            coact: if pairs { vec![0; l * pair_count(e)] } else { Vec::new() },
+            transitions: if pairs { vec![0; l * e * e] } else { Vec::new() },
+        }
+    }
+
+    fn add(&mut self, other: &GroupStats) {
+        self.tokens += other.tokens;
+        add_into(&mut self.load, &other.load);
+        add_into(&mut self.coact, &other.coact);
+        add_into(&mut self.transitions, &other.transitions);
+    }
+}
+
+fn add_into(a: &mut [u64], b: &[u64]) {
+    debug_assert_eq!(a.len(), b.len());
+    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+}
+
+/// A request's activation vectors: tokens per (layer, expert), one per phase seen.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RequestActivation {
+    pub family: Option<String>,
+    /// Dense `[layers * experts]` counts by phase (`None`: tokens without a phase).
+    pub by_phase: BTreeMap<Option<Phase>, Vec<u32>>,
+    /// Tokens by phase.
+    pub tokens: BTreeMap<Option<Phase>, u64>,
+}
+
+/// Why two statistics cannot be added.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    #[error("one input carries co-activation and transition counts and another only expert loads; profile both from traces to merge them")]
+    PairsMismatch,
+    #[error("one input carries per-request activation vectors and another does not; profile both the same way (with or without --no-request-vectors)")]
+    RequestsMismatch,
+    #[error("request {request:?} has family {a:?} in one input and {b:?} in another")]
+    FamilyConflict { request: String, a: Option<String>, b: Option<String> },
+}
+
+/// What to collect while profiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProfileOptions {
+    /// Keep one activation vector per request and phase. Memory then grows with the
+    /// number of requests (layers x experts counts each); turn off for huge traces.
+    pub request_vectors: bool,
+}
+
+impl Default for ProfileOptions {
+    fn default() -> Self {
+        ProfileOptions { request_vectors: true }
+    }
+}
+
+/// Mergeable statistics of a trace. See the module documentation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statistics {
+    shape: ModelShape,
+    /// Whether co-activation and transition counts are present (false for counts
+    /// read from engine dumps, which only record loads).
+    pairs: bool,
+    /// Whether per-request vectors were collected.
+    request_vectors: bool,
+    groups: BTreeMap<GroupKey, GroupStats>,
+    requests: BTreeMap<String, RequestActivation>,
+}
+
+impl Statistics {
+    /// Empty statistics for traces of `shape`.
+    pub fn new(shape: ModelShape, options: ProfileOptions) -> Self {
+        Statistics {
+            shape,
+            pairs: true,
+            request_vectors: options.request_vectors,
+            groups: BTreeMap::new(),
+            requests: BTreeMap::new(),
+        }
+    }
+
+    /// Statistics that carry expert loads only (engine dumps): one group, no
+    /// co-activation, transitions or request vectors. `load` is `[layers * experts]`;
+    /// `tokens` is the number of tokens if known (else loads / k, rounded down).
+    pub fn from_loads(shape: ModelShape, load: Vec<u64>, tokens: Option<u64>) -> Result<Self, ShapeError> {
+        if load.len() != shape.layers * shape.experts {
+            return Err(ShapeError::BadShape(format!(
+                "expected {} load counts ({} layers x {} experts), found {}",
+                shape.layers * shape.experts,
+                shape.layers,
+                shape.experts,
+                load.len()
+            )));
+        }
+        let per_layer_picks: u64 = load[..shape.experts].iter().sum();
+        let tokens = tokens.unwrap_or(per_layer_picks / shape.top_k as u64);
+        let mut groups = BTreeMap::new();
+        groups.insert(
+            GroupKey { family: None, phase: None },
+            GroupStats { tokens, load, coact: Vec::new(), transitions: Vec::new() },
+        );
+        Ok(Statistics { shape, pairs: false, request_vectors: false, groups, requests: BTreeMap::new() })
+    }
+
+    /// Rebuilds statistics from their parts (used by the statistics file reader).
+    /// Checks every array length against the shape.
+    pub fn from_parts(
+        shape: ModelShape,
+        pairs: bool,
+        request_vectors: bool,
+        groups: BTreeMap<GroupKey, GroupStats>,
+        requests: BTreeMap<String, RequestActivation>,
+    ) -> Result<Self, ShapeError> {
+        shape.validate()?;
+        let (l, e) = (shape.layers, shape.experts);
+        for (key, g) in &groups {
+            let bad = g.load.len() != l * e
+                || (pairs && (g.coact.len() != l * pair_count(e) || g.transitions.len() != l * e * e))
+                || (!pairs && (!g.coact.is_empty() || !g.transitions.is_empty()));
+            if bad {
+                return Err(ShapeError::BadShape(format!("group {key:?}: count arrays do not match {shape}")));
+            }
+        }
+        for (id, r) in &requests {
+            if r.by_phase.values().any(|v| v.len() != l * e) {
+                return Err(ShapeError::BadShape(format!("request {id:?}: activation vector does not match {shape}")));
+            }
+        }
+        Ok(Statistics { shape, pairs, request_vectors, groups, requests })
+    }
+
+    pub fn shape(&self) -> ModelShape {
+        self.shape
+    }
+
+    pub fn has_pairs(&self) -> bool {
+        self.pairs
+    }
+
+    pub fn has_request_vectors(&self) -> bool {
+        self.request_vectors
+    }
+
+    pub fn groups(&self) -> &BTreeMap<GroupKey, GroupStats> {
+        &self.groups
+    }
+
+    pub fn requests(&self) -> &BTreeMap<String, RequestActivation> {
+        &self.requests
+    }
+
+    /// Total tokens over all groups.
+    pub fn tokens(&self) -> u64 {
+        self.groups.values().map(|g| g.tokens).sum()
+    }
+
+    /// Families seen, sorted (tokens without a family are not listed).
+    pub fn families(&self) -> Vec<String> {
+        let mut f: Vec<String> = self.groups.keys().filter_map(|k| k.family.clone()).collect();
+        f.dedup();
+        f
+    }
+
+    /// Tokens per family (tokens without a family under `None`).
+    pub fn family_tokens(&self) -> BTreeMap<Option<String>, u64> {
+        let mut out = BTreeMap::new();
+        for (k, g) in &self.groups {
+            *out.entry(k.family.clone()).or_insert(0) += g.tokens;
+        }
+        out
+    }
+
+    /// Sum of the groups selected by `keep`, as one group.
+    pub fn pooled(&self, mut keep: impl FnMut(&GroupKey) -> bool) -> GroupStats {
+        let mut acc = GroupStats::zeros(self.shape, self.pairs);
+        for (k, g) in &self.groups {
+            if keep(k) {
+                acc.add(g);
+            }
+        }
+        acc
+    }
+
+    /// Adds the counts of one batch. Parallel over layers; the result does not depend
+    /// on the number of threads.
+    pub fn add_batch(&mut self, batch: &TokenBatch) -> Result<(), ShapeError> {
+        if batch.shape() != self.shape {
+            return Err(ShapeError::ShapeMismatch { expected: self.shape, found: batch.shape() });
+        }
+        assert!(self.pairs, "statistics built from loads only cannot take tokens");
+        let shape = self.shape;
+        // Tokens of the batch by group.
+        let mut by_group: HashMap<(Option<u32>, Option<Phase>), Vec<u32>> = HashMap::new();
+        for (t, (&f, &p)) in batch.family_indices().iter().zip(batch.phases()).enumerate() {
+            by_group.entry((f, p)).or_default().push(t as u32);
+        }
+        for ((f, p), tokens) in by_group {
+            let key = GroupKey { family: f.map(|f| batch.family_names()[f as usize].clone()), phase: p };
+            let group = self.groups.entry(key).or_insert_with(|| GroupStats::zeros(shape, true));
+            count_group(shape, batch.expert_ids(), &tokens, group);
+        }
+        if self.request_vectors {
+            self.add_request_vectors(batch)?;
+        }
+        Ok(())
+    }
+
+    fn add_request_vectors(&mut self, batch: &TokenBatch) -> Result<(), ShapeError> {
+        let (l, e, k) = (self.shape.layers, self.shape.experts, self.shape.top_k);
+        let ids = batch.expert_ids();
+        let mut last: Option<(u32, Option<Phase>)> = None;
+        let mut current: Option<&mut Vec<u32>> = None;
+        let mut current_tokens: Option<&mut u64> = None;
+        // Tokens of one request usually come together: look the request up only when
+        // it changes.
+        for t in 0..batch.len() {
+            let r = batch.request_indices()[t];
+            let p = batch.phases()[t];
+            if last != Some((r, p)) {
+                let name = &batch.request_names()[r as usize];
+                let family = batch.family_indices()[t].map(|f| batch.family_names()[f as usize].clone());
+                let entry = self
+                    .requests
+                    .entry(name.clone())
+                    .or_insert_with(|| RequestActivation { family: family.clone(), ..Default::default() });
+                if entry.family != family {
+                    return Err(ShapeError::BadShape(format!(
+                        "request {name:?} has tokens of family {:?} and of family {:?}",
+                        entry.family, family
+                    )));
+                }
+                current = Some(entry.by_phase.entry(p).or_insert_with(|| vec![0; l * e]));
+                current_tokens = Some(entry.tokens.entry(p).or_insert(0));
+                last = Some((r, p));
+            }
+            let v = current.as_deref_mut().expect("set above");
+            *current_tokens.as_deref_mut().expect("set above") += 1;
+            let row = &ids[t * l * k..(t + 1) * l * k];
+            for (layer, picks) in row.chunks_exact(k).enumerate() {
+                let base = layer * e;
+                for &x in picks {
+                    v[base + x as usize] += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `other` into `self`: the statistics of both traces together.
+    pub fn merge(&mut self, other: &Statistics) -> Result<(), MergeError> {
+        if other.shape != self.shape {
+            return Err(ShapeError::ShapeMismatch { expected: self.shape, found: other.shape }.into());
+        }
+        if other.pairs != self.pairs {
+            return Err(MergeError::PairsMismatch);
+        }
+        if other.request_vectors != self.request_vectors {
+            return Err(MergeError::RequestsMismatch);
+        }
+        for (id, r) in &other.requests {
+            if let Some(mine) = self.requests.get(id) {
+                if mine.family != r.family {
+                    return Err(MergeError::FamilyConflict {
+                        request: id.clone(),
+                        a: mine.family.clone(),
+                        b: r.family.clone(),
+                    });
+                }
+            }
+        }
+        for (k, g) in &other.groups {
+            match self.groups.get_mut(k) {
+                Some(mine) => mine.add(g),
+                None => {
+                    self.groups.insert(k.clone(), g.clone());
+                }
+            }
+        }
+        for (id, r) in &other.requests {
+            let mine = self
+                .requests
+                .entry(id.clone())
+                .or_insert_with(|| RequestActivation { family: r.family.clone(), ..Default::default() });
+            for (p, v) in &r.by_phase {
+                let dst = mine.by_phase.entry(*p).or_insert_with(|| vec![0; v.len()]);
+                dst.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+            }
+            for (p, n) in &r.tokens {
+                *mine.tokens.entry(*p).or_insert(0) += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Expert loads `[layers][experts]` over the groups selected by `keep`, as floats
+    /// (the input placers take).
+    pub fn loads(&self, keep: impl FnMut(&GroupKey) -> bool) -> ExpertLoads {
+        let g = self.pooled(keep);
+        ExpertLoads::new(self.shape.layers, self.shape.experts, vec![g.load.iter().map(|&x| x as f64).collect()])
+            .expect("pooled loads match the shape")
+    }
+}
+
+/// Counts one group's tokens into `group`, layer by layer in parallel (each layer's
+/// arrays stay in cache while every token of the batch is counted).
+fn count_group(shape: ModelShape, ids: &[u16], tokens: &[u32], group: &mut GroupStats) {
+    let (l, e, k) = (shape.layers, shape.experts, shape.top_k);
+    let pairs = pair_count(e);
+    group.tokens += tokens.len() as u64;
+    // With one expert there are no pairs: give every layer an empty block.
+    let coact_blocks: Vec<&mut [u64]> = if pairs > 0 {
+        group.coact.chunks_mut(pairs).collect()
+    } else {
+        (0..l).map(|_| <&mut [u64]>::default()).collect()
+    };
+    group
+        .load
+        .par_chunks_mut(e)
+        .zip(coact_blocks.into_par_iter())
+        .zip(group.transitions.par_chunks_mut(e * e))
+        .enumerate()
+        .for_each(|(layer, ((load, coact), trans))| {
+            for &t in tokens {
+                let base = (t as usize * l + layer) * k;
+                let picks = &ids[base..base + k];
+                for (i, &a) in picks.iter().enumerate() {
+                    let a = a as usize;
+                    load[a] += 1;
+                    for &b in &picks[i + 1..] {
+                        coact[pair_index(a, b as usize, e)] += 1;
+                    }
+                }
+                if layer + 1 < l {
+                    let next = &ids[base + k..base + 2 * k];
+                    for &a in picks {
+                        let row = &mut trans[a as usize * e..(a as usize + 1) * e];
+                        for &b in next {
+                            row[b as usize] += 1;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Expert loads per layer, optionally over several steps: `steps[s][layer * experts + e]`.
+/// The input of load balancers (EPLB takes one step; time-aware balancing several).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpertLoads {
+    pub layers: usize,
+    pub experts: usize,
+    pub steps: Vec<Vec<f64>>,
+}
+
+impl ExpertLoads {
+    pub fn new(layers: usize, experts: usize, steps: Vec<Vec<f64>>) -> Result<Self, ShapeError> {
+        if layers == 0 || experts == 0 || steps.is_empty() {
+            return Err(ShapeError::BadShape("expert loads need at least one step, layer and expert".into()));
+        }
+        for (s, v) in steps.iter().enumerate() {
+            if v.len() != layers * experts {
+                return Err(ShapeError::BadShape(format!(
+                    "step {s}: expected {} loads ({layers} layers x {experts} experts), found {}",
+                    layers * experts,
+                    v.len()
+                )));
+            }
+            if let Some(x) = v.iter().find(|x| !x.is_finite() || **x < 0.0) {
+                return Err(ShapeError::BadShape(format!("step {s}: load {x} is not a finite non-negative number")));
+            }
+        }
+        Ok(ExpertLoads { layers, experts, steps })
+    }
+
+    /// Loads summed over steps, `[layers * experts]`.
+    pub fn total(&self) -> Vec<f64> {
+        let mut acc = vec![0.0; self.layers * self.experts];
+        for s in &self.steps {
+            acc.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+        }
+        acc
+    }
+
+    /// One layer's total loads.
+    pub fn layer_total(&self, layer: usize) -> Vec<f64> {
+        let e = self.experts;
+        let mut acc = vec![0.0; e];
+        for s in &self.steps {
+            acc.iter_mut().zip(&s[layer * e..(layer + 1) * e]).for_each(|(a, b)| *a += b);
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::TokenRef;
+
+    #[test]
+    fn pair_index_is_a_bijection() {
+        let e = 7;
+        let mut seen = vec![false; pair_count(e)];
+        for a in 0..e {
+            for b in a + 1..e {
+                let i = pair_index(a, b, e);
+                assert_eq!(i, pair_index(b, a, e));
+                assert!(!seen[i]);
+                seen[i] = true;
+            }
+        }
+        assert!(seen.iter().all(|&x| x));
+    }
+
+    #[test]
+    fn counts_one_token_by_hand() {
+        let shape = ModelShape::new(2, 4, 2).unwrap();
+        let mut b = TokenBatch::new(shape);
+        b.push(TokenRef {
+            request: "r",
+            family: Some("law"),
+            phase: Some(Phase::Prefill),
+            position: 0,
+            experts: &[3, 1, 0, 2],
+            gate_weights: None,
+        })
+        .unwrap();
+        let mut s = Statistics::new(shape, ProfileOptions::default());
+        s.add_batch(&b).unwrap();
+        let g = &s.groups()[&GroupKey { family: Some("law".into()), phase: Some(Phase::Prefill) }];
+        assert_eq!(g.tokens, 1);
+        assert_eq!(g.load, vec![0, 1, 0, 1, 1, 0, 1, 0]);
+        assert_eq!(g.coact[pair_index(1, 3, 4)], 1);
+        assert_eq!(g.coact[pair_count(4) + pair_index(0, 2, 4)], 1);
+        assert_eq!(g.coact.iter().sum::<u64>(), 2);
+        // layer 0 -> 1: {3,1} x {0,2}
+        for (a, b) in [(3, 0), (3, 2), (1, 0), (1, 2)] {
+            assert_eq!(g.transitions[a * 4 + b], 1);
+        }
+        assert_eq!(g.transitions.iter().sum::<u64>(), 4);
+        let r = &s.requests()["r"];
+        assert_eq!(r.by_phase[&Some(Phase::Prefill)], vec![0, 1, 0, 1, 1, 0, 1, 0]);
+    }
+}
