@@ -211,8 +211,8 @@ mod tests {
         assert!(Placement::new(4, 2, 2, vec![vec![0, 1, 2, 3]]).is_ok());
         let e = Placement::new(4, 2, 2, vec![vec![0, 1, 2]]).unwrap_err();
         assert!(matches!(e, PlacementError::SlotCount { layer: 0, found: 3, .. }));
-        let e = Placement::new(4, 2, 3, vec![vec![0, 1, 2, 3, 2, 1]]).unwrap_err();
-        assert_eq!(e, PlacementError::DuplicateOnGpu { layer: 0, gpu: 1, expert: 2, first: 3, second: 4 });
+        let e = Placement::new(4, 2, 3, vec![vec![0, 1, 2, 3, 2, 2]]).unwrap_err();
+        assert_eq!(e, PlacementError::DuplicateOnGpu { layer: 0, gpu: 1, expert: 2, first: 4, second: 5 });
         assert!(e.to_string().contains("layer 0, GPU 1: expert 2"));
         let e = Placement::new(4, 2, 2, vec![vec![0, 1, 2, 2]]).unwrap_err();
         assert!(matches!(e, PlacementError::DuplicateOnGpu { .. }));
