@@ -1,1 +1,45 @@
-fn main() {}
+//! The `moeplace` command: a thin layer over moeplace-core (the domain) and
+//! moeplace-formats (files). Each subcommand lives in its own file under `cmd/`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod input;
+
+/// Plan where Mixture-of-Experts experts live, which get replicas and where requests
+/// are served, from your own routing traces; then prove the plan on held-out traffic.
+///
+/// Typical flow: `moeplace profile TRACE -o stats.json` to characterise traces and
+/// save mergeable statistics, `moeplace plan` to place experts, `moeplace eval` to
+/// replay held-out traces against plans side by side.
+#[derive(Parser)]
+#[command(name = "moeplace", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Profile(cmd::profile::Args),
+    Merge(cmd::merge::Args),
+    Convert(cmd::convert::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Profile(a) => cmd::profile::run(a),
+        Command::Merge(a) => cmd::merge::run(a),
+        Command::Convert(a) => cmd::convert::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,21 @@
-pub fn x() {}
+//! moeplace-formats: the file formats at the edge of moeplace.
+//!
+//! Trace readers stream [`TokenBatch`](moeplace_core::trace::TokenBatch)es of bounded
+//! size whatever the file size; every error names the file and the line or row.
+//! - [`detect`]: choose a trace format from a path (extension, folder layout, header).
+//! - [`jsonl`]: the project's own JSONL trace format (reader and writer).
+//! - [`esft`]: DeepSeek ESFT expert logs (`<family>/expert_weights_<layer>.txt`).
+//! - [`stats_file`]: the versioned statistics file of `moeplace profile`.
+//! - [`atomic`]: write-then-rename output files.
+//!
+//! The schemas are documented in docs/FORMATS.md.
+
+pub mod atomic;
+pub mod detect;
+pub mod error;
+pub mod esft;
+pub mod jsonl;
+pub mod stats_file;
+
+pub use detect::{open_trace, ReadOptions, TraceFormat, TraceReader};
+pub use error::FormatError;

@@ -1,0 +1,34 @@
+//! `moeplace merge`: add statistics files up.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use moeplace_formats::stats_file;
+
+/// Add statistics files (from `moeplace profile -o`) into one. Statistics are sums,
+/// so merging the statistics of shards equals profiling all shards at once, byte for
+/// byte.
+///
+/// Example:
+///   moeplace merge shard0.json shard1.json -o all.json
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Statistics files to add up.
+    #[arg(required = true, value_name = "STATS")]
+    inputs: Vec<PathBuf>,
+    /// Where to write the sum.
+    #[arg(short, long, value_name = "OUT.json")]
+    output: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut acc = stats_file::read(&args.inputs[0])?;
+    for p in &args.inputs[1..] {
+        let s = stats_file::read(p)?;
+        acc.merge(&s).with_context(|| format!("adding {}", p.display()))?;
+    }
+    stats_file::write(&args.output, &acc)?;
+    eprintln!("merged {} files: {} tokens -> {}", args.inputs.len(), acc.tokens(), args.output.display());
+    Ok(())
+}

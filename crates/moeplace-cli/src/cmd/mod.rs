@@ -1,0 +1,5 @@
+//! One module per subcommand: its arguments (clap) and its `run`.
+
+pub mod convert;
+pub mod merge;
+pub mod profile;

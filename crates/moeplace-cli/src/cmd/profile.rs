@@ -1,0 +1,55 @@
+//! `moeplace profile`: characterise routing traces and save mergeable statistics.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use moeplace_core::report::ProfileReport;
+use moeplace_core::stats::ProfileOptions;
+use moeplace_formats::stats_file;
+
+use crate::input::{profile_inputs, TraceArgs};
+
+/// Characterise routing traces: expert load skew, entropy, how differently task
+/// families use experts, co-activation structure, generic experts and (with prefill
+/// and decode) how well a request's prefill predicts its decode.
+///
+/// Inputs may be traces (JSONL, Parquet, NPZ, an ESFT log folder, an SGLang trace)
+/// or statistics files from an earlier `profile -o`; all are added up.
+///
+/// Examples:
+///   moeplace profile traces/esft --json
+///   moeplace profile day1.parquet day2.parquet -o stats.json
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Traces or statistics files to profile together.
+    #[arg(required = true, value_name = "TRACE")]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    trace: TraceArgs,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Save the statistics (mergeable with `moeplace merge`) to this file.
+    #[arg(short, long, value_name = "STATS.json")]
+    output: Option<PathBuf>,
+    /// Skip per-request activation vectors (memory then does not grow with the
+    /// number of requests; the prefill/decode correlation is not reported).
+    #[arg(long)]
+    no_request_vectors: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let options = ProfileOptions { request_vectors: !args.no_request_vectors };
+    let stats = profile_inputs(&args.inputs, &args.trace, options)?;
+    if let Some(out) = &args.output {
+        stats_file::write(out, &stats)?;
+    }
+    let report = ProfileReport::from_statistics(&stats);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render_text());
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Shared input handling: trace-reading flags, progress bars, reading traces into
+//! statistics.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use moeplace_core::stats::{ProfileOptions, Statistics};
+use moeplace_core::trace::{ModelShape, Trace};
+use moeplace_formats::{open_trace, stats_file, ReadOptions, TraceFormat, TraceReader};
+
+/// Flags every command that reads traces takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TraceArgs {
+    /// Trace format, instead of guessing from the path: jsonl, parquet, npz, esft, sglang.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    pub format: Option<TraceFormat>,
+    /// Experts per layer, for formats that do not record it (ESFT logs default to 64,
+    /// DeepSeek-V2-Lite).
+    #[arg(long, value_name = "E")]
+    pub experts: Option<usize>,
+    /// Experts per token per layer, for formats that do not record it (ESFT: 6).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Tokens per batch while streaming (memory bound).
+    #[arg(long, default_value_t = 8192, value_name = "N", hide = true)]
+    pub batch_tokens: usize,
+}
+
+fn parse_format(s: &str) -> Result<TraceFormat, String> {
+    TraceFormat::parse(s)
+        .ok_or_else(|| format!("unknown format {s:?}; expected one of {}", TraceFormat::NAMES.join(", ")))
+}
+
+impl TraceArgs {
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions { format: self.format, batch_tokens: self.batch_tokens, experts: self.experts, top_k: self.top_k }
+    }
+
+    pub fn open(&self, path: &Path) -> Result<Box<dyn TraceReader>> {
+        Ok(open_trace(path, &self.read_options())?)
+    }
+}
+
+/// A progress bar over bytes on stderr (hidden when stderr is not a terminal).
+pub fn byte_progress(total: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Whether `path` is a moeplace statistics file rather than a trace.
+pub fn is_stats_file(path: &Path) -> bool {
+    use std::io::Read;
+    if path.is_dir() {
+        return false;
+    }
+    let mut head = [0u8; 64];
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let n = f.read(&mut head).unwrap_or(0);
+    String::from_utf8_lossy(&head[..n]).contains(stats_file::FORMAT_NAME)
+}
+
+/// Profiles every input (traces, or statistics files which are merged as they are)
+/// into one set of statistics; all inputs must have the same model shape.
+pub fn profile_inputs(inputs: &[PathBuf], args: &TraceArgs, options: ProfileOptions) -> Result<Statistics> {
+    let mut acc: Option<Statistics> = None;
+    for path in inputs {
+        let stats = if is_stats_file(path) {
+            stats_file::read(path)?
+        } else {
+            let mut reader = args.open(path)?;
+            let mut stats = Statistics::new(reader.shape(), options);
+            let pb = byte_progress(reader.progress().1, &format!("profiling {}", path.display()));
+            while let Some(batch) = reader.next() {
+                let batch = batch?;
+                stats.add_batch(&batch).with_context(|| format!("{}", path.display()))?;
+                pb.set_position(reader.progress().0);
+            }
+            pb.finish_and_clear();
+            if stats.tokens() == 0 {
+                bail!("{}: the trace holds no tokens", path.display());
+            }
+            stats
+        };
+        match &mut acc {
+            None => acc = Some(stats),
+            Some(a) => a.merge(&stats).with_context(|| format!("adding {}", path.display()))?,
+        }
+    }
+    acc.context("no input given")
+}
+
+/// Reads a whole trace into memory (for commands that split or replay it).
+#[allow(dead_code)]
+pub fn read_trace(path: &Path, args: &TraceArgs) -> Result<Trace> {
+    let mut reader = args.open(path)?;
+    let shape: ModelShape = reader.shape();
+    let mut trace = Trace::new(shape);
+    let pb = byte_progress(reader.progress().1, &format!("reading {}", path.display()));
+    while let Some(batch) = reader.next() {
+        trace.batches.push(batch?);
+        pb.set_position(reader.progress().0);
+    }
+    pb.finish_and_clear();
+    if trace.tokens() == 0 {
+        bail!("{}: the trace holds no tokens", path.display());
+    }
+    Ok(trace)
+}

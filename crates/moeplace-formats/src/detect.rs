@@ -1,0 +1,124 @@
+//! Choosing and opening a trace reader: from `--format` when given, else from the
+//! path (a folder of `<family>/expert_weights_<layer>.txt` is an ESFT log; `.parquet`
+//! is Parquet; `.npz`/`.npy` NumPy; `.jsonl`/`.json` is the project's JSONL unless
+//! its first line declares the `simllm-preplay-trace-v2` schema of SGLang traces).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use moeplace_core::trace::{ModelShape, TokenBatch};
+
+use crate::error::FormatError;
+use crate::{esft, jsonl};
+
+/// The trace formats moeplace reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceFormat {
+    Jsonl,
+    Parquet,
+    Npz,
+    Esft,
+    Sglang,
+}
+
+impl TraceFormat {
+    pub const NAMES: &'static [&'static str] = &["jsonl", "parquet", "npz", "esft", "sglang"];
+
+    pub fn parse(s: &str) -> Option<TraceFormat> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "jsonl" => TraceFormat::Jsonl,
+            "parquet" => TraceFormat::Parquet,
+            "npz" | "npy" => TraceFormat::Npz,
+            "esft" => TraceFormat::Esft,
+            "sglang" => TraceFormat::Sglang,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TraceFormat::Jsonl => "jsonl",
+            TraceFormat::Parquet => "parquet",
+            TraceFormat::Npz => "npz",
+            TraceFormat::Esft => "esft",
+            TraceFormat::Sglang => "sglang",
+        }
+    }
+
+    /// Guesses the format of `path`.
+    pub fn detect(path: &Path) -> Result<TraceFormat, FormatError> {
+        let meta = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?;
+        if meta.is_dir() {
+            if esft::is_esft_dir(path) {
+                return Ok(TraceFormat::Esft);
+            }
+            return Err(FormatError::file(
+                path,
+                "is a folder but not an ESFT log (expected <family>/expert_weights_<layer>.txt files); use --format",
+            ));
+        }
+        let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).unwrap_or_default();
+        match ext.as_str() {
+            "parquet" | "pq" => Ok(TraceFormat::Parquet),
+            "npz" | "npy" => Ok(TraceFormat::Npz),
+            "jsonl" | "json" | "ndjson" => {
+                let f = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
+                let mut first = String::new();
+                let mut r = BufReader::new(f).take(1 << 20);
+                r.read_line(&mut first).map_err(|e| FormatError::io(path, e))?;
+                if first.contains("simllm-preplay-trace") {
+                    Ok(TraceFormat::Sglang)
+                } else {
+                    Ok(TraceFormat::Jsonl)
+                }
+            }
+            _ => Err(FormatError::file(
+                path,
+                format!("cannot tell the trace format from the name; use --format ({})", TraceFormat::NAMES.join("|")),
+            )),
+        }
+    }
+}
+
+/// How to read a trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadOptions {
+    /// Force a format instead of detecting it.
+    pub format: Option<TraceFormat>,
+    /// Tokens per batch (memory bound of streaming readers).
+    pub batch_tokens: usize,
+    /// Experts per layer, for formats that do not record it (ESFT, NPZ).
+    pub experts: Option<usize>,
+    /// Top-k, for formats that do not record it (ESFT).
+    pub top_k: Option<usize>,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions { format: None, batch_tokens: 8192, experts: None, top_k: None }
+    }
+}
+
+/// A streaming trace reader: the model shape, then batches until the end.
+pub trait TraceReader: Iterator<Item = Result<TokenBatch, FormatError>> + Send {
+    fn shape(&self) -> ModelShape;
+    /// Bytes read so far and total bytes, for progress bars (approximate).
+    fn progress(&self) -> (u64, u64) {
+        (0, 0)
+    }
+}
+
+/// Opens `path` with the format chosen by `opts` or detected from the path.
+pub fn open_trace(path: &Path, opts: &ReadOptions) -> Result<Box<dyn TraceReader>, FormatError> {
+    let format = match opts.format {
+        Some(f) => f,
+        None => TraceFormat::detect(path)?,
+    };
+    match format {
+        TraceFormat::Jsonl => Ok(Box::new(jsonl::JsonlReader::open(path, opts.batch_tokens)?)),
+        TraceFormat::Esft => Ok(Box::new(esft::EsftReader::open(path, opts)?)),
+        other => {
+            Err(FormatError::file(path, format!("reading {} traces is not available in this build", other.name())))
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The statistics file of `moeplace profile -o stats.json`: versioned JSON holding
+//! every count of [`Statistics`] exactly, in a canonical order, so that profiling
+//! shards and merging gives a byte-identical file to profiling everything at once.
+//!
+//! ```text
+//! {"format":"moeplace-stats","version":1,"layers":L,"experts":E,"top_k":k,
+//!  "pairs":true,"request_vectors":true,
+//!  "groups":[{"family":"law"|null,"phase":"prefill"|"decode"|null,"tokens":n,
+//!             "load":[[E counts] x L],
+//!             "coact":[[layer,a,b,count],...],          // a < b, nonzero only
+//!             "transitions":[[layer,a,b,count],...]}],  // a at layer, b at layer+1
+//!  "requests":[{"id":"r0","family":"law"|null,
+//!               "phases":[{"phase":..,"tokens":n,"counts":[[layer,expert,count],...]}]}]}
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use moeplace_core::stats::{pair_count, GroupKey, GroupStats, RequestActivation, Statistics};
+use moeplace_core::trace::{ModelShape, Phase};
+
+use crate::atomic;
+use crate::error::FormatError;
+
+pub const FORMAT_NAME: &str = "moeplace-stats";
+pub const VERSION: u64 = 1;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRepr {
+    format: String,
+    version: u64,
+    layers: usize,
+    experts: usize,
+    top_k: usize,
+    pairs: bool,
+    request_vectors: bool,
+    groups: Vec<GroupRepr>,
+    requests: Vec<RequestRepr>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupRepr {
+    family: Option<String>,
+    phase: Option<Phase>,
+    tokens: u64,
+    load: Vec<Vec<u64>>,
+    coact: Vec<[u64; 4]>,
+    transitions: Vec<[u64; 4]>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestRepr {
+    id: String,
+    family: Option<String>,
+    phases: Vec<PhaseRepr>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhaseRepr {
+    phase: Option<Phase>,
+    tokens: u64,
+    counts: Vec<[u64; 3]>,
+}
+
+/// Serialises statistics to the canonical JSON text.
+pub fn to_json(stats: &Statistics) -> String {
+    let shape = stats.shape();
+    let (l, e) = (shape.layers, shape.experts);
+    let pc = pair_count(e);
+    let groups = stats
+        .groups()
+        .iter()
+        .map(|(k, g)| {
+            let mut coact = Vec::new();
+            let mut transitions = Vec::new();
+            if stats.has_pairs() {
+                for layer in 0..l {
+                    let block = &g.coact[layer * pc..(layer + 1) * pc];
+                    let mut i = 0;
+                    for a in 0..e {
+                        for b in a + 1..e {
+                            if block[i] > 0 {
+                                coact.push([layer as u64, a as u64, b as u64, block[i]]);
+                            }
+                            i += 1;
+                        }
+                    }
+                }
+                for layer in 0..l.saturating_sub(1) {
+                    let block = &g.transitions[layer * e * e..(layer + 1) * e * e];
+                    for (i, &c) in block.iter().enumerate() {
+                        if c > 0 {
+                            transitions.push([layer as u64, (i / e) as u64, (i % e) as u64, c]);
+                        }
+                    }
+                }
+            }
+            GroupRepr {
+                family: k.family.clone(),
+                phase: k.phase,
+                tokens: g.tokens,
+                load: g.load.chunks(e).map(<[u64]>::to_vec).collect(),
+                coact,
+                transitions,
+            }
+        })
+        .collect();
+    let requests = stats
+        .requests()
+        .iter()
+        .map(|(id, r)| RequestRepr {
+            id: id.clone(),
+            family: r.family.clone(),
+            phases: r
+                .by_phase
+                .iter()
+                .map(|(p, v)| PhaseRepr {
+                    phase: *p,
+                    tokens: r.tokens.get(p).copied().unwrap_or(0),
+                    counts: v
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &c)| c > 0)
+                        .map(|(i, &c)| [(i / e) as u64, (i % e) as u64, c as u64])
+                        .collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    let repr = FileRepr {
+        format: FORMAT_NAME.into(),
+        version: VERSION,
+        layers: l,
+        experts: e,
+        top_k: shape.top_k,
+        pairs: stats.has_pairs(),
+        request_vectors: stats.has_request_vectors(),
+        groups,
+        requests,
+    };
+    let mut s = serde_json::to_string(&repr).expect("statistics serialise");
+    s.push('\n');
+    s
+}
+
+/// Writes statistics atomically.
+pub fn write(path: &Path, stats: &Statistics) -> Result<(), FormatError> {
+    atomic::write_bytes(path, to_json(stats).as_bytes())
+}
+
+/// Reads a statistics file, checking every count against the declared shape.
+pub fn read(path: &Path) -> Result<Statistics, FormatError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
+    from_json(path, &text)
+}
+
+/// Parses statistics text; `path` is only used in messages.
+pub fn from_json(path: &Path, text: &str) -> Result<Statistics, FormatError> {
+    if text.trim().is_empty() {
+        return Err(FormatError::file(path, "empty file: expected a moeplace statistics file"));
+    }
+    let repr: FileRepr = serde_json::from_str(text)
+        .map_err(|e| FormatError::line(path, e.line() as u64, format!("not a moeplace statistics file: {e}")))?;
+    if repr.format != FORMAT_NAME {
+        return Err(FormatError::file(path, format!("format is {:?}, expected {FORMAT_NAME:?}", repr.format)));
+    }
+    if repr.version != VERSION {
+        return Err(FormatError::file(
+            path,
+            format!("statistics version {} is not supported (this build reads {VERSION})", repr.version),
+        ));
+    }
+    let shape =
+        ModelShape::new(repr.layers, repr.experts, repr.top_k).map_err(|e| FormatError::file(path, e.to_string()))?;
+    let (l, e) = (shape.layers, shape.experts);
+    let bad = |what: String| FormatError::file(path, what);
+    let mut groups = BTreeMap::new();
+    for (gi, g) in repr.groups.into_iter().enumerate() {
+        if g.load.len() != l || g.load.iter().any(|r| r.len() != e) {
+            return Err(bad(format!("group {gi}: `load` must be {l} lists of {e} counts")));
+        }
+        let mut gs = GroupStats {
+            tokens: g.tokens,
+            load: g.load.concat(),
+            coact: if repr.pairs { vec![0; l * pair_count(e)] } else { Vec::new() },
+            transitions: if repr.pairs { vec![0; l * e * e] } else { Vec::new() },
+        };
+        if !repr.pairs && (!g.coact.is_empty() || !g.transitions.is_empty()) {
+            return Err(bad(format!("group {gi}: pair counts present although `pairs` is false")));
+        }
+        for [layer, a, b, c] in g.coact {
+            let (layer, a, b) = (layer as usize, a as usize, b as usize);
+            if layer >= l || a >= b || b >= e {
+                return Err(bad(format!(
+                    "group {gi}: co-activation entry [{layer},{a},{b}] is out of range or not a < b"
+                )));
+            }
+            gs.coact[layer * pair_count(e) + moeplace_core::stats::pair_index(a, b, e)] = c;
+        }
+        for [layer, a, b, c] in g.transitions {
+            let (layer, a, b) = (layer as usize, a as usize, b as usize);
+            if layer + 1 >= l || a >= e || b >= e {
+                return Err(bad(format!("group {gi}: transition entry [{layer},{a},{b}] is out of range")));
+            }
+            gs.transitions[layer * e * e + a * e + b] = c;
+        }
+        let key = GroupKey { family: g.family, phase: g.phase };
+        if groups.insert(key.clone(), gs).is_some() {
+            return Err(bad(format!("group {key:?} appears twice")));
+        }
+    }
+    let mut requests = BTreeMap::new();
+    for r in repr.requests {
+        let mut act = RequestActivation { family: r.family, ..Default::default() };
+        for p in r.phases {
+            let mut v = vec![0u32; l * e];
+            for [layer, x, c] in p.counts {
+                if layer as usize >= l || x as usize >= e || c > u32::MAX as u64 {
+                    return Err(bad(format!("request {:?}: count entry [{layer},{x},{c}] is out of range", r.id)));
+                }
+                v[layer as usize * e + x as usize] = c as u32;
+            }
+            act.by_phase.insert(p.phase, v);
+            act.tokens.insert(p.phase, p.tokens);
+        }
+        if requests.insert(r.id.clone(), act).is_some() {
+            return Err(bad(format!("request {:?} appears twice", r.id)));
+        }
+    }
+    Statistics::from_parts(shape, repr.pairs, repr.request_vectors, groups, requests)
+        .map_err(|e| FormatError::file(path, e.to_string()))
+}
