@@ -50,7 +50,7 @@ impl Cluster {
         if self.nodes == 0 || self.gpus == 0 {
             return Err(ClusterError("a cluster needs at least one node and one GPU".into()));
         }
-        if self.gpus % self.nodes != 0 {
+        if !self.gpus.is_multiple_of(self.nodes) {
             return Err(ClusterError(format!("{} GPUs do not divide evenly into {} nodes", self.gpus, self.nodes)));
         }
         if self.slots_per_gpu == 0 {

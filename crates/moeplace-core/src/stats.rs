@@ -10,6 +10,7 @@
 //! - `coact[l][pair]`: tokens whose top-k holds both experts of an unordered pair,
 //! - `transitions[l][a][b]`: picks of a at layer l and b at layer l+1 by one token
 //!   (all k x k pairs), for l < layers - 1.
+//!
 //! Per request and phase: the activation vector, tokens per (layer, expert).
 
 use std::collections::{BTreeMap, HashMap};
