@@ -1,0 +1,101 @@
+//! Bad input gives a non-zero exit and one clear message naming the file and the
+//! line (or row), never a panic.
+
+mod common;
+
+use std::path::Path;
+
+use common::moeplace;
+
+const HEADER: &str = r#"{"format":"moeplace-trace","version":1,"layers":2,"experts":4,"top_k":2}"#;
+const GOOD: &str = r#"{"request":"r0","family":"a","position":0,"experts":[[0,1],[2,3]]}"#;
+
+/// Runs `profile` on `path` and returns stderr, checking failure without a panic.
+fn profile_fails(path: &Path) -> String {
+    let out = moeplace(&["profile", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one message expected: {err}");
+    err
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn jsonl_errors_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases = [
+        ("empty.jsonl", String::new(), ":1:", "empty"),
+        ("garbage.jsonl", format!("{HEADER}\n{GOOD}\nthis is not json\n"), ":3:", "not a token record"),
+        ("range.jsonl", format!("{HEADER}\n{GOOD}\n{}\n", GOOD.replace("[2,3]", "[2,4]")), ":3:", "out of range"),
+        ("wrongk.jsonl", format!("{HEADER}\n{}\n", GOOD.replace("[0,1]", "[0,1,2]")), ":2:", "top-2"),
+        ("truncated.jsonl", format!("{HEADER}\n{GOOD}\n{}", &GOOD[..30]), ":3:", "truncated"),
+        ("column.jsonl", format!("{HEADER}\n{}\n", GOOD.replace("\"experts\"", "\"expert\"")), ":2:", "expert"),
+        ("header.jsonl", format!("{GOOD}\n"), ":1:", "header"),
+    ];
+    for (name, text, loc, what) in cases {
+        let p = write(d, name, &text);
+        let err = profile_fails(&p);
+        assert!(err.contains(&format!("{name}{loc}")), "{name}: no location in {err}");
+        assert!(err.contains(what), "{name}: expected {what:?} in {err}");
+    }
+}
+
+#[test]
+fn esft_errors_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let fam = dir.path().join("law");
+    std::fs::create_dir(&fam).unwrap();
+    let good = "1\t2\t3\t4\t5\t6\t\t0.1\t0.1\t0.1\t0.1\t0.1\t0.1\n";
+    write(&fam, "expert_weights_1.txt", &format!("{good}{good}"));
+    write(&fam, "expert_weights_2.txt", &format!("{good}1\t2\t3\t4\t5\t64\t\t0.1\t0.1\t0.1\t0.1\t0.1\t0.1\n"));
+    let err = profile_fails(dir.path());
+    assert!(err.contains("expert_weights_2.txt:2:") && err.contains("out of range"), "{err}");
+    write(&fam, "expert_weights_2.txt", &format!("{good}1\t2\t3\t4\t5\t\t0.1\t0.1\t0.1\t0.1\t0.1\n"));
+    let err = profile_fails(dir.path());
+    assert!(err.contains("expert_weights_2.txt:2:") && err.contains("top-6"), "{err}");
+    write(&fam, "expert_weights_2.txt", &format!("{good}1\tx\t3\n"));
+    let err = profile_fails(dir.path());
+    assert!(err.contains("expert_weights_2.txt:2:") && err.contains("not an expert id"), "{err}");
+    write(&fam, "expert_weights_2.txt", good);
+    let err = profile_fails(dir.path());
+    assert!(err.contains("different numbers of lines"), "{err}");
+    write(&fam, "expert_weights_1.txt", "");
+    write(&fam, "expert_weights_2.txt", "");
+    let err = profile_fails(dir.path());
+    assert!(err.contains("empty"), "{err}");
+}
+
+#[test]
+fn sglang_errors_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = r#"{"row_type":"header","schema":"simllm-preplay-trace-v2","provenance":{"expert_count":4,"top_k":2,"moe_layer_indices":[0,1]}}"#;
+    let row = r#"{"row_type":"observed-dispatch","request_id":"p0","phase":"prefill","token_index":0,"routing":[{"layer_index":0,"expert_ids":[0,1]},{"layer_index":1,"expert_ids":[2,3]}]}"#;
+    let p = write(dir.path(), "t.jsonl", &format!("{header}\n{row}\n{}\n", row.replace("[2,3]", "[2,9]")));
+    let err = profile_fails(&p);
+    assert!(err.contains("t.jsonl:3:") && err.contains("out of range"), "{err}");
+    let p = write(dir.path(), "u.jsonl", &format!("{header}\n{}\n", row.replace("prefill", "sideways")));
+    let err = profile_fails(&p);
+    assert!(err.contains("u.jsonl:2:") && err.contains("sideways"), "{err}");
+    let footer = r#"{"row_type":"footer","prefill_dispatch_count":2,"decode_dispatch_count":0}"#;
+    let p = write(dir.path(), "v.jsonl", &format!("{header}\n{row}\n{footer}\n"));
+    let err = profile_fails(&p);
+    assert!(err.contains("v.jsonl:3:") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn statistics_file_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "s.json", "{\"format\":\"moeplace-stats\",\"version\":1,\"layers\":2}");
+    let out = moeplace(&["merge", p.to_str().unwrap(), "-o", dir.path().join("o.json").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("s.json") && !err.contains("panicked"), "{err}");
+    assert!(!dir.path().join("o.json").exists(), "no output on failure");
+}

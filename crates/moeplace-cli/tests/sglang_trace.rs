@@ -1,0 +1,23 @@
+//! The SGLang-recorded trace reads with its phases and the report carries a
+//! prefill/decode correlation.
+
+mod common;
+
+use common::{moeplace_ok, shared_data};
+
+#[test]
+fn sglang_trace_reads_with_phases_and_correlation() {
+    let Some(data) = shared_data() else { return };
+    let trace = data.join("sglang-granite/routing-trace.jsonl");
+    let v: serde_json::Value =
+        serde_json::from_str(&moeplace_ok(&["profile", trace.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(v["tokens"], 216);
+    assert_eq!(v["phases"]["prefill"], 64);
+    assert_eq!(v["phases"]["decode"], 152);
+    assert_eq!(v["requests"], 8);
+    assert_eq!((v["layers"].as_u64(), v["experts"].as_u64(), v["top_k"].as_u64()), (Some(24), Some(32), Some(8)));
+    let c = v["mean"]["prefill_decode_correlation"].as_f64().expect("a correlation with both phases");
+    assert!(c > -1.0 && c < 1.0);
+    let text = moeplace_ok(&["profile", trace.to_str().unwrap()]);
+    assert!(text.contains("prefill-decode corr."), "{text}");
+}
