@@ -6,10 +6,12 @@
 //! - [`cluster`]: nodes, GPUs, slots and links.
 //! - [`placement`]: the slot -> expert map and its invariants (checked in one place).
 //! - [`placers`]: algorithms statistics + cluster -> placement, one per file.
+//! - [`synth`]: synthetic multi-task routing workloads at any model scale, and fitting them to real statistics.
 
 pub mod cluster;
 pub mod placement;
 pub mod placers;
 pub mod report;
 pub mod stats;
+pub mod synth;
 pub mod trace;

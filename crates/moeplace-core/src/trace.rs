@@ -271,6 +271,87 @@ impl TokenBatch {
     }
 }
 
+/// The columns of a batch, for producers that build whole batches at once (the
+/// synthetic workload generator) instead of pushing token by token.
+#[derive(Clone, Debug, Default)]
+pub struct BatchColumns {
+    pub request_names: Vec<String>,
+    pub family_names: Vec<String>,
+    pub request: Vec<u32>,
+    pub family: Vec<Option<u32>>,
+    pub phase: Vec<Option<Phase>>,
+    pub position: Vec<u32>,
+    pub experts: Vec<u16>,
+    pub gate_weights: Option<Vec<f32>>,
+}
+
+impl TokenBatch {
+    /// A batch from its columns, checked like [`TokenBatch::push`] checks tokens: equal
+    /// column lengths, name indices in range, names unique, and every token's ids
+    /// valid for `shape` (checked in parallel).
+    pub fn from_columns(shape: ModelShape, c: BatchColumns) -> Result<TokenBatch, ShapeError> {
+        shape.validate()?;
+        let n = c.request.len();
+        let per = shape.picks_per_token();
+        if c.family.len() != n || c.phase.len() != n || c.position.len() != n {
+            return Err(ShapeError::BadShape("batch columns have different lengths".into()));
+        }
+        if c.experts.len() != n * per {
+            return Err(ShapeError::WrongPickCount {
+                expected: n * per,
+                found: c.experts.len(),
+                layers: shape.layers,
+                k: shape.top_k,
+            });
+        }
+        if let Some(w) = &c.gate_weights {
+            if w.len() != n * per {
+                return Err(ShapeError::WrongWeightCount { expected: n * per, found: w.len() });
+            }
+        }
+        if c.request.iter().any(|&r| r as usize >= c.request_names.len())
+            || c.family.iter().flatten().any(|&f| f as usize >= c.family_names.len())
+        {
+            return Err(ShapeError::BadShape("batch column refers to a missing request or family name".into()));
+        }
+        let index = |names: &[String], what: &str| -> Result<HashMap<String, u32>, ShapeError> {
+            let mut m = HashMap::with_capacity(names.len());
+            for (i, name) in names.iter().enumerate() {
+                if m.insert(name.clone(), i as u32).is_some() {
+                    return Err(ShapeError::BadShape(format!("{what} name {name:?} appears twice in a batch")));
+                }
+            }
+            Ok(m)
+        };
+        let request_index = index(&c.request_names, "request")?;
+        let family_index = index(&c.family_names, "family")?;
+        {
+            use rayon::prelude::*;
+            let chunk = 1024;
+            c.experts.par_chunks(chunk * per).enumerate().try_for_each(|(i, ids)| {
+                let weights = c.gate_weights.as_ref().map(|w| &w[i * chunk * per..i * chunk * per + ids.len()]);
+                for (t, token) in ids.chunks_exact(per).enumerate() {
+                    check_token(shape, token, weights.map(|w| &w[t * per..(t + 1) * per]))?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(TokenBatch {
+            shape,
+            request_names: c.request_names,
+            family_names: c.family_names,
+            request: c.request,
+            family: c.family,
+            phase: c.phase,
+            position: c.position,
+            experts: c.experts,
+            gate_weights: c.gate_weights,
+            request_index,
+            family_index,
+        })
+    }
+}
+
 fn intern(names: &mut Vec<String>, index: &mut HashMap<String, u32>, name: &str) -> u32 {
     if let Some(&i) = index.get(name) {
         return i;
