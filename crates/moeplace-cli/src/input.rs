@@ -113,3 +113,14 @@ pub fn read_trace(path: &Path, args: &TraceArgs) -> Result<Trace> {
     }
     Ok(trace)
 }
+
+/// Prints to stdout; a closed pipe (`moeplace ... | head`) ends quietly instead of
+/// panicking.
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}

@@ -26,6 +26,7 @@ enum Command {
     Profile(cmd::profile::Args),
     Merge(cmd::merge::Args),
     Convert(cmd::convert::Args),
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         Command::Profile(a) => cmd::profile::run(a),
         Command::Merge(a) => cmd::merge::run(a),
         Command::Convert(a) => cmd::convert::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 //! - [`detect`]: choose a trace format from a path (extension, folder layout, header).
 //! - [`jsonl`]: the project's own JSONL trace format (reader and writer).
 //! - [`esft`]: DeepSeek ESFT expert logs (`<family>/expert_weights_<layer>.txt`).
+//! - [`parquet`]: Parquet traces (reader and writer).
 //! - [`sglang`]: SGLang-recorded traces (`simllm-preplay-trace-v2`).
 //! - [`stats_file`]: the versioned statistics file of `moeplace profile`.
 //! - [`atomic`]: write-then-rename output files.
@@ -16,6 +17,7 @@ pub mod detect;
 pub mod error;
 pub mod esft;
 pub mod jsonl;
+pub mod parquet;
 pub mod sglang;
 pub mod stats_file;
 

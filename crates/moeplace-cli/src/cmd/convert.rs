@@ -4,15 +4,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use moeplace_formats::jsonl::JsonlWriter;
+use moeplace_formats::parquet::ParquetWriter;
 use moeplace_formats::TraceFormat;
 
 use crate::input::{byte_progress, TraceArgs};
 
 /// Convert a routing trace between formats, streaming (memory stays bounded).
-/// The output format follows the output's extension (.jsonl) or --to.
+/// The output format follows the output's extension (.jsonl, .parquet) or --to.
 ///
 /// Example:
 ///   moeplace convert traces/esft esft.jsonl
+///   moeplace convert trace.jsonl trace.parquet
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -46,6 +48,16 @@ pub fn run(args: Args) -> Result<()> {
     match format {
         TraceFormat::Jsonl => {
             let mut w = JsonlWriter::create(&args.output, reader.shape())?;
+            while let Some(b) = reader.next() {
+                let b = b?;
+                tokens += b.len();
+                w.write_batch(&b)?;
+                pb.set_position(reader.progress().0);
+            }
+            w.finish()?;
+        }
+        TraceFormat::Parquet => {
+            let mut w = ParquetWriter::create(&args.output, reader.shape())?;
             while let Some(b) = reader.next() {
                 let b = b?;
                 tokens += b.len();

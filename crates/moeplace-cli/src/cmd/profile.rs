@@ -7,7 +7,7 @@ use moeplace_core::report::ProfileReport;
 use moeplace_core::stats::ProfileOptions;
 use moeplace_formats::stats_file;
 
-use crate::input::{profile_inputs, TraceArgs};
+use crate::input::{print_stdout, profile_inputs, TraceArgs};
 
 /// Characterise routing traces: expert load skew, entropy, how differently task
 /// families use experts, co-activation structure, generic experts and (with prefill
@@ -47,9 +47,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     let report = ProfileReport::from_statistics(&stats);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
     } else {
-        print!("{}", report.render_text());
+        print_stdout(&report.render_text())?;
     }
     Ok(())
 }

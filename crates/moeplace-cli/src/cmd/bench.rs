@@ -1,0 +1,116 @@
+//! `moeplace bench`: throughput measurements anyone can rerun. Figures in
+//! docs/PERFORMANCE.md come from here.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use moeplace_core::stats::{ProfileOptions, Statistics};
+use moeplace_core::synth::{self, SynthConfig};
+use moeplace_formats::jsonl::JsonlWriter;
+use moeplace_formats::parquet::ParquetWriter;
+use moeplace_formats::{open_trace, ReadOptions, TraceFormat};
+
+use crate::input::print_stdout;
+
+/// Measure throughput on synthetic traces (no downloads; results vary with the
+/// machine). Use a release build: `cargo run --release -- bench profile`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand)]
+enum What {
+    /// Profiling (read + statistics) of a DeepSeek-V3-shaped trace (58 layers, 256
+    /// experts, top-8) from JSONL and Parquet, in token-layers per second, with peak
+    /// memory for two trace lengths.
+    Profile(ProfileArgs),
+}
+
+#[derive(clap::Args)]
+struct ProfileArgs {
+    /// Tokens of the larger trace (the smaller has a quarter).
+    #[arg(long, default_value_t = 400_000)]
+    tokens: u64,
+    /// Model preset of the synthetic trace.
+    #[arg(long, default_value = "deepseek-v3")]
+    preset: String,
+    /// Keep per-request activation vectors while profiling (memory then grows with
+    /// the number of requests).
+    #[arg(long)]
+    request_vectors: bool,
+    /// Seed of the synthetic trace.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.what {
+        What::Profile(a) => bench_profile(a),
+    }
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn write_trace(config: &SynthConfig, seed: u64, dir: &Path) -> Result<()> {
+    let mut j = JsonlWriter::create(&dir.join("t.jsonl"), config.shape)?;
+    let mut p = ParquetWriter::create(&dir.join("t.parquet"), config.shape)?;
+    for b in synth::generate(config, seed)? {
+        j.write_batch(&b)?;
+        p.write_batch(&b)?;
+    }
+    j.finish()?;
+    p.finish()?;
+    Ok(())
+}
+
+fn profile_file(path: &Path, format: TraceFormat, options: ProfileOptions) -> Result<(u64, f64)> {
+    let start = Instant::now();
+    let mut r = open_trace(path, &ReadOptions { format: Some(format), ..Default::default() })?;
+    let mut s = Statistics::new(r.shape(), options);
+    for b in r.by_ref() {
+        s.add_batch(&b?)?;
+    }
+    Ok((s.tokens(), start.elapsed().as_secs_f64()))
+}
+
+fn bench_profile(a: ProfileArgs) -> Result<()> {
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    let options = ProfileOptions { request_vectors: a.request_vectors };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "bench profile: preset {}, request vectors {}, {} threads\n",
+        a.preset,
+        if a.request_vectors { "on" } else { "off" },
+        rayon::current_num_threads()
+    ));
+    out.push_str("format   tokens     token-layers   seconds  M token-layers/s  peak RSS MiB\n");
+    // Smaller trace first: peak RSS only grows, so the larger run shows any growth.
+    for tokens in [a.tokens / 4, a.tokens] {
+        let mut config = SynthConfig::preset(&a.preset)?;
+        config.tokens = Some(tokens);
+        config.requests = usize::MAX / 2;
+        eprintln!("generating {tokens} tokens ...");
+        write_trace(&config, a.seed, dir.path())?;
+        for (name, file, format) in
+            [("jsonl", "t.jsonl", TraceFormat::Jsonl), ("parquet", "t.parquet", TraceFormat::Parquet)]
+        {
+            let (n, secs) = profile_file(&dir.path().join(file), format, options)?;
+            let tl = n * config.shape.layers as u64;
+            out.push_str(&format!(
+                "{name:<8} {n:>8} {tl:>14} {secs:>9.3} {:>17.2} {:>13}\n",
+                tl as f64 / secs / 1e6,
+                peak_rss_mib().map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
+            ));
+        }
+    }
+    print_stdout(&out)
+}

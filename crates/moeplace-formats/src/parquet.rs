@@ -1,0 +1,352 @@
+//! Parquet traces: one row per token, read and written in record batches so memory
+//! stays bounded.
+//!
+//! Columns (see docs/FORMATS.md):
+//! - `request`: Utf8, not null (dictionary-encoded by the writer);
+//! - `family`: Utf8, nullable;
+//! - `phase`: Utf8 (`prefill`/`decode`), nullable;
+//! - `position`: UInt32, not null;
+//! - `experts`: FixedSizeList<UInt16>[layers * k], not null: a token's top-k ids of
+//!   layer 0, then layer 1, ...;
+//! - `gate_weights` (optional column): FixedSizeList<Float32>[layers * k].
+//!
+//! The model shape sits in the file's key-value metadata: `moeplace.format` =
+//! `moeplace-trace`, `moeplace.version` = 1, `moeplace.layers`, `moeplace.experts`,
+//! `moeplace.top_k`. Other integer types for `experts` and `position` are accepted on
+//! read (cast), so traces written by other tools load when they follow the columns.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray, UInt16Array, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use moeplace_core::trace::{ModelShape, Phase, TokenBatch, TokenRef};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use crate::atomic::AtomicFile;
+use crate::detect::TraceReader;
+use crate::error::{FormatError, Location};
+
+const KEY_FORMAT: &str = "moeplace.format";
+const KEY_VERSION: &str = "moeplace.version";
+const KEY_LAYERS: &str = "moeplace.layers";
+const KEY_EXPERTS: &str = "moeplace.experts";
+const KEY_TOP_K: &str = "moeplace.top_k";
+
+fn schema(shape: ModelShape, weights: bool) -> Arc<Schema> {
+    let n = (shape.layers * shape.top_k) as i32;
+    let mut fields = vec![
+        Field::new("request", DataType::Utf8, false),
+        Field::new("family", DataType::Utf8, true),
+        Field::new("phase", DataType::Utf8, true),
+        Field::new("position", DataType::UInt32, false),
+        Field::new("experts", DataType::FixedSizeList(Arc::new(Field::new("item", DataType::UInt16, false)), n), false),
+    ];
+    if weights {
+        fields.push(Field::new(
+            "gate_weights",
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), n),
+            false,
+        ));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Streams a Parquet trace.
+pub struct ParquetReader {
+    path: PathBuf,
+    inner: ParquetRecordBatchReader,
+    shape: ModelShape,
+    rows_done: u64,
+    rows_total: u64,
+    done: bool,
+}
+
+impl ParquetReader {
+    pub fn open(path: &Path, batch_tokens: usize) -> Result<ParquetReader, FormatError> {
+        let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+        if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+            return Err(FormatError::file(path, "empty file: expected a Parquet trace"));
+        }
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| FormatError::file(path, format!("not a readable Parquet file: {e}")))?;
+        let meta = builder.metadata().file_metadata();
+        let kv = meta.key_value_metadata().cloned().unwrap_or_default();
+        let get = |k: &str| kv.iter().find(|x| x.key == k).and_then(|x| x.value.clone());
+        let part =
+            |k: &str| FormatError::new(path, Location::Part(format!("metadata {k}")), "missing or not an integer");
+        if get(KEY_FORMAT).as_deref() != Some("moeplace-trace") {
+            return Err(FormatError::file(
+                path,
+                "no moeplace trace metadata (key moeplace.format = moeplace-trace); see docs/FORMATS.md",
+            ));
+        }
+        if get(KEY_VERSION).as_deref() != Some("1") {
+            return Err(FormatError::file(
+                path,
+                format!("trace version {:?} is not supported (this build reads 1)", get(KEY_VERSION)),
+            ));
+        }
+        let num = |k: &str| get(k).and_then(|v| v.parse::<usize>().ok()).ok_or_else(|| part(k));
+        let shape = ModelShape::new(num(KEY_LAYERS)?, num(KEY_EXPERTS)?, num(KEY_TOP_K)?)
+            .map_err(|e| FormatError::file(path, e.to_string()))?;
+        let rows_total = meta.num_rows().max(0) as u64;
+        let arrow_schema = builder.schema().clone();
+        for col in ["request", "position", "experts"] {
+            if arrow_schema.field_with_name(col).is_err() {
+                let have: Vec<&str> = arrow_schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(FormatError::new(
+                    path,
+                    Location::Part(format!("column {col}")),
+                    format!("missing (columns are: {})", have.join(", ")),
+                ));
+            }
+        }
+        let inner = builder
+            .with_batch_size(batch_tokens.max(1))
+            .build()
+            .map_err(|e| FormatError::file(path, format!("cannot read: {e}")))?;
+        Ok(ParquetReader { path: path.to_path_buf(), inner, shape, rows_done: 0, rows_total, done: false })
+    }
+
+    fn column_err(&self, col: &str, msg: impl Into<String>) -> FormatError {
+        FormatError::new(&self.path, Location::Part(format!("column {col}")), msg)
+    }
+
+    fn strings(&self, rb: &RecordBatch, col: &str) -> Result<Option<StringArray>, FormatError> {
+        let Some(a) = rb.column_by_name(col) else { return Ok(None) };
+        let a = arrow::compute::cast(a, &DataType::Utf8).map_err(|e| self.column_err(col, format!("not text: {e}")))?;
+        Ok(Some(a.as_any().downcast_ref::<StringArray>().expect("cast to Utf8").clone()))
+    }
+
+    fn list_values(
+        &self,
+        rb: &RecordBatch,
+        col: &str,
+        item: DataType,
+    ) -> Result<Option<(ArrayRef, usize)>, FormatError> {
+        let Some(a) = rb.column_by_name(col) else { return Ok(None) };
+        let list = a.as_any().downcast_ref::<FixedSizeListArray>().ok_or_else(|| {
+            self.column_err(col, format!("must be a fixed-size list of {item}, found {}", a.data_type()))
+        })?;
+        if list.null_count() > 0 {
+            let row = (0..list.len()).find(|&i| list.is_null(i)).unwrap_or(0) as u64;
+            return Err(FormatError::row(&self.path, self.rows_done + row, format!("`{col}` is null")));
+        }
+        let values = arrow::compute::cast(list.values(), &item)
+            .map_err(|e| self.column_err(col, format!("items are not {item}: {e}")))?;
+        Ok(Some((values, list.value_length() as usize)))
+    }
+
+    fn convert(&self, rb: &RecordBatch) -> Result<TokenBatch, FormatError> {
+        let shape = self.shape;
+        let n = shape.layers * shape.top_k;
+        let rows = rb.num_rows();
+        let request = self.strings(rb, "request")?.expect("checked at open");
+        let family = self.strings(rb, "family")?;
+        let phase = self.strings(rb, "phase")?;
+        let position = arrow::compute::cast(rb.column_by_name("position").expect("checked"), &DataType::UInt32)
+            .map_err(|e| self.column_err("position", format!("not a non-negative integer: {e}")))?;
+        let position = position.as_any().downcast_ref::<UInt32Array>().expect("cast").clone();
+        // Casting checks range: an id that does not fit u16 fails here, one >= E below.
+        let (experts, width) = self.list_values(rb, "experts", DataType::UInt16)?.expect("checked at open");
+        if width != n {
+            return Err(self.column_err(
+                "experts",
+                format!("lists of {width} ids; the metadata says {} layers x top-{} = {n}", shape.layers, shape.top_k),
+            ));
+        }
+        let experts = experts.as_any().downcast_ref::<UInt16Array>().expect("cast").clone();
+        if experts.null_count() > 0 {
+            let i = (0..experts.len()).find(|&i| experts.is_null(i)).unwrap_or(0);
+            return Err(FormatError::row(&self.path, self.rows_done + (i / n) as u64, "an expert id is null"));
+        }
+        let weights = match self.list_values(rb, "gate_weights", DataType::Float32)? {
+            Some((w, width)) if width == n => Some(w.as_any().downcast_ref::<Float32Array>().expect("cast").clone()),
+            Some((_, width)) => return Err(self.column_err("gate_weights", format!("lists of {width}, expected {n}"))),
+            None => None,
+        };
+        let ids = experts.values();
+        let ws = weights.as_ref().map(|w| w.values());
+        let mut batch = TokenBatch::with_capacity(shape, rows);
+        for i in 0..rows {
+            let row = self.rows_done + i as u64;
+            if request.is_null(i) || position.is_null(i) {
+                return Err(FormatError::row(&self.path, row, "`request` and `position` may not be null"));
+            }
+            let phase = match &phase {
+                Some(p) if !p.is_null(i) => Some(Phase::parse(p.value(i)).ok_or_else(|| {
+                    FormatError::row(&self.path, row, format!("phase {:?} is neither prefill nor decode", p.value(i)))
+                })?),
+                _ => None,
+            };
+            let family = family.as_ref().filter(|f| !f.is_null(i)).map(|f| f.value(i));
+            batch
+                .push(TokenRef {
+                    request: request.value(i),
+                    family,
+                    phase,
+                    position: position.value(i),
+                    experts: &ids[i * n..(i + 1) * n],
+                    gate_weights: ws.map(|w| &w[i * n..(i + 1) * n]),
+                })
+                .map_err(|e| FormatError::row(&self.path, row, e.to_string()))?;
+        }
+        Ok(batch)
+    }
+}
+
+impl Iterator for ParquetReader {
+    type Item = Result<TokenBatch, FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.inner.next() {
+            None => {
+                self.done = true;
+                None
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                Some(Err(FormatError::row(&self.path, self.rows_done, format!("cannot decode: {e}"))))
+            }
+            Some(Ok(rb)) => {
+                let r = self.convert(&rb);
+                self.rows_done += rb.num_rows() as u64;
+                if r.is_err() {
+                    self.done = true;
+                }
+                Some(r)
+            }
+        }
+    }
+}
+
+impl TraceReader for ParquetReader {
+    fn shape(&self) -> ModelShape {
+        self.shape
+    }
+
+    /// Rows, not bytes.
+    fn progress(&self) -> (u64, u64) {
+        (self.rows_done, self.rows_total)
+    }
+}
+
+/// Writes a Parquet trace; the file appears only when [`ParquetWriter::finish`]
+/// succeeds. Gate weights are written when the first batch has them (then every
+/// batch must).
+pub struct ParquetWriter {
+    file_path: PathBuf,
+    writer: Option<ArrowWriter<AtomicFileWrite>>,
+    atomic: Option<AtomicFile>,
+    shape: ModelShape,
+    weights: Option<bool>,
+}
+
+/// `ArrowWriter` needs an owned `Write`; this forwards to the atomic file's writer
+/// through a shared handle.
+struct AtomicFileWrite(Arc<std::sync::Mutex<Option<AtomicFile>>>);
+
+impl std::io::Write for AtomicFileWrite {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").as_mut().expect("open").writer().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().expect("not poisoned").as_mut().expect("open").writer().flush()
+    }
+}
+
+impl ParquetWriter {
+    pub fn create(path: &Path, shape: ModelShape) -> Result<ParquetWriter, FormatError> {
+        let atomic = AtomicFile::create(path)?;
+        Ok(ParquetWriter { file_path: path.to_path_buf(), writer: None, atomic: Some(atomic), shape, weights: None })
+    }
+
+    fn props(&self) -> WriterProperties {
+        let kv = vec![
+            KeyValue::new(KEY_FORMAT.to_string(), "moeplace-trace".to_string()),
+            KeyValue::new(KEY_VERSION.to_string(), "1".to_string()),
+            KeyValue::new(KEY_LAYERS.to_string(), self.shape.layers.to_string()),
+            KeyValue::new(KEY_EXPERTS.to_string(), self.shape.experts.to_string()),
+            KeyValue::new(KEY_TOP_K.to_string(), self.shape.top_k.to_string()),
+        ];
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_key_value_metadata(Some(kv))
+            .set_max_row_group_row_count(Some(64 * 1024))
+            .build()
+    }
+
+    pub fn write_batch(&mut self, batch: &TokenBatch) -> Result<(), FormatError> {
+        let err = |m: String| FormatError::file(&self.file_path, m);
+        if batch.shape() != self.shape {
+            return Err(err(format!("batch shape {} differs from the file's {}", batch.shape(), self.shape)));
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let has_w = batch.gate_weights().is_some();
+        let weights = *self.weights.get_or_insert(has_w);
+        if weights && !has_w {
+            return Err(err("a batch without gate weights after batches with them".into()));
+        }
+        if self.writer.is_none() {
+            let shared = Arc::new(std::sync::Mutex::new(self.atomic.take()));
+            let w = ArrowWriter::try_new(AtomicFileWrite(shared), schema(self.shape, weights), Some(self.props()))
+                .map_err(|e| err(e.to_string()))?;
+            self.writer = Some(w);
+        }
+        let n = (self.shape.layers * self.shape.top_k) as i32;
+        let names = batch.request_names();
+        let fams = batch.family_names();
+        let request: StringArray = batch.request_indices().iter().map(|&r| Some(names[r as usize].as_str())).collect();
+        let family: StringArray = batch.family_indices().iter().map(|f| f.map(|f| fams[f as usize].as_str())).collect();
+        let phase: StringArray = batch.phases().iter().map(|p| p.map(Phase::as_str)).collect();
+        let position = UInt32Array::from(batch.positions().to_vec());
+        let experts = FixedSizeListArray::try_new(
+            Arc::new(Field::new("item", DataType::UInt16, false)),
+            n,
+            Arc::new(UInt16Array::from(batch.expert_ids().to_vec())),
+            None,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let mut cols: Vec<ArrayRef> =
+            vec![Arc::new(request), Arc::new(family), Arc::new(phase), Arc::new(position), Arc::new(experts)];
+        if weights {
+            let w = FixedSizeListArray::try_new(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                n,
+                Arc::new(Float32Array::from(batch.gate_weights().expect("checked").to_vec())),
+                None,
+            )
+            .map_err(|e| err(e.to_string()))?;
+            cols.push(Arc::new(w));
+        }
+        let rb = RecordBatch::try_new(schema(self.shape, weights), cols).map_err(|e| err(e.to_string()))?;
+        self.writer.as_mut().expect("created").write(&rb).map_err(|e| err(e.to_string()))
+    }
+
+    pub fn finish(mut self) -> Result<(), FormatError> {
+        if self.writer.is_none() {
+            // No tokens: still a valid file with the schema and shape.
+            let shared = Arc::new(std::sync::Mutex::new(self.atomic.take()));
+            let w = ArrowWriter::try_new(AtomicFileWrite(shared), schema(self.shape, false), Some(self.props()))
+                .map_err(|e| FormatError::file(&self.file_path, e.to_string()))?;
+            self.writer = Some(w);
+        }
+        let w = self.writer.take().expect("set above");
+        let sink = w.into_inner().map_err(|e| FormatError::file(&self.file_path, e.to_string()))?;
+        let atomic = sink.0.lock().expect("not poisoned").take().expect("open");
+        atomic.commit()
+    }
+}
