@@ -6,10 +6,14 @@
 //! - [`cluster`]: nodes, GPUs, slots and links.
 //! - [`placement`]: the slot -> expert map and its invariants (checked in one place).
 //! - [`placers`]: algorithms statistics + cluster -> placement, one per file.
+//! - [`dispatch`]: serving-time replica choice per token pick, one per file.
+//! - [`simulate`]: the replay simulator and the metrics of DESIGN.md.
 
 pub mod cluster;
+pub mod dispatch;
 pub mod placement;
 pub mod placers;
 pub mod report;
+pub mod simulate;
 pub mod stats;
 pub mod trace;
