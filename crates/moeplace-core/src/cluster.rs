@@ -175,9 +175,11 @@ impl Cluster {
                 return Err(ClusterError(format!("{name} must be a positive number, got {v}")));
             }
         }
-        for (name, v) in
-            [("intra-node latency", self.intra_node_latency_us), ("inter-node latency", self.inter_node_latency_us), ("expert FLOPs per token", self.expert_flops_per_token)]
-        {
+        for (name, v) in [
+            ("intra-node latency", self.intra_node_latency_us),
+            ("inter-node latency", self.inter_node_latency_us),
+            ("expert FLOPs per token", self.expert_flops_per_token),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(ClusterError(format!("{name} must be a non-negative number, got {v}")));
             }

@@ -40,7 +40,7 @@ use rayon::prelude::*;
 use crate::cluster::Cluster;
 use crate::dispatch::{DispatchContext, Dispatcher, ReplicaTable};
 use crate::placement::Placement;
-use crate::trace::Trace;
+use crate::trace::{ModelShape, TokenBatch, TokenRef, Trace};
 
 /// Tokens per replay chunk (the dispatcher's load-signal window).
 pub const CHUNK_TOKENS: usize = 4096;
@@ -186,6 +186,19 @@ pub fn simulate(
     dispatcher: &dyn Dispatcher,
     homes: &HomePolicy,
 ) -> Result<SimResult, SimError> {
+    replay(trace, placement, cluster, dispatcher, homes, true)
+}
+
+/// `simulate`, with the bit-mask path for up to 64 GPUs switchable (tests compare
+/// both paths).
+fn replay(
+    trace: &Trace,
+    placement: &Placement,
+    cluster: &Cluster,
+    dispatcher: &dyn Dispatcher,
+    homes: &HomePolicy,
+    masks: bool,
+) -> Result<SimResult, SimError> {
     let shape = trace.shape;
     if placement.layers() != shape.layers || placement.experts() != shape.experts {
         return Err(SimError::ShapeMismatch {
@@ -232,25 +245,17 @@ pub fn simulate(
     let table = ReplicaTable::new(placement);
     let node_of: Vec<u32> = (0..g).map(|x| cluster.node_of(x) as u32).collect();
     let (layers, k) = (shape.layers, shape.top_k);
+    let fixed = (dispatcher.always_primary() || table.single_copies()).then(|| table.primaries());
+    let route = Route { table: &table, node_of: &node_of, dispatcher, fixed: fixed.as_deref() };
     let acc = chunks
         .par_iter()
         .fold(
-            || (Acc::new(layers, g), Scratch::new(layers, g, cluster.nodes, k)),
+            || (Acc::new(layers, g), Scratch::new(layers, g, cluster.nodes, k, masks)),
             |(mut acc, mut scratch), chunk| {
                 scratch.running.iter_mut().for_each(|x| *x = 0);
                 for ri in chunk.clone() {
                     let home = home_of[ri];
-                    replay_request(
-                        trace,
-                        &requests[ri],
-                        ri,
-                        home,
-                        &table,
-                        &node_of,
-                        dispatcher,
-                        &mut acc,
-                        &mut scratch,
-                    );
+                    replay_request(trace, &requests[ri], ri, home, &route, &mut acc, &mut scratch);
                 }
                 (acc, scratch)
             },
@@ -266,11 +271,16 @@ struct Scratch {
     stamp_gpu: Vec<u64>,
     stamp_node: Vec<u64>,
     stamp: u64,
+    /// With at most 64 GPUs: per node, the bit mask of its GPUs.
+    node_masks: Option<Vec<u64>>,
 }
 
 impl Scratch {
-    fn new(layers: usize, gpus: usize, nodes: usize, k: usize) -> Scratch {
+    fn new(layers: usize, gpus: usize, nodes: usize, k: usize, masks: bool) -> Scratch {
+        let per = gpus / nodes;
         Scratch {
+            node_masks: (masks && gpus <= 64)
+                .then(|| (0..nodes).map(|n| (n * per..(n + 1) * per).fold(0u64, |m, x| m | (1u64 << x))).collect()),
             running: vec![0; layers * gpus],
             out: vec![0; k],
             stamp_gpu: vec![0; gpus],
@@ -280,19 +290,27 @@ impl Scratch {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How picks become GPUs: the dispatcher, or a direct table when choices are fixed.
+struct Route<'a> {
+    table: &'a ReplicaTable,
+    node_of: &'a [u32],
+    dispatcher: &'a dyn Dispatcher,
+    /// `[layer * experts + expert]` -> GPU, when every choice is the first copy.
+    fixed: Option<&'a [u32]>,
+}
+
 #[inline]
 fn replay_request(
     trace: &Trace,
     req: &Request,
     ordinal: usize,
     home: usize,
-    table: &ReplicaTable,
-    node_of: &[u32],
-    dispatcher: &dyn Dispatcher,
+    route: &Route<'_>,
     acc: &mut Acc,
     s: &mut Scratch,
 ) {
+    let node_of = route.node_of;
+    let experts = trace.shape.experts;
     let shape = trace.shape;
     let (layers, k) = (shape.layers, shape.top_k);
     let g = node_of.len();
@@ -308,36 +326,74 @@ fn replay_request(
         for layer in 0..layers {
             let picks = &ids[base + layer * k..base + (layer + 1) * k];
             let row = layer * g;
-            let ctx = DispatchContext {
-                replicas: table,
-                node_of,
-                layer,
-                home,
-                home_node: home_node as usize,
-                token_key,
-                loads: &s.running[row..row + g],
-            };
-            dispatcher.dispatch(&ctx, picks, &mut s.out);
-            s.stamp += 1;
-            let stamp = s.stamp;
+            if let Some(fixed) = route.fixed {
+                let lut = &fixed[layer * experts..(layer + 1) * experts];
+                for (o, &e) in s.out.iter_mut().zip(picks) {
+                    *o = lut[e as usize];
+                }
+            } else {
+                let ctx = DispatchContext {
+                    replicas: route.table,
+                    node_of,
+                    layer,
+                    home,
+                    home_node: home_node as usize,
+                    token_key,
+                    loads: &s.running[row..row + g],
+                };
+                route.dispatcher.dispatch(&ctx, picks, &mut s.out);
+            }
             let traffic = &mut acc.traffic[(row + home) * g..(row + home + 1) * g];
+            let load = &mut acc.load[row..row + g];
+            if route.fixed.is_none() {
+                let running = &mut s.running[row..row + g];
+                for &gpu in &s.out {
+                    running[gpu as usize] += 1;
+                }
+            }
             let mut layer_hops = 0;
-            for &gpu in &s.out {
-                let gpu = gpu as usize;
-                acc.load[row + gpu] += 1;
-                s.running[row + gpu] += 1;
-                if gpu != home {
-                    layer_hops += 1;
-                    if s.stamp_gpu[gpu] != stamp {
-                        s.stamp_gpu[gpu] = stamp;
-                        rg += 1;
-                        traffic[gpu] += 1;
-                        let node = node_of[gpu];
-                        if node != home_node {
-                            cn += 1;
-                            if s.stamp_node[node as usize] != stamp {
-                                s.stamp_node[node as usize] = stamp;
-                                rn += 1;
+            if let Some(node_masks) = &s.node_masks {
+                // Up to 64 GPUs: the token's destination GPUs as one bit mask.
+                let mut mask = 0u64;
+                for &gpu in &s.out {
+                    load[gpu as usize] += 1;
+                    mask |= 1u64 << gpu;
+                    layer_hops += u64::from(gpu as usize != home);
+                }
+                let remote = mask & !(1u64 << home);
+                let cross = remote & !node_masks[home_node as usize];
+                rg += u64::from(remote.count_ones());
+                cn += u64::from(cross.count_ones());
+                let mut m = remote;
+                while m != 0 {
+                    traffic[m.trailing_zeros() as usize] += 1;
+                    m &= m - 1;
+                }
+                let mut m = cross;
+                while m != 0 {
+                    let node = node_of[m.trailing_zeros() as usize] as usize;
+                    rn += 1;
+                    m &= !node_masks[node];
+                }
+            } else {
+                s.stamp += 1;
+                let stamp = s.stamp;
+                for &gpu in &s.out {
+                    let gpu = gpu as usize;
+                    load[gpu] += 1;
+                    if gpu != home {
+                        layer_hops += 1;
+                        if s.stamp_gpu[gpu] != stamp {
+                            s.stamp_gpu[gpu] = stamp;
+                            rg += 1;
+                            traffic[gpu] += 1;
+                            let node = node_of[gpu];
+                            if node != home_node {
+                                cn += 1;
+                                if s.stamp_node[node as usize] != stamp {
+                                    s.stamp_node[node as usize] = stamp;
+                                    rn += 1;
+                                }
                             }
                         }
                     }
@@ -432,8 +488,11 @@ fn finish(acc: Acc, cluster: &Cluster, layers: usize, node_of: &[u32]) -> SimRes
             let time = |k: usize, gbps: f64, lat: f64| {
                 v[k][0].max(v[k][1]) as f64 * tb / (gbps * 1e3) + v[k][2].max(v[k][3]) as f64 * lat
             };
-            let tx = time(0, cluster.intra_node_gbps, cluster.intra_node_latency_us)
-                .max(time(1, cluster.inter_node_gbps, cluster.inter_node_latency_us));
+            let tx = time(0, cluster.intra_node_gbps, cluster.intra_node_latency_us).max(time(
+                1,
+                cluster.inter_node_gbps,
+                cluster.inter_node_latency_us,
+            ));
             slowest = slowest.max(tx);
         }
         let hottest = load.iter().copied().max().unwrap_or(0) as f64;
@@ -470,6 +529,48 @@ fn finish(acc: Acc, cluster: &Cluster, layers: usize, node_of: &[u32]) -> SimRes
     }
 }
 
+/// A deterministic trace for throughput measurements (not a workload model):
+/// `tokens` tokens in requests of `tokens_per_request`, each token picking top-k
+/// distinct experts per layer with a skew towards low ids (a squared uniform draw),
+/// from a fixed-seed generator. Used by `moeplace bench simulate` and the criterion
+/// bench so both measure the same input.
+pub fn benchmark_trace(shape: ModelShape, tokens: usize, tokens_per_request: usize, seed: u64) -> Trace {
+    let mut state = seed ^ 0x5851_F42D_4C95_7F2D;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let mut batch = TokenBatch::with_capacity(shape, tokens);
+    let mut ids = vec![0u16; shape.picks_per_token()];
+    let names: Vec<String> = (0..tokens.div_ceil(tokens_per_request.max(1))).map(|r| format!("r{r}")).collect();
+    for t in 0..tokens {
+        for layer in 0..shape.layers {
+            let row = &mut ids[layer * shape.top_k..(layer + 1) * shape.top_k];
+            let mut n = 0;
+            while n < shape.top_k {
+                let u = next();
+                let e = ((u * u * shape.experts as f64) as usize).min(shape.experts - 1) as u16;
+                if !row[..n].contains(&e) {
+                    row[n] = e;
+                    n += 1;
+                }
+            }
+        }
+        let r = t / tokens_per_request.max(1);
+        batch
+            .push(TokenRef {
+                request: &names[r],
+                family: None,
+                phase: None,
+                position: (t % tokens_per_request.max(1)) as u32,
+                experts: &ids,
+                gate_weights: None,
+            })
+            .expect("generated ids fit the shape");
+    }
+    Trace { shape, batches: vec![batch] }
+}
+
 /// "Cut" in percent: 100 x (1 - plan / baseline); `None` when the baseline is 0.
 pub fn cut_percent(plan: f64, baseline: f64) -> Option<f64> {
     (baseline != 0.0).then(|| 100.0 * (1.0 - plan / baseline))
@@ -479,7 +580,6 @@ pub fn cut_percent(plan: f64, baseline: f64) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::dispatch::{Nearest, Primary};
-    use crate::trace::{ModelShape, TokenBatch, TokenRef};
 
     /// 2 layers, 4 experts, top-2; 2 GPUs in 2 nodes, 2 slots each.
     fn tiny() -> (Trace, Cluster) {
@@ -523,14 +623,28 @@ mod tests {
         let (trace, cluster) = tiny();
         let p = Placement::new(4, 2, 2, vec![vec![0, 1, 2, 3]; 2]).unwrap();
         let fam = HomePolicy::Family(BTreeMap::from([("x".to_string(), vec![5])]));
-        assert!(matches!(
-            simulate(&trace, &p, &cluster, &Nearest, &fam),
-            Err(SimError::BadFamilyGpus { .. })
-        ));
+        assert!(matches!(simulate(&trace, &p, &cluster, &Nearest, &fam), Err(SimError::BadFamilyGpus { .. })));
         // Requests without a family fall back to round-robin over all GPUs.
         let fam = HomePolicy::Family(BTreeMap::from([("x".to_string(), vec![1])]));
         let r = simulate(&trace, &p, &cluster, &Nearest, &fam).unwrap();
         assert_eq!(r.home_tokens, vec![2, 1]);
+    }
+
+    #[test]
+    fn mask_and_general_paths_agree() {
+        let shape = ModelShape::new(3, 32, 4).unwrap();
+        let trace = benchmark_trace(shape, 3000, 37, 9);
+        let cluster = Cluster::new(4, 16, 3).unwrap();
+        // Slot s holds expert 7s mod 32: every expert once in slots 0..32, 16 of them
+        // twice, never twice on one GPU (a GPU's slots differ by 7 and 14).
+        let row: Vec<i64> = (0..48).map(|s| (s * 7 % 32) as i64).collect();
+        let p = Placement::new(32, 16, 3, vec![row; 3]).unwrap();
+        for d in crate::dispatch::registry(3) {
+            let a = replay(&trace, &p, &cluster, d.as_ref(), &HomePolicy::RoundRobin, true).unwrap();
+            let b = replay(&trace, &p, &cluster, d.as_ref(), &HomePolicy::RoundRobin, false).unwrap();
+            assert_eq!(a, b, "{}", d.name());
+            assert!(a.counts.remote_nodes > 0 && a.counts.remote_gpus > a.counts.remote_nodes);
+        }
     }
 
     #[test]

@@ -46,6 +46,16 @@ impl ReplicaTable {
         ReplicaTable { experts, offsets, gpus }
     }
 
+    /// Whether every expert of every layer has exactly one copy.
+    pub fn single_copies(&self) -> bool {
+        self.offsets.windows(2).all(|w| w[1] - w[0] == 1)
+    }
+
+    /// The GPU of every (layer, expert)'s first copy, `[layer * experts + expert]`.
+    pub fn primaries(&self) -> Vec<u32> {
+        self.offsets[..self.offsets.len() - 1].iter().map(|&o| self.gpus[o as usize]).collect()
+    }
+
     /// GPUs holding `expert` in `layer`, in slot order (the first holds the primary).
     #[inline]
     pub fn gpus(&self, layer: usize, expert: usize) -> &[u32] {
@@ -78,6 +88,12 @@ pub trait Dispatcher: Send + Sync {
     /// Writes into `out[i]` the GPU serving `picks[i]`; it must be one of the GPUs
     /// holding that expert in this layer. `out.len() == picks.len()`.
     fn dispatch(&self, ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]);
+    /// True if the dispatcher always takes the first copy whatever the context; the
+    /// simulator then uses a direct lookup table (as it does for any dispatcher when
+    /// no expert has a second copy).
+    fn always_primary(&self) -> bool {
+        false
+    }
 }
 
 /// Every dispatcher (`seed` drives the seeded ones), in the order help lists them.

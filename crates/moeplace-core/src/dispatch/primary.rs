@@ -20,4 +20,8 @@ impl Dispatcher for Primary {
             *o = ctx.replicas.gpus(ctx.layer, e as usize)[0];
         }
     }
+
+    fn always_primary(&self) -> bool {
+        true
+    }
 }
