@@ -26,13 +26,13 @@ fn bench(c: &mut Criterion) {
             b.iter(|| simulate(&trace, &placement, &cluster, d.as_ref(), &HomePolicy::RoundRobin).unwrap())
         });
     }
-    // With 64 redundant slots (5 per GPU): copies of experts 0..64 on other GPUs, so
+    // With 64 redundant slots (5 per GPU): a copy of every fourth expert on a GPU 16 away, so
     // `nearest` really chooses.
     let cluster5 = Cluster::new(8, 64, 5).unwrap();
     let lists: Vec<Vec<usize>> = (0..64)
         .map(|gpu| {
             let mut l: Vec<usize> = (gpu * 4..gpu * 4 + 4).collect();
-            l.push((gpu + 1) % 64);
+            l.push(((gpu + 16) % 64) * 4);
             l
         })
         .collect();
