@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster_args;
 mod cmd;
+mod evaluate;
 mod input;
 
 /// Plan where Mixture-of-Experts experts live, which get replicas and where requests
@@ -26,6 +28,9 @@ enum Command {
     Profile(cmd::profile::Args),
     Merge(cmd::merge::Args),
     Convert(cmd::convert::Args),
+    Plan(cmd::plan::Args),
+    Eval(cmd::eval::Args),
+    Export(cmd::export::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +39,9 @@ fn main() -> ExitCode {
         Command::Profile(a) => cmd::profile::run(a),
         Command::Merge(a) => cmd::merge::run(a),
         Command::Convert(a) => cmd::convert::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Export(a) => cmd::export::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

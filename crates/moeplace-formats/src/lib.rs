@@ -11,6 +11,7 @@
 //! - [`cluster_file`]: cluster TOML files.
 //! - [`plan_file`]: the versioned plan file.
 //! - [`export`]: plans in serving engines' formats, and readers for them.
+//! - [`report_html`]: the self-contained HTML report of `eval --report`.
 //!
 //! The schemas are documented in docs/FORMATS.md.
 
@@ -22,6 +23,7 @@ pub mod esft;
 pub mod export;
 pub mod jsonl;
 pub mod plan_file;
+pub mod report_html;
 pub mod sglang;
 pub mod stats_file;
 

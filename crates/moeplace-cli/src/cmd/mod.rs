@@ -1,5 +1,8 @@
 //! One module per subcommand: its arguments (clap) and its `run`.
 
 pub mod convert;
+pub mod eval;
+pub mod export;
 pub mod merge;
+pub mod plan;
 pub mod profile;
