@@ -31,6 +31,7 @@ enum Command {
     Plan(cmd::plan::Args),
     Eval(cmd::eval::Args),
     Export(cmd::export::Args),
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         Command::Plan(a) => cmd::plan::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Export(a) => cmd::export::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

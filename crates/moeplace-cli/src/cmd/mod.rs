@@ -1,6 +1,7 @@
 //! One module per subcommand: its arguments (clap) and its `run`.
 
 pub mod convert;
+pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod merge;
