@@ -141,7 +141,7 @@ impl Evaluation {
             lines.push((label.to_string(), cols.iter().map(|(_, r, _)| format!("{:.4}", get(r))).collect()));
             if i < 4 || *key == "maxvio" {
                 lines.push((
-                    format!("  cut vs baseline %"),
+                    "  cut vs baseline %".to_string(),
                     cols.iter()
                         .map(|(_, r, b)| match b.and_then(|b| cut_percent(get(r), get(b))) {
                             Some(c) => format!("{c:.1}"),

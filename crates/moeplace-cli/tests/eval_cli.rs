@@ -5,6 +5,9 @@
 //! here with plain loops, reading the ESFT log files itself and sharing no code with
 //! the simulator.
 
+// Plain index loops on purpose: the reference implementation stays obvious.
+#![allow(clippy::needless_range_loop)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

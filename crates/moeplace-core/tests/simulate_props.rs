@@ -3,6 +3,8 @@
 //! GPUs permuted within nodes, the placement and family homes moved with them)
 //! leaves every metric unchanged.
 
+#![allow(clippy::needless_range_loop)]
+
 use std::collections::BTreeMap;
 
 use moeplace_core::cluster::Cluster;

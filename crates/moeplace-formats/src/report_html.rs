@@ -177,7 +177,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
     let _ = write!(s, "<h2>Remote sends per token, by layer</h2>\n<p>Distinct remote GPUs a token is sent to at each MoE layer (lower is better).</p>\n{}\n", remote_chart(input));
     s.push_str("<h2>Per-GPU load by layer</h2>\n<p>Picks served per GPU; each row is scaled to its hottest GPU (even bars are balanced).</p>\n<div class=\"plots\">\n");
     for p in &input.plans {
-        let _ = write!(s, "<figure><figcaption>{}</figcaption>{}</figure>\n", esc(p.label), load_bars(p));
+        let _ = writeln!(s, "<figure><figcaption>{}</figcaption>{}</figure>", esc(p.label), load_bars(p));
     }
     s.push_str("</div>\n");
     let _ = write!(
@@ -186,9 +186,9 @@ pub fn render(input: &ReportInput<'_>) -> String {
         input.coact_layer
     );
     for p in &input.plans {
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<figure><figcaption>{}</figcaption>{}</figure>\n",
+            "<figure><figcaption>{}</figcaption>{}</figure>",
             esc(p.label),
             heatmap(p, input.coact_layer, input.coact, input.experts)
         );
