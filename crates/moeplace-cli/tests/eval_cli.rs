@@ -150,6 +150,25 @@ fn esft_linear_eval_matches_a_plain_implementation() {
         plan.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The same inputs give a byte-identical plan.
+    let again = dir.path().join("again.json");
+    let out = moeplace(&[
+        "plan",
+        "--placer",
+        "linear",
+        "--trace",
+        esft.to_str().unwrap(),
+        "--gpus",
+        "16",
+        "--nodes",
+        "4",
+        "--slots-per-gpu",
+        "4",
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&plan).unwrap(), std::fs::read(&again).unwrap());
     let out = moeplace(&[
         "eval",
         "--trace",
