@@ -8,11 +8,47 @@ use std::collections::BTreeMap;
 use moeplace_core::cluster::Cluster;
 use moeplace_core::placement::Placement;
 use moeplace_core::placers::{registry, Params, PlacerInput};
-use moeplace_core::stats::ExpertLoads;
-use moeplace_core::trace::ModelShape;
+use moeplace_core::stats::{ProfileOptions, Statistics};
+use moeplace_core::trace::{ModelShape, TokenBatch, TokenRef};
 use moeplace_formats::export::{self, ExportFormat};
 use moeplace_formats::plan_file::{self, Plan, Provenance};
 use proptest::prelude::*;
+
+/// Statistics of a small random trace with three families (skewed expert choice).
+fn statistics(shape: ModelShape, seed: u64) -> Statistics {
+    let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut next = |n: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let u = (state >> 33) as f64 / (1u64 << 31) as f64;
+        ((u * u * n as f64) as usize).min(n - 1)
+    };
+    let mut b = TokenBatch::new(shape);
+    let fams = ["a", "b", "c"];
+    for t in 0..60 {
+        let mut ids = Vec::new();
+        for _ in 0..shape.layers {
+            let x = next(shape.experts);
+            let mut y = next(shape.experts);
+            if y == x {
+                y = (x + 1) % shape.experts;
+            }
+            ids.extend([x as u16, y as u16]);
+        }
+        let req = format!("r{}", t / 6);
+        b.push(TokenRef {
+            request: &req,
+            family: Some(fams[t / 6 % 3]),
+            phase: None,
+            position: t as u32,
+            experts: &ids,
+            gate_weights: None,
+        })
+        .unwrap();
+    }
+    let mut s = Statistics::new(shape, ProfileOptions::default());
+    s.add_batch(&b).unwrap();
+    s
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
@@ -30,13 +66,13 @@ proptest! {
         let spg = experts.div_ceil(gpus) + redundant_per_gpu;
         prop_assume!(spg <= experts);
         let cluster = Cluster::new(nodes, gpus, spg).unwrap();
-        let shape = ModelShape::new(layers, experts, 1).unwrap();
-        let loads: Vec<f64> = (0..layers * experts).map(|i| ((i as u64 * 2654435761 + seed) % 97) as f64).collect();
-        let loads = ExpertLoads::new(layers, experts, vec![loads]).unwrap();
+        let shape = ModelShape::new(layers, experts, 2).unwrap();
+        let stats = statistics(shape, seed);
+        let loads = stats.loads(|_| true);
         let params = Params::default();
         let dir = tempfile::tempdir().unwrap();
         for placer in registry() {
-            let input = PlacerInput { shape, cluster: &cluster, loads: &loads, stats: None, previous: None, params: &params, seed };
+            let input = PlacerInput { shape, cluster: &cluster, loads: &loads, stats: Some(&stats), previous: None, params: &params, seed };
             let out = match placer.place(&input) {
                 Ok(o) => o,
                 // A placer may decline inputs it needs more for (e.g. full statistics).
