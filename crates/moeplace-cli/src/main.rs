@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster_args;
 mod cmd;
+mod evaluate;
 mod input;
 
 /// Plan where Mixture-of-Experts experts live, which get replicas and where requests
@@ -27,6 +29,10 @@ enum Command {
     Merge(cmd::merge::Args),
     Convert(cmd::convert::Args),
     Bench(cmd::bench::Args),
+    Plan(cmd::plan::Args),
+    Eval(cmd::eval::Args),
+    Export(cmd::export::Args),
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +42,10 @@ fn main() -> ExitCode {
         Command::Merge(a) => cmd::merge::run(a),
         Command::Convert(a) => cmd::convert::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Export(a) => cmd::export::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,16 @@
 //! The cluster a placement is for: N nodes x (G/N) GPUs, S slots per GPU per layer,
 //! and the links and sizes that turn traffic counts into time.
+//!
+//! Presets ([`Preset`]) give explicit link figures for common machines; a cluster
+//! file (moeplace-formats `cluster_file`) or command-line flags override any field.
+//!
+//! Cost model of the simulator (see `simulate`): moving one token activation costs
+//! `hidden_size x bytes_per_element` bytes over an intra-node link (NVLink) when both
+//! GPUs share a node and over the GPU's inter-node link otherwise; every message also
+//! pays the link's latency. Serving one token at one expert costs
+//! `expert_flops_per_token` floating-point operations (a SwiGLU expert: 3 matrices of
+//! hidden x intermediate, 2 FLOPs per multiply-add, so 6 x hidden x intermediate),
+//! run at `gpu_tflops` effective TFLOP/s.
 
 /// Cluster topology and cost parameters.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -20,6 +31,98 @@ pub struct Cluster {
     pub hidden_size: usize,
     /// Bytes per activation element (2 for bf16).
     pub bytes_per_element: usize,
+    /// FLOPs to run one token through one routed expert.
+    pub expert_flops_per_token: f64,
+    /// Effective GPU throughput on expert matrix multiplies, TFLOP/s.
+    pub gpu_tflops: f64,
+}
+
+/// DeepSeek-V3's hidden size, the default model the presets assume.
+pub const DEEPSEEK_V3_HIDDEN: usize = 7168;
+/// DeepSeek-V3's routed-expert intermediate size.
+pub const DEEPSEEK_V3_EXPERT_INTERMEDIATE: usize = 2048;
+
+/// Named machine types with explicit link figures.
+///
+/// - `h100`: 8 GPUs per node; NVLink 4 at 450 GB/s per direction per GPU, 2 us per
+///   message; one 400 Gb/s InfiniBand NIC per GPU = 50 GB/s, 5 us per message;
+///   400 effective TFLOP/s on expert GEMMs (about 40% of the 989 dense bf16 peak,
+///   our choice for small per-expert batches).
+/// - `a100-eth`: 4 GPUs per node; NVLink 3 at 300 GB/s per direction per GPU
+///   (a PCIe-only box would be about 25 GB/s: override `intra_node_gbps`), 3 us per
+///   message; one 25 Gb/s Ethernet NIC per node shared by its 4 GPUs = 0.78125 GB/s
+///   per GPU, 20 us per message (TCP); 150 effective TFLOP/s (about half of the 312
+///   bf16 peak).
+///
+/// Both assume a DeepSeek-V3-sized expert (hidden 7168, intermediate 2048, bf16);
+/// set `hidden_size` / `expert_flops_per_token` for other models.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Preset {
+    pub name: &'static str,
+    pub gpus_per_node: usize,
+    pub intra_node_gbps: f64,
+    pub inter_node_gbps: f64,
+    pub intra_node_latency_us: f64,
+    pub inter_node_latency_us: f64,
+    pub gpu_tflops: f64,
+}
+
+/// Every preset, by name.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "h100",
+        gpus_per_node: 8,
+        intra_node_gbps: 450.0,
+        inter_node_gbps: 50.0,
+        intra_node_latency_us: 2.0,
+        inter_node_latency_us: 5.0,
+        gpu_tflops: 400.0,
+    },
+    Preset {
+        name: "a100-eth",
+        gpus_per_node: 4,
+        intra_node_gbps: 300.0,
+        inter_node_gbps: 25.0 / 8.0 / 4.0,
+        intra_node_latency_us: 3.0,
+        inter_node_latency_us: 20.0,
+        gpu_tflops: 150.0,
+    },
+];
+
+impl Preset {
+    /// The preset called `name`.
+    pub fn by_name(name: &str) -> Option<Preset> {
+        PRESETS.iter().copied().find(|p| p.name == name)
+    }
+
+    /// Names of every preset, for help texts and errors.
+    pub fn names() -> Vec<&'static str> {
+        PRESETS.iter().map(|p| p.name).collect()
+    }
+
+    /// A cluster of `nodes` such machines with `slots_per_gpu` slots per GPU.
+    pub fn cluster(&self, nodes: usize, slots_per_gpu: usize) -> Result<Cluster, ClusterError> {
+        let c = Cluster {
+            nodes,
+            gpus: nodes * self.gpus_per_node,
+            slots_per_gpu,
+            intra_node_gbps: self.intra_node_gbps,
+            inter_node_gbps: self.inter_node_gbps,
+            intra_node_latency_us: self.intra_node_latency_us,
+            inter_node_latency_us: self.inter_node_latency_us,
+            hidden_size: DEEPSEEK_V3_HIDDEN,
+            bytes_per_element: 2,
+            expert_flops_per_token: expert_flops(DEEPSEEK_V3_HIDDEN, DEEPSEEK_V3_EXPERT_INTERMEDIATE),
+            gpu_tflops: self.gpu_tflops,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// FLOPs of one token through a SwiGLU expert: 3 matrices, 2 FLOPs per multiply-add.
+pub fn expert_flops(hidden: usize, intermediate: usize) -> f64 {
+    6.0 * hidden as f64 * intermediate as f64
 }
 
 /// Why a cluster description is unusable.
@@ -28,19 +131,23 @@ pub struct Cluster {
 pub struct ClusterError(pub String);
 
 impl Cluster {
-    /// A cluster with the given layout and H100-like links (NVLink inside a node,
-    /// 400 Gb/s InfiniBand between nodes), hidden size 7168 in bf16.
+    /// A cluster with the given layout and the `h100` preset's links and costs
+    /// (NVLink inside a node, 400 Gb/s InfiniBand between nodes, DeepSeek-V3-sized
+    /// experts in bf16), whatever the GPUs per node.
     pub fn new(nodes: usize, gpus: usize, slots_per_gpu: usize) -> Result<Cluster, ClusterError> {
+        let p = PRESETS[0];
         let c = Cluster {
             nodes,
             gpus,
             slots_per_gpu,
-            intra_node_gbps: 450.0,
-            inter_node_gbps: 50.0,
-            intra_node_latency_us: 2.0,
-            inter_node_latency_us: 5.0,
-            hidden_size: 7168,
+            intra_node_gbps: p.intra_node_gbps,
+            inter_node_gbps: p.inter_node_gbps,
+            intra_node_latency_us: p.intra_node_latency_us,
+            inter_node_latency_us: p.inter_node_latency_us,
+            hidden_size: DEEPSEEK_V3_HIDDEN,
             bytes_per_element: 2,
+            expert_flops_per_token: expert_flops(DEEPSEEK_V3_HIDDEN, DEEPSEEK_V3_EXPERT_INTERMEDIATE),
+            gpu_tflops: p.gpu_tflops,
         };
         c.validate()?;
         Ok(c)
@@ -56,16 +163,23 @@ impl Cluster {
         if self.slots_per_gpu == 0 {
             return Err(ClusterError("slots per GPU must be at least 1".into()));
         }
-        for (name, v) in
-            [("intra-node bandwidth", self.intra_node_gbps), ("inter-node bandwidth", self.inter_node_gbps)]
-        {
+        if self.hidden_size == 0 || self.bytes_per_element == 0 {
+            return Err(ClusterError("hidden size and bytes per element must be at least 1".into()));
+        }
+        for (name, v) in [
+            ("intra-node bandwidth", self.intra_node_gbps),
+            ("inter-node bandwidth", self.inter_node_gbps),
+            ("GPU throughput", self.gpu_tflops),
+        ] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(ClusterError(format!("{name} must be a positive number, got {v}")));
             }
         }
-        for (name, v) in
-            [("intra-node latency", self.intra_node_latency_us), ("inter-node latency", self.inter_node_latency_us)]
-        {
+        for (name, v) in [
+            ("intra-node latency", self.intra_node_latency_us),
+            ("inter-node latency", self.inter_node_latency_us),
+            ("expert FLOPs per token", self.expert_flops_per_token),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(ClusterError(format!("{name} must be a non-negative number, got {v}")));
             }
@@ -90,5 +204,21 @@ impl Cluster {
     /// Bytes of one token's activation (one direction).
     pub fn token_bytes(&self) -> usize {
         self.hidden_size * self.bytes_per_element
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_their_layout() {
+        let h = Preset::by_name("h100").unwrap().cluster(8, 4).unwrap();
+        assert_eq!((h.gpus, h.gpus_per_node(), h.inter_node_gbps), (64, 8, 50.0));
+        let a = Preset::by_name("a100-eth").unwrap().cluster(4, 2).unwrap();
+        assert_eq!((a.gpus, a.gpus_per_node()), (16, 4));
+        assert!((a.inter_node_gbps - 0.78125).abs() < 1e-12);
+        assert!(Preset::by_name("tpu").is_none());
+        assert!(Preset::by_name("h100").unwrap().cluster(0, 4).is_err());
     }
 }

@@ -7,11 +7,15 @@
 //! - [`placement`]: the slot -> expert map and its invariants (checked in one place).
 //! - [`placers`]: algorithms statistics + cluster -> placement, one per file.
 //! - [`synth`]: synthetic multi-task routing workloads at any model scale, and fitting them to real statistics.
+//! - [`dispatch`]: serving-time replica choice per token pick, one per file.
+//! - [`simulate`]: the replay simulator and the metrics of DESIGN.md.
 
 pub mod cluster;
+pub mod dispatch;
 pub mod placement;
 pub mod placers;
 pub mod report;
+pub mod simulate;
 pub mod stats;
 pub mod synth;
 pub mod trace;

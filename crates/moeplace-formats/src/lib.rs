@@ -9,15 +9,23 @@
 //! - [`sglang`]: SGLang-recorded traces (`simllm-preplay-trace-v2`).
 //! - [`stats_file`]: the versioned statistics file of `moeplace profile`.
 //! - [`atomic`]: write-then-rename output files.
+//! - [`cluster_file`]: cluster TOML files.
+//! - [`plan_file`]: the versioned plan file.
+//! - [`export`]: plans in serving engines' formats, and readers for them.
+//! - [`report_html`]: the self-contained HTML report of `eval --report`.
 //!
 //! The schemas are documented in docs/FORMATS.md.
 
 pub mod atomic;
+pub mod cluster_file;
 pub mod detect;
 pub mod error;
 pub mod esft;
+pub mod export;
 pub mod jsonl;
 pub mod parquet;
+pub mod plan_file;
+pub mod report_html;
 pub mod sglang;
 pub mod stats_file;
 

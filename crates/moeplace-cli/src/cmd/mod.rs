@@ -2,5 +2,9 @@
 
 pub mod bench;
 pub mod convert;
+pub mod demo;
+pub mod eval;
+pub mod export;
 pub mod merge;
+pub mod plan;
 pub mod profile;

@@ -1,0 +1,134 @@
+//! `moeplace plan`: statistics (or a trace) + cluster -> a plan file.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use moeplace_core::placers::{by_name, registry, Params, PlacerInput};
+use moeplace_core::stats::{ProfileOptions, Statistics};
+use moeplace_formats::plan_file::{self, Plan, Provenance};
+use moeplace_formats::stats_file;
+
+use crate::cluster_args::ClusterArgs;
+use crate::input::{profile_inputs, TraceArgs};
+
+/// Plan an expert placement with a placer, from calibration statistics (`moeplace
+/// profile -o`) or a calibration trace, for a cluster; write a plan file.
+///
+/// The plan file holds the slot -> expert map per layer, the nodes, optional family
+/// homes, and provenance (placer, parameters, seed, a digest of the statistics). The
+/// same inputs and seed give a byte-identical file. Use `moeplace eval` to replay
+/// held-out traces against it and `moeplace export` to hand it to an engine.
+///
+/// Examples:
+///   moeplace plan --placer linear --stats calib.json --gpus 16 --nodes 4 -o linear.json
+///   moeplace plan --placer round-robin --trace calib.jsonl --preset h100 --nodes 2 \
+///       --slots-per-gpu 17 -o rr.json
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The placer (see the list in `moeplace plan --help` under --placer).
+    #[arg(long, value_name = "NAME", help = placer_help())]
+    placer: String,
+    /// Calibration statistics from `moeplace profile -o`.
+    #[arg(long, value_name = "STATS.json", conflicts_with = "trace_path", required_unless_present = "trace_path")]
+    stats: Option<PathBuf>,
+    /// A calibration trace (profiled on the fly).
+    #[arg(long = "trace", value_name = "TRACE")]
+    trace_path: Option<PathBuf>,
+    #[command(flatten)]
+    trace: TraceArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// A placer parameter, key=value (repeatable); each placer documents its own.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// Seed for placers that draw random numbers.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The plan deployed now, for placers that limit expert moves.
+    #[arg(long, value_name = "PLAN.json")]
+    previous: Option<PathBuf>,
+    /// Where to write the plan.
+    #[arg(short, long, value_name = "PLAN.json")]
+    output: PathBuf,
+}
+
+fn placer_help() -> String {
+    let list: Vec<String> = registry().iter().map(|p| format!("{} ({})", p.name(), p.about())).collect();
+    format!("The placer: {}", list.join("; "))
+}
+
+/// Reads the calibration input into statistics.
+pub fn calibration(stats: Option<&PathBuf>, trace: Option<&PathBuf>, args: &TraceArgs) -> Result<Statistics> {
+    match (stats, trace) {
+        (Some(s), _) => Ok(stats_file::read(s)?),
+        (None, Some(t)) => profile_inputs(std::slice::from_ref(t), args, ProfileOptions::default()),
+        (None, None) => bail!("give --stats or --trace"),
+    }
+}
+
+/// Runs a placer and returns the plan (shared with `demo`).
+pub fn make_plan(
+    placer: &str,
+    stats: &Statistics,
+    cluster: &moeplace_core::cluster::Cluster,
+    params: &Params,
+    seed: u64,
+    previous: Option<&moeplace_core::placement::Placement>,
+) -> Result<Plan> {
+    let p = by_name(placer).ok_or_else(|| {
+        let names: Vec<&str> = registry().iter().map(|p| p.name()).collect();
+        anyhow::anyhow!("unknown placer {placer:?} (known: {})", names.join(", "))
+    })?;
+    let loads = stats.loads(|_| true);
+    let input =
+        PlacerInput { shape: stats.shape(), cluster, loads: &loads, stats: Some(stats), previous, params, seed };
+    let out = p.place(&input).with_context(|| format!("placer {placer}"))?;
+    Ok(Plan {
+        num_nodes: cluster.nodes,
+        placement: out.placement,
+        family_gpus: out.family_gpus,
+        provenance: Provenance {
+            placer: placer.to_string(),
+            parameters: params.0.clone(),
+            seed,
+            input_digest: plan_file::digest(stats_file::to_json(stats).as_bytes()),
+        },
+        notes: out.notes,
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let stats = calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace)?;
+    let shape = stats.shape();
+    let cluster = args.cluster.resolve(shape.experts)?;
+    let params = Params::parse(args.params.iter().map(String::as_str))?;
+    let previous = match &args.previous {
+        Some(p) => {
+            let prev = plan_file::read(p)?;
+            if prev.placement.experts() != shape.experts || prev.placement.layers() != shape.layers {
+                bail!("{}: the previous plan is for another model shape than the statistics ({shape})", p.display());
+            }
+            Some(prev.placement)
+        }
+        None => None,
+    };
+    let plan = make_plan(&args.placer, &stats, &cluster, &params, args.seed, previous.as_ref())?;
+    plan_file::write(&args.output, &plan)?;
+    let p = &plan.placement;
+    eprintln!(
+        "{}: {} layers, {} experts on {} GPUs in {} nodes x {} slots ({} redundant){}",
+        args.output.display(),
+        p.layers(),
+        p.experts(),
+        p.gpus(),
+        plan.num_nodes,
+        p.slots_per_gpu(),
+        p.slots() - p.experts(),
+        previous
+            .as_ref()
+            .map(|q| format!(", {} slot moves from the previous plan", p.moves_from(q)))
+            .unwrap_or_default()
+    );
+    Ok(())
+}

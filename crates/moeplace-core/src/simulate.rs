@@ -1,0 +1,655 @@
+//! The replay simulator: every token of a trace through every MoE layer, against a
+//! placement, a dispatcher and a home policy, measuring the metrics of DESIGN.md
+//! "Metrics" exactly, plus an estimated time per layer.
+//!
+//! Per token and layer the dispatcher picks one GPU for each top-k pick; then
+//! - remote GPUs: distinct GPUs other than home among them (one send each);
+//! - remote nodes: distinct nodes other than home's node among those GPUs;
+//! - cross-node GPUs: remote GPUs on another node;
+//! - remote hops: picks served off the home GPU (not deduplicated);
+//! - bytes: 2 (dispatch + combine) x sends (remote GPUs) x hidden x bytes/element.
+//!
+//! Per layer over GPUs, load = picks served; Jain = (sum L)^2 / (G sum L^2),
+//! balancedness = mean/max, MaxVio = max/mean - 1, each averaged over layers. Home
+//! load: tokens per home GPU, max/mean over all G GPUs.
+//!
+//! Time estimates (the cost model of [`crate::cluster`]), per layer, treating the
+//! whole replayed stream as one batch:
+//! - all-to-all: for every GPU and each link type (intra-node, inter-node), the
+//!   larger of bytes sent and bytes received divided by the link's one-direction
+//!   bandwidth (links are full duplex), plus the link latency times the larger of the
+//!   number of peers sent to and received from (one message per peer); a GPU's time
+//!   is the slower of its two link types (they run in parallel); the layer's time is
+//!   the slowest GPU's, times 2 because the combine mirrors the dispatch.
+//! - expert compute: the hottest GPU's picks x FLOPs per token-expert / throughput.
+//!
+//! Homes: requests in order of first appearance are dealt round-robin over all GPUs,
+//! or by `family_gpus` (round-robin within the family's GPUs; requests of families
+//! not listed, or without a family, round-robin over all GPUs).
+//!
+//! Parallelism and determinism: requests are cut into fixed chunks of consecutive
+//! requests (about [`CHUNK_TOKENS`] tokens each, independent of the thread count);
+//! each chunk starts a fresh load signal for the dispatcher; chunks run in parallel
+//! (rayon) and count into integer accumulators whose sums are exact whatever the
+//! order, so results are identical for any thread count.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rayon::prelude::*;
+
+use crate::cluster::Cluster;
+use crate::dispatch::{DispatchContext, Dispatcher, ReplicaTable};
+use crate::placement::Placement;
+use crate::trace::{ModelShape, TokenBatch, TokenRef, Trace};
+
+/// Tokens per replay chunk (the dispatcher's load-signal window).
+pub const CHUNK_TOKENS: usize = 4096;
+
+/// Where requests are served.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HomePolicy {
+    /// Requests round-robin over all GPUs, in order of first appearance.
+    RoundRobin,
+    /// Round-robin within each family's GPUs; other requests over all GPUs.
+    Family(BTreeMap<String, Vec<usize>>),
+}
+
+/// Why a replay cannot run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SimError {
+    #[error("the placement is for {placement} but the trace is {trace}")]
+    ShapeMismatch { placement: String, trace: String },
+    #[error("{0}")]
+    Cluster(String),
+    #[error("family {family:?}: {reason}")]
+    BadFamilyGpus { family: String, reason: String },
+    #[error("the trace holds no tokens")]
+    Empty,
+}
+
+/// Per-layer results.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LayerMetrics {
+    /// Picks served per GPU.
+    pub load: Vec<u64>,
+    pub jain: f64,
+    pub balancedness: f64,
+    pub maxvio: f64,
+    /// Remote GPU sends (token copies leaving their home GPU) at this layer.
+    pub remote_sends: u64,
+    /// Remote sends that cross nodes.
+    pub cross_node_sends: u64,
+    pub remote_hops: u64,
+    pub all_to_all_us: f64,
+    pub compute_us: f64,
+}
+
+/// Exact integer totals of a replay (means are these over `token_layers`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub tokens: u64,
+    pub token_layers: u64,
+    pub remote_gpus: u64,
+    pub remote_nodes: u64,
+    pub cross_node_gpus: u64,
+    pub remote_hops: u64,
+}
+
+/// Results of one replay.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SimResult {
+    pub counts: Counts,
+    /// Means per token-layer.
+    pub remote_gpus: f64,
+    pub remote_nodes: f64,
+    pub cross_node_gpus: f64,
+    pub remote_hops: f64,
+    /// Bytes moved by dispatch and combine, whole stream.
+    pub bytes: u64,
+    /// Means over layers.
+    pub jain: f64,
+    pub balancedness: f64,
+    pub maxvio: f64,
+    pub home_max_over_mean: f64,
+    /// Tokens per home GPU.
+    pub home_tokens: Vec<u64>,
+    /// Sums over layers of the per-layer estimates.
+    pub all_to_all_us: f64,
+    pub compute_us: f64,
+    pub layers: Vec<LayerMetrics>,
+}
+
+/// Per-layer load figures of one layer's per-GPU loads: (Jain, balancedness, MaxVio).
+pub fn balance_figures(load: &[u64]) -> (f64, f64, f64) {
+    let g = load.len() as f64;
+    let sum: f64 = load.iter().map(|&x| x as f64).sum();
+    let sq: f64 = load.iter().map(|&x| (x as f64) * (x as f64)).sum();
+    let max = load.iter().copied().max().unwrap_or(0) as f64;
+    if sum == 0.0 {
+        return (1.0, 1.0, 0.0);
+    }
+    let mean = sum / g;
+    (sum * sum / (g * sq), mean / max, max / mean - 1.0)
+}
+
+/// Tokens of one request: (batch, index in batch).
+struct Request {
+    family: Option<String>,
+    tokens: Vec<(u32, u32)>,
+}
+
+struct Acc {
+    counts: Counts,
+    load: Vec<u64>,
+    /// `[layer][src][dst]` tokens sent home -> dst.
+    traffic: Vec<u64>,
+    hops: Vec<u64>,
+    home_tokens: Vec<u64>,
+}
+
+impl Acc {
+    fn new(layers: usize, gpus: usize) -> Acc {
+        Acc {
+            counts: Counts::default(),
+            load: vec![0; layers * gpus],
+            traffic: vec![0; layers * gpus * gpus],
+            hops: vec![0; layers],
+            home_tokens: vec![0; gpus],
+        }
+    }
+
+    fn add(mut self, o: Acc) -> Acc {
+        let c = &mut self.counts;
+        c.tokens += o.counts.tokens;
+        c.token_layers += o.counts.token_layers;
+        c.remote_gpus += o.counts.remote_gpus;
+        c.remote_nodes += o.counts.remote_nodes;
+        c.cross_node_gpus += o.counts.cross_node_gpus;
+        c.remote_hops += o.counts.remote_hops;
+        for (a, b) in [
+            (&mut self.load, &o.load),
+            (&mut self.traffic, &o.traffic),
+            (&mut self.hops, &o.hops),
+            (&mut self.home_tokens, &o.home_tokens),
+        ] {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        }
+        self
+    }
+}
+
+/// Replays `trace` against `placement` on `cluster`.
+pub fn simulate(
+    trace: &Trace,
+    placement: &Placement,
+    cluster: &Cluster,
+    dispatcher: &dyn Dispatcher,
+    homes: &HomePolicy,
+) -> Result<SimResult, SimError> {
+    replay(trace, placement, cluster, dispatcher, homes, true)
+}
+
+/// `simulate`, with the bit-mask path for up to 64 GPUs switchable (tests compare
+/// both paths).
+fn replay(
+    trace: &Trace,
+    placement: &Placement,
+    cluster: &Cluster,
+    dispatcher: &dyn Dispatcher,
+    homes: &HomePolicy,
+    masks: bool,
+) -> Result<SimResult, SimError> {
+    let shape = trace.shape;
+    if placement.layers() != shape.layers || placement.experts() != shape.experts {
+        return Err(SimError::ShapeMismatch {
+            placement: format!("{} layers x {} experts", placement.layers(), placement.experts()),
+            trace: shape.to_string(),
+        });
+    }
+    placement.check_cluster(cluster).map_err(SimError::Cluster)?;
+    cluster.validate().map_err(|e| SimError::Cluster(e.to_string()))?;
+    let g = cluster.gpus;
+    if let HomePolicy::Family(map) = homes {
+        for (f, gpus) in map {
+            if gpus.is_empty() {
+                return Err(SimError::BadFamilyGpus { family: f.clone(), reason: "has no GPUs".into() });
+            }
+            if let Some(x) = gpus.iter().find(|&&x| x >= g) {
+                return Err(SimError::BadFamilyGpus {
+                    family: f.clone(),
+                    reason: format!("GPU {x} is out of range (the cluster has {g} GPUs)"),
+                });
+            }
+        }
+    }
+    let requests = index_requests(trace);
+    if requests.is_empty() {
+        return Err(SimError::Empty);
+    }
+    let home_of = assign_homes(&requests, g, homes);
+    // Fixed chunks of consecutive requests.
+    let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start = 0;
+    let mut n = 0;
+    for (i, r) in requests.iter().enumerate() {
+        n += r.tokens.len();
+        if n >= CHUNK_TOKENS {
+            chunks.push(start..i + 1);
+            start = i + 1;
+            n = 0;
+        }
+    }
+    if start < requests.len() {
+        chunks.push(start..requests.len());
+    }
+    let table = ReplicaTable::new(placement);
+    let node_of: Vec<u32> = (0..g).map(|x| cluster.node_of(x) as u32).collect();
+    let (layers, k) = (shape.layers, shape.top_k);
+    let fixed = (dispatcher.always_primary() || table.single_copies()).then(|| table.primaries());
+    let route = Route { table: &table, node_of: &node_of, dispatcher, fixed: fixed.as_deref() };
+    let acc = chunks
+        .par_iter()
+        .fold(
+            || (Acc::new(layers, g), Scratch::new(layers, g, cluster.nodes, k, masks)),
+            |(mut acc, mut scratch), chunk| {
+                scratch.running.iter_mut().for_each(|x| *x = 0);
+                for ri in chunk.clone() {
+                    let home = home_of[ri];
+                    replay_request(trace, &requests[ri], ri, home, &route, &mut acc, &mut scratch);
+                }
+                (acc, scratch)
+            },
+        )
+        .map(|(a, _)| a)
+        .reduce(|| Acc::new(layers, g), Acc::add);
+    Ok(finish(acc, cluster, layers, &node_of))
+}
+
+struct Scratch {
+    running: Vec<u64>,
+    out: Vec<u32>,
+    stamp_gpu: Vec<u64>,
+    stamp_node: Vec<u64>,
+    stamp: u64,
+    /// With at most 64 GPUs: per node, the bit mask of its GPUs.
+    node_masks: Option<Vec<u64>>,
+}
+
+impl Scratch {
+    fn new(layers: usize, gpus: usize, nodes: usize, k: usize, masks: bool) -> Scratch {
+        let per = gpus / nodes;
+        Scratch {
+            node_masks: (masks && gpus <= 64)
+                .then(|| (0..nodes).map(|n| (n * per..(n + 1) * per).fold(0u64, |m, x| m | (1u64 << x))).collect()),
+            running: vec![0; layers * gpus],
+            out: vec![0; k],
+            stamp_gpu: vec![0; gpus],
+            stamp_node: vec![0; nodes],
+            stamp: 0,
+        }
+    }
+}
+
+/// How picks become GPUs: the dispatcher, or a direct table when choices are fixed.
+struct Route<'a> {
+    table: &'a ReplicaTable,
+    node_of: &'a [u32],
+    dispatcher: &'a dyn Dispatcher,
+    /// `[layer * experts + expert]` -> GPU, when every choice is the first copy.
+    fixed: Option<&'a [u32]>,
+}
+
+#[inline]
+fn replay_request(
+    trace: &Trace,
+    req: &Request,
+    ordinal: usize,
+    home: usize,
+    route: &Route<'_>,
+    acc: &mut Acc,
+    s: &mut Scratch,
+) {
+    let node_of = route.node_of;
+    let experts = trace.shape.experts;
+    let shape = trace.shape;
+    let (layers, k) = (shape.layers, shape.top_k);
+    let g = node_of.len();
+    let home_node = node_of[home];
+    acc.home_tokens[home] += req.tokens.len() as u64;
+    acc.counts.tokens += req.tokens.len() as u64;
+    acc.counts.token_layers += (req.tokens.len() * layers) as u64;
+    let (mut rg, mut rn, mut cn, mut hops) = (0u64, 0u64, 0u64, 0u64);
+    for (ti, &(b, t)) in req.tokens.iter().enumerate() {
+        let ids = trace.batches[b as usize].expert_ids();
+        let token_key = ((ordinal as u64) << 32) | ti as u64;
+        let base = t as usize * layers * k;
+        for layer in 0..layers {
+            let picks = &ids[base + layer * k..base + (layer + 1) * k];
+            let row = layer * g;
+            if let Some(fixed) = route.fixed {
+                let lut = &fixed[layer * experts..(layer + 1) * experts];
+                for (o, &e) in s.out.iter_mut().zip(picks) {
+                    *o = lut[e as usize];
+                }
+            } else {
+                let ctx = DispatchContext {
+                    replicas: route.table,
+                    node_of,
+                    layer,
+                    home,
+                    home_node: home_node as usize,
+                    token_key,
+                    loads: &s.running[row..row + g],
+                };
+                route.dispatcher.dispatch(&ctx, picks, &mut s.out);
+            }
+            let traffic = &mut acc.traffic[(row + home) * g..(row + home + 1) * g];
+            let load = &mut acc.load[row..row + g];
+            if route.fixed.is_none() {
+                let running = &mut s.running[row..row + g];
+                for &gpu in &s.out {
+                    running[gpu as usize] += 1;
+                }
+            }
+            let mut layer_hops = 0;
+            if let Some(node_masks) = &s.node_masks {
+                // Up to 64 GPUs: the token's destination GPUs as one bit mask.
+                let mut mask = 0u64;
+                for &gpu in &s.out {
+                    load[gpu as usize] += 1;
+                    mask |= 1u64 << gpu;
+                    layer_hops += u64::from(gpu as usize != home);
+                }
+                let remote = mask & !(1u64 << home);
+                let cross = remote & !node_masks[home_node as usize];
+                rg += u64::from(remote.count_ones());
+                cn += u64::from(cross.count_ones());
+                let mut m = remote;
+                while m != 0 {
+                    traffic[m.trailing_zeros() as usize] += 1;
+                    m &= m - 1;
+                }
+                let mut m = cross;
+                while m != 0 {
+                    let node = node_of[m.trailing_zeros() as usize] as usize;
+                    rn += 1;
+                    m &= !node_masks[node];
+                }
+            } else {
+                s.stamp += 1;
+                let stamp = s.stamp;
+                for &gpu in &s.out {
+                    let gpu = gpu as usize;
+                    load[gpu] += 1;
+                    if gpu != home {
+                        layer_hops += 1;
+                        if s.stamp_gpu[gpu] != stamp {
+                            s.stamp_gpu[gpu] = stamp;
+                            rg += 1;
+                            traffic[gpu] += 1;
+                            let node = node_of[gpu];
+                            if node != home_node {
+                                cn += 1;
+                                if s.stamp_node[node as usize] != stamp {
+                                    s.stamp_node[node as usize] = stamp;
+                                    rn += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            hops += layer_hops;
+            acc.hops[layer] += layer_hops;
+        }
+    }
+    acc.counts.remote_gpus += rg;
+    acc.counts.remote_nodes += rn;
+    acc.counts.cross_node_gpus += cn;
+    acc.counts.remote_hops += hops;
+}
+
+/// Requests in order of first appearance across the trace's batches.
+fn index_requests(trace: &Trace) -> Vec<Request> {
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut out: Vec<Request> = Vec::new();
+    for (bi, batch) in trace.batches.iter().enumerate() {
+        let names = batch.request_names();
+        let fams = batch.family_names();
+        let mut local: Vec<usize> = vec![usize::MAX; names.len()];
+        for (t, (&r, f)) in batch.request_indices().iter().zip(batch.family_indices()).enumerate() {
+            let r = r as usize;
+            if local[r] == usize::MAX {
+                local[r] = *ids.entry(names[r].as_str()).or_insert_with(|| {
+                    out.push(Request { family: f.map(|f| fams[f as usize].clone()), tokens: Vec::new() });
+                    out.len() - 1
+                });
+            }
+            out[local[r]].tokens.push((bi as u32, t as u32));
+        }
+    }
+    out
+}
+
+fn assign_homes(requests: &[Request], gpus: usize, homes: &HomePolicy) -> Vec<usize> {
+    match homes {
+        HomePolicy::RoundRobin => (0..requests.len()).map(|i| i % gpus).collect(),
+        HomePolicy::Family(map) => {
+            let mut next: BTreeMap<Option<&str>, usize> = BTreeMap::new();
+            requests
+                .iter()
+                .map(|r| {
+                    let listed = r.family.as_deref().and_then(|f| map.get(f).map(|g| (f, g)));
+                    match listed {
+                        Some((f, list)) => {
+                            let c = next.entry(Some(f)).or_insert(0);
+                            *c += 1;
+                            list[(*c - 1) % list.len()]
+                        }
+                        None => {
+                            let c = next.entry(None).or_insert(0);
+                            *c += 1;
+                            (*c - 1) % gpus
+                        }
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+fn finish(acc: Acc, cluster: &Cluster, layers: usize, node_of: &[u32]) -> SimResult {
+    let g = cluster.gpus;
+    let tb = cluster.token_bytes() as f64;
+    let c = &acc.counts;
+    let tl = c.token_layers.max(1) as f64;
+    let mut per_layer = Vec::with_capacity(layers);
+    for l in 0..layers {
+        let load = acc.load[l * g..(l + 1) * g].to_vec();
+        let (jain, balancedness, maxvio) = balance_figures(&load);
+        let t = &acc.traffic[l * g * g..(l + 1) * g * g];
+        let (mut remote_sends, mut cross) = (0u64, 0u64);
+        let mut slowest: f64 = 0.0;
+        for x in 0..g {
+            // [intra, inter] x (out bytes, in bytes, out peers, in peers)
+            let mut v = [[0u64; 4]; 2];
+            for y in 0..g {
+                let kind = usize::from(node_of[x] != node_of[y]);
+                let (o, i) = (t[x * g + y], t[y * g + x]);
+                v[kind][0] += o;
+                v[kind][1] += i;
+                v[kind][2] += u64::from(o > 0);
+                v[kind][3] += u64::from(i > 0);
+                remote_sends += o;
+                if kind == 1 {
+                    cross += o;
+                }
+            }
+            let time = |k: usize, gbps: f64, lat: f64| {
+                v[k][0].max(v[k][1]) as f64 * tb / (gbps * 1e3) + v[k][2].max(v[k][3]) as f64 * lat
+            };
+            let tx = time(0, cluster.intra_node_gbps, cluster.intra_node_latency_us).max(time(
+                1,
+                cluster.inter_node_gbps,
+                cluster.inter_node_latency_us,
+            ));
+            slowest = slowest.max(tx);
+        }
+        let hottest = load.iter().copied().max().unwrap_or(0) as f64;
+        per_layer.push(LayerMetrics {
+            jain,
+            balancedness,
+            maxvio,
+            remote_sends,
+            cross_node_sends: cross,
+            remote_hops: acc.hops[l],
+            all_to_all_us: 2.0 * slowest,
+            compute_us: hottest * cluster.expert_flops_per_token / (cluster.gpu_tflops * 1e6),
+            load,
+        });
+    }
+    let nl = layers.max(1) as f64;
+    let home_max = acc.home_tokens.iter().copied().max().unwrap_or(0) as f64;
+    let home_mean = acc.home_tokens.iter().sum::<u64>() as f64 / g as f64;
+    SimResult {
+        remote_gpus: c.remote_gpus as f64 / tl,
+        remote_nodes: c.remote_nodes as f64 / tl,
+        cross_node_gpus: c.cross_node_gpus as f64 / tl,
+        remote_hops: c.remote_hops as f64 / tl,
+        bytes: 2 * c.remote_gpus * cluster.token_bytes() as u64,
+        jain: per_layer.iter().map(|l| l.jain).sum::<f64>() / nl,
+        balancedness: per_layer.iter().map(|l| l.balancedness).sum::<f64>() / nl,
+        maxvio: per_layer.iter().map(|l| l.maxvio).sum::<f64>() / nl,
+        home_max_over_mean: if home_mean > 0.0 { home_max / home_mean } else { 1.0 },
+        home_tokens: acc.home_tokens,
+        all_to_all_us: per_layer.iter().map(|l| l.all_to_all_us).sum(),
+        compute_us: per_layer.iter().map(|l| l.compute_us).sum(),
+        layers: per_layer,
+        counts: acc.counts,
+    }
+}
+
+/// A deterministic trace for throughput measurements (not a workload model):
+/// `tokens` tokens in requests of `tokens_per_request`, each token picking top-k
+/// distinct experts per layer with a skew towards low ids (a squared uniform draw),
+/// from a fixed-seed generator. Used by `moeplace bench simulate` and the criterion
+/// bench so both measure the same input.
+pub fn benchmark_trace(shape: ModelShape, tokens: usize, tokens_per_request: usize, seed: u64) -> Trace {
+    let mut state = seed ^ 0x5851_F42D_4C95_7F2D;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let mut batch = TokenBatch::with_capacity(shape, tokens);
+    let mut ids = vec![0u16; shape.picks_per_token()];
+    let names: Vec<String> = (0..tokens.div_ceil(tokens_per_request.max(1))).map(|r| format!("r{r}")).collect();
+    for t in 0..tokens {
+        for layer in 0..shape.layers {
+            let row = &mut ids[layer * shape.top_k..(layer + 1) * shape.top_k];
+            let mut n = 0;
+            while n < shape.top_k {
+                let u = next();
+                let e = ((u * u * shape.experts as f64) as usize).min(shape.experts - 1) as u16;
+                if !row[..n].contains(&e) {
+                    row[n] = e;
+                    n += 1;
+                }
+            }
+        }
+        let r = t / tokens_per_request.max(1);
+        batch
+            .push(TokenRef {
+                request: &names[r],
+                family: None,
+                phase: None,
+                position: (t % tokens_per_request.max(1)) as u32,
+                experts: &ids,
+                gate_weights: None,
+            })
+            .expect("generated ids fit the shape");
+    }
+    Trace { shape, batches: vec![batch] }
+}
+
+/// "Cut" in percent: 100 x (1 - plan / baseline); `None` when the baseline is 0.
+pub fn cut_percent(plan: f64, baseline: f64) -> Option<f64> {
+    (baseline != 0.0).then(|| 100.0 * (1.0 - plan / baseline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::{Nearest, Primary};
+
+    /// 2 layers, 4 experts, top-2; 2 GPUs in 2 nodes, 2 slots each.
+    fn tiny() -> (Trace, Cluster) {
+        let shape = ModelShape::new(2, 4, 2).unwrap();
+        let mut b = TokenBatch::new(shape);
+        let tok = |r: &'static str, e: &'static [u16]| TokenRef {
+            request: r,
+            family: None,
+            phase: None,
+            position: 0,
+            experts: e,
+            gate_weights: None,
+        };
+        b.push(tok("a", &[0, 1, 0, 2])).unwrap();
+        b.push(tok("b", &[2, 3, 1, 3])).unwrap();
+        b.push(tok("a", &[0, 3, 2, 3])).unwrap();
+        (Trace { shape, batches: vec![b] }, Cluster::new(2, 2, 2).unwrap())
+    }
+
+    #[test]
+    fn hand_counted_linear_replay() {
+        let (trace, cluster) = tiny();
+        let p = Placement::new(4, 2, 2, vec![vec![0, 1, 2, 3]; 2]).unwrap();
+        let r = simulate(&trace, &p, &cluster, &Primary, &HomePolicy::RoundRobin).unwrap();
+        // Request a is home 0, b is home 1. GPU 0 holds {0,1}, GPU 1 holds {2,3}.
+        // a t0: L0 {0,1} local; L1 {0,2} -> 1 remote. b: L0 {2,3} local; L1 {1,3} -> 1.
+        // a t1: L0 {0,3} -> 1; L1 {2,3} -> 1 remote GPU, 2 hops.
+        assert_eq!(r.counts.token_layers, 6);
+        assert_eq!((r.counts.remote_gpus, r.counts.remote_nodes, r.counts.remote_hops), (4, 4, 5));
+        assert_eq!(r.layers[0].load, vec![3, 3]);
+        assert_eq!(r.layers[1].load, vec![2, 4]);
+        assert_eq!(r.home_tokens, vec![2, 1]);
+        assert!((r.home_max_over_mean - 2.0 / 1.5).abs() < 1e-12);
+        assert!((r.jain - (1.0 + 36.0 / (2.0 * 20.0)) / 2.0).abs() < 1e-12);
+        assert_eq!(r.bytes, 2 * 4 * 7168 * 2);
+        assert!(r.all_to_all_us > 0.0 && r.compute_us > 0.0);
+    }
+
+    #[test]
+    fn family_homes_and_bad_gpu_ids() {
+        let (trace, cluster) = tiny();
+        let p = Placement::new(4, 2, 2, vec![vec![0, 1, 2, 3]; 2]).unwrap();
+        let fam = HomePolicy::Family(BTreeMap::from([("x".to_string(), vec![5])]));
+        assert!(matches!(simulate(&trace, &p, &cluster, &Nearest, &fam), Err(SimError::BadFamilyGpus { .. })));
+        // Requests without a family fall back to round-robin over all GPUs.
+        let fam = HomePolicy::Family(BTreeMap::from([("x".to_string(), vec![1])]));
+        let r = simulate(&trace, &p, &cluster, &Nearest, &fam).unwrap();
+        assert_eq!(r.home_tokens, vec![2, 1]);
+    }
+
+    #[test]
+    fn mask_and_general_paths_agree() {
+        let shape = ModelShape::new(3, 32, 4).unwrap();
+        let trace = benchmark_trace(shape, 3000, 37, 9);
+        let cluster = Cluster::new(4, 16, 3).unwrap();
+        // Slot s holds expert 7s mod 32: every expert once in slots 0..32, 16 of them
+        // twice, never twice on one GPU (a GPU's slots differ by 7 and 14).
+        let row: Vec<i64> = (0..48).map(|s| (s * 7 % 32) as i64).collect();
+        let p = Placement::new(32, 16, 3, vec![row; 3]).unwrap();
+        for d in crate::dispatch::registry(3) {
+            let a = replay(&trace, &p, &cluster, d.as_ref(), &HomePolicy::RoundRobin, true).unwrap();
+            let b = replay(&trace, &p, &cluster, d.as_ref(), &HomePolicy::RoundRobin, false).unwrap();
+            assert_eq!(a, b, "{}", d.name());
+            assert!(a.counts.remote_nodes > 0 && a.counts.remote_gpus > a.counts.remote_nodes);
+        }
+    }
+
+    #[test]
+    fn cut_is_relative_to_baseline() {
+        assert_eq!(cut_percent(0.5, 2.0), Some(75.0));
+        assert_eq!(cut_percent(1.0, 0.0), None);
+    }
+}

@@ -1,0 +1,118 @@
+//! Cluster files: a small TOML description of the cluster a plan is for.
+//!
+//! ```toml
+//! preset = "h100"          # optional: start from a preset's links (h100, a100-eth)
+//! nodes = 2                # required
+//! gpus = 16                # default: nodes x the preset's GPUs per node
+//! slots_per_gpu = 5        # required
+//! intra_node_gbps = 450.0  # GB/s per GPU, one direction
+//! inter_node_gbps = 50.0
+//! intra_node_latency_us = 2.0
+//! inter_node_latency_us = 5.0
+//! hidden_size = 7168
+//! bytes_per_element = 2
+//! expert_flops_per_token = 88080384.0
+//! gpu_tflops = 400.0
+//! ```
+//! Without a preset, unspecified links are the `h100` preset's and `gpus` is required.
+//! Unknown keys are refused (typos must not pass silently).
+
+use std::path::Path;
+
+use moeplace_core::cluster::{Cluster, Preset};
+
+use crate::error::FormatError;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterRepr {
+    preset: Option<String>,
+    nodes: usize,
+    gpus: Option<usize>,
+    slots_per_gpu: usize,
+    intra_node_gbps: Option<f64>,
+    inter_node_gbps: Option<f64>,
+    intra_node_latency_us: Option<f64>,
+    inter_node_latency_us: Option<f64>,
+    hidden_size: Option<usize>,
+    bytes_per_element: Option<usize>,
+    expert_flops_per_token: Option<f64>,
+    gpu_tflops: Option<f64>,
+}
+
+/// Reads and validates a cluster file.
+pub fn read(path: &Path) -> Result<Cluster, FormatError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
+    parse(path, &text)
+}
+
+/// Parses cluster TOML text (`path` names it in errors).
+pub fn parse(path: &Path, text: &str) -> Result<Cluster, FormatError> {
+    let r: ClusterRepr = toml::from_str(text).map_err(|e| FormatError::file(path, e.to_string().trim().to_string()))?;
+    let mut c = match &r.preset {
+        Some(name) => {
+            let p = Preset::by_name(name).ok_or_else(|| {
+                FormatError::file(path, format!("unknown preset {name:?} (known: {})", Preset::names().join(", ")))
+            })?;
+            let mut c = p
+                .cluster(r.nodes.max(1), r.slots_per_gpu.max(1))
+                .map_err(|e| FormatError::file(path, e.to_string()))?;
+            c.nodes = r.nodes;
+            c.slots_per_gpu = r.slots_per_gpu;
+            if let Some(g) = r.gpus {
+                c.gpus = g;
+            }
+            c
+        }
+        None => {
+            let gpus = r.gpus.ok_or_else(|| FormatError::file(path, "`gpus` is required without a preset"))?;
+            let mut c = Cluster::new(1, 1, 1).expect("a 1-GPU cluster is valid");
+            c.nodes = r.nodes;
+            c.gpus = gpus;
+            c.slots_per_gpu = r.slots_per_gpu;
+            c
+        }
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = r.$f { c.$f = v; } )* };
+    }
+    set!(
+        intra_node_gbps,
+        inter_node_gbps,
+        intra_node_latency_us,
+        inter_node_latency_us,
+        hidden_size,
+        bytes_per_element,
+        expert_flops_per_token,
+        gpu_tflops
+    );
+    c.validate().map_err(|e| FormatError::file(path, e.to_string()))?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preset_and_overrides() {
+        let p = Path::new("c.toml");
+        let c = parse(p, "preset = \"a100-eth\"\nnodes = 2\nslots_per_gpu = 5\ngpu_tflops = 100.0\n").unwrap();
+        assert_eq!((c.nodes, c.gpus, c.slots_per_gpu, c.gpu_tflops), (2, 8, 5, 100.0));
+        let c = parse(p, "nodes = 4\ngpus = 16\nslots_per_gpu = 4\ninter_node_gbps = 12.5\n").unwrap();
+        assert_eq!((c.gpus, c.inter_node_gbps, c.intra_node_gbps), (16, 12.5, 450.0));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let p = Path::new("c.toml");
+        let e = parse(p, "nodes = 4\nslots_per_gpu = 4\n").unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("gpus"), "{e}");
+        let e = parse(p, "nodes = 3\ngpus = 16\nslots_per_gpu = 4\n").unwrap_err().to_string();
+        assert!(e.contains("do not divide"), "{e}");
+        let e = parse(p, "nodes = 4\ngpus = 16\nslots_per_gpu = 4\nspeed = 3\n").unwrap_err().to_string();
+        assert!(e.contains("speed"), "{e}");
+        let e = parse(p, "preset = \"tpu\"\nnodes = 1\nslots_per_gpu = 4\n").unwrap_err().to_string();
+        assert!(e.contains("h100"), "{e}");
+    }
+}

@@ -1,0 +1,297 @@
+//! The plan file (DESIGN.md "Contracts"): versioned JSON carrying a placement to
+//! serving engines and to `moeplace eval`.
+//!
+//! ```text
+//! {
+//!   "format": "moeplace-plan",
+//!   "version": 1,
+//!   "num_gpus": G, "num_nodes": N, "slots_per_gpu": S/G, "num_experts": E,
+//!   "num_layers": L,
+//!   "physical_to_logical_map": [[expert id per slot] x L],
+//!   "family_gpus": {"law": [0, 1, 2, 3], ...},            // optional
+//!   "provenance": {"placer": "linear", "parameters": {"k": "v"}, "seed": 0,
+//!                  "input_digest": "fnv1a64:0123456789abcdef"},
+//!   "notes": {"name": number, ...}                          // placer's figures
+//! }
+//! ```
+//! Every read and every write validates the placement with
+//! [`Placement::new`](moeplace_core::placement::Placement::new) (errors name the layer,
+//! GPU and expert), checks that GPUs divide into nodes and that `family_gpus` ids are
+//! in range, non-empty and not repeated within a family. Output has no timestamps and
+//! a fixed key order, so the same inputs give a byte-identical file. The input digest
+//! is FNV-1a (64-bit) over the canonical statistics file text of the calibration
+//! input ([`digest`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use moeplace_core::placement::Placement;
+use serde_json::Value;
+
+use crate::atomic;
+use crate::error::{FormatError, Location};
+
+pub const FORMAT_NAME: &str = "moeplace-plan";
+pub const VERSION: u64 = 1;
+
+/// Where a plan came from.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Provenance {
+    pub placer: String,
+    pub parameters: BTreeMap<String, String>,
+    pub seed: u64,
+    /// `fnv1a64:<16 hex digits>` of the calibration statistics.
+    pub input_digest: String,
+}
+
+/// A plan: placement, node count, optional family homes, provenance and notes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub num_nodes: usize,
+    pub placement: Placement,
+    pub family_gpus: Option<BTreeMap<String, Vec<usize>>>,
+    pub provenance: Provenance,
+    pub notes: BTreeMap<String, f64>,
+}
+
+/// FNV-1a 64-bit digest of `bytes`, as `fnv1a64:<hex>`.
+pub fn digest(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("fnv1a64:{h:016x}")
+}
+
+/// Checks what [`Placement::new`] does not: nodes divide GPUs, family GPU ids.
+pub fn check(plan: &Plan) -> Result<(), String> {
+    let g = plan.placement.gpus();
+    if plan.num_nodes == 0 || !g.is_multiple_of(plan.num_nodes) {
+        return Err(format!("{g} GPUs do not divide evenly into {} nodes", plan.num_nodes));
+    }
+    if let Some(f) = &plan.family_gpus {
+        for (name, gpus) in f {
+            if gpus.is_empty() {
+                return Err(format!("family_gpus: family {name:?} has no GPUs"));
+            }
+            for (i, &x) in gpus.iter().enumerate() {
+                if x >= g {
+                    return Err(format!(
+                        "family_gpus: family {name:?}: GPU {x} is out of range (the plan has {g} GPUs)"
+                    ));
+                }
+                if gpus[..i].contains(&x) {
+                    return Err(format!("family_gpus: family {name:?}: GPU {x} is listed twice"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The canonical text of a plan (validated first).
+pub fn to_json(plan: &Plan) -> Result<String, String> {
+    check(plan)?;
+    let p = &plan.placement;
+    let mut s = String::new();
+    s.push_str("{\n");
+    let _ = writeln!(s, "  \"format\": {},", js(FORMAT_NAME));
+    let _ = writeln!(s, "  \"version\": {VERSION},");
+    let _ = writeln!(s, "  \"num_gpus\": {},", p.gpus());
+    let _ = writeln!(s, "  \"num_nodes\": {},", plan.num_nodes);
+    let _ = writeln!(s, "  \"slots_per_gpu\": {},", p.slots_per_gpu());
+    let _ = writeln!(s, "  \"num_experts\": {},", p.experts());
+    let _ = writeln!(s, "  \"num_layers\": {},", p.layers());
+    s.push_str("  \"physical_to_logical_map\": [\n");
+    for (l, row) in p.phy2log().iter().enumerate() {
+        let items: Vec<String> = row.iter().map(u32::to_string).collect();
+        let _ = writeln!(s, "    [{}]{}", items.join(", "), if l + 1 < p.layers() { "," } else { "" });
+    }
+    s.push_str("  ],\n");
+    if let Some(f) = &plan.family_gpus {
+        s.push_str("  \"family_gpus\": {");
+        let items: Vec<String> = f
+            .iter()
+            .map(|(k, v)| {
+                let ids: Vec<String> = v.iter().map(usize::to_string).collect();
+                format!("\n    {}: [{}]", js(k), ids.join(", "))
+            })
+            .collect();
+        s.push_str(&items.join(","));
+        s.push_str("\n  },\n");
+    }
+    let pr = &plan.provenance;
+    s.push_str("  \"provenance\": {\n");
+    let _ = writeln!(s, "    \"placer\": {},", js(&pr.placer));
+    let _ = writeln!(s, "    \"parameters\": {},", serde_json::to_string(&pr.parameters).expect("strings serialise"));
+    let _ = writeln!(s, "    \"seed\": {},", pr.seed);
+    let _ = writeln!(s, "    \"input_digest\": {}", js(&pr.input_digest));
+    s.push_str("  },\n");
+    let _ = writeln!(s, "  \"notes\": {}", serde_json::to_string(&plan.notes).map_err(|e| e.to_string())?);
+    s.push_str("}\n");
+    Ok(s)
+}
+
+/// A JSON string literal.
+fn js(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+/// Writes a plan atomically after validating it.
+pub fn write(path: &Path, plan: &Plan) -> Result<(), FormatError> {
+    let text = to_json(plan).map_err(|e| FormatError::file(path, format!("refusing to write an invalid plan: {e}")))?;
+    atomic::write_bytes(path, text.as_bytes())
+}
+
+/// Reads and validates a plan file.
+pub fn read(path: &Path) -> Result<Plan, FormatError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
+    from_json(path, &text)
+}
+
+fn part(path: &Path, key: &str, msg: impl Into<String>) -> FormatError {
+    FormatError::new(path, Location::Part(key.to_string()), msg)
+}
+
+fn uint(path: &Path, v: &Value, key: &str) -> Result<usize, FormatError> {
+    v.get(key)
+        .ok_or_else(|| part(path, key, "missing"))?
+        .as_u64()
+        .map(|x| x as usize)
+        .ok_or_else(|| part(path, key, "must be a non-negative integer"))
+}
+
+/// Parses and validates plan text (`path` names it in errors).
+pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| FormatError::line(path, e.line() as u64, format!("not valid JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| FormatError::file(path, "a plan is a JSON object"))?;
+    const KNOWN: &[&str] = &[
+        "format",
+        "version",
+        "num_gpus",
+        "num_nodes",
+        "slots_per_gpu",
+        "num_experts",
+        "num_layers",
+        "physical_to_logical_map",
+        "family_gpus",
+        "provenance",
+        "notes",
+    ];
+    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(part(path, k, "unknown key in a plan file"));
+    }
+    if v.get("format").and_then(Value::as_str) != Some(FORMAT_NAME) {
+        return Err(part(path, "format", format!("expected \"{FORMAT_NAME}\"; is this a plan file?")));
+    }
+    let version = uint(path, &v, "version")?;
+    if version as u64 != VERSION {
+        return Err(part(path, "version", format!("version {version} is not supported (this build reads {VERSION})")));
+    }
+    let gpus = uint(path, &v, "num_gpus")?;
+    let nodes = uint(path, &v, "num_nodes")?;
+    let spg = uint(path, &v, "slots_per_gpu")?;
+    let experts = uint(path, &v, "num_experts")?;
+    let map = v
+        .get("physical_to_logical_map")
+        .and_then(Value::as_array)
+        .ok_or_else(|| part(path, "physical_to_logical_map", "missing or not an array of layers"))?;
+    let mut rows = Vec::with_capacity(map.len());
+    for (l, row) in map.iter().enumerate() {
+        let row = row
+            .as_array()
+            .ok_or_else(|| part(path, "physical_to_logical_map", format!("layer {l} is not an array")))?;
+        let ids: Option<Vec<i64>> = row.iter().map(Value::as_i64).collect();
+        rows.push(ids.ok_or_else(|| {
+            part(path, "physical_to_logical_map", format!("layer {l} holds something other than integers"))
+        })?);
+    }
+    if let Some(layers) = v.get("num_layers") {
+        if layers.as_u64() != Some(rows.len() as u64) {
+            return Err(part(path, "num_layers", format!("says {layers} but the map has {} layers", rows.len())));
+        }
+    }
+    let placement =
+        Placement::new(experts, gpus, spg, rows).map_err(|e| part(path, "physical_to_logical_map", e.to_string()))?;
+    let family_gpus = match v.get("family_gpus") {
+        None | Some(Value::Null) => None,
+        Some(f) => Some(
+            serde_json::from_value::<BTreeMap<String, Vec<usize>>>(f.clone())
+                .map_err(|e| part(path, "family_gpus", format!("expected {{family: [GPU ids]}}: {e}")))?,
+        ),
+    };
+    let pv = v.get("provenance").ok_or_else(|| part(path, "provenance", "missing"))?;
+    let provenance = Provenance {
+        placer: pv
+            .get("placer")
+            .and_then(Value::as_str)
+            .ok_or_else(|| part(path, "provenance", "`placer` missing or not a string"))?
+            .to_string(),
+        parameters: serde_json::from_value(pv.get("parameters").cloned().unwrap_or(Value::Object(Default::default())))
+            .map_err(|e| part(path, "provenance", format!("`parameters` must map names to strings: {e}")))?,
+        seed: pv.get("seed").and_then(Value::as_u64).ok_or_else(|| part(path, "provenance", "`seed` missing"))?,
+        input_digest: pv.get("input_digest").and_then(Value::as_str).unwrap_or_default().to_string(),
+    };
+    let notes = match v.get("notes") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(n) => serde_json::from_value(n.clone())
+            .map_err(|e| part(path, "notes", format!("expected {{name: number}}: {e}")))?,
+    };
+    let plan = Plan { num_nodes: nodes, placement, family_gpus, provenance, notes };
+    check(&plan).map_err(|e| FormatError::file(path, e))?;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            num_nodes: 2,
+            placement: Placement::new(4, 2, 3, vec![vec![0, 1, 2, 3, 2, 0], vec![3, 2, 1, 0, 1, 2]]).unwrap(),
+            family_gpus: Some(BTreeMap::from([("law".into(), vec![1]), ("code \"x\"".into(), vec![0, 1])])),
+            provenance: Provenance {
+                placer: "linear".into(),
+                parameters: BTreeMap::from([("a".into(), "1".into())]),
+                seed: 7,
+                input_digest: digest(b"abc"),
+            },
+            notes: BTreeMap::from([("bound".into(), 1.5)]),
+        }
+    }
+
+    #[test]
+    fn round_trip_is_exact_and_canonical() {
+        let p = plan();
+        let text = to_json(&p).unwrap();
+        let back = from_json(Path::new("p.json"), &text).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(to_json(&back).unwrap(), text);
+    }
+
+    #[test]
+    fn fnv1a_matches_reference_values() {
+        assert_eq!(digest(b""), "fnv1a64:cbf29ce484222325");
+        assert_eq!(digest(b"a"), "fnv1a64:af63dc4c8601ec8c");
+    }
+
+    #[test]
+    fn invalid_plans_are_refused_with_names() {
+        let text = to_json(&plan()).unwrap();
+        let bad = text.replace("[0, 1, 2, 3, 2, 0]", "[0, 1, 2, 3, 3, 0]");
+        let e = from_json(Path::new("p.json"), &bad).unwrap_err().to_string();
+        assert!(e.contains("layer 0, GPU 1: expert 3"), "{e}");
+        let bad = text.replace("\"law\": [1]", "\"law\": [2]");
+        let e = from_json(Path::new("p.json"), &bad).unwrap_err().to_string();
+        assert!(e.contains("GPU 2 is out of range"), "{e}");
+        let bad = text.replace("\"num_nodes\": 2", "\"num_nodes\": 3");
+        assert!(from_json(Path::new("p.json"), &bad).is_err());
+        let mut p = plan();
+        p.family_gpus = Some(BTreeMap::from([("x".into(), vec![])]));
+        assert!(to_json(&p).is_err());
+    }
+}
