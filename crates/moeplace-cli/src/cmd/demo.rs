@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(a.tokens() + b.tokens(), t.tokens());
         let ra: std::collections::HashSet<&str> = a.iter().map(|x| x.request).collect();
         assert!(b.iter().all(|x| !ra.contains(x.request)));
-        for fam in ["chat", "code", "law", "math"] {
+        for fam in ["chat", "code", "general", "math"] {
             assert!(a.iter().any(|x| x.family == Some(fam)) && b.iter().any(|x| x.family == Some(fam)));
         }
         assert_eq!(synthesize_workload(3), t);
