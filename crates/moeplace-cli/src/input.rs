@@ -73,6 +73,8 @@ pub fn profile_inputs(inputs: &[PathBuf], args: &TraceArgs, options: ProfileOpti
     for path in inputs {
         let stats = if is_stats_file(path) {
             stats_file::read(path)?
+        } else if let Some(stats) = engine_statistics(path, args) {
+            stats?
         } else {
             let mut reader = args.open(path)?;
             let mut stats = Statistics::new(reader.shape(), options);
@@ -122,5 +124,30 @@ pub fn print_stdout(text: &str) -> Result<()> {
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => Ok(r?),
+    }
+}
+
+/// Statistics from an engine's aggregated counts (SGLang `logical_count` JSON,
+/// TensorRT-LLM expert statistics folder), or `None` if `path` is neither. The
+/// counts carry loads only (summed over steps); they do not record top-k, so
+/// `--top-k` is required to count tokens.
+pub fn engine_statistics(path: &Path, args: &TraceArgs) -> Option<Result<Statistics>> {
+    let loads = moeplace_formats::engine_counts::read_engine_counts(path)?;
+    Some((|| {
+        let loads = loads?;
+        let k = args.top_k.with_context(|| {
+            format!("{}: engine counts do not record top-k; pass --top-k (e.g. 8 for DeepSeek-V3)", path.display())
+        })?;
+        let shape = ModelShape::new(loads.layers, loads.experts, k).with_context(|| path.display().to_string())?;
+        let total: Vec<u64> = loads.total().iter().map(|x| x.round() as u64).collect();
+        Ok(Statistics::from_loads(shape, total, None).with_context(|| path.display().to_string())?)
+    })())
+}
+
+/// Reads `--stats`: a statistics file or an engine count dump.
+pub fn read_statistics(path: &Path, args: &TraceArgs) -> Result<Statistics> {
+    match engine_statistics(path, args) {
+        Some(s) => s,
+        None => Ok(stats_file::read(path)?),
     }
 }

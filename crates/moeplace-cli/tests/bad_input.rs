@@ -99,3 +99,18 @@ fn statistics_file_errors_are_clear() {
     assert!(err.contains("s.json") && !err.contains("panicked"), "{err}");
     assert!(!dir.path().join("o.json").exists(), "no output on failure");
 }
+
+#[test]
+fn engine_counts_profile_and_need_top_k() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "lc.json", r#"{"logical_count": [[[4, 2, 2, 0], [1, 1, 3, 3]]]}"#);
+    let out = moeplace(&["profile", p.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("lc.json") && err.contains("--top-k"), "{err}");
+    let out = moeplace(&["profile", p.to_str().unwrap(), "--top-k", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tokens"], 4);
+    assert_eq!(v["per_layer"][0]["max_over_mean"], 2.0);
+}

@@ -3,6 +3,7 @@
 //! Trace readers stream [`TokenBatch`](moeplace_core::trace::TokenBatch)es of bounded
 //! size whatever the file size; every error names the file and the line or row.
 //! - [`detect`]: choose a trace format from a path (extension, folder layout, header).
+//! - [`engine_counts`]: SGLang `logical_count` and TensorRT-LLM expert statistics.
 //! - [`jsonl`]: the project's own JSONL trace format (reader and writer).
 //! - [`esft`]: DeepSeek ESFT expert logs (`<family>/expert_weights_<layer>.txt`).
 //! - [`parquet`]: Parquet traces (reader and writer).
@@ -19,6 +20,7 @@
 pub mod atomic;
 pub mod cluster_file;
 pub mod detect;
+pub mod engine_counts;
 pub mod error;
 pub mod esft;
 pub mod export;

@@ -9,7 +9,7 @@ use moeplace_formats::plan_file::{self, Plan, Provenance};
 use moeplace_formats::stats_file;
 
 use crate::cluster_args::ClusterArgs;
-use crate::input::{profile_inputs, TraceArgs};
+use crate::input::{profile_inputs, read_statistics, TraceArgs};
 
 /// Plan an expert placement with a placer, from calibration statistics (`moeplace
 /// profile -o`) or a calibration trace, for a cluster; write a plan file.
@@ -61,7 +61,7 @@ fn placer_help() -> String {
 /// Reads the calibration input into statistics.
 pub fn calibration(stats: Option<&PathBuf>, trace: Option<&PathBuf>, args: &TraceArgs) -> Result<Statistics> {
     match (stats, trace) {
-        (Some(s), _) => Ok(stats_file::read(s)?),
+        (Some(s), _) => read_statistics(s, args),
         (None, Some(t)) => profile_inputs(std::slice::from_ref(t), args, ProfileOptions::default()),
         (None, None) => bail!("give --stats or --trace"),
     }
