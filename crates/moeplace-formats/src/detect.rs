@@ -9,7 +9,7 @@ use std::path::Path;
 use moeplace_core::trace::{ModelShape, TokenBatch};
 
 use crate::error::FormatError;
-use crate::{esft, jsonl, parquet, sglang};
+use crate::{esft, jsonl, npz, parquet, sglang};
 
 /// The trace formats moeplace reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,10 +117,8 @@ pub fn open_trace(path: &Path, opts: &ReadOptions) -> Result<Box<dyn TraceReader
     match format {
         TraceFormat::Jsonl => Ok(Box::new(jsonl::JsonlReader::open(path, opts.batch_tokens)?)),
         TraceFormat::Esft => Ok(Box::new(esft::EsftReader::open(path, opts)?)),
+        TraceFormat::Npz => Ok(Box::new(npz::NumpyReader::open(path, opts.experts, opts.batch_tokens)?)),
         TraceFormat::Parquet => Ok(Box::new(parquet::ParquetReader::open(path, opts.batch_tokens)?)),
         TraceFormat::Sglang => Ok(Box::new(sglang::SglangReader::open(path, opts.batch_tokens)?)),
-        other => {
-            Err(FormatError::file(path, format!("reading {} traces is not available in this build", other.name())))
-        }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`engine_counts`]: SGLang `logical_count` and TensorRT-LLM expert statistics.
 //! - [`jsonl`]: the project's own JSONL trace format (reader and writer).
 //! - [`esft`]: DeepSeek ESFT expert logs (`<family>/expert_weights_<layer>.txt`).
+//! - [`npz`]: NumPy `.npz`/`.npy` traces.
 //! - [`parquet`]: Parquet traces (reader and writer).
 //! - [`sglang`]: SGLang-recorded traces (`simllm-preplay-trace-v2`).
 //! - [`stats_file`]: the versioned statistics file of `moeplace profile`.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod esft;
 pub mod export;
 pub mod jsonl;
+pub mod npz;
 pub mod parquet;
 pub mod plan_file;
 pub mod report_html;

@@ -88,7 +88,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     #[test]
-    fn jsonl_and_parquet_round_trip(tokens in token_strategy(), weights in any::<bool>(), layers in 1usize..4, e in 3usize..12) {
+    fn jsonl_parquet_and_npz_round_trip(tokens in token_strategy(), weights in any::<bool>(), layers in 1usize..4, e in 3usize..12) {
         let k = 1 + e % 3;
         let shape = ModelShape::new(layers, e, k).unwrap();
         let t = trace_from(shape, &tokens, weights);
@@ -103,6 +103,9 @@ proptest! {
         w.write_batch(&t.batches[0]).unwrap();
         w.finish().unwrap();
         same_tokens(&t, &read_all(&p, 5));
+        let n = dir.path().join("t.npz");
+        moeplace_formats::npz::write_npz(&n, shape, &t.batches).unwrap();
+        same_tokens(&t, &read_all(&n, 6));
     }
 
     #[test]
@@ -141,4 +144,24 @@ fn parquet_writer_refuses_mixed_weights_and_leaves_no_file() {
     drop(w);
     assert!(!p.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temporary file left");
+}
+
+#[test]
+fn npz_needs_the_expert_count_and_checks_ids() {
+    use ndarray::{ArrayD, IxDyn};
+    use ndarray_npy::WriteNpyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ids.npy");
+    let a = ArrayD::from_shape_vec(IxDyn(&[2, 1, 2]), vec![0i32, 1, 2, 5]).unwrap();
+    a.write_npy(std::fs::File::create(&p).unwrap()).unwrap();
+    let e = open_trace(&p, &ReadOptions::default()).err().unwrap().to_string();
+    assert!(e.contains("ids.npy") && e.contains("--experts"), "{e}");
+    let opts = ReadOptions { experts: Some(4), ..Default::default() };
+    let mut r = open_trace(&p, &opts).unwrap();
+    let e = r.next().unwrap().unwrap_err().to_string();
+    assert!(e.contains("row 1") && e.contains("out of range"), "{e}");
+    let opts = ReadOptions { experts: Some(6), ..Default::default() };
+    let t: Vec<_> = open_trace(&p, &opts).unwrap().map(Result::unwrap).collect();
+    assert_eq!(t[0].len(), 2);
+    assert_eq!(t[0].picks(1, 0), &[2, 5]);
 }

@@ -10,7 +10,7 @@ use moeplace_formats::TraceFormat;
 use crate::input::{byte_progress, TraceArgs};
 
 /// Convert a routing trace between formats, streaming (memory stays bounded).
-/// The output format follows the output's extension (.jsonl, .parquet) or --to.
+/// The output format follows the output's extension (.jsonl, .parquet, .npz) or --to.
 ///
 /// Example:
 ///   moeplace convert traces/esft esft.jsonl
@@ -36,7 +36,8 @@ fn output_format(path: &Path, to: Option<&str>) -> Result<TraceFormat> {
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("jsonl") => Ok(TraceFormat::Jsonl),
         Some("parquet") => Ok(TraceFormat::Parquet),
-        _ => bail!("{}: cannot tell the output format from the name; use --to jsonl|parquet", path.display()),
+        Some("npz") => Ok(TraceFormat::Npz),
+        _ => bail!("{}: cannot tell the output format from the name; use --to jsonl|parquet|npz", path.display()),
     }
 }
 
@@ -65,6 +66,18 @@ pub fn run(args: Args) -> Result<()> {
                 pb.set_position(reader.progress().0);
             }
             w.finish()?;
+        }
+        TraceFormat::Npz => {
+            // NumPy archives are written whole: the trace is held in memory.
+            let shape = reader.shape();
+            let mut batches = Vec::new();
+            while let Some(b) = reader.next() {
+                let b = b?;
+                tokens += b.len();
+                batches.push(b);
+                pb.set_position(reader.progress().0);
+            }
+            moeplace_formats::npz::write_npz(&args.output, shape, &batches)?;
         }
         other => bail!("writing {} traces is not available in this build", other.name()),
     }

@@ -1,0 +1,347 @@
+//! NumPy traces: an `.npz` archive of per-token arrays, or a lone `.npy` holding
+//! `topk_ids`.
+//!
+//! Arrays (see docs/FORMATS.md):
+//! - `topk_ids` [tokens, layers, k], any integer dtype (required);
+//! - `num_experts`: a scalar (0-d or 1-element) integer array; else the expert count
+//!   must be given (`--experts`): it is never guessed from the largest id;
+//! - `request_ids` [tokens] integers (request `r<id>`; default: one request);
+//! - `families` [tokens] integers (family `f<code>`; the .npy format as read here
+//!   has no text arrays, so families are codes), negative = none;
+//! - `request_names`, `family_names`: optional uint8 arrays holding a UTF-8 JSON
+//!   list of names; code c then names entry c (in NumPy:
+//!   `np.frombuffer(json.dumps(names).encode(), np.uint8)`);
+//! - `phases` [tokens] integers: 0 prefill, 1 decode, negative = none;
+//! - `positions` [tokens] integers (default: index within the request);
+//! - `gate_weights` [tokens, layers, k] float32 or float64.
+//!
+//! NumPy archives are not streamable: the arrays are loaded whole, then handed out
+//! in batches. Convert large traces to Parquet for bounded memory.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use moeplace_core::trace::{expert_id, ModelShape, Phase, TokenBatch, TokenRef};
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::{NpzReader, NpzWriter, ReadNpyExt};
+
+use crate::detect::TraceReader;
+use crate::error::{FormatError, Location};
+
+/// Reads an integer array of any integer dtype as i64: `$e` is tried with the type
+/// alias `$t` set to each integer type in turn.
+macro_rules! read_any_int {
+    (|$t:ident| $e:expr) => {{
+        let mut last = String::new();
+        let mut out: Option<ArrayD<i64>> = None;
+        read_any_int!(@try out last $t $e; i64 i32 u16 u8 i16 u32 i8 u64);
+        out.ok_or(last)
+    }};
+    (@try $out:ident $last:ident $t:ident $e:expr; $($ty:ty)*) => {
+        $(
+            if $out.is_none() {
+                #[allow(non_camel_case_types)]
+                type $t = $ty;
+                let r: Result<ArrayD<$t>, _> = $e;
+                match r {
+                    Ok(a) => $out = Some(a.mapv(|x| x as i64)),
+                    Err(e) => $last = e.to_string(),
+                }
+            }
+        )*
+    };
+}
+
+struct Arrays {
+    topk: ArrayD<i64>,
+    experts: Option<usize>,
+    requests: Option<Vec<i64>>,
+    families: Option<Vec<i64>>,
+    phases: Option<Vec<i64>>,
+    positions: Option<Vec<i64>>,
+    weights: Option<Vec<f32>>,
+    request_names: Option<Vec<String>>,
+    family_names: Option<Vec<String>>,
+}
+
+fn load(path: &Path) -> Result<Arrays, FormatError> {
+    let part = |name: &str, m: String| FormatError::new(path, Location::Part(format!("array {name}")), m);
+    let is_npy = path.extension().map(|e| e.eq_ignore_ascii_case("npy")).unwrap_or(false);
+    if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(FormatError::file(path, "empty file: expected a NumPy array or archive"));
+    }
+    if is_npy {
+        let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
+        let topk = read_any_int!(|T| ArrayD::<T>::read_npy(&bytes[..]))
+            .map_err(|e| part("topk_ids", format!("not an integer array: {e}")))?;
+        return Ok(Arrays {
+            topk,
+            experts: None,
+            requests: None,
+            families: None,
+            phases: None,
+            positions: None,
+            weights: None,
+            request_names: None,
+            family_names: None,
+        });
+    }
+    let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let mut npz =
+        NpzReader::new(file).map_err(|e| FormatError::file(path, format!("not a NumPy .npz archive: {e}")))?;
+    let names = npz.names().map_err(|e| FormatError::file(path, e.to_string()))?;
+    if !names.iter().any(|n| n == "topk_ids") {
+        return Err(part("topk_ids", format!("missing (arrays are: {})", names.join(", "))));
+    }
+    let mut ints = |name: &str| -> Result<Option<ArrayD<i64>>, FormatError> {
+        if !names.iter().any(|n| n == name) {
+            return Ok(None);
+        }
+        let r = read_any_int!(|T| npz.by_name::<ndarray::OwnedRepr<T>, IxDyn>(name));
+        r.map(Some).map_err(|e| part(name, format!("not an integer array: {e}")))
+    };
+    let topk = ints("topk_ids")?.expect("checked");
+    let experts = match ints("num_experts")? {
+        None => None,
+        Some(a) if a.len() == 1 => {
+            let v = *a.iter().next().expect("one element");
+            Some(usize::try_from(v).map_err(|_| part("num_experts", format!("{v} is not a count")))?)
+        }
+        Some(_) => return Err(part("num_experts", "must hold one number".into())),
+    };
+    let flat = |a: Option<ArrayD<i64>>| a.map(|a| a.iter().copied().collect::<Vec<i64>>());
+    let requests = flat(ints("request_ids")?);
+    let families = flat(ints("families")?);
+    let phases = flat(ints("phases")?);
+    let positions = flat(ints("positions")?);
+    let weights = if names.iter().any(|n| n == "gate_weights") {
+        let w = npz
+            .by_name::<_, IxDyn>("gate_weights")
+            .map(|a: ArrayD<f32>| a)
+            .or_else(|_| npz.by_name::<_, IxDyn>("gate_weights").map(|a: ArrayD<f64>| a.mapv(|x| x as f32)))
+            .map_err(|e| part("gate_weights", format!("not a float array: {e}")))?;
+        if w.shape() != topk.shape() {
+            return Err(part(
+                "gate_weights",
+                format!("shape {:?} differs from topk_ids {:?}", w.shape(), topk.shape()),
+            ));
+        }
+        Some(w.iter().copied().collect())
+    } else {
+        None
+    };
+    let mut names_of = |name: &str| -> Result<Option<Vec<String>>, FormatError> {
+        if !names.iter().any(|n| n == name) {
+            return Ok(None);
+        }
+        let bytes: ArrayD<u8> = npz.by_name(name).map_err(|e| part(name, format!("not a uint8 array: {e}")))?;
+        let bytes: Vec<u8> = bytes.iter().copied().collect();
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| part(name, format!("not UTF-8 JSON list of names: {e}")))
+    };
+    let request_names = names_of("request_names")?;
+    let family_names = names_of("family_names")?;
+    Ok(Arrays { topk, experts, requests, families, phases, positions, weights, request_names, family_names })
+}
+
+/// Hands out a loaded NumPy trace in batches.
+pub struct NumpyReader {
+    path: PathBuf,
+    shape: ModelShape,
+    a: Arrays,
+    ids: Vec<i64>,
+    next: usize,
+    tokens: usize,
+    batch_tokens: usize,
+    position_in_request: HashMap<i64, u32>,
+}
+
+impl NumpyReader {
+    pub fn open(path: &Path, experts: Option<usize>, batch_tokens: usize) -> Result<NumpyReader, FormatError> {
+        let mut a = load(path)?;
+        let part = |name: &str, m: String| FormatError::new(path, Location::Part(format!("array {name}")), m);
+        if a.topk.ndim() != 3 {
+            return Err(part("topk_ids", format!("shape {:?}; expected [tokens, layers, k]", a.topk.shape())));
+        }
+        let (tokens, layers, k) = (a.topk.shape()[0], a.topk.shape()[1], a.topk.shape()[2]);
+        if tokens == 0 {
+            return Err(part("topk_ids", "holds no tokens".into()));
+        }
+        let e = match (a.experts, experts) {
+            (Some(x), Some(y)) if x != y => {
+                return Err(part("num_experts", format!("says {x}, but --experts says {y}")));
+            }
+            (Some(x), _) | (None, Some(x)) => x,
+            (None, None) => {
+                return Err(FormatError::file(
+                    path,
+                    "the expert count is unknown: add a `num_experts` array or pass --experts",
+                ))
+            }
+        };
+        let shape = ModelShape::new(layers, e, k).map_err(|err| FormatError::file(path, err.to_string()))?;
+        for (name, v) in [
+            ("request_ids", &a.requests),
+            ("families", &a.families),
+            ("phases", &a.phases),
+            ("positions", &a.positions),
+        ] {
+            if let Some(v) = v {
+                if v.len() != tokens {
+                    return Err(part(name, format!("{} entries for {tokens} tokens", v.len())));
+                }
+            }
+        }
+        let ids = std::mem::replace(&mut a.topk, ArrayD::zeros(IxDyn(&[0]))).iter().copied().collect();
+        Ok(NumpyReader {
+            path: path.to_path_buf(),
+            shape,
+            a,
+            ids,
+            next: 0,
+            tokens,
+            batch_tokens: batch_tokens.max(1),
+            position_in_request: HashMap::new(),
+        })
+    }
+
+    fn token(&mut self, t: usize, batch: &mut TokenBatch) -> Result<(), FormatError> {
+        let n = self.shape.picks_per_token();
+        let row = |m: String| FormatError::row(&self.path, t as u64, m);
+        let mut experts = Vec::with_capacity(n);
+        for (i, &x) in self.ids[t * n..(t + 1) * n].iter().enumerate() {
+            experts.push(expert_id(x, i / self.shape.top_k, self.shape.experts).map_err(|e| row(e.to_string()))?);
+        }
+        let req = self.a.requests.as_ref().map(|r| r[t]).unwrap_or(0);
+        let family = match self.a.families.as_ref().map(|f| f[t]).filter(|&f| f >= 0) {
+            None => None,
+            Some(f) => Some(match &self.a.family_names {
+                Some(names) => {
+                    names.get(f as usize).cloned().ok_or_else(|| row(format!("family code {f} has no name")))?
+                }
+                None => format!("f{f}"),
+            }),
+        };
+        let request = match &self.a.request_names {
+            Some(names) => usize::try_from(req)
+                .ok()
+                .and_then(|i| names.get(i).cloned())
+                .ok_or_else(|| row(format!("request code {req} has no name")))?,
+            None => format!("r{req}"),
+        };
+        let phase = match self.a.phases.as_ref().map(|p| p[t]) {
+            None => None,
+            Some(x) if x < 0 => None,
+            Some(0) => Some(Phase::Prefill),
+            Some(1) => Some(Phase::Decode),
+            Some(x) => return Err(row(format!("phase code {x} is not 0 (prefill), 1 (decode) or negative (none)"))),
+        };
+        let counter = self.position_in_request.entry(req).or_insert(0);
+        let position = match self.a.positions.as_ref().map(|p| p[t]) {
+            Some(p) => u32::try_from(p).map_err(|_| row(format!("position {p} is not a non-negative integer")))?,
+            None => *counter,
+        };
+        *counter += 1;
+        let w = self.a.weights.as_ref().map(|w| &w[t * n..(t + 1) * n]);
+        batch
+            .push(TokenRef {
+                request: &request,
+                family: family.as_deref(),
+                phase,
+                position,
+                experts: &experts,
+                gate_weights: w,
+            })
+            .map_err(|e| row(e.to_string()))
+    }
+}
+
+impl Iterator for NumpyReader {
+    type Item = Result<TokenBatch, FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.tokens {
+            return None;
+        }
+        let end = (self.next + self.batch_tokens).min(self.tokens);
+        let mut batch = TokenBatch::with_capacity(self.shape, end - self.next);
+        for t in self.next..end {
+            if let Err(e) = self.token(t, &mut batch) {
+                self.next = self.tokens;
+                return Some(Err(e));
+            }
+        }
+        self.next = end;
+        Some(Ok(batch))
+    }
+}
+
+impl TraceReader for NumpyReader {
+    fn shape(&self) -> ModelShape {
+        self.shape
+    }
+
+    fn progress(&self) -> (u64, u64) {
+        (self.next as u64, self.tokens as u64)
+    }
+}
+
+/// Writes a trace as `.npz` (request ids and families as codes in order of first
+/// appearance; see the module documentation). Whole-trace: NumPy archives are
+/// written at once.
+pub fn write_npz(path: &Path, shape: ModelShape, batches: &[TokenBatch]) -> Result<(), FormatError> {
+    let tokens: usize = batches.iter().map(TokenBatch::len).sum();
+    let n = shape.picks_per_token();
+    let mut topk = Vec::with_capacity(tokens * n);
+    let (mut req, mut fam, mut phase, mut pos) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut weights: Option<Vec<f32>> = Some(Vec::new());
+    let mut req_codes: HashMap<String, i64> = HashMap::new();
+    let mut fam_codes: HashMap<String, i64> = HashMap::new();
+    for b in batches {
+        for t in b.tokens() {
+            topk.extend(t.experts.iter().map(|&x| x as i64));
+            let rc = req_codes.len() as i64;
+            req.push(*req_codes.entry(t.request.to_string()).or_insert(rc));
+            let fc = fam_codes.len() as i64;
+            fam.push(t.family.map(|f| *fam_codes.entry(f.to_string()).or_insert(fc)).unwrap_or(-1));
+            phase.push(match t.phase {
+                None => -1i64,
+                Some(Phase::Prefill) => 0,
+                Some(Phase::Decode) => 1,
+            });
+            pos.push(t.position as i64);
+            match (&mut weights, t.gate_weights) {
+                (Some(w), Some(x)) => w.extend_from_slice(x),
+                _ => weights = None,
+            }
+        }
+    }
+    let err = |e: String| FormatError::file(path, e);
+    let mut file = crate::atomic::AtomicFile::create(path)?;
+    {
+        let mut w = NpzWriter::new(file.writer());
+        let arr = |v: Vec<i64>, dims: &[usize]| ArrayD::from_shape_vec(IxDyn(dims), v).expect("sizes match");
+        w.add_array("topk_ids", &arr(topk, &[tokens, shape.layers, shape.top_k])).map_err(|e| err(e.to_string()))?;
+        w.add_array("num_experts", &arr(vec![shape.experts as i64], &[])).map_err(|e| err(e.to_string()))?;
+        w.add_array("request_ids", &arr(req, &[tokens])).map_err(|e| err(e.to_string()))?;
+        w.add_array("families", &arr(fam, &[tokens])).map_err(|e| err(e.to_string()))?;
+        w.add_array("phases", &arr(phase, &[tokens])).map_err(|e| err(e.to_string()))?;
+        w.add_array("positions", &arr(pos, &[tokens])).map_err(|e| err(e.to_string()))?;
+        let names_array = |codes: &HashMap<String, i64>| {
+            let mut v: Vec<(&String, &i64)> = codes.iter().collect();
+            v.sort_by_key(|(_, &c)| c);
+            let list: Vec<&String> = v.into_iter().map(|(n, _)| n).collect();
+            let bytes = serde_json::to_vec(&list).expect("names serialise");
+            let len = bytes.len();
+            ArrayD::from_shape_vec(IxDyn(&[len]), bytes).expect("sizes match")
+        };
+        w.add_array("request_names", &names_array(&req_codes)).map_err(|e| err(e.to_string()))?;
+        w.add_array("family_names", &names_array(&fam_codes)).map_err(|e| err(e.to_string()))?;
+        if let Some(wv) = weights.filter(|w| w.len() == tokens * n) {
+            let a = ArrayD::from_shape_vec(IxDyn(&[tokens, shape.layers, shape.top_k]), wv).expect("sizes match");
+            w.add_array("gate_weights", &a).map_err(|e| err(e.to_string()))?;
+        }
+        w.finish().map_err(|e| err(e.to_string()))?;
+    }
+    file.commit()
+}
