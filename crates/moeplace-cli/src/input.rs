@@ -140,7 +140,7 @@ pub fn engine_statistics(path: &Path, args: &TraceArgs) -> Option<Result<Statist
         })?;
         let shape = ModelShape::new(loads.layers, loads.experts, k).with_context(|| path.display().to_string())?;
         let total: Vec<u64> = loads.total().iter().map(|x| x.round() as u64).collect();
-        Ok(Statistics::from_loads(shape, total, None).with_context(|| path.display().to_string())?)
+        Statistics::from_loads(shape, total, None).with_context(|| path.display().to_string())
     })())
 }
 

@@ -72,14 +72,21 @@ fn write_trace(config: &SynthConfig, seed: u64, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn profile_file(path: &Path, format: TraceFormat, options: ProfileOptions) -> Result<(u64, f64)> {
+/// Profiles `path` (read + statistics); with `read_only`, only reads it.
+fn profile_file(path: &Path, format: TraceFormat, options: ProfileOptions, read_only: bool) -> Result<(u64, f64)> {
     let start = Instant::now();
-    let mut r = open_trace(path, &ReadOptions { format: Some(format), ..Default::default() })?;
+    let opts = ReadOptions { format: Some(format), batch_tokens: 65536, ..Default::default() };
+    let mut r = open_trace(path, &opts)?;
     let mut s = Statistics::new(r.shape(), options);
+    let mut tokens = 0u64;
     for b in r.by_ref() {
-        s.add_batch(&b?)?;
+        let b = b?;
+        tokens += b.len() as u64;
+        if !read_only {
+            s.add_batch(&b)?;
+        }
     }
-    Ok((s.tokens(), start.elapsed().as_secs_f64()))
+    Ok((tokens, start.elapsed().as_secs_f64()))
 }
 
 fn bench_profile(a: ProfileArgs) -> Result<()> {
@@ -92,7 +99,7 @@ fn bench_profile(a: ProfileArgs) -> Result<()> {
         if a.request_vectors { "on" } else { "off" },
         rayon::current_num_threads()
     ));
-    out.push_str("format   tokens     token-layers   seconds  M token-layers/s  peak RSS MiB\n");
+    out.push_str("format               tokens     token-layers   seconds  M token-layers/s  peak RSS MiB\n");
     // Smaller trace first: peak RSS only grows, so the larger run shows any growth.
     for tokens in [a.tokens / 4, a.tokens] {
         let mut config = SynthConfig::preset(&a.preset)?;
@@ -100,13 +107,15 @@ fn bench_profile(a: ProfileArgs) -> Result<()> {
         config.requests = usize::MAX / 2;
         eprintln!("generating {tokens} tokens ...");
         write_trace(&config, a.seed, dir.path())?;
-        for (name, file, format) in
-            [("jsonl", "t.jsonl", TraceFormat::Jsonl), ("parquet", "t.parquet", TraceFormat::Parquet)]
-        {
-            let (n, secs) = profile_file(&dir.path().join(file), format, options)?;
+        for (name, file, format, read_only) in [
+            ("jsonl", "t.jsonl", TraceFormat::Jsonl, false),
+            ("parquet", "t.parquet", TraceFormat::Parquet, false),
+            ("parquet (read only)", "t.parquet", TraceFormat::Parquet, true),
+        ] {
+            let (n, secs) = profile_file(&dir.path().join(file), format, options, read_only)?;
             let tl = n * config.shape.layers as u64;
             out.push_str(&format!(
-                "{name:<8} {n:>8} {tl:>14} {secs:>9.3} {:>17.2} {:>13}\n",
+                "{name:<20} {n:>8} {tl:>14} {secs:>9.3} {:>17.2} {:>13}\n",
                 tl as f64 / secs / 1e6,
                 peak_rss_mib().map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
             ));
