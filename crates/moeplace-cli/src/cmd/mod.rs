@@ -8,3 +8,4 @@ pub mod export;
 pub mod merge;
 pub mod plan;
 pub mod profile;
+pub mod synth;

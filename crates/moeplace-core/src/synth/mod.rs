@@ -267,8 +267,18 @@ impl Knobs {
             "must be a fraction between 0 and 1",
         )?;
         check("generic_boost", self.generic_boost, (1.0..=1e6).contains(&self.generic_boost), "must be at least 1")?;
-        check("cluster_size", self.cluster_size as f64, self.cluster_size >= 1, "must be at least 1")?;
-        check("layer_successors", self.layer_successors as f64, self.layer_successors >= 1, "must be at least 1")?;
+        check(
+            "cluster_size",
+            self.cluster_size as f64,
+            (1..=LINK_SLOTS + 1).contains(&self.cluster_size),
+            "must be between 1 and 17 (at most 16 partners per expert)",
+        )?;
+        check(
+            "layer_successors",
+            self.layer_successors as f64,
+            (1..=LINK_SLOTS).contains(&self.layer_successors),
+            "must be between 1 and 16",
+        )?;
         check(
             "cluster_affinity",
             self.cluster_affinity,
@@ -345,54 +355,75 @@ pub struct LayerTable {
     pub successors: Links,
 }
 
-/// Weighted lists of expert ids, one list per expert.
+/// Slots per expert in a [`Links`] table: list weights are quantised to 1/16.
+pub const LINK_SLOTS: usize = 16;
+
+/// Weighted lists of expert ids, one list per expert, stored for O(1) draws: each
+/// expert has [`LINK_SLOTS`] slots filled with its targets in proportion to their
+/// weights (largest remainder rounding, at least one slot per target while there
+/// is room; lists longer than the slots keep their heaviest targets).
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Links {
-    offsets: Vec<u32>,
-    targets: Vec<u16>,
-    /// Cumulative weights within each list, ending at 1.
-    cum: Vec<f32>,
+    slots: Vec<u16>,
+    nonempty: Vec<bool>,
 }
 
 impl Links {
     /// From per-expert `(target, weight)` lists (weights > 0; empty lists allowed).
     pub fn new(lists: &[Vec<(u16, f64)>]) -> Links {
-        let mut l = Links { offsets: vec![0], targets: Vec::new(), cum: Vec::new() };
+        let mut l = Links { slots: Vec::with_capacity(lists.len() * LINK_SLOTS), nonempty: Vec::new() };
         for list in lists {
-            let total: f64 = list.iter().map(|x| x.1).sum();
-            let mut acc = 0.0;
-            if total > 0.0 {
-                for &(t, w) in list.iter().filter(|x| x.1 > 0.0) {
-                    acc += w / total;
-                    l.targets.push(t);
-                    l.cum.push(acc as f32);
-                }
-                if let Some(last) = l.cum.last_mut() {
-                    *last = 1.0;
-                }
+            let mut v: Vec<(u16, f64)> = list.iter().copied().filter(|x| x.1 > 0.0 && x.1.is_finite()).collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            v.truncate(LINK_SLOTS);
+            let total: f64 = v.iter().map(|x| x.1).sum();
+            if v.is_empty() || total <= 0.0 {
+                l.slots.resize(l.slots.len() + LINK_SLOTS, 0);
+                l.nonempty.push(false);
+                continue;
             }
-            l.offsets.push(l.targets.len() as u32);
+            // One slot each, the rest by largest remainder.
+            let spare = (LINK_SLOTS - v.len()) as f64;
+            let exact: Vec<f64> = v.iter().map(|x| 1.0 + spare * x.1 / total).collect();
+            let mut count: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
+            let mut left = LINK_SLOTS - count.iter().sum::<usize>();
+            let mut order: Vec<usize> = (0..v.len()).collect();
+            order.sort_by(|&a, &b| {
+                (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b))
+            });
+            for &i in order.iter().cycle() {
+                if left == 0 {
+                    break;
+                }
+                count[i] += 1;
+                left -= 1;
+            }
+            for (x, c) in v.iter().zip(&count) {
+                l.slots.resize(l.slots.len() + *c, x.0);
+            }
+            l.nonempty.push(true);
         }
         l
     }
 
-    /// The list of `e` as (target, cumulative weight).
-    pub fn list(&self, e: usize) -> (&[u16], &[f32]) {
-        if e + 1 >= self.offsets.len() {
-            return (&[], &[]);
+    /// The distinct targets of `e`'s list.
+    pub fn targets(&self, e: usize) -> Vec<u16> {
+        if !self.nonempty.get(e).copied().unwrap_or(false) {
+            return Vec::new();
         }
-        let (a, b) = (self.offsets[e] as usize, self.offsets[e + 1] as usize);
-        (&self.targets[a..b], &self.cum[a..b])
+        let mut v = self.slots[e * LINK_SLOTS..(e + 1) * LINK_SLOTS].to_vec();
+        v.dedup();
+        v
     }
 
+    /// A draw from `e`'s list given 4 random bits in `r`.
     #[inline]
-    pub(crate) fn pick(&self, e: usize, u: f32) -> Option<u16> {
-        let (t, c) = self.list(e);
-        if t.is_empty() {
-            return None;
+    pub(crate) fn pick(&self, e: usize, r: u32) -> Option<u16> {
+        if *self.nonempty.get(e)? {
+            Some(self.slots[e * LINK_SLOTS + (r as usize & (LINK_SLOTS - 1))])
+        } else {
+            None
         }
-        let i = c.iter().position(|&x| u < x).unwrap_or(t.len() - 1);
-        Some(t[i])
     }
 }
 

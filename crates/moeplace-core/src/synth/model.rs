@@ -185,7 +185,11 @@ fn last_positive(cum: &[f64], mut i: usize) -> usize {
     i
 }
 
-/// The expert ids of one request's tokens (prefill then decode), layer-major.
+/// The expert ids of one request's tokens (prefill then decode), token-major.
+///
+/// Generated layer by layer over the request's tokens (so one layer's tables stay in
+/// cache), then written token-major; a token's picks at the previous layer are kept
+/// for the successor moves.
 fn request_tokens(model: &Model, seed: u64, p: &Plan) -> Vec<u16> {
     let shape = model.shape;
     let (l, e, k) = (shape.layers, shape.experts, shape.top_k);
@@ -196,85 +200,98 @@ fn request_tokens(model: &Model, seed: u64, p: &Plan) -> Vec<u16> {
     let mut prefill_alias = Vec::with_capacity(l);
     let mut decode_alias = Vec::with_capacity(l);
     let mut w = vec![0.0; e];
+    let mut z = Vec::with_capacity(2 * e);
     for t in tables {
-        for (x, &base) in w.iter_mut().zip(&t.weights) {
-            *x = base * (sv * rng.normal() - sv * sv / 2.0).exp();
+        z.clear();
+        while z.len() < 2 * e {
+            let (a, b) = rng.normal_pair();
+            z.push(a);
+            z.push(b);
+        }
+        for ((x, &base), &zv) in w.iter_mut().zip(&t.weights).zip(&z[..e]) {
+            *x = base * (sv * zv - sv * sv / 2.0).exp();
         }
         if p.prefill > 0 {
-            prefill_alias.push(Alias::new(&floor(&w)));
+            prefill_alias.push(Alias::new(&with_floor(&w)));
         }
         if p.decode > 0 {
-            let d: Vec<f64> = w.iter().map(|&x| x * (sd * rng.normal() - sd * sd / 2.0).exp()).collect();
-            decode_alias.push(Alias::new(&floor(&d)));
+            let d: Vec<f64> = w.iter().zip(&z[e..]).map(|(&x, &zd)| x * (sd * zd - sd * sd / 2.0).exp()).collect();
+            decode_alias.push(Alias::new(&with_floor(&d)));
         }
     }
     let n = (p.prefill + p.decode) as usize;
     let mut out = vec![0u16; n * l * k];
-    for (t, token) in out.chunks_exact_mut(l * k).enumerate() {
-        let alias = if t < p.prefill as usize { &prefill_alias } else { &decode_alias };
-        for layer in 0..l {
-            let (before, rest) = token.split_at_mut(layer * k);
-            let prev = if layer > 0 { Some(&before[(layer - 1) * k..]) } else { None };
-            pick_layer(&mut rng, &alias[layer], tables, prev, layer, model, &mut rest[..k]);
+    let mut cur = vec![0u16; n * k];
+    let mut prev = vec![0u16; n * k];
+    let mut mark = vec![0u32; e];
+    let mut stamp = 0u32;
+    let scale = 4_294_967_296.0;
+    for layer in 0..l {
+        let ac = model.cluster_affinity[layer];
+        let cluster_below = (ac * scale) as u64;
+        let layer_below =
+            if layer > 0 { ((ac + model.layer_affinity[layer]) * scale).min(scale - 1.0) as u64 } else { 0 };
+        let partners = &tables[layer].partners;
+        let successors = &tables[layer.saturating_sub(1)].successors;
+        for t in 0..n {
+            let alias = if t < p.prefill as usize { &prefill_alias[layer] } else { &decode_alias[layer] };
+            stamp = stamp.wrapping_add(1);
+            if stamp == 0 {
+                mark.fill(0);
+                stamp = 1;
+            }
+            let picks = &mut cur[t * k..(t + 1) * k];
+            let before = &prev[t * k..(t + 1) * k];
+            for s in 0..k {
+                let mut tries = 0;
+                let chosen = loop {
+                    let r = rng.next_u64();
+                    let u = r >> 32;
+                    let low = r as u32;
+                    let cand = if s > 0 && u < cluster_below {
+                        let src = picks[((low & 0xFFFF) as usize * s) >> 16];
+                        partners.pick(src as usize, low >> 16)
+                    } else if u < layer_below {
+                        let src = before[((low & 0xFFFF) as usize * k) >> 16];
+                        successors.pick(src as usize, low >> 16)
+                    } else {
+                        None
+                    };
+                    let cand = match cand {
+                        Some(c) => c,
+                        None => alias.sample(rng.next_u64()),
+                    };
+                    if mark[cand as usize] != stamp {
+                        break cand;
+                    }
+                    tries += 1;
+                    if tries >= MAX_TRIES {
+                        // Nearly everything drawable is taken: the next free expert.
+                        let start = rng.below(e);
+                        break (0..e)
+                            .map(|i| ((start + i) % e) as u16)
+                            .find(|&x| mark[x as usize] != stamp)
+                            .expect("k <= experts leaves a free expert");
+                    }
+                };
+                mark[chosen as usize] = stamp;
+                picks[s] = chosen;
+            }
         }
+        for (t, picks) in cur.chunks_exact(k).enumerate() {
+            let at = (t * l + layer) * k;
+            out[at..at + k].copy_from_slice(picks);
+        }
+        std::mem::swap(&mut cur, &mut prev);
     }
     out
 }
 
 /// Weights with a tiny floor so every expert stays drawable (top-k = experts works).
-fn floor(w: &[f64]) -> Vec<f64> {
+fn with_floor(w: &[f64]) -> Vec<f64> {
     let max = w.iter().cloned().fold(0.0, f64::max);
     let min = if max > 0.0 { max * 1e-9 } else { 1.0 };
     w.iter().map(|&x| if x.is_finite() { x.max(min) } else { min }).collect()
-}
-
-#[inline]
-fn pick_layer(
-    rng: &mut Rng,
-    alias: &Alias,
-    tables: &[LayerTable],
-    prev: Option<&[u16]>,
-    layer: usize,
-    model: &Model,
-    picks: &mut [u16],
-) {
-    let k = picks.len();
-    let e = model.shape.experts;
-    let ac = model.cluster_affinity[layer];
-    let al = model.layer_affinity[layer];
-    let partners = &tables[layer].partners;
-    let successors = if layer > 0 { Some(&tables[layer - 1].successors) } else { None };
-    for s in 0..k {
-        let mut tries = 0;
-        let chosen = loop {
-            let u = rng.uniform();
-            let cand = if s > 0 && u < ac {
-                let src = picks[rng.below(s)];
-                partners.pick(src as usize, rng.uniform() as f32)
-            } else if u < ac + al {
-                match (prev, successors) {
-                    (Some(prev), Some(succ)) => succ.pick(prev[rng.below(prev.len())] as usize, rng.uniform() as f32),
-                    _ => None,
-                }
-            } else {
-                None
-            };
-            let cand = cand.unwrap_or_else(|| alias.sample(rng.next_u64()));
-            if !picks[..s].contains(&cand) {
-                break cand;
-            }
-            tries += 1;
-            if tries >= MAX_TRIES {
-                // Nearly everything drawable is taken: the next free expert.
-                let start = rng.below(e);
-                break (0..e)
-                    .map(|i| ((start + i) % e) as u16)
-                    .find(|x| !picks[..s].contains(x))
-                    .expect("k <= experts leaves a free expert");
-            }
-        };
-        picks[s] = chosen;
-    }
 }
 
 /// The stream of batches of [`generate`].

@@ -81,9 +81,16 @@ impl Rng {
 
     /// Standard normal (Box-Muller, one value per call).
     pub fn normal(&mut self) -> f64 {
+        self.normal_pair().0
+    }
+
+    /// Two independent standard normals (Box-Muller).
+    pub fn normal_pair(&mut self) -> (f64, f64) {
         let u1 = 1.0 - self.uniform(); // (0, 1]
         let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+        (r * c, r * s)
     }
 
     /// A random permutation of 0..n (Fisher-Yates).
@@ -97,12 +104,13 @@ impl Rng {
     }
 }
 
-/// Walker/Vose alias table: O(1) draws from a fixed discrete distribution.
+/// Walker/Vose alias table: O(1) draws from a fixed discrete distribution. Each
+/// bucket is packed in one `u32` (acceptance threshold in 1/65536 in the high half,
+/// alias in the low half) so a draw touches one word; probabilities are thus exact
+/// to about 2^-16 per bucket.
 #[derive(Clone, Debug)]
 pub struct Alias {
-    /// Acceptance threshold of each bucket, scaled to 2^32.
-    threshold: Vec<u32>,
-    alias: Vec<u16>,
+    packed: Vec<u32>,
 }
 
 impl Alias {
@@ -113,7 +121,8 @@ impl Alias {
         let total: f64 = w.iter().sum();
         debug_assert!(total > 0.0 && n > 0 && n <= 1 << 16);
         let mut scaled: Vec<f64> = w.iter().map(|x| x * n as f64 / total).collect();
-        let mut threshold = vec![u32::MAX; n];
+        // Leftover buckets (rounding) keep their own index with certainty.
+        let mut threshold = vec![u16::MAX; n];
         let mut alias: Vec<u16> = (0..n as u32).map(|i| i as u16).collect();
         let mut small: Vec<usize> = Vec::with_capacity(n);
         let mut large: Vec<usize> = Vec::with_capacity(n);
@@ -126,7 +135,7 @@ impl Alias {
         }
         while let (Some(&s), Some(&l)) = (small.last(), large.last()) {
             small.pop();
-            threshold[s] = (scaled[s] * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+            threshold[s] = (scaled[s] * 65536.0).round().clamp(0.0, 65535.0) as u16;
             alias[s] = l as u16;
             scaled[l] = (scaled[l] + scaled[s]) - 1.0;
             if scaled[l] < 1.0 {
@@ -134,17 +143,19 @@ impl Alias {
                 small.push(l);
             }
         }
-        // Leftovers (rounding) keep their own bucket with certainty.
-        Alias { threshold, alias }
+        let packed = threshold.iter().zip(&alias).map(|(&t, &a)| ((t as u32) << 16) | a as u32).collect();
+        Alias { packed }
     }
 
+    /// One draw from 64 random bits.
     #[inline]
     pub fn sample(&self, r: u64) -> u16 {
-        let i = (((r >> 32) * self.threshold.len() as u64) >> 32) as usize;
-        if (r as u32) < self.threshold[i] {
+        let i = (((r >> 32) * self.packed.len() as u64) >> 32) as usize;
+        let p = self.packed[i];
+        if ((r as u32) & 0xFFFF) < (p >> 16) {
             i as u16
         } else {
-            self.alias[i]
+            p as u16
         }
     }
 }
