@@ -9,12 +9,14 @@
 //! - [`synth`]: synthetic multi-task routing workloads at any model scale, and fitting them to real statistics.
 //! - [`dispatch`]: serving-time replica choice per token pick, one per file.
 //! - [`simulate`]: the replay simulator and the metrics of DESIGN.md.
+//! - [`requests`]: request-side locality: prefill signatures, balanced K-means, ELDR decode routing, the decode simulator, cluster homes.
 
 pub mod cluster;
 pub mod dispatch;
 pub mod placement;
 pub mod placers;
 pub mod report;
+pub mod requests;
 pub mod simulate;
 pub mod stats;
 pub mod synth;
