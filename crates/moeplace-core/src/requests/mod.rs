@@ -11,11 +11,8 @@
 //!   round-robin, join-shortest-queue, random.
 //! - [`decode_sim`]: a prefill/decode-disaggregated decode simulator with a
 //!   memory-bandwidth time-per-output-token model.
-//! - [`homes`]: the `cluster-homes` micro-batching home policy (activation clusters
-//!   mapped to nodes, experts placed for node-local tokens, prefill classification).
 
 pub mod decode_sim;
-pub mod homes;
 pub mod kmeans;
 pub mod records;
 pub mod router;
