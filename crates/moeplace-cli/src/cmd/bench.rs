@@ -27,6 +27,21 @@ enum What {
     /// experts, top-8) from JSONL and Parquet, in token-layers per second, with peak
     /// memory for two trace lengths.
     Profile(ProfileArgs),
+    /// The replay simulator on a DeepSeek-V3-shaped trace (58 layers, 256 experts,
+    /// top-8) with 64 GPUs in 8 nodes: linear placement with the `primary` and
+    /// `nearest` dispatchers, and 64 replicas (5 slots per GPU) with `nearest`, in
+    /// token-layers per second (wall clock and per CPU-second).
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Tokens of the trace (requests of 500 tokens).
+    #[arg(long, default_value_t = 50_000)]
+    tokens: usize,
+    /// Repetitions per case; the table shows the fastest.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
 }
 
 #[derive(clap::Args)]
@@ -49,6 +64,7 @@ struct ProfileArgs {
 pub fn run(args: Args) -> Result<()> {
     match args.what {
         What::Profile(a) => bench_profile(a),
+        What::Simulate(a) => bench_simulate(a),
     }
 }
 
@@ -120,6 +136,73 @@ fn bench_profile(a: ProfileArgs) -> Result<()> {
                 peak_rss_mib().map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
             ));
         }
+    }
+    print_stdout(&out)
+}
+
+/// CPU time of this process (user + system) in seconds (Linux `/proc/self/stat`).
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn bench_simulate(a: SimulateArgs) -> Result<()> {
+    use moeplace_core::cluster::Cluster;
+    use moeplace_core::dispatch::by_name;
+    use moeplace_core::placement::Placement;
+    use moeplace_core::simulate::{benchmark_trace, simulate, HomePolicy};
+    use moeplace_core::trace::ModelShape;
+
+    anyhow::ensure!(a.tokens > 0 && a.repeat > 0, "--tokens and --repeat must be positive");
+    let shape = ModelShape::new(58, 256, 8)?;
+    let trace = benchmark_trace(shape, a.tokens, 500, 1);
+    let linear = Placement::new(256, 64, 4, vec![(0..256).collect(); 58])?;
+    // 5 slots per GPU: a copy of every fourth expert on a GPU 16 away, so `nearest` chooses.
+    let lists: Vec<Vec<usize>> = (0..64)
+        .map(|gpu| {
+            let mut l: Vec<usize> = (gpu * 4..gpu * 4 + 4).collect();
+            l.push(((gpu + 16) % 64) * 4);
+            l
+        })
+        .collect();
+    let replicated = Placement::from_gpu_lists(256, 64, 5, &vec![lists; 58])?;
+    let cases = [
+        ("linear, 4 slots/GPU", "primary", &linear, Cluster::new(8, 64, 4)?),
+        ("linear, 4 slots/GPU", "nearest", &linear, Cluster::new(8, 64, 4)?),
+        ("64 replicas, 5 slots/GPU", "nearest", &replicated, Cluster::new(8, 64, 5)?),
+    ];
+    let token_layers = (a.tokens * shape.layers) as f64;
+    let mut out = format!(
+        "simulate: {} tokens x 58 layers (256 experts, top-8), 64 GPUs in 8 nodes, {} threads, best of {}\n",
+        a.tokens,
+        rayon::current_num_threads(),
+        a.repeat
+    );
+    out.push_str("placement                 dispatcher  seconds  M token-layers/s  M per CPU-second\n");
+    for (name, dispatcher, placement, cluster) in cases {
+        let d = by_name(dispatcher, 0).context("unknown dispatcher")?;
+        let (mut best, mut best_cpu) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..a.repeat {
+            let (t0, c0) = (Instant::now(), cpu_seconds());
+            simulate(&trace, placement, &cluster, d.as_ref(), &HomePolicy::RoundRobin)?;
+            best = best.min(t0.elapsed().as_secs_f64());
+            if let (Some(c0), Some(c1)) = (c0, cpu_seconds()) {
+                best_cpu = best_cpu.min(c1 - c0);
+            }
+        }
+        let per_cpu = if best_cpu.is_finite() && best_cpu > 0.0 {
+            format!("{:.1}", token_layers / best_cpu / 1e6)
+        } else {
+            "-".into()
+        };
+        out.push_str(&format!(
+            "{name:<25} {dispatcher:<10} {best:>8.3} {:>17.1} {per_cpu:>17}\n",
+            token_layers / best / 1e6
+        ));
     }
     print_stdout(&out)
 }

@@ -64,7 +64,8 @@ impl DecodeModel {
 
     /// Microseconds of one step loading `distinct` experts for `batch` tokens.
     pub fn step_us(&self, distinct: u64, batch: usize) -> f64 {
-        self.fixed_us + distinct as f64 * self.expert_bytes / self.bandwidth_bytes_per_s * 1e6
+        self.fixed_us
+            + distinct as f64 * self.expert_bytes / self.bandwidth_bytes_per_s * 1e6
             + batch as f64 * self.per_token_us
     }
 }
@@ -287,7 +288,8 @@ mod tests {
         let other = [1u16; 50];
         // Many requests at a high rate on one worker: batches mix; all same experts
         // load 1 expert per step, a mix of two loads 2.
-        let a: Vec<DecodeRequest> = (0..20).map(|_| DecodeRequest { prefill_tokens: 0, decode: &same, signature: &sig }).collect();
+        let a: Vec<DecodeRequest> =
+            (0..20).map(|_| DecodeRequest { prefill_tokens: 0, decode: &same, signature: &sig }).collect();
         let mut b = a.clone();
         for r in b.iter_mut().skip(1).step_by(2) {
             r.decode = &other;

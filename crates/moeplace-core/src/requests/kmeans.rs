@@ -118,7 +118,8 @@ pub fn kmeans(points: &[f32], dim: usize, opts: KMeansOptions) -> Result<KMeans,
             break;
         }
     }
-    let inertia = (0..n).map(|i| dist2(row(i), &centroids[assignment[i] * dim..(assignment[i] + 1) * dim]) as f64).sum();
+    let inertia =
+        (0..n).map(|i| dist2(row(i), &centroids[assignment[i] * dim..(assignment[i] + 1) * dim]) as f64).sum();
     Ok(KMeans { dim, centroids, assignment, inertia, iterations })
 }
 
@@ -346,7 +347,10 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error() {
-        assert_eq!(kmeans(&[1.0, 2.0], 2, KMeansOptions::new(2, false, 0)), Err(KMeansError::TooFewPoints { k: 2, n: 1 }));
+        assert_eq!(
+            kmeans(&[1.0, 2.0], 2, KMeansOptions::new(2, false, 0)),
+            Err(KMeansError::TooFewPoints { k: 2, n: 1 })
+        );
         assert!(kmeans(&[1.0, 2.0, 3.0], 2, KMeansOptions::new(1, false, 0)).is_err());
         assert_eq!(kmeans(&[1.0], 1, KMeansOptions::new(0, false, 0)), Err(KMeansError::NoClusters));
     }

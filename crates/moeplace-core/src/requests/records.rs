@@ -55,7 +55,11 @@ pub fn counts(shape: ModelShape, picks: &[u16]) -> Vec<u32> {
 
 /// Requests of `batches` with their phases split by `split`; also the number of
 /// tokens dropped (no phase under `Recorded`).
-pub fn requests_from_batches(shape: ModelShape, batches: &[TokenBatch], split: PhaseSplit) -> (Vec<RequestTokens>, u64) {
+pub fn requests_from_batches(
+    shape: ModelShape,
+    batches: &[TokenBatch],
+    split: PhaseSplit,
+) -> (Vec<RequestTokens>, u64) {
     // Per request: family and (position, batch, token) of each token.
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut families: Vec<Option<String>> = Vec::new();
