@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use moeplace_core::stats::{ProfileOptions, Statistics};
+use moeplace_core::stats::{ProfileOptions, Statistics, StatisticsBuilder};
 use moeplace_core::trace::{ModelShape, Trace};
 use moeplace_formats::{open_trace, stats_file, ReadOptions, TraceFormat, TraceReader};
 
@@ -77,7 +77,7 @@ pub fn profile_inputs(inputs: &[PathBuf], args: &TraceArgs, options: ProfileOpti
             stats?
         } else {
             let mut reader = args.open(path)?;
-            let mut stats = Statistics::new(reader.shape(), options);
+            let mut stats = StatisticsBuilder::new(reader.shape(), options);
             let pb = byte_progress(reader.progress().1, &format!("profiling {}", path.display()));
             while let Some(batch) = reader.next() {
                 let batch = batch?;
@@ -85,6 +85,7 @@ pub fn profile_inputs(inputs: &[PathBuf], args: &TraceArgs, options: ProfileOpti
                 pb.set_position(reader.progress().0);
             }
             pb.finish_and_clear();
+            let stats = stats.finish();
             if stats.tokens() == 0 {
                 bail!("{}: the trace holds no tokens", path.display());
             }

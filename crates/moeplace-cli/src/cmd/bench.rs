@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use moeplace_core::stats::{ProfileOptions, Statistics};
+use moeplace_core::stats::{ProfileOptions, StatisticsBuilder};
 use moeplace_core::synth::{self, SynthConfig};
 use moeplace_formats::jsonl::JsonlWriter;
 use moeplace_formats::parquet::ParquetWriter;
@@ -93,7 +93,7 @@ fn profile_file(path: &Path, format: TraceFormat, options: ProfileOptions, read_
     let start = Instant::now();
     let opts = ReadOptions { format: Some(format), batch_tokens: 65536, ..Default::default() };
     let mut r = open_trace(path, &opts)?;
-    let mut s = Statistics::new(r.shape(), options);
+    let mut s = StatisticsBuilder::new(r.shape(), options);
     let mut tokens = 0u64;
     for b in r.by_ref() {
         let b = b?;

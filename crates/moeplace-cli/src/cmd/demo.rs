@@ -74,10 +74,7 @@ pub fn split_calibration(trace: &Trace) -> (Trace, Trace) {
 pub fn run(args: Args) -> Result<()> {
     let trace = synthesize_workload(args.seed);
     let (calib, test) = split_calibration(&trace);
-    let mut stats = Statistics::new(trace.shape, ProfileOptions::default());
-    for b in &calib.batches {
-        stats.add_batch(b)?;
-    }
+    let stats = Statistics::from_batches(trace.shape, ProfileOptions::default(), &calib.batches)?;
     let cluster = Cluster::new(4, args.gpus, args.slots_per_gpu).context("demo cluster")?;
     eprintln!(
         "workload: {} ({} tokens); calibrate on {} tokens, test on {} tokens; {} GPUs in 4 nodes x {} slots",

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use moeplace_core::stats::{ProfileOptions, Statistics};
+use moeplace_core::stats::{ProfileOptions, Statistics, StatisticsBuilder};
 use moeplace_core::synth::{self, LengthDist, SynthConfig, PRESETS};
 use moeplace_core::trace::{ModelShape, TokenBatch};
 use moeplace_formats::jsonl::JsonlWriter;
@@ -153,7 +153,7 @@ pub fn run(args: Args) -> Result<()> {
     let format = output_format(&args.output, args.to.as_deref())?;
     let (config, real) = build_config(&args)?;
     let shape = config.shape;
-    let mut stats = args.compare.then(|| Statistics::new(shape, ProfileOptions { request_vectors: false }));
+    let mut stats = args.compare.then(|| StatisticsBuilder::new(shape, ProfileOptions { request_vectors: false }));
     let mut tokens = 0usize;
     let mut each = |b: &TokenBatch| -> Result<()> {
         tokens += b.len();
@@ -196,7 +196,7 @@ pub fn run(args: Args) -> Result<()> {
         if real.shape() != shape {
             bail!("--compare needs the fitted shape; the output was retargeted to {shape}");
         }
-        print!("{}", comparison_table(&synth::compare(&real, &synth_stats)?));
+        print!("{}", comparison_table(&synth::compare(&real, &synth_stats.finish())?));
     }
     Ok(())
 }

@@ -88,7 +88,7 @@ pub fn kmeans(points: &[f32], dim: usize, opts: KMeansOptions) -> Result<KMeans,
     if opts.k == 0 {
         return Err(KMeansError::NoClusters);
     }
-    if dim == 0 || points.len() % dim != 0 {
+    if dim == 0 || !points.len().is_multiple_of(dim) {
         return Err(KMeansError::BadShape { len: points.len(), dim });
     }
     let n = points.len() / dim;

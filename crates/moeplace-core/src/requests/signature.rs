@@ -295,7 +295,10 @@ mod tests {
 
     /// Requests of two kinds: kind A uses experts 0-3 at layer 1 in prefill and
     /// decode; kind B experts 4-7. Layer 0 is noise (uniform over 8 experts).
-    fn workload() -> (ModelShape, Vec<Vec<u16>>, Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    /// Shape, per-request expert picks, prefill counts and decode counts.
+    type Workload = (ModelShape, Vec<Vec<u16>>, Vec<Vec<u32>>, Vec<Vec<u32>>);
+
+    fn workload() -> Workload {
         let shape = ModelShape::new(2, 8, 1).unwrap();
         let mut rng = Rng::new(3);
         let (mut picks, mut pre, mut dec) = (Vec::new(), Vec::new(), Vec::new());

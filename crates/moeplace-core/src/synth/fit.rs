@@ -29,7 +29,7 @@ use super::{
     generate, FamilyMix, FittedFamily, FittedProfile, Knobs, LayerTable, LengthDist, Links, SynthConfig, SynthError,
 };
 use crate::report::ProfileReport;
-use crate::stats::{pair_count, pair_index, GroupStats, ProfileOptions, Statistics};
+use crate::stats::{pair_count, pair_index, GroupStats, ProfileOptions, Statistics, StatisticsBuilder};
 use crate::trace::Phase;
 
 /// Co-activation partners and successors kept per expert.
@@ -172,11 +172,11 @@ pub fn fit(stats: &Statistics) -> Result<SynthConfig, SynthError> {
 
 /// Profiles the whole output of a config (with request vectors).
 fn profile_config(config: &SynthConfig, seed: u64) -> Result<Statistics, SynthError> {
-    let mut s = Statistics::new(config.shape, ProfileOptions { request_vectors: true });
+    let mut s = StatisticsBuilder::new(config.shape, ProfileOptions { request_vectors: true });
     for b in generate(config, seed)? {
         s.add_batch(&b)?;
     }
-    Ok(s)
+    Ok(s.finish())
 }
 
 /// Top co-activation partners of each expert of `layer`, weighted by their counts.

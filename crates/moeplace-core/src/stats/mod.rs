@@ -13,9 +13,11 @@
 //!
 //! Per request and phase: the activation vector, tokens per (layer, expert).
 
-use std::collections::{BTreeMap, HashMap};
+mod count;
 
-use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+pub use count::StatisticsBuilder;
 
 use crate::trace::{ModelShape, Phase, ShapeError, TokenBatch};
 
@@ -56,9 +58,9 @@ impl GroupStats {
         let (l, e) = (shape.layers, shape.experts);
         GroupStats {
             tokens: 0,
-            load: vec![0; l * e],
-            coact: if pairs { vec![0; l * pair_count(e)] } else { Vec::new() },
-            transitions: if pairs { vec![0; l * e * e] } else { Vec::new() },
+            load: written_zeros(l * e),
+            coact: if pairs { written_zeros(l * pair_count(e)) } else { Vec::new() },
+            transitions: if pairs { written_zeros(l * e * e) } else { Vec::new() },
         }
     }
 
@@ -68,6 +70,15 @@ impl GroupStats {
         add_into(&mut self.coact, &other.coact);
         add_into(&mut self.transitions, &other.transitions);
     }
+}
+
+/// Zeroed counters, written rather than allocated zeroed: a fresh zeroed allocation
+/// maps a shared copy-on-write page, so the first `+=` on each page costs a fault
+/// plus a TLB flush on every core; writing up front costs one plain fault per page.
+pub(crate) fn written_zeros<T: Copy + Default>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, T::default());
+    v
 }
 
 fn add_into(a: &mut [u64], b: &[u64]) {
@@ -239,30 +250,6 @@ impl Statistics {
         acc
     }
 
-    /// Adds the counts of one batch. Parallel over layers; the result does not depend
-    /// on the number of threads.
-    pub fn add_batch(&mut self, batch: &TokenBatch) -> Result<(), ShapeError> {
-        if batch.shape() != self.shape {
-            return Err(ShapeError::ShapeMismatch { expected: self.shape, found: batch.shape() });
-        }
-        assert!(self.pairs, "statistics built from loads only cannot take tokens");
-        let shape = self.shape;
-        // Tokens of the batch by group.
-        let mut by_group: HashMap<(Option<u32>, Option<Phase>), Vec<u32>> = HashMap::new();
-        for (t, (&f, &p)) in batch.family_indices().iter().zip(batch.phases()).enumerate() {
-            by_group.entry((f, p)).or_default().push(t as u32);
-        }
-        for ((f, p), tokens) in by_group {
-            let key = GroupKey { family: f.map(|f| batch.family_names()[f as usize].clone()), phase: p };
-            let group = self.groups.entry(key).or_insert_with(|| GroupStats::zeros(shape, true));
-            count_group(shape, batch.expert_ids(), &tokens, group);
-        }
-        if self.request_vectors {
-            self.add_request_vectors(batch)?;
-        }
-        Ok(())
-    }
-
     fn add_request_vectors(&mut self, batch: &TokenBatch) -> Result<(), ShapeError> {
         let (l, e, k) = (self.shape.layers, self.shape.experts, self.shape.top_k);
         let ids = batch.expert_ids();
@@ -287,7 +274,7 @@ impl Statistics {
                         entry.family, family
                     )));
                 }
-                current = Some(entry.by_phase.entry(p).or_insert_with(|| vec![0; l * e]));
+                current = Some(entry.by_phase.entry(p).or_insert_with(|| written_zeros(l * e)));
                 current_tokens = Some(entry.tokens.entry(p).or_insert(0));
                 last = Some((r, p));
             }
@@ -357,48 +344,6 @@ impl Statistics {
         ExpertLoads::new(self.shape.layers, self.shape.experts, vec![g.load.iter().map(|&x| x as f64).collect()])
             .expect("pooled loads match the shape")
     }
-}
-
-/// Counts one group's tokens into `group`, layer by layer in parallel (each layer's
-/// arrays stay in cache while every token of the batch is counted).
-fn count_group(shape: ModelShape, ids: &[u16], tokens: &[u32], group: &mut GroupStats) {
-    let (l, e, k) = (shape.layers, shape.experts, shape.top_k);
-    let pairs = pair_count(e);
-    group.tokens += tokens.len() as u64;
-    // With one expert there are no pairs: give every layer an empty block.
-    let coact_blocks: Vec<&mut [u64]> = if pairs > 0 {
-        group.coact.chunks_mut(pairs).collect()
-    } else {
-        (0..l).map(|_| <&mut [u64]>::default()).collect()
-    };
-    group
-        .load
-        .par_chunks_mut(e)
-        .zip(coact_blocks.into_par_iter())
-        .zip(group.transitions.par_chunks_mut(e * e))
-        .enumerate()
-        .for_each(|(layer, ((load, coact), trans))| {
-            for &t in tokens {
-                let base = (t as usize * l + layer) * k;
-                let picks = &ids[base..base + k];
-                for (i, &a) in picks.iter().enumerate() {
-                    let a = a as usize;
-                    load[a] += 1;
-                    for &b in &picks[i + 1..] {
-                        coact[pair_index(a, b as usize, e)] += 1;
-                    }
-                }
-                if layer + 1 < l {
-                    let next = &ids[base + k..base + 2 * k];
-                    for &a in picks {
-                        let row = &mut trans[a as usize * e..(a as usize + 1) * e];
-                        for &b in next {
-                            row[b as usize] += 1;
-                        }
-                    }
-                }
-            }
-        });
 }
 
 /// Expert loads per layer, optionally over several steps: `steps[s][layer * experts + e]`.
