@@ -23,9 +23,14 @@ pub struct TraceArgs {
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
     /// Tokens per batch while streaming (memory bound).
-    #[arg(long, default_value_t = 8192, value_name = "N", hide = true)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS, value_name = "N", hide = true)]
     pub batch_tokens: usize,
 }
+
+/// Tokens per batch while streaming: large enough that counting a batch runs long
+/// over each table (see moeplace-core's stats::count), small enough to bound memory
+/// (28 MB of ids for DeepSeek-V3).
+pub const DEFAULT_BATCH_TOKENS: usize = 32768;
 
 fn parse_format(s: &str) -> Result<TraceFormat, String> {
     TraceFormat::parse(s)

@@ -114,3 +114,30 @@ fn engine_counts_profile_and_need_top_k() {
     assert_eq!(v["tokens"], 4);
     assert_eq!(v["per_layer"][0]["max_over_mean"], 2.0);
 }
+
+#[test]
+fn parquet_errors_name_file_and_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bad = GOOD.replace("[2,3]", "[3,3]");
+    let src = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n{GOOD}\n{bad}\n"));
+    // Convert refuses the repeated expert with the JSONL line and writes nothing.
+    let pq = d.join("t.parquet");
+    let out = moeplace(&["convert", src.to_str().unwrap(), pq.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("t.jsonl:4:") && err.contains("twice"), "{err}");
+    assert!(!pq.exists(), "no half-written output");
+    // A good file, then the same cut short.
+    let src = write(d, "t.jsonl", &format!("{HEADER}\n{}\n", vec![GOOD; 200].join("\n")));
+    let out = moeplace(&["convert", src.to_str().unwrap(), pq.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&pq).unwrap();
+    let cut = d.join("cut.parquet");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = profile_fails(&cut);
+    assert!(err.contains("cut.parquet"), "{err}");
+    let empty = write(d, "empty.parquet", "");
+    let err = profile_fails(&empty);
+    assert!(err.contains("empty.parquet") && err.contains("empty"), "{err}");
+}

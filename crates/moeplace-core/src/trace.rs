@@ -114,6 +114,9 @@ pub enum ShapeError {
     BadWeight { value: f32, layer: usize },
     #[error("shape mismatch: this input is {found}, earlier input was {expected}")]
     ShapeMismatch { expected: ModelShape, found: ModelShape },
+    /// A token of a batch built from columns (its index in the batch) is invalid.
+    #[error("{error}")]
+    InToken { token: usize, error: Box<ShapeError> },
 }
 
 /// One token's record, borrowed from a batch.
@@ -288,7 +291,8 @@ pub struct BatchColumns {
 impl TokenBatch {
     /// A batch from its columns, checked like [`TokenBatch::push`] checks tokens: equal
     /// column lengths, name indices in range, names unique, and every token's ids
-    /// valid for `shape` (checked in parallel).
+    /// valid for `shape` (checked in parallel; a bad token is reported as
+    /// [`ShapeError::InToken`], the first one when several are bad).
     pub fn from_columns(shape: ModelShape, c: BatchColumns) -> Result<TokenBatch, ShapeError> {
         shape.validate()?;
         let n = c.request.len();
@@ -328,17 +332,20 @@ impl TokenBatch {
         {
             use rayon::prelude::*;
             let chunk = 1024;
-            c.experts.par_chunks(chunk * per).enumerate().try_for_each(|(i, ids)| {
+            let first_bad = c.experts.par_chunks(chunk * per).enumerate().find_map_first(|(i, ids)| {
                 let weights = c.gate_weights.as_ref().map(|w| &w[i * chunk * per..i * chunk * per + ids.len()]);
                 // A branch-free pass first; the detailed check only to name an error.
                 if weights.is_none() && ids_look_valid(shape, ids) {
-                    return Ok(());
+                    return None;
                 }
-                for (t, token) in ids.chunks_exact(per).enumerate() {
-                    check_token(shape, token, weights.map(|w| &w[t * per..(t + 1) * per]))?;
-                }
-                Ok(())
-            })?;
+                ids.chunks_exact(per).enumerate().find_map(|(t, token)| {
+                    let error = check_token(shape, token, weights.map(|w| &w[t * per..(t + 1) * per])).err()?;
+                    Some(ShapeError::InToken { token: i * chunk + t, error: Box::new(error) })
+                })
+            });
+            if let Some(e) = first_bad {
+                return Err(e);
+            }
         }
         Ok(TokenBatch {
             shape,
@@ -357,17 +364,45 @@ impl TokenBatch {
 }
 
 /// Whether every top-k group of `ids` has ids below the expert count and no
-/// repeats (no early exits, so it vectorises).
+/// repeats (no early exits, so it vectorises; specialised for common k so the
+/// pair loops unroll: this check is most of the cost of reading a Parquet trace).
 fn ids_look_valid(shape: ModelShape, ids: &[u16]) -> bool {
-    let k = shape.top_k;
-    let e = shape.experts;
-    let mut bad = false;
-    for picks in ids.chunks_exact(k) {
-        for i in 0..k {
-            bad |= picks[i] as usize >= e;
-            for j in i + 1..k {
-                bad |= picks[i] == picks[j];
+    match shape.top_k {
+        1 => ids_look_valid_k::<1>(shape.experts, ids),
+        2 => ids_look_valid_k::<2>(shape.experts, ids),
+        4 => ids_look_valid_k::<4>(shape.experts, ids),
+        6 => ids_look_valid_k::<6>(shape.experts, ids),
+        8 => ids_look_valid_k::<8>(shape.experts, ids),
+        k => {
+            let mut bad = false;
+            for picks in ids.chunks_exact(k) {
+                for i in 0..k {
+                    bad |= picks[i] as usize >= shape.experts;
+                    for j in i + 1..k {
+                        bad |= picks[i] == picks[j];
+                    }
+                }
             }
+            !bad
+        }
+    }
+}
+
+fn ids_look_valid_k<const K: usize>(experts: usize, ids: &[u16]) -> bool {
+    // Ids are u16, so any expert count above u16::MAX admits them all.
+    let limit = experts.min(u16::MAX as usize + 1);
+    let mut bad = false;
+    for picks in ids.chunks_exact(K) {
+        let picks: &[u16; K] = picks.try_into().expect("chunks of K");
+        // Comparing with the rotations by 1..=K/2 meets every pair; lane by lane, so
+        // it maps onto vector compares.
+        for r in 1..=K / 2 {
+            for i in 0..K {
+                bad |= picks[i] == picks[(i + r) % K];
+            }
+        }
+        for &p in picks {
+            bad |= p as usize >= limit;
         }
     }
     !bad

@@ -9,6 +9,7 @@ use std::path::Path;
 use moeplace_core::trace::{ModelShape, TokenBatch};
 
 use crate::error::FormatError;
+use crate::read_ahead::ReadAhead;
 use crate::{esft, jsonl, npz, parquet, sglang};
 
 /// The trace formats moeplace reads.
@@ -108,17 +109,19 @@ pub trait TraceReader: Iterator<Item = Result<TokenBatch, FormatError>> + Send {
     }
 }
 
-/// Opens `path` with the format chosen by `opts` or detected from the path.
+/// Opens `path` with the format chosen by `opts` or detected from the path. The
+/// batches are decoded ahead on a thread of their own (see [`crate::read_ahead`]).
 pub fn open_trace(path: &Path, opts: &ReadOptions) -> Result<Box<dyn TraceReader>, FormatError> {
     let format = match opts.format {
         Some(f) => f,
         None => TraceFormat::detect(path)?,
     };
-    match format {
-        TraceFormat::Jsonl => Ok(Box::new(jsonl::JsonlReader::open(path, opts.batch_tokens)?)),
-        TraceFormat::Esft => Ok(Box::new(esft::EsftReader::open(path, opts)?)),
-        TraceFormat::Npz => Ok(Box::new(npz::NumpyReader::open(path, opts.experts, opts.batch_tokens)?)),
-        TraceFormat::Parquet => Ok(Box::new(parquet::ParquetReader::open(path, opts.batch_tokens)?)),
-        TraceFormat::Sglang => Ok(Box::new(sglang::SglangReader::open(path, opts.batch_tokens)?)),
-    }
+    let reader: Box<dyn TraceReader> = match format {
+        TraceFormat::Jsonl => Box::new(jsonl::JsonlReader::open(path, opts.batch_tokens)?),
+        TraceFormat::Esft => Box::new(esft::EsftReader::open(path, opts)?),
+        TraceFormat::Npz => Box::new(npz::NumpyReader::open(path, opts.experts, opts.batch_tokens)?),
+        TraceFormat::Parquet => Box::new(parquet::ParquetReader::open(path, opts.batch_tokens)?),
+        TraceFormat::Sglang => Box::new(sglang::SglangReader::open(path, opts.batch_tokens)?),
+    };
+    Ok(Box::new(ReadAhead::new(reader)))
 }

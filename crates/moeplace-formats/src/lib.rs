@@ -13,6 +13,7 @@
 //! - [`atomic`]: write-then-rename output files.
 //! - [`cluster_file`]: cluster TOML files.
 //! - [`plan_file`]: the versioned plan file.
+//! - [`read_ahead`]: decoding trace batches on a thread of their own.
 //! - [`export`]: plans in serving engines' formats, and readers for them.
 //! - [`report_html`]: the self-contained HTML report of `eval --report`.
 //!
@@ -29,6 +30,7 @@ pub mod jsonl;
 pub mod npz;
 pub mod parquet;
 pub mod plan_file;
+pub mod read_ahead;
 pub mod report_html;
 pub mod sglang;
 pub mod stats_file;

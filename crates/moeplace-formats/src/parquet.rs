@@ -6,24 +6,32 @@
 //! - `family`: Utf8, nullable;
 //! - `phase`: Utf8 (`prefill`/`decode`), nullable;
 //! - `position`: UInt32, not null;
-//! - `experts`: FixedSizeList<UInt16>[layers * k], not null: a token's top-k ids of
-//!   layer 0, then layer 1, ...;
+//! - `experts`: FixedSizeBinary[layers * k * w], not null: a token's top-k ids of
+//!   layer 0, then layer 1, ..., one byte each (w = 1) when the model has at most 256
+//!   experts, else two bytes little-endian (w = 2). Raw bytes without dictionary:
+//!   decoding is a copy, several times faster than a list column (whose repetition
+//!   levels cost more to decode than the ids). In NumPy:
+//!   `np.frombuffer(b, np.uint8).reshape(layers, k)`;
 //! - `gate_weights` (optional column): FixedSizeList<Float32>[layers * k].
 //!
 //! The model shape sits in the file's key-value metadata: `moeplace.format` =
-//! `moeplace-trace`, `moeplace.version` = 1, `moeplace.layers`, `moeplace.experts`,
-//! `moeplace.top_k`. Other integer types for `experts` and `position` are accepted on
-//! read (cast), so traces written by other tools load when they follow the columns.
+//! `moeplace-trace`, `moeplace.version` = 2, `moeplace.layers`, `moeplace.experts`,
+//! `moeplace.top_k`. On read, `experts` may also be a fixed-size list of any integer
+//! type (version 1 files, and traces written by other tools that follow the columns),
+//! and `position` any integer type (cast).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use arrow::array::{
-    Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray, UInt16Array, UInt32Array,
+    Array, ArrayRef, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray, UInt16Array,
+    UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema};
-use moeplace_core::trace::{ModelShape, Phase, TokenBatch, TokenRef};
+use moeplace_core::trace::{BatchColumns, ModelShape, Phase, ShapeError, TokenBatch};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -40,6 +48,15 @@ const KEY_LAYERS: &str = "moeplace.layers";
 const KEY_EXPERTS: &str = "moeplace.experts";
 const KEY_TOP_K: &str = "moeplace.top_k";
 
+/// Bytes per expert id in the `experts` column.
+fn id_width(shape: ModelShape) -> usize {
+    if shape.experts <= 256 {
+        1
+    } else {
+        2
+    }
+}
+
 fn schema(shape: ModelShape, weights: bool) -> Arc<Schema> {
     let n = (shape.layers * shape.top_k) as i32;
     let mut fields = vec![
@@ -47,7 +64,7 @@ fn schema(shape: ModelShape, weights: bool) -> Arc<Schema> {
         Field::new("family", DataType::Utf8, true),
         Field::new("phase", DataType::Utf8, true),
         Field::new("position", DataType::UInt32, false),
-        Field::new("experts", DataType::FixedSizeList(Arc::new(Field::new("item", DataType::UInt16, false)), n), false),
+        Field::new("experts", DataType::FixedSizeBinary(n * id_width(shape) as i32), false),
     ];
     if weights {
         fields.push(Field::new(
@@ -88,10 +105,10 @@ impl ParquetReader {
                 "no moeplace trace metadata (key moeplace.format = moeplace-trace); see docs/FORMATS.md",
             ));
         }
-        if get(KEY_VERSION).as_deref() != Some("1") {
+        if !matches!(get(KEY_VERSION).as_deref(), Some("1" | "2")) {
             return Err(FormatError::file(
                 path,
-                format!("trace version {:?} is not supported (this build reads 1)", get(KEY_VERSION)),
+                format!("trace version {:?} is not supported (this build reads 1 and 2)", get(KEY_VERSION)),
             ));
         }
         let num = |k: &str| get(k).and_then(|v| v.parse::<usize>().ok()).ok_or_else(|| part(k));
@@ -145,6 +162,45 @@ impl ParquetReader {
         Ok(Some((values, list.value_length() as usize)))
     }
 
+    /// The `experts` column as compact ids, token after token.
+    fn expert_ids(&self, rb: &RecordBatch) -> Result<Vec<u16>, FormatError> {
+        let shape = self.shape;
+        let n = shape.layers * shape.top_k;
+        let col = rb.column_by_name("experts").expect("checked at open");
+        if let Some(bytes) = col.as_any().downcast_ref::<FixedSizeBinaryArray>() {
+            if bytes.null_count() > 0 {
+                let row = (0..bytes.len()).find(|&i| bytes.is_null(i)).unwrap_or(0) as u64;
+                return Err(FormatError::row(&self.path, self.rows_done + row, "`experts` is null"));
+            }
+            let data = bytes.value_data();
+            return match bytes.value_length() as usize {
+                w if w == n => Ok(data.iter().map(|&b| b as u16).collect()),
+                w if w == 2 * n => Ok(data.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()),
+                w => Err(self.column_err(
+                    "experts",
+                    format!(
+                        "values of {w} bytes; the metadata says {} layers x top-{} = {n} ids of 1 or 2 bytes",
+                        shape.layers, shape.top_k
+                    ),
+                )),
+            };
+        }
+        // Casting checks range: an id that does not fit u16 fails here, one >= E later.
+        let (experts, width) = self.list_values(rb, "experts", DataType::UInt16)?.expect("checked at open");
+        if width != n {
+            return Err(self.column_err(
+                "experts",
+                format!("lists of {width} ids; the metadata says {} layers x top-{} = {n}", shape.layers, shape.top_k),
+            ));
+        }
+        let experts = experts.as_any().downcast_ref::<UInt16Array>().expect("cast");
+        if experts.null_count() > 0 {
+            let i = (0..experts.len()).find(|&i| experts.is_null(i)).unwrap_or(0);
+            return Err(FormatError::row(&self.path, self.rows_done + (i / n) as u64, "an expert id is null"));
+        }
+        Ok(experts.values().to_vec())
+    }
+
     fn convert(&self, rb: &RecordBatch) -> Result<TokenBatch, FormatError> {
         let shape = self.shape;
         let n = shape.layers * shape.top_k;
@@ -154,52 +210,93 @@ impl ParquetReader {
         let phase = self.strings(rb, "phase")?;
         let position = arrow::compute::cast(rb.column_by_name("position").expect("checked"), &DataType::UInt32)
             .map_err(|e| self.column_err("position", format!("not a non-negative integer: {e}")))?;
-        let position = position.as_any().downcast_ref::<UInt32Array>().expect("cast").clone();
-        // Casting checks range: an id that does not fit u16 fails here, one >= E below.
-        let (experts, width) = self.list_values(rb, "experts", DataType::UInt16)?.expect("checked at open");
-        if width != n {
-            return Err(self.column_err(
-                "experts",
-                format!("lists of {width} ids; the metadata says {} layers x top-{} = {n}", shape.layers, shape.top_k),
+        let position = position.as_any().downcast_ref::<UInt32Array>().expect("cast");
+        if let Some(i) = (0..rows).find(|&i| request.is_null(i) || position.is_null(i)) {
+            return Err(FormatError::row(
+                &self.path,
+                self.rows_done + i as u64,
+                "`request` and `position` may not be null",
             ));
         }
-        let experts = experts.as_any().downcast_ref::<UInt16Array>().expect("cast").clone();
-        if experts.null_count() > 0 {
-            let i = (0..experts.len()).find(|&i| experts.is_null(i)).unwrap_or(0);
-            return Err(FormatError::row(&self.path, self.rows_done + (i / n) as u64, "an expert id is null"));
-        }
-        let weights = match self.list_values(rb, "gate_weights", DataType::Float32)? {
-            Some((w, width)) if width == n => Some(w.as_any().downcast_ref::<Float32Array>().expect("cast").clone()),
+        let experts = self.expert_ids(rb)?;
+        let gate_weights = match self.list_values(rb, "gate_weights", DataType::Float32)? {
+            Some((w, width)) if width == n => {
+                Some(w.as_any().downcast_ref::<Float32Array>().expect("cast").values().to_vec())
+            }
             Some((_, width)) => return Err(self.column_err("gate_weights", format!("lists of {width}, expected {n}"))),
             None => None,
         };
-        let ids = experts.values();
-        let ws = weights.as_ref().map(|w| w.values());
-        let mut batch = TokenBatch::with_capacity(shape, rows);
-        for i in 0..rows {
-            let row = self.rows_done + i as u64;
-            if request.is_null(i) || position.is_null(i) {
-                return Err(FormatError::row(&self.path, row, "`request` and `position` may not be null"));
-            }
-            let phase = match &phase {
-                Some(p) if !p.is_null(i) => Some(Phase::parse(p.value(i)).ok_or_else(|| {
-                    FormatError::row(&self.path, row, format!("phase {:?} is neither prefill nor decode", p.value(i)))
-                })?),
-                _ => None,
-            };
-            let family = family.as_ref().filter(|f| !f.is_null(i)).map(|f| f.value(i));
-            batch
-                .push(TokenRef {
-                    request: request.value(i),
-                    family,
-                    phase,
-                    position: position.value(i),
-                    experts: &ids[i * n..(i + 1) * n],
-                    gate_weights: ws.map(|w| &w[i * n..(i + 1) * n]),
+        let mut names = Interner::default();
+        let request_ids = (0..rows).map(|i| names.index(request.value(i))).collect();
+        let request_names = names.into_names();
+        let mut names = Interner::default();
+        let family_ids =
+            (0..rows).map(|i| family.as_ref().filter(|f| !f.is_null(i)).map(|f| names.index(f.value(i)))).collect();
+        let family_names = names.into_names();
+        let phases = match &phase {
+            None => vec![None; rows],
+            Some(p) => (0..rows)
+                .map(|i| {
+                    if p.is_null(i) {
+                        return Ok(None);
+                    }
+                    Phase::parse(p.value(i)).map(Some).ok_or_else(|| {
+                        FormatError::row(
+                            &self.path,
+                            self.rows_done + i as u64,
+                            format!("phase {:?} is neither prefill nor decode", p.value(i)),
+                        )
+                    })
                 })
-                .map_err(|e| FormatError::row(&self.path, row, e.to_string()))?;
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let columns = BatchColumns {
+            request_names,
+            family_names,
+            request: request_ids,
+            family: family_ids,
+            phase: phases,
+            position: position.values().to_vec(),
+            experts,
+            gate_weights,
+        };
+        TokenBatch::from_columns(shape, columns).map_err(|e| match e {
+            ShapeError::InToken { token, error } => {
+                FormatError::row(&self.path, self.rows_done + token as u64, error.to_string())
+            }
+            e => FormatError::row(&self.path, self.rows_done, e.to_string()),
+        })
+    }
+}
+
+/// Names to indices for one batch; consecutive rows mostly repeat a name, so the
+/// last one is checked before the map.
+#[derive(Default)]
+struct Interner {
+    names: Vec<String>,
+    index: HashMap<String, u32>,
+    last: Option<u32>,
+}
+
+impl Interner {
+    fn index(&mut self, name: &str) -> u32 {
+        if let Some(i) = self.last.filter(|&i| self.names[i as usize] == name) {
+            return i;
         }
-        Ok(batch)
+        let i = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                self.names.push(name.to_string());
+                self.index.insert(name.to_string(), self.names.len() as u32 - 1);
+                self.names.len() as u32 - 1
+            }
+        };
+        self.last = Some(i);
+        i
+    }
+
+    fn into_names(self) -> Vec<String> {
+        self.names
     }
 }
 
@@ -275,7 +372,7 @@ impl ParquetWriter {
     fn props(&self) -> WriterProperties {
         let kv = vec![
             KeyValue::new(KEY_FORMAT.to_string(), "moeplace-trace".to_string()),
-            KeyValue::new(KEY_VERSION.to_string(), "1".to_string()),
+            KeyValue::new(KEY_VERSION.to_string(), "2".to_string()),
             KeyValue::new(KEY_LAYERS.to_string(), self.shape.layers.to_string()),
             KeyValue::new(KEY_EXPERTS.to_string(), self.shape.experts.to_string()),
             KeyValue::new(KEY_TOP_K.to_string(), self.shape.top_k.to_string()),
@@ -284,6 +381,7 @@ impl ParquetWriter {
             .set_compression(Compression::SNAPPY)
             .set_key_value_metadata(Some(kv))
             .set_max_row_group_row_count(Some(64 * 1024))
+            .set_column_dictionary_enabled("experts".into(), false)
             .build()
     }
 
@@ -313,13 +411,14 @@ impl ParquetWriter {
         let family: StringArray = batch.family_indices().iter().map(|f| f.map(|f| fams[f as usize].as_str())).collect();
         let phase: StringArray = batch.phases().iter().map(|p| p.map(Phase::as_str)).collect();
         let position = UInt32Array::from(batch.positions().to_vec());
-        let experts = FixedSizeListArray::try_new(
-            Arc::new(Field::new("item", DataType::UInt16, false)),
-            n,
-            Arc::new(UInt16Array::from(batch.expert_ids().to_vec())),
-            None,
-        )
-        .map_err(|e| err(e.to_string()))?;
+        let ids = batch.expert_ids();
+        let bytes: Vec<u8> = if id_width(self.shape) == 1 {
+            ids.iter().map(|&x| x as u8).collect()
+        } else {
+            ids.iter().flat_map(|&x| x.to_le_bytes()).collect()
+        };
+        let width = n * id_width(self.shape) as i32;
+        let experts = FixedSizeBinaryArray::try_new(width, bytes.into(), None).map_err(|e| err(e.to_string()))?;
         let mut cols: Vec<ArrayRef> =
             vec![Arc::new(request), Arc::new(family), Arc::new(phase), Arc::new(position), Arc::new(experts)];
         if weights {

@@ -88,10 +88,12 @@ fn write_trace(config: &SynthConfig, seed: u64, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Profiles `path` (read + statistics); with `read_only`, only reads it.
+/// Profiles `path` (read + statistics, as `moeplace profile` does them, without the
+/// report); with `read_only`, only reads it.
 fn profile_file(path: &Path, format: TraceFormat, options: ProfileOptions, read_only: bool) -> Result<(u64, f64)> {
     let start = Instant::now();
-    let opts = ReadOptions { format: Some(format), batch_tokens: 65536, ..Default::default() };
+    let opts =
+        ReadOptions { format: Some(format), batch_tokens: crate::input::DEFAULT_BATCH_TOKENS, ..Default::default() };
     let mut r = open_trace(path, &opts)?;
     let mut s = StatisticsBuilder::new(r.shape(), options);
     let mut tokens = 0u64;
@@ -102,6 +104,8 @@ fn profile_file(path: &Path, format: TraceFormat, options: ProfileOptions, read_
             s.add_batch(&b)?;
         }
     }
+    let stats = s.finish();
+    anyhow::ensure!(read_only || stats.tokens() == tokens, "statistics count {} tokens of {tokens}", stats.tokens());
     Ok((tokens, start.elapsed().as_secs_f64()))
 }
 

@@ -1,17 +1,20 @@
 //! The counting kernel behind [`Statistics::add_batch`] and [`StatisticsBuilder`].
 //!
 //! Profiling spends nearly all its time here: per token and layer, k load counts,
-//! k(k-1)/2 co-activation counts and k*k transition counts (100 for top-8). What
-//! makes it fast:
-//! - layers run in parallel (each layer's counters belong to one task, so no locks
-//!   and no per-thread copies), in chunks of tokens whose ids stay in cache;
-//! - the builder counts in `u32`, so one layer's counters of one group (co-activation
-//!   plus transitions: 385 KB for 256 experts) stay in a core's L2 cache; they are
-//!   added into the `u64` statistics when a group nears 2^32 tokens and at the end.
-//!   A counter grows by at most one per token (a token's top-k ids are distinct, which
-//!   `TokenBatch` guarantees), so a group with fewer than 2^32 pending tokens cannot
-//!   overflow;
-//! - the loop is specialised for common k so the compiler unrolls it.
+//! k(k-1)/2 co-activation counts and k*k transition counts (100 for top-8), each a
+//! random increment in a table. What makes it fast (`cargo bench -p moeplace-core
+//! --bench statistics`):
+//! - tokens are counted in group order and layer by layer, from a layer-major copy of
+//!   their ids, so one (group, layer) job runs over many tokens while its tables stay
+//!   in the core's L2 cache; layers run in parallel (each layer's tables belong to
+//!   one task: no locks, no per-thread copies);
+//! - pending counters are `u16`, so a job's tables (co-activation as a full
+//!   experts x experts table of ordered pairs, plus transitions: 256 KB for 256
+//!   experts) fit in L2. A counter grows by at most one per token (a token's top-k
+//!   ids are distinct, which `TokenBatch` guarantees), so a group drains into the
+//!   `u64` statistics before its pending tokens could pass `u16::MAX`;
+//! - the loops are specialised for common k, and indexing is unchecked after one
+//!   check per job that every id is below the number of experts.
 
 use std::collections::BTreeMap;
 
@@ -20,170 +23,224 @@ use rayon::prelude::*;
 use super::{pair_count, written_zeros, GroupKey, GroupStats, ProfileOptions, Statistics};
 use crate::trace::{ModelShape, Phase, ShapeError, TokenBatch};
 
-/// Tokens per chunk: a chunk's ids (tokens x layers x k u16) stay in the shared cache
-/// while every layer task reads them.
-const CHUNK_TOKENS: usize = 4096;
+/// Tokens per pass of [`count_batch`]: their ids are copied layer by layer into a
+/// scratch buffer (16384 x layers x k u16: 15 MB for DeepSeek-V3) so that counting
+/// reads them contiguously.
+const CHUNK_TOKENS: usize = 16384;
 
-/// A counter type the kernel can add into.
-pub(super) trait Counter: Copy + Send + Sync + std::ops::AddAssign + 'static {
-    const ONE: Self;
-}
-impl Counter for u32 {
-    const ONE: u32 = 1;
-}
-impl Counter for u64 {
-    const ONE: u64 = 1;
+/// Pending tokens of a group above which its `u16` counters must drain.
+const DRAIN_AT: u64 = u16::MAX as u64;
+
+/// One group's pending `u16` counters over all layers, and its `u64` totals.
+struct GroupCounter {
+    /// Tokens counted in `load`/`ordered_pairs`/`transitions` and not yet drained.
+    pending_tokens: u64,
+    /// `[layers * experts]`.
+    load: Vec<u16>,
+    /// `[layers * experts * experts]`: (a, b) counts tokens where a was picked
+    /// before b; an unordered pair's count is (a, b) + (b, a).
+    ordered_pairs: Vec<u16>,
+    /// `[layers * experts * experts]`, as in [`GroupStats::transitions`].
+    transitions: Vec<u16>,
+    total: GroupStats,
 }
 
-/// One group's counters over all layers, as the kernel sees them.
-pub(super) struct Counts<C> {
-    pub tokens: u64,
-    pub load: Vec<C>,
-    pub coact: Vec<C>,
-    pub transitions: Vec<C>,
-}
-
-impl Counts<u32> {
-    fn zeros(shape: ModelShape) -> Self {
+impl GroupCounter {
+    fn new(shape: ModelShape) -> Self {
         let (l, e) = (shape.layers, shape.experts);
-        Counts {
-            tokens: 0,
+        GroupCounter {
+            pending_tokens: 0,
             load: written_zeros(l * e),
-            coact: written_zeros(l * pair_count(e)),
+            ordered_pairs: written_zeros(l * e * e),
             transitions: written_zeros(l * e * e),
+            total: GroupStats::zeros(shape, true),
         }
     }
 
-    /// Adds these counts into `g` and zeroes them.
-    fn drain_into(&mut self, g: &mut GroupStats) {
-        g.tokens += self.tokens;
-        self.tokens = 0;
-        for (dst, src) in [
-            (&mut g.load, &mut self.load),
-            (&mut g.coact, &mut self.coact),
-            (&mut g.transitions, &mut self.transitions),
-        ] {
-            dst.par_iter_mut().zip(src.par_iter_mut()).with_min_len(1 << 14).for_each(|(d, s)| {
-                *d += *s as u64;
-                *s = 0;
-            });
-        }
+    /// Adds the pending counts into the totals and zeroes them.
+    fn drain(&mut self, experts: usize) {
+        let e = experts;
+        let pc = pair_count(e);
+        let g = &mut self.total;
+        g.tokens += std::mem::take(&mut self.pending_tokens);
+        g.load.par_iter_mut().zip(self.load.par_iter_mut()).with_min_len(1 << 14).for_each(|(d, s)| {
+            *d += std::mem::take(s) as u64;
+        });
+        g.transitions.par_iter_mut().zip(self.transitions.par_iter_mut()).with_min_len(1 << 14).for_each(|(d, s)| {
+            *d += std::mem::take(s) as u64;
+        });
+        g.coact.par_chunks_mut(pc.max(1)).zip(self.ordered_pairs.par_chunks_mut(e * e)).for_each(|(dst, m)| {
+            let mut i = 0;
+            for a in 0..e {
+                for b in a + 1..e {
+                    dst[i] += m[a * e + b] as u64 + m[b * e + a] as u64;
+                    i += 1;
+                }
+            }
+            m.fill(0);
+        });
     }
 }
 
-/// `row_base[a] + b` is `pair_index(a, b)` for a < b (wrapping: `row_base[0]` is -1).
-pub(super) fn pair_row_base(experts: usize) -> Vec<usize> {
-    (0..experts).map(|a| (a * (2 * experts - a - 1) / 2).wrapping_sub(a + 1)).collect()
-}
-
-/// One layer's counter blocks of one group, and the group's tokens in this chunk.
-struct LayerJob<'a, C> {
-    tokens: &'a [u32],
-    load: &'a mut [C],
-    coact: &'a mut [C],
+/// One layer's tables of one group, and where the group's tokens sit in the
+/// layer-major scratch buffer.
+struct LayerJob<'a> {
+    tokens: std::ops::Range<usize>,
+    load: &'a mut [u16],
+    ordered_pairs: &'a mut [u16],
     /// Empty for the last layer.
-    transitions: &'a mut [C],
+    transitions: &'a mut [u16],
 }
 
-/// Counts `tokens` (indices into `ids`) of one layer. Inlined into callers with a
+/// Counts one layer of a run of tokens: `picks` holds their top-k ids at this layer,
+/// `next` at the next layer (empty for the last). Inlined into callers with a
 /// constant `k` so the pick loops unroll.
 #[inline(always)]
-fn count_layer<C: Counter>(
-    ids: &[u16],
-    shape: ModelShape,
-    k: usize,
-    layer: usize,
-    row_base: &[usize],
-    job: LayerJob<C>,
-) {
-    let e = shape.experts;
-    let per_token = shape.layers * k;
-    let has_next = !job.transitions.is_empty();
-    for &t in job.tokens {
-        let base = t as usize * per_token + layer * k;
-        let picks = &ids[base..base + k];
+fn count_layer(picks: &[u16], next: &[u16], k: usize, experts: usize, job: LayerJob) {
+    let LayerJob { load, ordered_pairs, transitions, .. } = job;
+    let e = experts;
+    // The one check the unchecked indexing below relies on.
+    assert!(
+        load.len() == e
+            && ordered_pairs.len() == e * e
+            && (transitions.len() == e * e || (transitions.is_empty() && next.is_empty()))
+            && next.len() <= picks.len()
+            && picks.iter().chain(next).fold(0u16, |m, &x| m.max(x)) < e as u16,
+        "counting kernel called with inconsistent tables or ids"
+    );
+    for (t, p) in picks.chunks_exact(k).enumerate() {
         for i in 0..k {
-            let a = picks[i] as usize;
-            job.load[a] += C::ONE;
-            for &b in &picks[i + 1..] {
-                let b = b as usize;
-                let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-                job.coact[row_base[lo].wrapping_add(hi)] += C::ONE;
+            let a = p[i] as usize;
+            // SAFETY: a < e (checked above) and load.len() == e.
+            unsafe { *load.get_unchecked_mut(a) += 1 };
+            let row = a * e;
+            for &b in &p[i + 1..k] {
+                // SAFETY: a, b < e and ordered_pairs.len() == e * e.
+                unsafe { *ordered_pairs.get_unchecked_mut(row + b as usize) += 1 };
             }
         }
-        if has_next {
-            let next = &ids[base + k..base + 2 * k];
-            for &a in picks {
-                let row = &mut job.transitions[a as usize * e..(a as usize + 1) * e];
-                for &b in next {
-                    row[b as usize] += C::ONE;
+        if !next.is_empty() {
+            let n = &next[t * k..t * k + k];
+            for &a in p {
+                let row = a as usize * e;
+                for &b in n {
+                    // SAFETY: a, b < e and transitions.len() == e * e.
+                    unsafe { *transitions.get_unchecked_mut(row + b as usize) += 1 };
                 }
             }
         }
     }
 }
 
-fn count_layer_dispatch<C: Counter>(
-    ids: &[u16],
-    shape: ModelShape,
-    layer: usize,
-    row_base: &[usize],
-    job: LayerJob<C>,
-) {
-    match shape.top_k {
-        1 => count_layer(ids, shape, 1, layer, row_base, job),
-        2 => count_layer(ids, shape, 2, layer, row_base, job),
-        4 => count_layer(ids, shape, 4, layer, row_base, job),
-        6 => count_layer(ids, shape, 6, layer, row_base, job),
-        8 => count_layer(ids, shape, 8, layer, row_base, job),
-        k => count_layer(ids, shape, k, layer, row_base, job),
+#[inline(never)]
+fn count_layer_dispatch(picks: &[u16], next: &[u16], k: usize, experts: usize, job: LayerJob) {
+    match k {
+        1 => count_layer(picks, next, 1, experts, job),
+        2 => count_layer(picks, next, 2, experts, job),
+        4 => count_layer(picks, next, 4, experts, job),
+        6 => count_layer(picks, next, 6, experts, job),
+        8 => count_layer(picks, next, 8, experts, job),
+        k => count_layer(picks, next, k, experts, job),
+    }
+}
+
+/// Copies the ids of `tokens` at one layer into `dst`, token after token (`ids`
+/// starts at that layer's ids of token 0).
+#[inline(always)]
+fn gather_layer(dst: &mut [u16], tokens: &[u32], ids: &[u16], per_token: usize, k: usize) {
+    for (d, &t) in dst.chunks_exact_mut(k).zip(tokens) {
+        let at = t as usize * per_token;
+        d.copy_from_slice(&ids[at..at + k]);
+    }
+}
+
+#[inline(never)]
+fn gather_layer_dispatch(dst: &mut [u16], tokens: &[u32], ids: &[u16], per_token: usize, k: usize) {
+    match k {
+        2 => gather_layer(dst, tokens, ids, per_token, 2),
+        4 => gather_layer(dst, tokens, ids, per_token, 4),
+        6 => gather_layer(dst, tokens, ids, per_token, 6),
+        8 => gather_layer(dst, tokens, ids, per_token, 8),
+        k => gather_layer(dst, tokens, ids, per_token, k),
     }
 }
 
 /// Counts a batch into per-group counters. `slot_of_token[t]` is the index in
-/// `groups` of token t's group. Deterministic: each counter is owned by one task
-/// and integer sums do not depend on order.
-fn count_batch<C: Counter>(
+/// `groups` of token t's group; a group drains when its pending tokens would pass
+/// `drain_at`; `scratch` is reused between calls.
+///
+/// Tokens are taken in group order, so each (layer, group) job runs over a long run
+/// of tokens while that group's tables of that layer stay in the core's L2 cache
+/// (interleaving groups token by token thrashes it). Deterministic: each counter is
+/// owned by one task and integer sums do not depend on order.
+fn count_batch(
     batch: &TokenBatch,
     slot_of_token: &[usize],
-    groups: &mut [&mut Counts<C>],
-    row_base: &[usize],
+    groups: &mut [&mut GroupCounter],
+    drain_at: u64,
+    scratch: &mut Vec<u16>,
 ) {
     let shape = batch.shape();
-    let (l, e) = (shape.layers, shape.experts);
-    let pc = pair_count(e);
+    let (l, e, k) = (shape.layers, shape.experts, shape.top_k);
+    let per_token = l * k;
     let ids = batch.expert_ids();
+    // Tokens in group order (a stable counting sort); group g is order[first[g]..first[g + 1]].
+    let mut first = vec![0usize; groups.len() + 1];
     for &s in slot_of_token {
-        groups[s].tokens += 1;
+        first[s + 1] += 1;
     }
-    let mut chunk_tokens: Vec<Vec<u32>> = vec![Vec::new(); groups.len()];
-    for start in (0..batch.len()).step_by(CHUNK_TOKENS) {
-        let end = (start + CHUNK_TOKENS).min(batch.len());
-        chunk_tokens.iter_mut().for_each(Vec::clear);
-        for t in start..end {
-            chunk_tokens[slot_of_token[t]].push(t as u32);
+    for g in 0..groups.len() {
+        first[g + 1] += first[g];
+    }
+    let mut order = vec![0u32; batch.len()];
+    let mut fill = first.clone();
+    for (t, &s) in slot_of_token.iter().enumerate() {
+        order[fill[s]] = t as u32;
+        fill[s] += 1;
+    }
+    let chunk_len = CHUNK_TOKENS.min(drain_at as usize).max(1);
+    for chunk_start in (0..order.len()).step_by(chunk_len) {
+        let chunk = &order[chunk_start..(chunk_start + chunk_len).min(order.len())];
+        let n = chunk.len();
+        let run = |g: usize| {
+            let lo = first[g].clamp(chunk_start, chunk_start + n) - chunk_start;
+            let hi = first[g + 1].clamp(chunk_start, chunk_start + n) - chunk_start;
+            lo..hi
+        };
+        for (g, counter) in groups.iter_mut().enumerate() {
+            let r = run(g).len() as u64;
+            if r > 0 && counter.pending_tokens + r > drain_at {
+                counter.drain(e);
+            }
+            counter.pending_tokens += r;
         }
-        // Jobs by layer: every group with tokens in this chunk, its blocks of that layer.
-        let mut jobs: Vec<Vec<LayerJob<C>>> = (0..l).map(|_| Vec::with_capacity(groups.len())).collect();
-        for (g, tokens) in groups.iter_mut().zip(&chunk_tokens) {
+        // Layer-major copy: scratch[layer][i][k] = ids of token chunk[i] at layer.
+        scratch.resize(l * n * k, 0);
+        scratch
+            .par_chunks_mut(n * k)
+            .enumerate()
+            .for_each(|(layer, dst)| gather_layer_dispatch(dst, chunk, &ids[layer * k..], per_token, k));
+        // Jobs by layer: every group with tokens in this chunk, its tables of that layer.
+        let mut jobs: Vec<Vec<LayerJob>> = (0..l).map(|_| Vec::with_capacity(groups.len())).collect();
+        for (g, counter) in groups.iter_mut().enumerate() {
+            let tokens = run(g);
             if tokens.is_empty() {
                 continue;
             }
-            let Counts { load, coact, transitions, .. } = &mut **g;
-            let mut coact = coact.as_mut_slice();
-            let mut transitions = transitions.as_mut_slice();
-            for (layer, load) in load.chunks_mut(e).enumerate() {
-                let (c, rest) = std::mem::take(&mut coact).split_at_mut(pc);
-                coact = rest;
-                let (tr, rest) = std::mem::take(&mut transitions).split_at_mut(e * e);
-                transitions = rest;
-                let tr = if layer + 1 < l { tr } else { &mut [][..] };
-                jobs[layer].push(LayerJob { tokens, load, coact: c, transitions: tr });
+            let GroupCounter { load, ordered_pairs, transitions, .. } = &mut **counter;
+            let tables = load.chunks_mut(e).zip(ordered_pairs.chunks_mut(e * e)).zip(transitions.chunks_mut(e * e));
+            for (layer, ((load, ordered_pairs), tr)) in tables.enumerate() {
+                let transitions = if layer + 1 < l { tr } else { &mut [][..] };
+                jobs[layer].push(LayerJob { tokens: tokens.clone(), load, ordered_pairs, transitions });
             }
         }
+        let scratch = &scratch[..];
         jobs.into_par_iter().enumerate().for_each(|(layer, jobs)| {
             for job in jobs {
-                count_layer_dispatch(ids, shape, layer, row_base, job);
+                let r = job.tokens.start * k..job.tokens.end * k;
+                let picks = &scratch[layer * n * k..][r.clone()];
+                let next = if layer + 1 < l { &scratch[(layer + 1) * n * k..][r] } else { &[][..] };
+                count_layer_dispatch(picks, next, k, e, job);
             }
         });
     }
@@ -271,10 +328,10 @@ impl Statistics {
 /// returns them. Equal to [`Statistics::add_batch`] on every batch, exactly.
 pub struct StatisticsBuilder {
     stats: Statistics,
-    pending: BTreeMap<GroupKey, Counts<u32>>,
-    row_base: Vec<usize>,
-    /// Pending tokens per group above which its counters drain into `stats`
-    /// (`u32::MAX`; smaller in tests).
+    counters: BTreeMap<GroupKey, GroupCounter>,
+    /// Layer-major copy of the ids being counted (see [`count_batch`]).
+    scratch: Vec<u16>,
+    /// Pending tokens per group above which it drains ([`DRAIN_AT`]; smaller in tests).
     drain_at: u64,
 }
 
@@ -282,9 +339,9 @@ impl StatisticsBuilder {
     pub fn new(shape: ModelShape, options: ProfileOptions) -> Self {
         StatisticsBuilder {
             stats: Statistics::new(shape, options),
-            pending: BTreeMap::new(),
-            row_base: pair_row_base(shape.experts),
-            drain_at: u32::MAX as u64,
+            counters: BTreeMap::new(),
+            scratch: Vec::new(),
+            drain_at: DRAIN_AT,
         }
     }
 
@@ -294,7 +351,7 @@ impl StatisticsBuilder {
 
     /// Tokens added so far.
     pub fn tokens(&self) -> u64 {
-        self.stats.tokens() + self.pending.values().map(|c| c.tokens).sum::<u64>()
+        self.counters.values().map(|c| c.total.tokens + c.pending_tokens).sum()
     }
 
     pub fn add_batch(&mut self, batch: &TokenBatch) -> Result<(), ShapeError> {
@@ -311,26 +368,20 @@ impl StatisticsBuilder {
             self.stats.add_request_vectors(batch)?;
         }
         let (keys, slot_of_token) = token_groups(batch);
-        let mut per_slot = vec![0u64; keys.len()];
-        slot_of_token.iter().for_each(|&s| per_slot[s] += 1);
-        for (key, n) in keys.iter().zip(&per_slot) {
-            let c = self.pending.entry(key.clone()).or_insert_with(|| Counts::zeros(shape));
-            if c.tokens + n > self.drain_at {
-                let g = self.stats.groups.entry(key.clone()).or_insert_with(|| GroupStats::zeros(shape, true));
-                c.drain_into(g);
-            }
+        for key in &keys {
+            self.counters.entry(key.clone()).or_insert_with(|| GroupCounter::new(shape));
         }
-        let mut groups = values_for(&mut self.pending, &keys);
-        count_batch(batch, &slot_of_token, &mut groups, &self.row_base);
+        let mut groups = values_for(&mut self.counters, &keys);
+        count_batch(batch, &slot_of_token, &mut groups, self.drain_at, &mut self.scratch);
         Ok(())
     }
 
     /// The statistics of every batch added.
     pub fn finish(mut self) -> Statistics {
-        let shape = self.stats.shape;
-        for (key, mut c) in std::mem::take(&mut self.pending) {
-            let g = self.stats.groups.entry(key).or_insert_with(|| GroupStats::zeros(shape, true));
-            c.drain_into(g);
+        let e = self.stats.shape.experts;
+        for (key, mut c) in std::mem::take(&mut self.counters) {
+            c.drain(e);
+            self.stats.groups.insert(key, c.total);
         }
         self.stats
     }
@@ -406,18 +457,6 @@ mod tests {
             }
         }
         out
-    }
-
-    #[test]
-    fn row_base_gives_pair_index() {
-        for e in [2, 3, 7, 64] {
-            let rb = pair_row_base(e);
-            for (a, base) in rb.iter().enumerate() {
-                for b in a + 1..e {
-                    assert_eq!(base.wrapping_add(b), pair_index(a, b, e));
-                }
-            }
-        }
     }
 
     #[test]

@@ -1,0 +1,125 @@
+//! Parquet traces from other writers: the list form of `experts` (version 1 files and
+//! other tools) reads like the byte form, and bad files give one clear error naming
+//! the file and the row or column, never a panic.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, FixedSizeListArray, RecordBatch, StringArray, UInt16Array, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use moeplace_core::trace::{ModelShape, Phase, TokenBatch, TokenRef};
+use moeplace_formats::parquet::{ParquetReader, ParquetWriter};
+use parquet::arrow::ArrowWriter;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+const LAYERS: usize = 2;
+const K: usize = 2;
+
+/// Writes a file with `experts` as a fixed-size list of u16 (`width` per row) under
+/// the column name `experts_name`, one row per entry of `ids`.
+fn write_list_file(path: &Path, experts_name: &str, width: usize, ids: &[Vec<u16>], version: &str) {
+    let rows = ids.len();
+    let item = Arc::new(Field::new("item", DataType::UInt16, false));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("request", DataType::Utf8, false),
+        Field::new("family", DataType::Utf8, true),
+        Field::new("phase", DataType::Utf8, true),
+        Field::new("position", DataType::UInt32, false),
+        Field::new(experts_name, DataType::FixedSizeList(item.clone(), width as i32), false),
+    ]));
+    let flat: Vec<u16> = ids.iter().flatten().copied().collect();
+    let experts = FixedSizeListArray::try_new(item, width as i32, Arc::new(UInt16Array::from(flat)), None).unwrap();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values((0..rows).map(|i| format!("r{}", i / 3)))),
+        Arc::new(StringArray::from_iter_values((0..rows).map(|_| "law"))),
+        Arc::new(StringArray::from_iter_values((0..rows).map(|i| if i % 3 == 0 { "prefill" } else { "decode" }))),
+        Arc::new(UInt32Array::from_iter_values((0..rows as u32).map(|i| i % 3))),
+        Arc::new(experts),
+    ];
+    let kv = [
+        ("moeplace.format", "moeplace-trace"),
+        ("moeplace.version", version),
+        ("moeplace.layers", "2"),
+        ("moeplace.experts", "4"),
+        ("moeplace.top_k", "2"),
+    ]
+    .map(|(k, v)| KeyValue::new(k.to_string(), v.to_string()));
+    let props = WriterProperties::builder().set_key_value_metadata(Some(kv.to_vec())).build();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema.clone(), Some(props)).unwrap();
+    w.write(&RecordBatch::try_new(schema, cols).unwrap()).unwrap();
+    w.close().unwrap();
+}
+
+fn good_ids(rows: usize) -> Vec<Vec<u16>> {
+    (0..rows).map(|i| vec![(i % 4) as u16, ((i + 1) % 4) as u16, ((i + 2) % 4) as u16, ((i + 3) % 4) as u16]).collect()
+}
+
+fn read_all(path: &Path) -> Result<Vec<TokenBatch>, String> {
+    let r = ParquetReader::open(path, 4).map_err(|e| e.to_string())?;
+    r.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+}
+
+#[test]
+fn list_form_reads_like_the_byte_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.parquet");
+    write_list_file(&list, "experts", LAYERS * K, &good_ids(10), "1");
+    let from_list = read_all(&list).unwrap();
+    // Rewrite with our writer (byte form) and read again.
+    let bytes = dir.path().join("bytes.parquet");
+    let mut w = ParquetWriter::create(&bytes, ModelShape::new(LAYERS, 4, K).unwrap()).unwrap();
+    for b in &from_list {
+        w.write_batch(b).unwrap();
+    }
+    w.finish().unwrap();
+    let from_bytes = read_all(&bytes).unwrap();
+    let tokens = |bs: &[TokenBatch]| -> Vec<(String, Option<Phase>, u32, Vec<u16>)> {
+        bs.iter()
+            .flat_map(|b| {
+                b.tokens().map(|t: TokenRef| (t.request.to_string(), t.phase, t.position, t.experts.to_vec()))
+            })
+            .collect()
+    };
+    assert_eq!(tokens(&from_list).len(), 10);
+    assert_eq!(tokens(&from_list), tokens(&from_bytes));
+    assert_eq!(tokens(&from_list)[4], ("r1".to_string(), Some(Phase::Decode), 1, vec![0, 1, 2, 3]));
+}
+
+#[test]
+fn bad_files_name_the_file_and_the_row_or_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut out_of_range = good_ids(9);
+    out_of_range[6][3] = 4;
+    let mut repeated = good_ids(9);
+    repeated[5][1] = repeated[5][0];
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+        ("column.parquet", Box::new(|p| write_list_file(p, "expert_ids", 4, &good_ids(3), "2")), "column experts"),
+        ("range.parquet", Box::new(move |p| write_list_file(p, "experts", 4, &out_of_range, "2")), "row 6"),
+        ("repeat.parquet", Box::new(move |p| write_list_file(p, "experts", 4, &repeated, "2")), "row 5"),
+        (
+            "wrongk.parquet",
+            Box::new(|p| write_list_file(p, "experts", 6, &vec![vec![0, 1, 2, 3, 0, 1]; 3], "2")),
+            "top-2",
+        ),
+        ("version.parquet", Box::new(|p| write_list_file(p, "experts", 4, &good_ids(3), "9")), "version"),
+        ("empty.parquet", Box::new(|p| std::fs::write(p, b"").unwrap()), "empty"),
+        ("garbage.parquet", Box::new(|p| std::fs::write(p, b"not parquet at all\n").unwrap()), "Parquet"),
+    ];
+    for (name, make, what) in cases {
+        let p = d.join(name);
+        make(&p);
+        let err = read_all(&p).expect_err(name);
+        assert!(err.contains(name), "{name}: file not named in {err}");
+        assert!(err.contains(what), "{name}: expected {what:?} in {err}");
+    }
+    // A truncated file (a valid one cut short) is refused, not half-read.
+    let whole = d.join("whole.parquet");
+    write_list_file(&whole, "experts", 4, &good_ids(50), "2");
+    let bytes = std::fs::read(&whole).unwrap();
+    let cut = d.join("cut.parquet");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let err = read_all(&cut).expect_err("truncated");
+    assert!(err.contains("cut.parquet"), "{err}");
+}
