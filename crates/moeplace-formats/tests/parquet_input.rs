@@ -94,7 +94,9 @@ fn bad_files_name_the_file_and_the_row_or_column() {
     out_of_range[6][3] = 4;
     let mut repeated = good_ids(9);
     repeated[5][1] = repeated[5][0];
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    /// File name, how to make it, what the error must say.
+    type Case = (&'static str, Box<dyn Fn(&Path)>, &'static str);
+    let cases: Vec<Case> = vec![
         ("column.parquet", Box::new(|p| write_list_file(p, "expert_ids", 4, &good_ids(3), "2")), "column experts"),
         ("range.parquet", Box::new(move |p| write_list_file(p, "experts", 4, &out_of_range, "2")), "row 6"),
         ("repeat.parquet", Box::new(move |p| write_list_file(p, "experts", 4, &repeated, "2")), "row 5"),
