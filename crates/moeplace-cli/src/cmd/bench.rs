@@ -32,6 +32,24 @@ enum What {
     /// `nearest` dispatchers, and 64 replicas (5 slots per GPU) with `nearest`, in
     /// token-layers per second (wall clock and per CPU-second).
     Simulate(SimulateArgs),
+    /// The synthetic workload generator: each preset's trace profiled (the
+    /// properties docs/SYNTH.md compares with the papers), then one million
+    /// DeepSeek-V3-shaped tokens generated and written to Parquet, timed, with peak
+    /// memory.
+    Synth(SynthArgs),
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    /// Tokens of the timed DeepSeek-V3 run.
+    #[arg(long, default_value_t = 1_000_000)]
+    tokens: u64,
+    /// Requests per preset for the property table.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Seed of the traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -65,6 +83,7 @@ pub fn run(args: Args) -> Result<()> {
     match args.what {
         What::Profile(a) => bench_profile(a),
         What::Simulate(a) => bench_simulate(a),
+        What::Synth(a) => bench_synth(a),
     }
 }
 
@@ -142,6 +161,88 @@ fn bench_profile(a: ProfileArgs) -> Result<()> {
         }
     }
     print_stdout(&out)
+}
+
+fn bench_synth(a: SynthArgs) -> Result<()> {
+    use moeplace_core::report::ProfileReport;
+    use moeplace_core::stats::Statistics;
+
+    anyhow::ensure!(a.tokens > 0 && a.requests > 0, "--tokens and --requests must be positive");
+    let mut out = String::new();
+    out.push_str(&format!("bench synth: {} requests per preset, seed {}\n\n", a.requests, a.seed));
+    out.push_str("| preset | tokens | max/mean | entropy | family JS | generic experts | top-E pairs | pairs if independent | prefill-decode corr |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let opt = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+    for preset in synth::PRESETS {
+        let mut config = SynthConfig::preset(preset.name)?;
+        config.requests = a.requests;
+        eprintln!("profiling preset {} ...", preset.name);
+        let batches: Vec<_> = synth::generate(&config, a.seed)?.collect();
+        let stats = Statistics::from_batches(config.shape, ProfileOptions::default(), &batches)?;
+        let r = ProfileReport::from_statistics(&stats);
+        let m = &r.mean;
+        // Top-E pair share if picks were independent draws from the same loads.
+        let independent = independent_top_pairs_share(&stats);
+        out.push_str(&format!(
+            "| {} | {} | {:.2} | {:.3} | {} | {:.1} | {} | {:.3} | {} |\n",
+            preset.name,
+            r.tokens,
+            m.max_over_mean,
+            m.entropy_norm,
+            opt(m.js_divergence),
+            m.generic_experts,
+            opt(m.top_pairs_share),
+            independent,
+            opt(m.prefill_decode_correlation),
+        ));
+    }
+    // Timed: generation streamed into the Parquet writer, as `moeplace synth` does.
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    let path = dir.path().join("v3.parquet");
+    let mut config = SynthConfig::preset("deepseek-v3")?;
+    config.tokens = Some(a.tokens);
+    eprintln!("generating {} DeepSeek-V3 tokens to Parquet ...", a.tokens);
+    let start = Instant::now();
+    let mut w = ParquetWriter::create(&path, config.shape)?;
+    let mut n = 0u64;
+    for b in synth::generate(&config, a.seed)? {
+        n += b.len() as u64;
+        w.write_batch(&b)?;
+    }
+    w.finish()?;
+    let secs = start.elapsed().as_secs_f64();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    out.push_str(&format!(
+        "\ndeepseek-v3 to Parquet: {n} tokens in {secs:.2} s ({:.0} tokens/s), file {:.0} MB, peak RSS {} MiB\n",
+        n as f64 / secs,
+        size as f64 / 1e6,
+        peak_rss_mib().map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
+    ));
+    print_stdout(&out)
+}
+
+/// Mean over layers of the share of co-activation the top-E pairs would hold if each
+/// token drew its k experts independently from the layer's load (pair weight
+/// proportional to the product of the two loads): the baseline the measured share
+/// is compared with.
+fn independent_top_pairs_share(stats: &moeplace_core::stats::Statistics) -> f64 {
+    let shape = stats.shape();
+    let (l, e) = (shape.layers, shape.experts);
+    let pooled = stats.pooled(|_| true);
+    let mut sum = 0.0;
+    for layer in 0..l {
+        let load = &pooled.load[layer * e..(layer + 1) * e];
+        let mut w: Vec<f64> = Vec::with_capacity(e * (e - 1) / 2);
+        for a in 0..e {
+            for b in a + 1..e {
+                w.push(load[a] as f64 * load[b] as f64);
+            }
+        }
+        let total: f64 = w.iter().sum();
+        w.sort_unstable_by(|x, y| y.total_cmp(x));
+        sum += if total > 0.0 { w.iter().take(e).sum::<f64>() / total } else { 0.0 };
+    }
+    sum / l as f64
 }
 
 /// CPU time of this process (user + system) in seconds (Linux `/proc/self/stat`).
