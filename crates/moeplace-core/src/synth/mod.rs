@@ -303,22 +303,32 @@ impl Knobs {
 }
 
 /// A named model shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Preset {
     pub name: &'static str,
     pub layers: usize,
     pub experts: usize,
     pub top_k: usize,
+    /// `decode_drift` of the preset: set so the prefill/decode correlation is about
+    /// the paper's figure where one is reported (METHODS.md section 2: DeepSeek-V3
+    /// 0.55, Qwen3-235B 0.68, Llama 4 Maverick 0.82), the middle one otherwise.
+    pub decode_drift: f64,
 }
 
 /// The built-in model shapes (MoE layers, routed experts per layer, top-k).
+/// Decode drifts of the presets, measured with `moeplace bench synth` (prefill/decode
+/// correlation about 0.55 for DeepSeek-V3 and 0.68 otherwise, as in the paper).
+const DD_V3: f64 = 1.5;
+const DD_Q: f64 = 1.2;
+const DD_MID: f64 = 1.2;
+
 pub const PRESETS: &[Preset] = &[
-    Preset { name: "deepseek-v2-lite", layers: 26, experts: 64, top_k: 6 },
-    Preset { name: "deepseek-v3", layers: 58, experts: 256, top_k: 8 },
-    Preset { name: "qwen3-30b-a3b", layers: 48, experts: 128, top_k: 8 },
-    Preset { name: "qwen3-235b-a22b", layers: 94, experts: 128, top_k: 8 },
-    Preset { name: "mixtral-8x7b", layers: 32, experts: 8, top_k: 2 },
-    Preset { name: "olmoe-1b-7b", layers: 16, experts: 64, top_k: 8 },
+    Preset { name: "deepseek-v2-lite", layers: 26, experts: 64, top_k: 6, decode_drift: DD_MID },
+    Preset { name: "deepseek-v3", layers: 58, experts: 256, top_k: 8, decode_drift: DD_V3 },
+    Preset { name: "qwen3-30b-a3b", layers: 48, experts: 128, top_k: 8, decode_drift: DD_Q },
+    Preset { name: "qwen3-235b-a22b", layers: 94, experts: 128, top_k: 8, decode_drift: DD_Q },
+    Preset { name: "mixtral-8x7b", layers: 32, experts: 8, top_k: 2, decode_drift: DD_MID },
+    Preset { name: "olmoe-1b-7b", layers: 16, experts: 64, top_k: 8, decode_drift: DD_MID },
 ];
 
 /// The default family mix: the four request families of METHODS.md section 2.
@@ -474,7 +484,9 @@ impl SynthConfig {
                 known: PRESETS.iter().map(|p| p.name.to_string()).collect(),
             }
         })?;
-        Self::for_shape(p.layers, p.experts, p.top_k)
+        let mut c = Self::for_shape(p.layers, p.experts, p.top_k)?;
+        c.knobs.decode_drift = p.decode_drift;
+        Ok(c)
     }
 
     /// A few thousand tokens, 4 families, 8 layers of 32 experts, top-4: a built-in
