@@ -23,6 +23,11 @@ use crate::input::{profile_inputs, read_statistics, TraceArgs};
 ///   moeplace plan --placer linear --stats calib.json --gpus 16 --nodes 4 -o linear.json
 ///   moeplace plan --placer round-robin --trace calib.jsonl --preset h100 --nodes 2 \
 ///       --slots-per-gpu 17 -o rr.json
+///   moeplace plan --placer eplb --stats sglang_logical_count.json --top-k 8 \
+///       --gpus 32 --nodes 4 --slots-per-gpu 9 --groups 8 -o eplb.json
+///
+/// --stats also takes engine counts: an SGLang `{"logical_count": ...}` JSON file or a
+/// TensorRT-LLM expert statistics folder (these do not record top-k: pass --top-k).
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -42,6 +47,11 @@ pub struct Args {
     /// A placer parameter, key=value (repeatable); each placer documents its own.
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
+    /// Expert groups (contiguous ids) for load balancers, EPLB's `num_groups`; the same
+    /// as `--param groups=K`. With eplb, groups divisible by --nodes select DeepSeek's
+    /// hierarchical policy (groups packed onto nodes), otherwise the global one.
+    #[arg(long, value_name = "K")]
+    groups: Option<usize>,
     /// Seed for placers that draw random numbers.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -102,7 +112,13 @@ pub fn run(args: Args) -> Result<()> {
     let stats = calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace)?;
     let shape = stats.shape();
     let cluster = args.cluster.resolve(shape.experts)?;
-    let params = Params::parse(args.params.iter().map(String::as_str))?;
+    let mut params = Params::parse(args.params.iter().map(String::as_str))?;
+    if let Some(k) = args.groups {
+        if params.0.contains_key("groups") {
+            bail!("give the number of groups once: --groups or --param groups=K, not both");
+        }
+        params.0.insert("groups".into(), k.to_string());
+    }
     let previous = match &args.previous {
         Some(p) => {
             let prev = plan_file::read(p)?;

@@ -106,7 +106,8 @@ pub fn rebalance_experts(
     if let Some(x) = loads.iter().flatten().find(|x| !x.is_finite() || **x < 0.0) {
         return Err(PlaceError::Unsupported(format!("load {x} is not a finite non-negative number")));
     }
-    let dims = Dims { experts, replicas: num_replicas, groups: num_groups, nodes: num_nodes, gpus: num_gpus }.check()?;
+    let dims =
+        Dims { experts, replicas: num_replicas, groups: num_groups, nodes: num_nodes, gpus: num_gpus }.check()?;
     // The global policy is the hierarchical one with a single group on a single node.
     let dims = if dims.hierarchical() { dims } else { Dims { groups: 1, nodes: 1, ..dims } };
     let per_layer: Vec<(Vec<usize>, Vec<usize>, Vec<usize>)> =
@@ -208,8 +209,9 @@ fn hierarchical_layer(w64: &[f64], d: Dims) -> (Vec<usize>, Vec<usize>, Vec<usiz
     // holds middle ids [n * e_node, (n + 1) * e_node).
     let group_load: Vec<f32> = w.chunks(group_size).map(|c| c.iter().sum()).collect();
     let (gpack, grank) = balanced_packing(&group_load, d.nodes);
-    let log2mlog: Vec<usize> =
-        (0..e).map(|x| (gpack[x / group_size] * groups_per_node + grank[x / group_size]) * group_size + x % group_size).collect();
+    let log2mlog: Vec<usize> = (0..e)
+        .map(|x| (gpack[x / group_size] * groups_per_node + grank[x / group_size]) * group_size + x % group_size)
+        .collect();
     let mlog2log = inverse(&log2mlog);
 
     let mut phy2log = vec![0; d.replicas];
@@ -271,7 +273,8 @@ pub(crate) fn repair_layer(
     }
     let per_copy = |x: usize| w[x] / cnt[x] as f64;
     let on = |row: &[usize], g: usize, x: usize| row[g * per_gpu..(g + 1) * per_gpu].contains(&x);
-    let gpu_load = |row: &[usize], g: usize| row[g * per_gpu..(g + 1) * per_gpu].iter().map(|&x| per_copy(x)).sum::<f64>();
+    let gpu_load =
+        |row: &[usize], g: usize| row[g * per_gpu..(g + 1) * per_gpu].iter().map(|&x| per_copy(x)).sum::<f64>();
     let mut swaps = 0;
     for g in 0..gpus {
         loop {

@@ -1,0 +1,48 @@
+//! `moeplace plan --placer eplb` on engine counts: the DeepSeek EPLB README example,
+//! given as an SGLang `logical_count` file, gives the README's phy2log.
+
+mod common;
+
+use common::{moeplace, moeplace_ok, shared_data};
+
+#[test]
+fn eplb_plan_from_sglang_logical_count_matches_the_readme() {
+    let Some(data) = shared_data() else { return };
+    let ex: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("eplb-readme-example.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let counts = dir.path().join("logical_count.json");
+    std::fs::write(&counts, serde_json::json!({ "logical_count": ex["weight"] }).to_string()).unwrap();
+    let plan = dir.path().join("plan.json");
+    let n = |k: &str| ex[k].as_u64().unwrap().to_string();
+    let slots = (ex["num_replicas"].as_u64().unwrap() / ex["num_gpus"].as_u64().unwrap()).to_string();
+    let args = [
+        "plan",
+        "--placer",
+        "eplb",
+        "--stats",
+        counts.to_str().unwrap(),
+        "--top-k",
+        "2",
+        "--gpus",
+        &n("num_gpus"),
+        "--nodes",
+        &n("num_nodes"),
+        "--slots-per-gpu",
+        &slots,
+        "--groups",
+        &n("num_groups"),
+        "-o",
+        plan.to_str().unwrap(),
+    ];
+    moeplace_ok(&args);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    assert_eq!(v["physical_to_logical_map"], ex["phy2log"], "plan: {v}");
+
+    // --groups and --param groups together are refused with a clear message.
+    let mut twice: Vec<&str> = args.to_vec();
+    twice.extend(["--param", "groups=2"]);
+    let out = moeplace(&twice);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--groups or --param groups"));
+}
