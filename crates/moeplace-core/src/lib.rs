@@ -3,6 +3,7 @@
 //! - [`trace`]: the trace model (tokens x MoE layers x top-k expert ids) in batches.
 //! - [`stats`]: statistics that are sums, so shards merge exactly.
 //! - [`report`]: the characterization report computed from statistics.
+//! - [`balance`]: expected GPU loads of a placement, balancedness figures and lower bounds.
 //! - [`cluster`]: nodes, GPUs, slots and links.
 //! - [`placement`]: the slot -> expert map and its invariants (checked in one place).
 //! - [`placers`]: algorithms statistics + cluster -> placement, one per file.
@@ -11,6 +12,7 @@
 //! - [`simulate`]: the replay simulator and the metrics of DESIGN.md.
 //! - [`requests`]: request-side locality: prefill signatures, balanced K-means, ELDR decode routing, the decode simulator, cluster homes.
 
+pub mod balance;
 pub mod cluster;
 pub mod dispatch;
 pub mod placement;

@@ -164,7 +164,7 @@ fn balanced_packing(w: &[f32], packs: usize) -> (Vec<usize>, Vec<usize>) {
 /// Replicates `w.len()` experts into `slots` copies: the first `w.len()` slots hold
 /// each expert once, every further slot the expert of highest load per copy (lowest
 /// id on ties). Returns (expert per slot, replica rank per slot, copies per expert).
-fn replicate(w: &[f32], slots: usize) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+pub(crate) fn replicate(w: &[f32], slots: usize) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
     let n = w.len();
     let mut phy: Vec<usize> = (0..n).collect();
     let mut rank = vec![0; n];

@@ -10,6 +10,7 @@ use crate::placement::{Placement, PlacementError};
 use crate::stats::{ExpertLoads, Statistics};
 use crate::trace::ModelShape;
 
+mod balance;
 mod eplb;
 mod linear;
 mod round_robin;
@@ -132,7 +133,7 @@ pub trait Placer: Send + Sync {
 
 /// Every placer, in the order tables list them.
 pub fn registry() -> Vec<Box<dyn Placer>> {
-    vec![Box::new(linear::Linear), Box::new(round_robin::RoundRobin), Box::new(eplb::Eplb)]
+    vec![Box::new(linear::Linear), Box::new(round_robin::RoundRobin), Box::new(eplb::Eplb), Box::new(balance::Balance)]
 }
 
 /// The placer called `name`.
