@@ -54,10 +54,27 @@ pub const METRICS: &[(&str, &str, Getter)] = &[
     ("cross_node_gpus", "cross-node GPUs / token-layer", |r| r.cross_node_gpus),
     ("remote_hops", "remote hops / token-layer", |r| r.remote_hops),
     ("jain", "Jain (load)", |r| r.jain),
-    ("balancedness", "balancedness (mean/max)", |r| r.balancedness),
+    ("balancedness", "balancedness SGLang (mean of mean/max)", |r| r.balancedness),
+    ("balancedness_vllm", "balancedness vLLM (sum mean/sum max)", balancedness_vllm),
     ("maxvio", "MaxVio (max/mean - 1)", |r| r.maxvio),
+    ("max_over_mean", "max/mean (mean over layers)", |r| r.maxvio + 1.0),
     ("home_max_over_mean", "home load max/mean", |r| r.home_max_over_mean),
 ];
+
+/// vLLM's balancedness: sum over layers of the mean GPU load / sum over layers of the
+/// maximum GPU load (1 when nothing is served).
+fn balancedness_vllm(r: &SimResult) -> f64 {
+    let (mut mean, mut max) = (0.0, 0.0);
+    for l in &r.layers {
+        mean += l.load.iter().sum::<u64>() as f64 / l.load.len().max(1) as f64;
+        max += l.load.iter().copied().max().unwrap_or(0) as f64;
+    }
+    if max > 0.0 {
+        mean / max
+    } else {
+        1.0
+    }
+}
 
 /// The no-replica linear placement for `cluster`'s GPUs.
 pub fn baseline_placement(layers: usize, experts: usize, nodes: usize, gpus: usize) -> Result<(Cluster, Placement)> {

@@ -37,6 +37,14 @@ enum What {
     /// DeepSeek-V3-shaped tokens generated and written to Parquet, timed, with peak
     /// memory.
     Synth(SynthArgs),
+    /// Load balancing: `eplb` against `balance` (plain and hierarchical) on the DeepSeek
+    /// EPLB README example, on loads profiled from the ESFT DeepSeek-V2-Lite logs, and
+    /// on synthetic DeepSeek-V3-shaped loads (58 layers x 256 experts) with 32 and 64
+    /// redundant slots. Columns: max/mean GPU load (mean over layers), vLLM and
+    /// SGLang balancedness, the lower bound as max/mean, slot moves from the same
+    /// placer's plan on an earlier load window, and solve time (best of --repeat).
+    /// The table in docs/BALANCE.md comes from here.
+    Balance(BalanceArgs),
 }
 
 #[derive(clap::Args)]
@@ -50,6 +58,20 @@ struct SynthArgs {
     /// Seed of the traffic.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+#[derive(clap::Args)]
+struct BalanceArgs {
+    /// The shared data folder (holding eplb-readme-example.json and
+    /// esft-deepseek-v2-lite/); rows needing a missing file are left out with a note.
+    #[arg(long, value_name = "DIR", default_value = "../shared/data")]
+    data: std::path::PathBuf,
+    /// Tokens of each synthetic DeepSeek-V3 load window.
+    #[arg(long, default_value_t = 20_000)]
+    tokens: u64,
+    /// Repetitions of each solve; the table shows the fastest.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 #[derive(clap::Args)]
@@ -84,6 +106,7 @@ pub fn run(args: Args) -> Result<()> {
         What::Profile(a) => bench_profile(a),
         What::Simulate(a) => bench_simulate(a),
         What::Synth(a) => bench_synth(a),
+        What::Balance(a) => bench_balance(a),
     }
 }
 
@@ -308,6 +331,182 @@ fn bench_simulate(a: SimulateArgs) -> Result<()> {
             "{name:<25} {dispatcher:<10} {best:>8.3} {:>17.1} {per_cpu:>17}\n",
             token_layers / best / 1e6
         ));
+    }
+    print_stdout(&out)
+}
+
+/// One load-balancing case of `bench balance`: two load windows (the plan of the
+/// first is the "previous plan" the second's moves are counted against).
+struct BalanceCase {
+    name: String,
+    previous: moeplace_core::stats::ExpertLoads,
+    current: moeplace_core::stats::ExpertLoads,
+    cluster: moeplace_core::cluster::Cluster,
+    groups: usize,
+}
+
+fn loads_of(stats: &moeplace_core::stats::Statistics) -> moeplace_core::stats::ExpertLoads {
+    stats.loads(|_| true)
+}
+
+fn synth_loads(tokens: u64, seed: u64) -> Result<moeplace_core::stats::ExpertLoads> {
+    let mut config = SynthConfig::preset("deepseek-v3")?;
+    config.tokens = Some(tokens);
+    config.requests = usize::MAX / 2;
+    let mut s = StatisticsBuilder::new(config.shape, ProfileOptions::default());
+    for b in synth::generate(&config, seed)? {
+        s.add_batch(&b)?;
+    }
+    Ok(loads_of(&s.finish()))
+}
+
+fn balance_cases(a: &BalanceArgs) -> Result<(Vec<BalanceCase>, Vec<String>)> {
+    use moeplace_core::cluster::Cluster;
+    use moeplace_core::stats::ExpertLoads;
+    let mut cases = Vec::new();
+    let mut skipped = Vec::new();
+    let readme = a.data.join("eplb-readme-example.json");
+    match std::fs::read_to_string(&readme) {
+        Ok(text) => {
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{}: not JSON", readme.display()))?;
+            let w: Vec<Vec<f64>> = serde_json::from_value(v["weight"].clone())
+                .with_context(|| format!("{}: `weight` is not a list of lists of numbers", readme.display()))?;
+            let n = |k: &str| {
+                v[k].as_u64()
+                    .map(|x| x as usize)
+                    .with_context(|| format!("{}: `{k}` is not a non-negative integer", readme.display()))
+            };
+            let (gpus, nodes) = (n("num_gpus")?, n("num_nodes")?);
+            let loads = ExpertLoads::new(w.len(), w.first().map_or(0, Vec::len), vec![w.concat()])?;
+            cases.push(BalanceCase {
+                name: "EPLB README example".into(),
+                previous: loads.clone(),
+                current: loads,
+                cluster: Cluster::new(nodes, gpus, n("num_replicas")? / gpus)?,
+                groups: n("num_groups")?,
+            });
+        }
+        Err(e) => skipped.push(format!("{}: {e}", readme.display())),
+    }
+    let esft = a.data.join("esft-deepseek-v2-lite");
+    if esft.is_dir() {
+        let opts = ReadOptions { batch_tokens: 65536, ..Default::default() };
+        let mut acc: Option<moeplace_core::stats::Statistics> = None;
+        let mut first: Option<ExpertLoads> = None;
+        for family in ["intent", "law", "summary", "translation"] {
+            let mut r = open_trace(&esft.join(family), &opts)?;
+            let mut s = StatisticsBuilder::new(r.shape(), ProfileOptions::default());
+            for b in r.by_ref() {
+                s.add_batch(&b?)?;
+            }
+            let s = s.finish();
+            match &mut acc {
+                None => acc = Some(s),
+                Some(x) => x.merge(&s)?,
+            }
+            if family == "law" {
+                first = acc.as_ref().map(loads_of);
+            }
+        }
+        let all = acc.context("ESFT families")?;
+        let first = first.context("ESFT families")?;
+        cases.push(BalanceCase {
+            name: "ESFT DeepSeek-V2-Lite, 16 redundant".into(),
+            previous: first,
+            current: loads_of(&all),
+            cluster: Cluster::new(4, 16, 5)?,
+            groups: 4,
+        });
+    } else {
+        skipped.push(format!("{}: not a folder", esft.display()));
+    }
+    eprintln!("generating synthetic DeepSeek-V3 loads ({} tokens x 2 windows) ...", a.tokens);
+    let (prev, cur) = (synth_loads(a.tokens, 1)?, synth_loads(a.tokens, 2)?);
+    cases.push(BalanceCase {
+        name: "synthetic DeepSeek-V3, 32 redundant".into(),
+        previous: prev.clone(),
+        current: cur.clone(),
+        cluster: Cluster::new(4, 32, 9)?,
+        groups: 8,
+    });
+    cases.push(BalanceCase {
+        name: "synthetic DeepSeek-V3, 64 redundant".into(),
+        previous: prev,
+        current: cur,
+        cluster: Cluster::new(8, 64, 5)?,
+        groups: 8,
+    });
+    Ok((cases, skipped))
+}
+
+fn bench_balance(a: BalanceArgs) -> Result<()> {
+    use moeplace_core::balance::balance_figures;
+    use moeplace_core::placement::Placement;
+    use moeplace_core::placers::{by_name, Params, PlacerInput};
+    use moeplace_core::trace::ModelShape;
+
+    anyhow::ensure!(a.tokens > 0 && a.repeat > 0, "--tokens and --repeat must be positive");
+    let (cases, skipped) = balance_cases(&a)?;
+    let mut out = format!("bench balance: {} threads, solve time best of {}\n", rayon::current_num_threads(), a.repeat);
+    out.push_str(
+        "| loads | layers x experts | GPUs (nodes) x slots | placer | max/mean | bal. vLLM | bal. SGLang | bound max/mean | moves | solve ms |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for case in &cases {
+        let c = &case.cluster;
+        let shape = ModelShape::new(case.current.layers, case.current.experts, 1)?;
+        let hier = format!("groups={}", case.groups);
+        let runs: [(&str, &str, Vec<&str>); 4] = [
+            ("eplb (global)", "eplb", vec![]),
+            ("eplb (hierarchical)", "eplb", vec![hier.as_str()]),
+            ("balance", "balance", vec![hier.as_str()]),
+            ("balance (hierarchical)", "balance", vec![hier.as_str(), "hierarchical=true"]),
+        ];
+        for (label, placer, params) in runs {
+            let p = by_name(placer).context("placer registered")?;
+            let params = Params::parse(params)?;
+            let solve = |loads: &moeplace_core::stats::ExpertLoads| -> Result<(Placement, f64)> {
+                let mut best = f64::INFINITY;
+                let mut plan = None;
+                for _ in 0..a.repeat {
+                    let t0 = Instant::now();
+                    let o = p.place(&PlacerInput {
+                        shape,
+                        cluster: c,
+                        loads,
+                        stats: None,
+                        previous: None,
+                        params: &params,
+                        seed: 0,
+                    })?;
+                    best = best.min(t0.elapsed().as_secs_f64());
+                    plan = Some(o.placement);
+                }
+                Ok((plan.context("at least one repetition")?, best))
+            };
+            let (previous, _) = solve(&case.previous)?;
+            let (plan, secs) = solve(&case.current)?;
+            let f = balance_figures(&plan, &case.current);
+            out.push_str(&format!(
+                "| {} | {} x {} | {} ({}) x {} | {label} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.1} |\n",
+                case.name,
+                shape.layers,
+                shape.experts,
+                c.gpus,
+                c.nodes,
+                c.slots_per_gpu,
+                f.max_over_mean,
+                f.balancedness_vllm,
+                f.balancedness_sglang,
+                f.bound_max_over_mean,
+                plan.moves_from(&previous),
+                secs * 1e3
+            ));
+        }
+    }
+    for s in skipped {
+        out.push_str(&format!("(left out: {s})\n"));
     }
     print_stdout(&out)
 }

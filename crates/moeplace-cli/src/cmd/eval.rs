@@ -17,8 +17,9 @@ use crate::input::{read_trace, TraceArgs};
 ///
 /// Metrics per token and MoE layer: remote GPUs (distinct GPUs other than home the
 /// token is sent to), remote nodes, cross-node GPUs, remote hops (picks served off
-/// home); per layer over GPUs: Jain, balancedness (mean/max), MaxVio (max/mean - 1),
-/// averaged over layers; home load max/mean; bytes; estimated all-to-all and expert
+/// home); per layer over GPUs: Jain, balancedness (mean/max, SGLang's form), MaxVio
+/// (max/mean - 1) and max/mean, averaged over layers; balancedness as vLLM logs it (sum
+/// over layers of mean / sum over layers of max); home load max/mean; bytes; estimated all-to-all and expert
 /// compute time from the cluster's links (h100 preset unless --preset/--cluster).
 ///
 /// Examples:

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use moeplace_core::balance::balance_figures;
 use moeplace_core::placers::{by_name, registry, Params, PlacerInput};
 use moeplace_core::stats::{ProfileOptions, Statistics};
 use moeplace_formats::plan_file::{self, Plan, Provenance};
@@ -132,6 +133,12 @@ pub fn run(args: Args) -> Result<()> {
     let plan = make_plan(&args.placer, &stats, &cluster, &params, args.seed, previous.as_ref())?;
     plan_file::write(&args.output, &plan)?;
     let p = &plan.placement;
+    let f = balance_figures(p, &stats.loads(|_| true));
+    eprintln!(
+        "calibration loads (each expert's load split evenly over its copies): max/mean {:.4} (lower bound {:.4}), \
+         balancedness vLLM {:.4}, SGLang {:.4}",
+        f.max_over_mean, f.bound_max_over_mean, f.balancedness_vllm, f.balancedness_sglang
+    );
     eprintln!(
         "{}: {} layers, {} experts on {} GPUs in {} nodes x {} slots ({} redundant){}",
         args.output.display(),
