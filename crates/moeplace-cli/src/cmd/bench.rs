@@ -42,7 +42,8 @@ enum What {
     /// on synthetic DeepSeek-V3-shaped loads (58 layers x 256 experts) with 32 and 64
     /// redundant slots. Columns: max/mean GPU load (mean over layers), vLLM and
     /// SGLang balancedness, the lower bound as max/mean, slot moves from the same
-    /// placer's plan on an earlier load window, and solve time (best of --repeat).
+    /// placer's plan on an earlier load window (given to the placer as the deployed
+    /// plan), and solve time (best of --repeat).
     /// The table in docs/BALANCE.md comes from here.
     Balance(BalanceArgs),
 }
@@ -466,27 +467,28 @@ fn bench_balance(a: BalanceArgs) -> Result<()> {
         for (label, placer, params) in runs {
             let p = by_name(placer).context("placer registered")?;
             let params = Params::parse(params)?;
-            let solve = |loads: &moeplace_core::stats::ExpertLoads| -> Result<(Placement, f64)> {
-                let mut best = f64::INFINITY;
-                let mut plan = None;
-                for _ in 0..a.repeat {
-                    let t0 = Instant::now();
-                    let o = p.place(&PlacerInput {
-                        shape,
-                        cluster: c,
-                        loads,
-                        stats: None,
-                        previous: None,
-                        params: &params,
-                        seed: 0,
-                    })?;
-                    best = best.min(t0.elapsed().as_secs_f64());
-                    plan = Some(o.placement);
-                }
-                Ok((plan.context("at least one repetition")?, best))
-            };
-            let (previous, _) = solve(&case.previous)?;
-            let (plan, secs) = solve(&case.current)?;
+            let solve =
+                |loads: &moeplace_core::stats::ExpertLoads, previous: Option<&Placement>| -> Result<(Placement, f64)> {
+                    let mut best = f64::INFINITY;
+                    let mut plan = None;
+                    for _ in 0..a.repeat {
+                        let t0 = Instant::now();
+                        let o = p.place(&PlacerInput {
+                            shape,
+                            cluster: c,
+                            loads,
+                            stats: None,
+                            previous,
+                            params: &params,
+                            seed: 0,
+                        })?;
+                        best = best.min(t0.elapsed().as_secs_f64());
+                        plan = Some(o.placement);
+                    }
+                    Ok((plan.context("at least one repetition")?, best))
+                };
+            let (previous, _) = solve(&case.previous, None)?;
+            let (plan, secs) = solve(&case.current, Some(&previous))?;
             let f = balance_figures(&plan, &case.current);
             out.push_str(&format!(
                 "| {} | {} x {} | {} ({}) x {} | {label} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.1} |\n",

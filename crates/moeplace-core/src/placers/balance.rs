@@ -22,6 +22,12 @@
 //! - split: a copy on another GPU of an expert with several copies becomes one more
 //!   copy of an expert on g (g's share of it gets lighter).
 //!
+//! Migration: given the plan deployed now (same GPUs and slots), the chosen plan's GPUs
+//! are relabelled (within nodes when the node level is kept) and slots reordered inside
+//! GPUs so that as many copies as possible stay in their old slots; this never changes
+//! a GPU's load. The note `moves` counts the slots whose expert changes. There is no
+//! knob trading balance for fewer moves yet.
+//!
 //! Parameters (`--param`):
 //! - `groups=K` (default 1): expert groups, as for `eplb` (only used by starting plan 1).
 //! - `hierarchical=true|false` (default false): keep all copies of an expert on one
@@ -274,23 +280,28 @@ fn each_count(e: usize, extra: usize, gpus: usize, f: &mut impl FnMut(&[usize]))
     rec(&mut cnt, 0, extra, gpus, f);
 }
 
-/// The best plan of one layer, starting from EPLB's row `eplb_row`.
+/// The best plan of one layer. EPLB's rows are candidates as they are; local search
+/// runs on the fresh packings, and on an EPLB row only if that row is still the best
+/// (always, with the node level kept).
 fn solve_layer(p: &Problem<'_>, eplb_row: Vec<usize>, global_row: Option<Vec<usize>>, enumerate: usize) -> State {
     let mut best = State::new(p, eplb_row);
-    improve(p, &mut best);
-    let mut consider = |st: State| {
+    if p.hierarchical {
+        improve(p, &mut best);
+        return best;
+    }
+    let mut best_is_eplb = true;
+    if let Some(row) = global_row {
+        let st = State::new(p, row);
         if st.score() < best.score() {
             best = st;
         }
+    }
+    let consider = |st: State, best: &mut State, best_is_eplb: &mut bool| {
+        if st.score() < best.score() {
+            *best = st;
+            *best_is_eplb = false;
+        }
     };
-    if p.hierarchical {
-        return best;
-    }
-    if let Some(row) = global_row {
-        let mut st = State::new(p, row);
-        improve(p, &mut st);
-        consider(st);
-    }
     let e = p.w.len();
     let slots = p.gpus * p.per_gpu;
     let w32: Vec<f32> = p.w.iter().map(|&x| x as f32).collect();
@@ -307,7 +318,7 @@ fn solve_layer(p: &Problem<'_>, eplb_row: Vec<usize>, global_row: Option<Vec<usi
     if let Some(row) = pack(p, &cnt) {
         let mut st = State::new(p, row);
         improve(p, &mut st);
-        consider(st);
+        consider(st, &mut best, &mut best_is_eplb);
     }
     let extra = slots - e;
     if enumerate > 0 && multisets(e, extra, enumerate) <= enumerate {
@@ -315,11 +326,62 @@ fn solve_layer(p: &Problem<'_>, eplb_row: Vec<usize>, global_row: Option<Vec<usi
             if let Some(row) = pack(p, cnt) {
                 let mut st = State::new(p, row);
                 improve(p, &mut st);
-                consider(st);
+                consider(st, &mut best, &mut best_is_eplb);
             }
         });
     }
+    if best_is_eplb {
+        improve(p, &mut best);
+    }
     best
+}
+
+/// Relabels GPUs and orders slots inside GPUs so that as many copies as possible stay
+/// where `prev` had them; GPU loads (and so balance) do not change. GPUs are matched
+/// greedily by the number of experts they share (most first; lowest GPUs on ties),
+/// only within a node when `within_node`; then each expert that sat on the matched
+/// GPU keeps its old slot.
+fn align_to_previous(row: &[usize], prev: &[usize], p: &Problem<'_>, within_node: bool) -> Vec<usize> {
+    let (gs, s) = (p.gpus, p.per_gpu);
+    let mut pairs: Vec<(usize, usize, usize)> = Vec::new(); // (shared, new gpu, old gpu)
+    for g in 0..gs {
+        let mine = &row[g * s..(g + 1) * s];
+        for h in 0..gs {
+            if within_node && g / p.gpus_per_node != h / p.gpus_per_node {
+                continue;
+            }
+            let shared = prev[h * s..(h + 1) * s].iter().filter(|x| mine.contains(x)).count();
+            pairs.push((shared, g, h));
+        }
+    }
+    pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut target = vec![usize::MAX; gs];
+    let mut taken = vec![false; gs];
+    for (_, g, h) in pairs {
+        if target[g] == usize::MAX && !taken[h] {
+            target[g] = h;
+            taken[h] = true;
+        }
+    }
+    let mut out = vec![usize::MAX; gs * s];
+    for g in 0..gs {
+        let h = target[g];
+        let old = &prev[h * s..(h + 1) * s];
+        let mut rest = Vec::new();
+        for &x in &row[g * s..(g + 1) * s] {
+            match old.iter().position(|&y| y == x) {
+                Some(i) => out[h * s + i] = x,
+                None => rest.push(x),
+            }
+        }
+        let mut rest = rest.into_iter();
+        for slot in out[h * s..(h + 1) * s].iter_mut() {
+            if *slot == usize::MAX {
+                *slot = rest.next().expect("as many experts as slots");
+            }
+        }
+    }
+    out
 }
 
 pub struct Balance;
@@ -354,6 +416,19 @@ impl Placer for Balance {
         } else {
             Some(repaired_rows(&loads, c.slots(), 1, 1, c.gpus, c.slots_per_gpu, c.gpus_per_node())?)
         };
+        let previous = match input.previous {
+            Some(prev) if prev.layers() != loads.len() || prev.experts() != input.shape.experts => {
+                return Err(PlaceError::BadParam(format!(
+                    "the previous plan is {} layers x {} experts, the loads {} x {}",
+                    prev.layers(),
+                    prev.experts(),
+                    loads.len(),
+                    input.shape.experts
+                )))
+            }
+            Some(prev) if prev.gpus() == c.gpus && prev.slots_per_gpu() == c.slots_per_gpu => Some(prev),
+            _ => None,
+        };
         let solved: Vec<(Vec<usize>, f64, f64, f64)> = (0..loads.len())
             .into_par_iter()
             .map(|l| {
@@ -368,7 +443,14 @@ impl Placer for Balance {
                 let st = solve_layer(&p, eplb_rows[l].clone(), global_rows.as_ref().map(|r| r[l].clone()), enumerate);
                 let lb = layer_lower_bound(&loads[l], c.gpus, c.slots_per_gpu);
                 let max = st.max();
-                (st.slots, max, eplb_max, lb)
+                let row = match previous {
+                    Some(prev) => {
+                        let old: Vec<usize> = prev.phy2log()[l].iter().map(|&x| x as usize).collect();
+                        align_to_previous(&st.slots, &old, &p, hierarchical)
+                    }
+                    None => st.slots,
+                };
+                (row, max, eplb_max, lb)
             })
             .collect();
         let mut rows = Vec::with_capacity(solved.len());
@@ -381,6 +463,9 @@ impl Placer for Balance {
         }
         let placement = Placement::new(input.shape.experts, c.gpus, c.slots_per_gpu, rows)?;
         let mut out = PlacerOutput::placement(placement);
+        if let Some(prev) = previous {
+            out.notes.insert("moves".into(), out.placement.moves_from(prev) as f64);
+        }
         out.notes.insert("max_load".into(), max);
         out.notes.insert("eplb_max_load".into(), eplb_max);
         out.notes.insert("lower_bound_max_load".into(), lb);
@@ -490,6 +575,38 @@ mod tests {
         };
         let e = Balance.place(&input).unwrap_err();
         assert!(e.to_string().contains("groups divisible by the 2 nodes"), "{e}");
+    }
+
+    #[test]
+    fn a_previous_plan_is_kept_where_balance_allows() {
+        let w = vec![README_L0.to_vec(), vec![20., 107., 104., 64., 19., 197., 187., 157., 172., 86., 16., 27.]];
+        let cluster = Cluster::new(2, 8, 2).unwrap();
+        let first = run(&Balance, &w, &cluster, &[]);
+        // The same loads again, with the first plan deployed after shuffling its GPUs
+        // and slots: the new plan puts every copy back, so nothing moves.
+        let mut rows: Vec<Vec<i64>> = Vec::new();
+        for l in 0..2 {
+            let r = first.placement.phy2log()[l].clone();
+            let mut gpus: Vec<Vec<i64>> = r.chunks(2).map(|c| vec![c[1] as i64, c[0] as i64]).collect();
+            gpus.rotate_left(3);
+            rows.push(gpus.concat());
+        }
+        let shuffled = Placement::new(12, 8, 2, rows).unwrap();
+        let loads = ExpertLoads::new(2, 12, vec![w.concat()]).unwrap();
+        let params = Params::default();
+        let input = PlacerInput {
+            shape: ModelShape::new(2, 12, 1).unwrap(),
+            cluster: &cluster,
+            loads: &loads,
+            stats: None,
+            previous: Some(&shuffled),
+            params: &params,
+            seed: 0,
+        };
+        let again = Balance.place(&input).unwrap();
+        assert_eq!(again.placement, shuffled);
+        assert_eq!(again.notes["moves"], 0.0);
+        assert_eq!(max_load(&again, &w), max_load(&first, &w));
     }
 
     #[test]
