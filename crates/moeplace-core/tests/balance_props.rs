@@ -79,7 +79,7 @@ proptest! {
         let scale = 2f64.powi(scale_exp);
         let groups = format!("groups={}", p.groups);
         let mut policies = vec![vec![], vec![groups.clone()]];
-        if p.groups % p.nodes == 0 {
+        if p.groups.is_multiple_of(p.nodes) {
             policies.push(vec![groups.clone(), "hierarchical=true".to_string()]);
         }
         for params in &policies {

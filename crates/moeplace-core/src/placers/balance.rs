@@ -403,7 +403,7 @@ impl Placer for Balance {
         let groups = params.usize("groups", 1)?;
         let hierarchical = params.bool("hierarchical", false)?;
         let enumerate = params.usize("enumerate", 3000)?;
-        if hierarchical && (groups == 0 || groups % c.nodes != 0) {
+        if hierarchical && (groups == 0 || !groups.is_multiple_of(c.nodes)) {
             return Err(PlaceError::BadParam(format!(
                 "hierarchical=true needs groups divisible by the {} nodes (got groups={groups})",
                 c.nodes
@@ -411,7 +411,7 @@ impl Placer for Balance {
         }
         let loads: Vec<Vec<f64>> = (0..input.loads.layers).map(|l| input.loads.layer_total(l)).collect();
         let eplb_rows = repaired_rows(&loads, c.slots(), groups, c.nodes, c.gpus, c.slots_per_gpu, c.gpus_per_node())?;
-        let global_rows = if hierarchical || groups % c.nodes != 0 {
+        let global_rows = if hierarchical || !groups.is_multiple_of(c.nodes) {
             None
         } else {
             Some(repaired_rows(&loads, c.slots(), 1, 1, c.gpus, c.slots_per_gpu, c.gpus_per_node())?)
@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn hierarchical_needs_divisible_groups() {
-        let w = vec![README_L0.to_vec()];
+        let w = [README_L0.to_vec()];
         let cluster = Cluster::new(2, 8, 2).unwrap();
         let loads = ExpertLoads::new(1, 12, vec![w.concat()]).unwrap();
         let params = Params::parse(["hierarchical=true", "groups=3"]).unwrap();

@@ -86,7 +86,7 @@ impl Dims {
     }
 
     fn hierarchical(self) -> bool {
-        self.groups % self.nodes == 0
+        self.groups.is_multiple_of(self.nodes)
     }
 }
 
@@ -255,19 +255,19 @@ pub(crate) fn repair_layer(
     // Copies beyond one per GPU: hand them to the expert with the highest load per copy
     // that has fewer copies than GPUs.
     let mut count_repairs = 0;
-    for slot in 0..row.len() {
-        let x = row[slot];
+    for slot in row.iter_mut() {
+        let x = *slot;
         if cnt[x] > gpus {
             let mut best: Option<usize> = None;
             for y in 0..e {
-                if cnt[y] < gpus && best.map_or(true, |b| w[y] / cnt[y] as f64 > w[b] / cnt[b] as f64) {
+                if cnt[y] < gpus && best.is_none_or(|b| w[y] / cnt[y] as f64 > w[b] / cnt[b] as f64) {
                     best = Some(y);
                 }
             }
             let y = best.ok_or_else(|| "every expert already has a copy on every GPU".to_string())?;
             cnt[x] -= 1;
             cnt[y] += 1;
-            row[slot] = y;
+            *slot = y;
             count_repairs += 1;
         }
     }
@@ -329,7 +329,8 @@ impl Placer for Eplb {
         let c = input.cluster;
         let loads: Vec<Vec<f64>> = (0..input.loads.layers).map(|l| input.loads.layer_total(l)).collect();
         let arrays = rebalance_experts(&loads, c.slots(), groups, c.nodes, c.gpus)?;
-        let repaired: Vec<Result<(Vec<usize>, (usize, usize)), String>> = arrays
+        type Repaired = Result<(Vec<usize>, (usize, usize)), String>;
+        let repaired: Vec<Repaired> = arrays
             .phy2log
             .into_par_iter()
             .zip(&loads)
@@ -350,7 +351,7 @@ impl Placer for Eplb {
         let mut out = PlacerOutput::placement(placement);
         out.notes.insert("duplicate_repairs".into(), swaps as f64);
         out.notes.insert("count_repairs".into(), count_repairs as f64);
-        out.notes.insert("hierarchical".into(), if groups % c.nodes == 0 { 1.0 } else { 0.0 });
+        out.notes.insert("hierarchical".into(), if groups.is_multiple_of(c.nodes) { 1.0 } else { 0.0 });
         Ok(out)
     }
 }
