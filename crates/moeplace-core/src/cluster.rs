@@ -196,6 +196,20 @@ impl Cluster {
         self.gpus * self.slots_per_gpu
     }
 
+    /// The slots GPU `gpu` owns in every layer: [g*S/G, (g+1)*S/G) (DESIGN.md).
+    /// Placers should size GPUs through this (or [`Cluster::gpu_slot_count`]) rather
+    /// than assume every GPU has the same number of slots.
+    #[inline]
+    pub fn gpu_slots(&self, gpu: usize) -> std::ops::Range<usize> {
+        gpu * self.slots_per_gpu..(gpu + 1) * self.slots_per_gpu
+    }
+
+    /// Number of slots GPU `gpu` owns in every layer.
+    #[inline]
+    pub fn gpu_slot_count(&self, gpu: usize) -> usize {
+        self.gpu_slots(gpu).len()
+    }
+
     #[inline]
     pub fn node_of(&self, gpu: usize) -> usize {
         gpu / self.gpus_per_node()

@@ -179,6 +179,12 @@ impl Placement {
             .collect()
     }
 
+    /// The slots `gpu` owns in every layer: [g*S/G, (g+1)*S/G).
+    #[inline]
+    pub fn gpu_slots(&self, gpu: usize) -> std::ops::Range<usize> {
+        gpu * self.slots_per_gpu..(gpu + 1) * self.slots_per_gpu
+    }
+
     /// Experts on `gpu` in `layer`, in slot order.
     pub fn gpu_experts(&self, layer: usize, gpu: usize) -> &[u32] {
         &self.phy2log[layer][gpu * self.slots_per_gpu..(gpu + 1) * self.slots_per_gpu]
