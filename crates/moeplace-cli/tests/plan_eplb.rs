@@ -46,3 +46,48 @@ fn eplb_plan_from_sglang_logical_count_matches_the_readme() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--groups or --param groups"));
 }
+
+/// An SGLang dump with steps goes into `plan` with its steps: `balance` with
+/// `per_step=true` uses them (and says so), and refuses a dump of one step.
+#[test]
+fn balance_per_step_from_an_sglang_dump_with_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let counts = dir.path().join("logical_count.json");
+    // [steps][layers][experts]: two steps that peak on different experts.
+    let steps = serde_json::json!([[[10, 1, 10, 1, 5, 5, 5, 5]], [[1, 10, 1, 10, 5, 5, 5, 5]]]);
+    std::fs::write(&counts, serde_json::json!({ "logical_count": steps }).to_string()).unwrap();
+    let plan = dir.path().join("plan.json");
+    let args = |extra: &'static str| {
+        vec![
+            "plan".to_string(),
+            "--placer".into(),
+            "balance".into(),
+            "--stats".into(),
+            counts.to_str().unwrap().into(),
+            "--top-k".into(),
+            "2".into(),
+            "--gpus".into(),
+            "4".into(),
+            "--slots-per-gpu".into(),
+            "3".into(),
+            "--param".into(),
+            extra.into(),
+            "-o".into(),
+            plan.to_str().unwrap().into(),
+        ]
+    };
+    let a = args("per_step=true");
+    let out = moeplace(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("per step (2 steps)"), "{err}");
+    assert!(plan.is_file());
+
+    let one = dir.path().join("one.json");
+    std::fs::write(&one, serde_json::json!({ "logical_count": [[10, 1, 10, 1, 5, 5, 5, 5]] }).to_string()).unwrap();
+    let mut a = args("per_step=true");
+    a[4] = one.to_str().unwrap().into();
+    let out = moeplace(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("several steps"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -72,6 +72,29 @@ pub fn layer_lower_bound(w: &[f64], gpus: usize, slots_per_gpu: usize) -> f64 {
     lb
 }
 
+/// Per-step max/mean: the mean over layers and steps of (largest GPU load in that step
+/// / mean GPU load in that step), each step's expert loads split evenly over copies.
+/// With one step it equals [`BalanceFigures::max_over_mean`]. This is the straggler
+/// a serving engine sees step by step, which the summed loads can hide.
+pub fn per_step_max_over_mean(placement: &Placement, loads: &ExpertLoads) -> f64 {
+    let e = loads.experts;
+    let (mut sum, mut n) = (0.0, 0usize);
+    for l in 0..placement.layers() {
+        let cnt: Vec<usize> = (0..e).map(|x| placement.replicas(l, x).len()).collect();
+        for step in &loads.steps {
+            let w = &step[l * e..(l + 1) * e];
+            let per_gpu: Vec<f64> = (0..placement.gpus())
+                .map(|g| placement.gpu_experts(l, g).iter().map(|&x| w[x as usize] / cnt[x as usize] as f64).sum())
+                .collect();
+            let mean = per_gpu.iter().sum::<f64>() / per_gpu.len() as f64;
+            let max = per_gpu.iter().fold(0.0f64, |a, &b| a.max(b));
+            sum += if max > 0.0 { max / mean } else { 1.0 };
+            n += 1;
+        }
+    }
+    sum / n.max(1) as f64
+}
+
 /// Balance figures of one placement (module documentation).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BalanceFigures {
@@ -143,6 +166,12 @@ mod tests {
         assert!((f.max_over_mean - (1.5 + 1.0) / 2.0).abs() < 1e-12);
         // Bound of layer 0: mean 4, heaviest 4 / min(2, 1) = 4, so 4 / 4 = 1.
         assert!((f.bound_max_over_mean - 1.0).abs() < 1e-12);
+        assert!((per_step_max_over_mean(&p, &loads) - f.max_over_mean).abs() < 1e-12);
+        // Two steps that peak on different GPUs: balanced in sum, 2.0 in each step.
+        let steps = ExpertLoads::new(1, 4, vec![vec![1.0, 1.0, 0.0, 0.0], vec![0.0, 0.0, 1.0, 1.0]]).unwrap();
+        let one = Placement::new(4, 2, 2, vec![vec![0, 1, 2, 3]]).unwrap();
+        assert!((balance_figures(&one, &steps).max_over_mean - 1.0).abs() < 1e-12);
+        assert!((per_step_max_over_mean(&one, &steps) - 2.0).abs() < 1e-12);
     }
 
     #[test]

@@ -73,6 +73,9 @@ struct BalanceArgs {
     /// Repetitions of each solve; the table shows the fastest.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Tokens per step in the per-step table (32 calibration and 32 held-out steps).
+    #[arg(long, default_value_t = 512)]
+    step_tokens: usize,
 }
 
 #[derive(clap::Args)]
@@ -510,5 +513,121 @@ fn bench_balance(a: BalanceArgs) -> Result<()> {
     for s in skipped {
         out.push_str(&format!("(left out: {s})\n"));
     }
+    if let Some(case) = cases.iter().find(|c| c.name.contains("64 redundant")) {
+        out.push_str(&slack_table(case)?);
+    }
+    out.push_str(&per_step_table(&a)?);
     print_stdout(&out)
+}
+
+/// Runs one placer on loads, returning the output and the solve time in seconds.
+fn solve_once(
+    placer: &str,
+    params: &[&str],
+    loads: &moeplace_core::stats::ExpertLoads,
+    cluster: &moeplace_core::cluster::Cluster,
+    previous: Option<&moeplace_core::placement::Placement>,
+) -> Result<(moeplace_core::placers::PlacerOutput, f64)> {
+    use moeplace_core::placers::{by_name, Params, PlacerInput};
+    let p = by_name(placer).context("placer registered")?;
+    let params = Params::parse(params.iter().copied())?;
+    let shape = moeplace_core::trace::ModelShape::new(loads.layers, loads.experts, 1)?;
+    let t0 = Instant::now();
+    let out = p.place(&PlacerInput { shape, cluster, loads, stats: None, previous, params: &params, seed: 0 })?;
+    Ok((out, t0.elapsed().as_secs_f64()))
+}
+
+/// Balance against moves: `balance` with growing `move_slack` given the plan of the
+/// earlier window.
+fn slack_table(case: &BalanceCase) -> Result<String> {
+    use moeplace_core::balance::balance_figures;
+    let c = &case.cluster;
+    let groups = format!("groups={}", case.groups);
+    let (previous, _) = solve_once("balance", &[&groups], &case.previous, c, None)?;
+    let mut out = format!(
+        "\nmoves against balance: {} on {} GPUs ({} nodes) x {} slots, previous plan from the earlier window\n",
+        case.name, c.gpus, c.nodes, c.slots_per_gpu
+    );
+    out.push_str("| placer | move_slack | max/mean | bal. vLLM | moves | moved share | solve ms |\n|---|---|---|---|---|---|---|\n");
+    let slots = (case.current.layers * c.slots()) as f64;
+    let (eplb, t) = solve_once("eplb", &[&groups], &case.current, c, None)?;
+    let f = balance_figures(&eplb.placement, &case.current);
+    let m = eplb.placement.moves_from(&previous.placement);
+    out.push_str(&format!(
+        "| eplb (hierarchical) | - | {:.4} | {:.4} | {m} | {:.3} | {:.1} |\n",
+        f.max_over_mean,
+        f.balancedness_vllm,
+        m as f64 / slots,
+        t * 1e3
+    ));
+    for slack in ["0", "0.002", "0.005", "0.01", "0.02", "0.05"] {
+        let param = format!("move_slack={slack}");
+        let (o, t) = solve_once("balance", &[&groups, &param], &case.current, c, Some(&previous.placement))?;
+        let f = balance_figures(&o.placement, &case.current);
+        let m = o.placement.moves_from(&previous.placement);
+        out.push_str(&format!(
+            "| balance | {slack} | {:.4} | {:.4} | {m} | {:.3} | {:.1} |\n",
+            f.max_over_mean,
+            f.balancedness_vllm,
+            m as f64 / slots,
+            t * 1e3
+        ));
+    }
+    Ok(out)
+}
+
+/// Synthetic DeepSeek-V3 loads per step: `steps` steps of `step_tokens` consecutive
+/// tokens each.
+fn synth_step_loads(steps: usize, step_tokens: usize, seed: u64) -> Result<moeplace_core::stats::ExpertLoads> {
+    let mut config = SynthConfig::preset("deepseek-v3")?;
+    config.tokens = Some((steps * step_tokens) as u64);
+    config.requests = usize::MAX / 2;
+    let (layers, experts, k) = (config.shape.layers, config.shape.experts, config.shape.top_k);
+    let mut out = vec![vec![0.0f64; layers * experts]; steps];
+    let mut t = 0usize;
+    for b in synth::generate(&config, seed)? {
+        for (i, ids) in b.expert_ids().chunks_exact(layers * k).enumerate() {
+            let step = &mut out[((t + i) / step_tokens).min(steps - 1)];
+            for (l, picks) in ids.chunks_exact(k).enumerate() {
+                for &e in picks {
+                    step[l * experts + e as usize] += 1.0;
+                }
+            }
+        }
+        t += b.len();
+    }
+    Ok(moeplace_core::stats::ExpertLoads::new(layers, experts, out)?)
+}
+
+/// Per-step balance: plans from 32 calibration steps, measured per step on those
+/// and on 32 held-out steps.
+fn per_step_table(a: &BalanceArgs) -> Result<String> {
+    use moeplace_core::balance::{balance_figures, per_step_max_over_mean};
+    use moeplace_core::cluster::Cluster;
+    let (steps, step_tokens) = (32, a.step_tokens);
+    eprintln!("generating synthetic DeepSeek-V3 steps ({steps} x {step_tokens} tokens, twice) ...");
+    let (calib, held_out) = (synth_step_loads(steps, step_tokens, 3)?, synth_step_loads(steps, step_tokens, 4)?);
+    let c = Cluster::new(8, 64, 5)?;
+    let mut out = format!(
+        "\nper-step balance: synthetic DeepSeek-V3, {steps} steps of {step_tokens} consecutive tokens, 64 GPUs (8 nodes) x 5 slots, 8 groups\n"
+    );
+    out.push_str(
+        "| placer | max/mean of summed loads | per-step max/mean (calibration) | per-step max/mean (held out) | solve ms |\n|---|---|---|---|---|\n",
+    );
+    for (label, placer, params) in [
+        ("eplb (global)", "eplb", vec![]),
+        ("eplb (hierarchical)", "eplb", vec!["groups=8"]),
+        ("balance", "balance", vec!["groups=8"]),
+        ("balance per_step=true", "balance", vec!["groups=8", "per_step=true"]),
+    ] {
+        let (o, t) = solve_once(placer, &params, &calib, &c, None)?;
+        out.push_str(&format!(
+            "| {label} | {:.4} | {:.4} | {:.4} | {:.1} |\n",
+            balance_figures(&o.placement, &calib).max_over_mean,
+            per_step_max_over_mean(&o.placement, &calib),
+            per_step_max_over_mean(&o.placement, &held_out),
+            t * 1e3
+        ));
+    }
+    Ok(out)
 }

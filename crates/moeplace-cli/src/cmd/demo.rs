@@ -87,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let mut plans = Vec::new();
     for p in registry() {
-        match make_plan(p.name(), &stats, &cluster, &Params::default(), args.seed, None) {
+        match make_plan(p.name(), &stats, None, &cluster, &Params::default(), args.seed, None) {
             Ok(plan) => plans.push((p.name().to_string(), plan)),
             Err(e) => eprintln!("skipping placer {}: {e:#}", p.name()),
         }

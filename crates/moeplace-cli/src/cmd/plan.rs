@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use moeplace_core::balance::balance_figures;
+use moeplace_core::balance::{balance_figures, per_step_max_over_mean};
 use moeplace_core::placers::{by_name, registry, Params, PlacerInput};
-use moeplace_core::stats::{ProfileOptions, Statistics};
+use moeplace_core::stats::{ExpertLoads, ProfileOptions, Statistics};
 use moeplace_formats::plan_file::{self, Plan, Provenance};
 use moeplace_formats::stats_file;
 
@@ -78,10 +78,13 @@ pub fn calibration(stats: Option<&PathBuf>, trace: Option<&PathBuf>, args: &Trac
     }
 }
 
-/// Runs a placer and returns the plan (shared with `demo`).
+/// Runs a placer and returns the plan (shared with `demo`). `step_loads` are the
+/// loads per step when the input had them (engine dumps); otherwise the loads are
+/// the statistics' totals.
 pub fn make_plan(
     placer: &str,
     stats: &Statistics,
+    step_loads: Option<&ExpertLoads>,
     cluster: &moeplace_core::cluster::Cluster,
     params: &Params,
     seed: u64,
@@ -91,9 +94,15 @@ pub fn make_plan(
         let names: Vec<&str> = registry().iter().map(|p| p.name()).collect();
         anyhow::anyhow!("unknown placer {placer:?} (known: {})", names.join(", "))
     })?;
-    let loads = stats.loads(|_| true);
-    let input =
-        PlacerInput { shape: stats.shape(), cluster, loads: &loads, stats: Some(stats), previous, params, seed };
+    let totals;
+    let loads = match step_loads {
+        Some(l) => l,
+        None => {
+            totals = stats.loads(|_| true);
+            &totals
+        }
+    };
+    let input = PlacerInput { shape: stats.shape(), cluster, loads, stats: Some(stats), previous, params, seed };
     let out = p.place(&input).with_context(|| format!("placer {placer}"))?;
     Ok(Plan {
         num_nodes: cluster.nodes,
@@ -130,7 +139,12 @@ pub fn run(args: Args) -> Result<()> {
         }
         None => None,
     };
-    let plan = make_plan(&args.placer, &stats, &cluster, &params, args.seed, previous.as_ref())?;
+    // Engine dumps keep their steps, for placers that balance per step.
+    let step_loads = match &args.stats {
+        Some(p) => moeplace_formats::engine_counts::read_engine_counts(p).transpose()?,
+        None => None,
+    };
+    let plan = make_plan(&args.placer, &stats, step_loads.as_ref(), &cluster, &params, args.seed, previous.as_ref())?;
     plan_file::write(&args.output, &plan)?;
     let p = &plan.placement;
     let f = balance_figures(p, &stats.loads(|_| true));
@@ -139,6 +153,9 @@ pub fn run(args: Args) -> Result<()> {
          balancedness vLLM {:.4}, SGLang {:.4}",
         f.max_over_mean, f.bound_max_over_mean, f.balancedness_vllm, f.balancedness_sglang
     );
+    if let Some(l) = step_loads.as_ref().filter(|l| l.steps.len() > 1) {
+        eprintln!("per step ({} steps): max/mean {:.4}", l.steps.len(), per_step_max_over_mean(p, l));
+    }
     eprintln!(
         "{}: {} layers, {} experts on {} GPUs in {} nodes x {} slots ({} redundant){}",
         args.output.display(),

@@ -22,11 +22,31 @@
 //! - split: a copy on another GPU of an expert with several copies becomes one more
 //!   copy of an expert on g (g's share of it gets lighter).
 //!
-//! Migration: given the plan deployed now (same GPUs and slots), the chosen plan's GPUs
-//! are relabelled (within nodes when the node level is kept) and slots reordered inside
-//! GPUs so that as many copies as possible stay in their old slots; this never changes
-//! a GPU's load. The note `moves` counts the slots whose expert changes. There is no
-//! knob trading balance for fewer moves yet.
+//! Migration: given the plan deployed now (same GPUs and slots), two candidates are
+//! built per layer and the one with fewer moved expert weights (slots whose expert
+//! changes) wins among those within the allowed balance loss:
+//! - the best plan found, its GPUs relabelled (within nodes when the node level is
+//!   kept) and slots reordered inside GPUs so that as many copies as possible stay in
+//!   their old slots (this never changes a GPU's load, so it is always allowed);
+//! - the deployed plan itself, improved by the local search below only until its
+//!   maximum GPU load is at most `(1 + move_slack)` times the best plan's (each step
+//!   changes one or two slots, so this keeps most weights in place).
+//!
+//! `move_slack` (default 0) is the knob that trades balance for fewer moves: 0 never
+//! gives up balance; 0.05 accepts up to 5% more load on the busiest GPU of a layer
+//! when that keeps weights where they are. The note `moves` counts the moved slots.
+//!
+//! Time: with `per_step=true` and loads given per step (`[steps, layers, experts]`,
+//! e.g. an SGLang dump or TensorRT-LLM statistics), the plan found on the summed loads
+//! is then improved for the expected per-step maximum, the mean over steps of the
+//! busiest GPU's load in that step: swaps of two copies on different GPUs (replica
+//! counts stay those of the summed-load plan), first improvement, only swaps that
+//! touch a GPU that is the busiest in some step (no other swap can lower the
+//! objective), for at most `per_step_sweeps` sweeps (default 8). A plan that is
+//! balanced on average can still have a straggler in every step when experts that
+//! peak together share a GPU; this separates them. The note
+//! `mean_step_max_load` reports the objective (summed over layers) before and after
+//! (`..._before`).
 //!
 //! Parameters (`--param`):
 //! - `groups=K` (default 1): expert groups, as for `eplb` (only used by starting plan 1).
@@ -36,6 +56,10 @@
 //!   are skipped.
 //! - `enumerate=N` (default 3000): the largest number of replica-count choices tried
 //!   exhaustively per layer (starting plan 4); 0 turns it off.
+//! - `per_step=true|false` (default false) and `per_step_sweeps=N` (default 8): the
+//!   time-aware improvement above; needs loads with several steps.
+//! - `move_slack=X` (default 0, at least 0): the allowed relative increase of a layer's
+//!   maximum GPU load to keep expert weights in place, when a previous plan is given.
 //!
 //! Notes reported: `lower_bound_max_load` (largest per-layer lower bound on the maximum
 //! GPU load, see `balance::layer_lower_bound`), `max_load` and `eplb_max_load` (largest
@@ -207,9 +231,18 @@ fn best_move(p: &Problem<'_>, st: &State, g: usize) -> Option<Move> {
 
 /// Local search (module documentation) until no GPU at the maximum can improve.
 fn improve(p: &Problem<'_>, st: &mut State) {
+    improve_until(p, st, 0.0)
+}
+
+/// Local search until no GPU at the maximum can improve or the maximum is at most
+/// `target`.
+fn improve_until(p: &Problem<'_>, st: &mut State, target: f64) {
     let cap = 20 * p.gpus * p.per_gpu + 100;
     for _ in 0..cap {
         let max = st.max();
+        if max <= target {
+            return;
+        }
         let tol = 1e-9 * max.max(1.0);
         let mv = (0..p.gpus).filter(|&g| st.load[g] >= max - tol).find_map(|g| best_move(p, st, g));
         match mv {
@@ -384,6 +417,122 @@ fn align_to_previous(row: &[usize], prev: &[usize], p: &Problem<'_>, within_node
     out
 }
 
+/// Per-step GPU loads `[steps][gpus]` of a layer plan.
+fn step_gpu_loads(p: &Problem<'_>, st: &State, ws: &[&[f64]]) -> Vec<Vec<f64>> {
+    ws.iter()
+        .map(|w| {
+            (0..p.gpus)
+                .map(|g| st.slots[g * p.per_gpu..(g + 1) * p.per_gpu].iter().map(|&x| w[x] / st.cnt[x] as f64).sum())
+                .collect()
+        })
+        .collect()
+}
+
+/// Mean over steps of the busiest GPU's load.
+fn mean_step_max(p: &Problem<'_>, st: &State, ws: &[&[f64]]) -> f64 {
+    let loads = step_gpu_loads(p, st, ws);
+    loads.iter().map(|l| l.iter().fold(0.0f64, |a, &b| a.max(b))).sum::<f64>() / ws.len() as f64
+}
+
+/// The three largest (load, GPU) of one step, largest first.
+fn top3(l: &[f64]) -> [(f64, usize); 3] {
+    let mut t = [(f64::NEG_INFINITY, usize::MAX); 3];
+    for (g, &x) in l.iter().enumerate() {
+        if x > t[0].0 {
+            t = [(x, g), t[0], t[1]];
+        } else if x > t[1].0 {
+            t = [t[0], (x, g), t[1]];
+        } else if x > t[2].0 {
+            t[2] = (x, g);
+        }
+    }
+    t
+}
+
+/// Swaps that lower the mean over steps of the busiest GPU's load (module
+/// documentation, Time). Replica counts do not change.
+fn improve_per_step(p: &Problem<'_>, st: &mut State, ws: &[&[f64]], sweeps: usize) {
+    let (gs, s) = (p.gpus, p.per_gpu);
+    let node = |h: usize| h / p.gpus_per_node;
+    let mut loads = step_gpu_loads(p, st, ws);
+    let mut tops: Vec<[(f64, usize); 3]> = loads.iter().map(|l| top3(l)).collect();
+    let objective = |tops: &[[(f64, usize); 3]]| tops.iter().map(|t| t[0].0).sum::<f64>();
+    let mut obj = objective(&tops);
+    for _ in 0..sweeps {
+        let mut improved = false;
+        let mut busiest: Vec<usize> = tops.iter().map(|t| t[0].1).collect();
+        busiest.sort_unstable();
+        busiest.dedup();
+        for g in busiest {
+            for a in g * s..(g + 1) * s {
+                for h in (0..gs).filter(|&h| h != g) {
+                    for b in h * s..(h + 1) * s {
+                        let (x, y) = (st.slots[a], st.slots[b]);
+                        if st.on[x * gs + h] || st.on[y * gs + g] {
+                            continue;
+                        }
+                        if p.hierarchical && node(h) != node(g) && (st.cnt[x] > 1 || st.cnt[y] > 1) {
+                            continue;
+                        }
+                        let (cx, cy) = (st.cnt[x] as f64, st.cnt[y] as f64);
+                        let mut new = 0.0;
+                        for (t, w) in ws.iter().enumerate() {
+                            let d = w[x] / cx - w[y] / cy;
+                            let other = tops[t].iter().find(|&&(_, k)| k != g && k != h).map_or(0.0, |&(v, _)| v);
+                            new += other.max(loads[t][g] - d).max(loads[t][h] + d);
+                        }
+                        if new < obj - 1e-9 * obj.abs().max(1.0) {
+                            st.slots.swap(a, b);
+                            st.on[x * gs + g] = false;
+                            st.on[x * gs + h] = true;
+                            st.on[y * gs + h] = false;
+                            st.on[y * gs + g] = true;
+                            for (t, w) in ws.iter().enumerate() {
+                                let d = w[x] / cx - w[y] / cy;
+                                loads[t][g] -= d;
+                                loads[t][h] += d;
+                                tops[t] = top3(&loads[t]);
+                            }
+                            obj = objective(&tops);
+                            improved = true;
+                        }
+                    }
+                }
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+    st.reload(p);
+}
+
+/// Slots whose expert differs between two rows.
+fn moved(a: &[usize], b: &[usize]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
+}
+
+/// The row to deploy given the deployed row `old` (module documentation, Migration):
+/// the best plan aligned to `old`, or `old` improved until within `slack` of the best
+/// plan's maximum, whichever moves fewer weights (the aligned plan on ties). Returns
+/// the row and its maximum GPU load.
+fn keep_in_place(p: &Problem<'_>, best: State, old: &[usize], slack: f64) -> (Vec<usize>, f64) {
+    let best_max = best.max();
+    let aligned = align_to_previous(&best.slots, old, p, p.hierarchical);
+    let mut kept = State::new(p, old.to_vec());
+    // With the node level kept, the deployed plan only qualifies if it keeps it too.
+    let kept_ok = !p.hierarchical || (0..p.w.len()).all(|x| kept.single_node(p, x).is_some());
+    if kept_ok {
+        let target = best_max * (1.0 + slack);
+        improve_until(p, &mut kept, target);
+        if kept.max() <= target && moved(&kept.slots, old) < moved(&aligned, old) {
+            let m = kept.max();
+            return (kept.slots, m);
+        }
+    }
+    (aligned, best_max)
+}
+
 pub struct Balance;
 
 impl Placer for Balance {
@@ -397,12 +546,26 @@ impl Placer for Balance {
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         let params = input.params;
-        params.allow_only(self.name(), &["groups", "hierarchical", "enumerate"])?;
+        params.allow_only(
+            self.name(),
+            &["groups", "hierarchical", "enumerate", "move_slack", "per_step", "per_step_sweeps"],
+        )?;
         check_fits(input.shape, input.cluster)?;
         let c = input.cluster;
         let groups = params.usize("groups", 1)?;
         let hierarchical = params.bool("hierarchical", false)?;
         let enumerate = params.usize("enumerate", 3000)?;
+        let move_slack = params.f64("move_slack", 0.0)?;
+        let per_step = params.bool("per_step", false)?;
+        let sweeps = params.usize("per_step_sweeps", 8)?;
+        if per_step && input.loads.steps.len() < 2 {
+            return Err(PlaceError::BadParam(
+                "per_step=true needs loads with several steps ([steps, layers, experts]); these have one".into(),
+            ));
+        }
+        if move_slack < 0.0 {
+            return Err(PlaceError::BadParam(format!("move_slack={move_slack} must be at least 0")));
+        }
         if hierarchical && (groups == 0 || !groups.is_multiple_of(c.nodes)) {
             return Err(PlaceError::BadParam(format!(
                 "hierarchical=true needs groups divisible by the {} nodes (got groups={groups})",
@@ -429,7 +592,8 @@ impl Placer for Balance {
             Some(prev) if prev.gpus() == c.gpus && prev.slots_per_gpu() == c.slots_per_gpu => Some(prev),
             _ => None,
         };
-        let solved: Vec<(Vec<usize>, f64, f64, f64)> = (0..loads.len())
+        #[allow(clippy::type_complexity)]
+        let solved: Vec<(Vec<usize>, f64, f64, f64, (f64, f64))> = (0..loads.len())
             .into_par_iter()
             .map(|l| {
                 let p = Problem {
@@ -440,22 +604,34 @@ impl Placer for Balance {
                     hierarchical,
                 };
                 let eplb_max = State::new(&p, eplb_rows[l].clone()).max();
-                let st = solve_layer(&p, eplb_rows[l].clone(), global_rows.as_ref().map(|r| r[l].clone()), enumerate);
+                let mut st =
+                    solve_layer(&p, eplb_rows[l].clone(), global_rows.as_ref().map(|r| r[l].clone()), enumerate);
+                let mut step_max = (0.0, 0.0);
+                if per_step {
+                    let e = input.shape.experts;
+                    let ws: Vec<&[f64]> = input.loads.steps.iter().map(|s| &s[l * e..(l + 1) * e]).collect();
+                    step_max.0 = mean_step_max(&p, &st, &ws);
+                    improve_per_step(&p, &mut st, &ws, sweeps);
+                    step_max.1 = mean_step_max(&p, &st, &ws);
+                }
                 let lb = layer_lower_bound(&loads[l], c.gpus, c.slots_per_gpu);
                 let max = st.max();
-                let row = match previous {
+                let (row, max) = match previous {
                     Some(prev) => {
                         let old: Vec<usize> = prev.phy2log()[l].iter().map(|&x| x as usize).collect();
-                        align_to_previous(&st.slots, &old, &p, hierarchical)
+                        keep_in_place(&p, st, &old, move_slack)
                     }
-                    None => st.slots,
+                    None => (st.slots, max),
                 };
-                (row, max, eplb_max, lb)
+                (row, max, eplb_max, lb, step_max)
             })
             .collect();
         let mut rows = Vec::with_capacity(solved.len());
         let (mut max, mut eplb_max, mut lb) = (0.0f64, 0.0f64, 0.0f64);
-        for (row, m, em, b) in solved {
+        let mut step_max = (0.0, 0.0);
+        for (row, m, em, b, sm) in solved {
+            step_max.0 += sm.0;
+            step_max.1 += sm.1;
             rows.push(row.into_iter().map(|x| x as i64).collect());
             max = max.max(m);
             eplb_max = eplb_max.max(em);
@@ -469,6 +645,10 @@ impl Placer for Balance {
         out.notes.insert("max_load".into(), max);
         out.notes.insert("eplb_max_load".into(), eplb_max);
         out.notes.insert("lower_bound_max_load".into(), lb);
+        if per_step {
+            out.notes.insert("mean_step_max_load_before".into(), step_max.0);
+            out.notes.insert("mean_step_max_load".into(), step_max.1);
+        }
         Ok(out)
     }
 }
@@ -607,6 +787,104 @@ mod tests {
         assert_eq!(again.placement, shuffled);
         assert_eq!(again.notes["moves"], 0.0);
         assert_eq!(max_load(&again, &w), max_load(&first, &w));
+    }
+
+    #[test]
+    fn move_slack_trades_balance_for_moves() {
+        // 4 layers of 32 experts on 8 GPUs x 5 slots; the deployed plan was made for
+        // loads that differ from today's by a few percent.
+        let cluster = Cluster::new(2, 8, 5).unwrap();
+        let mut x = 12345u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 1000) as f64
+        };
+        let before: Vec<Vec<f64>> = (0..4).map(|_| (0..32).map(|_| 10.0 + next()).collect()).collect();
+        let after: Vec<Vec<f64>> =
+            before.iter().map(|l| l.iter().map(|w| w * (0.9 + next() / 5000.0)).collect()).collect();
+        let deployed = run(&Balance, &before, &cluster, &[]).placement;
+        let loads = ExpertLoads::new(4, 32, vec![after.concat()]).unwrap();
+        let with = |slack: &str| {
+            let params = Params::parse([slack]).unwrap();
+            let input = PlacerInput {
+                shape: ModelShape::new(4, 32, 1).unwrap(),
+                cluster: &cluster,
+                loads: &loads,
+                stats: None,
+                previous: Some(&deployed),
+                params: &params,
+                seed: 0,
+            };
+            let out = Balance.place(&input).unwrap();
+            (max_load(&out, &after), out.notes["moves"])
+        };
+        let best = max_load(&run(&Balance, &after, &cluster, &[]), &after);
+        let (m0, moves0) = with("move_slack=0");
+        assert_eq!(m0, best, "no slack gives up no balance");
+        let mut last = moves0;
+        for slack in ["move_slack=0.01", "move_slack=0.05", "move_slack=0.5"] {
+            let (m, moves) = with(slack);
+            let allowed: f64 = slack.trim_start_matches("move_slack=").parse().unwrap();
+            assert!(m <= best * (1.0 + allowed) + 1e-9, "{slack}: {m} vs {best}");
+            assert!(moves <= last, "{slack}: {moves} moves after {last}");
+            last = moves;
+        }
+        assert!(last < moves0, "a large slack must save moves ({last} vs {moves0})");
+        let params = Params::parse(["move_slack=-1"]).unwrap();
+        let input = PlacerInput {
+            shape: ModelShape::new(4, 32, 1).unwrap(),
+            cluster: &cluster,
+            loads: &loads,
+            stats: None,
+            previous: Some(&deployed),
+            params: &params,
+            seed: 0,
+        };
+        assert!(Balance.place(&input).unwrap_err().to_string().contains("at least 0"));
+    }
+
+    #[test]
+    fn per_step_separates_experts_that_peak_together() {
+        // Every expert sums to 11 over the two steps, so every pairing is balanced on
+        // average; per step, experts 0 and 2 peak first and 1 and 3 next, so only the
+        // pairings that split {0, 2} and {1, 3} avoid a straggler.
+        let steps = vec![vec![10.0, 1.0, 10.0, 1.0], vec![1.0, 10.0, 1.0, 10.0]];
+        let cluster = Cluster::new(1, 2, 2).unwrap();
+        let loads = ExpertLoads::new(1, 4, steps.clone()).unwrap();
+        let place = |params: &[&str]| {
+            let params = Params::parse(params.iter().copied()).unwrap();
+            let input = PlacerInput {
+                shape: ModelShape::new(1, 4, 1).unwrap(),
+                cluster: &cluster,
+                loads: &loads,
+                stats: None,
+                previous: None,
+                params: &params,
+                seed: 0,
+            };
+            Balance.place(&input)
+        };
+        let out = place(&["per_step=true"]).unwrap();
+        assert_eq!(out.notes["mean_step_max_load"], 11.0);
+        // The summed-load plan (ties: lower ids first) pairs 0 with 2: 20 in each step.
+        assert_eq!(out.notes["mean_step_max_load_before"], 20.0);
+        let gpu0 = out.placement.gpu_experts(0, 0).to_vec();
+        assert!(gpu0.contains(&0) != gpu0.contains(&2), "0 and 2 must be apart: {gpu0:?}");
+        // One step only: a clear error.
+        let one = ExpertLoads::new(1, 4, vec![vec![1.0; 4]]).unwrap();
+        let params = Params::parse(["per_step=true"]).unwrap();
+        let input = PlacerInput {
+            shape: ModelShape::new(1, 4, 1).unwrap(),
+            cluster: &cluster,
+            loads: &one,
+            stats: None,
+            previous: None,
+            params: &params,
+            seed: 0,
+        };
+        assert!(Balance.place(&input).unwrap_err().to_string().contains("several steps"));
     }
 
     #[test]
