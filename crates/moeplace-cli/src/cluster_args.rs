@@ -16,9 +16,15 @@ pub struct ClusterArgs {
     /// Nodes the GPUs are spread over (default 1; with --preset, required).
     #[arg(long, value_name = "N")]
     pub nodes: Option<usize>,
-    /// Expert slots per GPU per layer (default: experts / GPUs, i.e. no replicas).
-    #[arg(long, value_name = "S")]
+    /// Expert slots per GPU per layer (default: no redundant slots). Redundant slots
+    /// = GPUs x S - experts.
+    #[arg(long, value_name = "S", conflicts_with = "slots")]
     pub slots_per_gpu: Option<usize>,
+    /// Expert slots per layer over all GPUs (experts + redundant slots), when they do
+    /// not divide evenly over the GPUs: GPU g owns slots [g*S/G, (g+1)*S/G), e.g.
+    /// --slots 288 on 64 GPUs gives 4 or 5 per GPU. Default: the number of experts.
+    #[arg(long, value_name = "S")]
+    pub slots: Option<usize>,
     /// Link figures of a named machine: h100 (8 GPUs/node, NVLink, 400 Gb/s IB) or
     /// a100-eth (4 GPUs/node, NVLink, 25 Gb/s Ethernet). Default links: h100's.
     #[arg(long, value_name = "NAME", conflicts_with = "cluster")]
@@ -32,8 +38,8 @@ impl ClusterArgs {
     /// The cluster for a model with `experts` experts per layer.
     pub fn resolve(&self, experts: usize) -> Result<Cluster> {
         if let Some(path) = &self.cluster {
-            if self.gpus.is_some() || self.nodes.is_some() || self.slots_per_gpu.is_some() {
-                bail!("--cluster gives the layout; do not combine it with --gpus/--nodes/--slots-per-gpu");
+            if self.gpus.is_some() || self.nodes.is_some() || self.slots_per_gpu.is_some() || self.slots.is_some() {
+                bail!("--cluster gives the layout; do not combine it with --gpus/--nodes/--slots-per-gpu/--slots");
             }
             return Ok(cluster_file::read(path)?);
         }
@@ -50,36 +56,39 @@ impl ClusterArgs {
             (None, Some(p)) => nodes * p.gpus_per_node,
             (None, None) => bail!("give the cluster: --gpus G [--nodes N] [--slots-per-gpu S], --preset or --cluster"),
         };
-        let slots = match self.slots_per_gpu {
-            Some(s) => s,
-            None if gpus > 0 && experts.is_multiple_of(gpus) => experts / gpus,
-            None => bail!("{experts} experts do not divide over {gpus} GPUs; give --slots-per-gpu"),
+        let slots = match (self.slots_per_gpu, self.slots) {
+            (Some(s), _) => gpus * s,
+            (None, Some(s)) => s,
+            (None, None) => experts,
         };
         let mut c = match preset {
-            Some(p) => p.cluster(nodes, slots)?,
-            None => Cluster::new(nodes, gpus, slots)?,
+            Some(p) => p.cluster(nodes, 1)?,
+            None => Cluster::new(nodes, gpus, 1)?,
         };
         c.gpus = gpus;
+        c.slots = slots;
         c.validate()?;
         Ok(c)
     }
 
-    /// Link figures for a layout fixed elsewhere (a plan's GPUs, nodes and slots).
-    pub fn for_layout(&self, nodes: usize, gpus: usize, slots_per_gpu: usize) -> Result<Cluster> {
+    /// Link figures for a layout fixed elsewhere (a plan's GPUs, nodes and slots per
+    /// layer).
+    pub fn for_layout(&self, nodes: usize, gpus: usize, slots: usize) -> Result<Cluster> {
         if let Some(path) = &self.cluster {
             let c = cluster_file::read(path)?;
-            if (c.nodes, c.gpus, c.slots_per_gpu) != (nodes, gpus, slots_per_gpu) {
+            if (c.nodes, c.gpus, c.slots) != (nodes, gpus, slots) {
                 bail!(
-                    "{}: the cluster is {} nodes x {} GPUs x {} slots but the plan is {nodes} x {gpus} x {slots_per_gpu}",
+                    "{}: the cluster is {} nodes x {} GPUs with {} slots per layer but the plan is {nodes} x {gpus} \
+                     with {slots}",
                     path.display(),
                     c.nodes,
                     c.gpus,
-                    c.slots_per_gpu
+                    c.slots
                 );
             }
             return Ok(c);
         }
-        let mut c = Cluster::new(nodes, gpus, slots_per_gpu)?;
+        let mut c = Cluster::new(nodes, gpus, 1)?.with_slots(slots)?;
         if let Some(name) = &self.preset {
             let p = Preset::by_name(name)
                 .ok_or_else(|| anyhow::anyhow!("unknown preset {name:?} (known: {})", Preset::names().join(", ")))?;

@@ -4,9 +4,8 @@
 //!
 //! The baseline (DESIGN.md): the linear placement with no replicas (expert e on GPU
 //! e / (E/G)) and requests dealt round-robin over all GPUs, on the same GPUs and nodes
-//! as the plan, replayed on the same stream. When G does not divide E, the baseline
-//! has ceil(E/G) slots per GPU and the spare slots hold copies of the lowest expert
-//! ids (loads are taken as uniform so the baseline does not peek at the test stream).
+//! as the plan, replayed on the same stream. It has exactly E slots; when G does not
+//! divide E, GPU g holds experts [g*E/G, (g+1)*E/G) (counts differ by one).
 
 use anyhow::{Context, Result};
 use moeplace_core::cluster::Cluster;
@@ -78,7 +77,7 @@ fn balancedness_vllm(r: &SimResult) -> f64 {
 
 /// The no-replica linear placement for `cluster`'s GPUs.
 pub fn baseline_placement(layers: usize, experts: usize, nodes: usize, gpus: usize) -> Result<(Cluster, Placement)> {
-    let cluster = Cluster::new(nodes, gpus, experts.div_ceil(gpus))?;
+    let cluster = Cluster::new(nodes, gpus, 1)?.with_slots(experts)?;
     let shape = moeplace_core::trace::ModelShape::new(layers, experts, 1)?;
     let loads = ExpertLoads::new(layers, experts, vec![vec![1.0; layers * experts]])?;
     let params = Params::default();
@@ -109,13 +108,13 @@ pub fn evaluate(
     let mut rows = Vec::new();
     for (label, plan) in plans {
         let p = &plan.placement;
-        let cluster = links(plan.num_nodes, p.gpus(), p.slots_per_gpu())?;
+        let cluster = links(plan.num_nodes, p.gpus(), p.slots())?;
         let b = match baselines.iter().position(|(c, _, _)| c.gpus == cluster.gpus && c.nodes == cluster.nodes) {
             Some(i) => i,
             None => {
                 let (mut bc, bp) = baseline_placement(shape.layers, shape.experts, cluster.nodes, cluster.gpus)?;
-                let slots = bc.slots_per_gpu;
-                bc = Cluster { slots_per_gpu: slots, ..cluster.clone() };
+                let slots = bc.slots;
+                bc = Cluster { slots, ..cluster.clone() };
                 let r = simulate(trace, &bp, &bc, &Primary, &HomePolicy::RoundRobin).context("baseline replay")?;
                 baselines.push((bc, bp, r));
                 baselines.len() - 1

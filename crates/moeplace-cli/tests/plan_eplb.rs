@@ -91,3 +91,47 @@ fn balance_per_step_from_an_sglang_dump_with_steps() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("several steps"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `--slots S` when S does not divide by the GPUs: GPU g owns [g*S/G, (g+1)*S/G);
+/// both balancers plan it, the plan file says `num_slots`, engines' exports refuse it.
+#[test]
+fn unequal_slot_counts_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let counts = dir.path().join("logical_count.json");
+    std::fs::write(&counts, serde_json::json!({ "logical_count": [[40, 1, 10, 1, 5, 9, 5, 2]] }).to_string()).unwrap();
+    for placer in ["eplb", "balance"] {
+        let plan = dir.path().join(format!("{placer}.json"));
+        let c = counts.to_str().unwrap();
+        let p = plan.to_str().unwrap();
+        moeplace_ok(&[
+            "plan", "--placer", placer, "--stats", c, "--top-k", "2", "--gpus", "4", "--nodes", "2", "--slots", "10",
+            "-o", p,
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+        assert_eq!(v["num_slots"], 10, "{v}");
+        assert!(v.get("slots_per_gpu").is_none(), "{v}");
+        assert_eq!(v["physical_to_logical_map"][0].as_array().unwrap().len(), 10);
+        let out = moeplace(&["export", p, "--to", "sglang", "-o", dir.path().join("s.json").to_str().unwrap()]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("same number of slots on every GPU"));
+    }
+    let out = moeplace(&[
+        "plan",
+        "--placer",
+        "eplb",
+        "--stats",
+        counts.to_str().unwrap(),
+        "--top-k",
+        "2",
+        "--gpus",
+        "4",
+        "--slots",
+        "10",
+        "--slots-per-gpu",
+        "3",
+        "-o",
+        dir.path().join("x.json").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}

@@ -36,7 +36,7 @@ fn bench(c: &mut Criterion) {
             l
         })
         .collect();
-    let replicated = Placement::from_gpu_lists(256, 64, 5, &vec![lists; 58]).unwrap();
+    let replicated = Placement::from_gpu_lists(256, &vec![lists; 58]).unwrap();
     let d = by_name("nearest", 0).unwrap();
     g.bench_function("v3-shape-64gpu-5slots-nearest", |b| {
         b.iter(|| simulate(&trace, &replicated, &cluster5, d.as_ref(), &HomePolicy::RoundRobin).unwrap())

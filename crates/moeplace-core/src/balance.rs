@@ -31,13 +31,12 @@ pub fn expected_gpu_loads(placement: &Placement, loads: &ExpertLoads) -> Vec<Vec
 }
 
 /// A lower bound on the maximum GPU load of any placement of one layer's loads `w`
-/// on `gpus` GPUs with `slots_per_gpu` slots each, copies split evenly and never two
+/// on `gpus` GPUs with `slots` slots in all, copies split evenly and never two
 /// copies of one expert on one GPU. It is the largest of: the mean GPU load; each
 /// expert's load over its largest possible copy count (a copy's GPU carries at least
 /// that); and the smallest T for which giving every expert ceil(load / T) copies fits
 /// in the slots (a target below it leaves some copy heavier than T).
-pub fn layer_lower_bound(w: &[f64], gpus: usize, slots_per_gpu: usize) -> f64 {
-    let slots = gpus * slots_per_gpu;
+pub fn layer_lower_bound(w: &[f64], gpus: usize, slots: usize) -> f64 {
     let e = w.len();
     if e == 0 || slots < e {
         return f64::INFINITY;
@@ -133,7 +132,7 @@ pub fn balance_figures(placement: &Placement, loads: &ExpertLoads) -> BalanceFig
         if max > 0.0 {
             sglang += mean / max;
             mom += max / mean;
-            bound += layer_lower_bound(&loads.layer_total(l), placement.gpus(), placement.slots_per_gpu()) / mean;
+            bound += layer_lower_bound(&loads.layer_total(l), placement.gpus(), placement.slots()) / mean;
         } else {
             sglang += 1.0;
             mom += 1.0;
@@ -178,13 +177,13 @@ mod tests {
     fn bound_counts_slots() {
         // 3 experts of 10 on 2 GPUs x 2 slots: one extra copy. Mean 15; heaviest
         // 10 / min(2, 2) = 5; ceil(10/T) copies each fit in 4 slots only if T >= 10.
-        assert!((layer_lower_bound(&[10.0, 10.0, 10.0], 2, 2) - 15.0).abs() < 1e-9);
+        assert!((layer_lower_bound(&[10.0, 10.0, 10.0], 2, 4) - 15.0).abs() < 1e-9);
         // Loads 100 and 1 on 4 GPUs x 1 slot: expert 0 has at most 3 copies, so 100/3.
-        assert!((layer_lower_bound(&[100.0, 1.0], 4, 1) - 100.0 / 3.0).abs() < 1e-6);
+        assert!((layer_lower_bound(&[100.0, 1.0], 4, 4) - 100.0 / 3.0).abs() < 1e-6);
         // Loads 100, 50, 1 on 3 GPUs x 2 slots: T < 50 needs 3 + 2 + 1 = 6 slots (fits),
         // T < 100/3 needs 4 + 2 + 1 = 7 > 6, so the bound is max(mean 50.33, 100/3).
-        assert!((layer_lower_bound(&[100.0, 50.0, 1.0], 3, 2) - 151.0 / 3.0).abs() < 1e-6);
+        assert!((layer_lower_bound(&[100.0, 50.0, 1.0], 3, 6) - 151.0 / 3.0).abs() < 1e-6);
         // Loads 90, 1, 1, 1 on 2 GPUs x 2 slots: no spare slot, so expert 0 has one copy.
-        assert!((layer_lower_bound(&[90.0, 1.0, 1.0, 1.0], 2, 2) - 90.0).abs() < 1e-6);
+        assert!((layer_lower_bound(&[90.0, 1.0, 1.0, 1.0], 2, 4) - 90.0).abs() < 1e-6);
     }
 }

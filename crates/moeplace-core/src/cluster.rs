@@ -17,8 +17,9 @@
 pub struct Cluster {
     pub nodes: usize,
     pub gpus: usize,
-    /// Expert slots per GPU in every MoE layer (S/G in DESIGN.md's words).
-    pub slots_per_gpu: usize,
+    /// Expert slots per MoE layer over all GPUs (S in DESIGN.md's words); GPU g owns
+    /// slots [g*S/G, (g+1)*S/G), so GPUs own S/G slots each when G divides S.
+    pub slots: usize,
     /// Per-GPU bandwidth to GPUs of the same node, GB/s (one direction).
     pub intra_node_gbps: f64,
     /// Per-GPU bandwidth to other nodes, GB/s (one direction).
@@ -105,7 +106,7 @@ impl Preset {
         let c = Cluster {
             nodes,
             gpus: nodes * self.gpus_per_node,
-            slots_per_gpu,
+            slots: nodes * self.gpus_per_node * slots_per_gpu,
             intra_node_gbps: self.intra_node_gbps,
             inter_node_gbps: self.inter_node_gbps,
             intra_node_latency_us: self.intra_node_latency_us,
@@ -139,7 +140,7 @@ impl Cluster {
         let c = Cluster {
             nodes,
             gpus,
-            slots_per_gpu,
+            slots: gpus * slots_per_gpu,
             intra_node_gbps: p.intra_node_gbps,
             inter_node_gbps: p.inter_node_gbps,
             intra_node_latency_us: p.intra_node_latency_us,
@@ -153,6 +154,14 @@ impl Cluster {
         Ok(c)
     }
 
+    /// The same cluster with `slots` slots per layer in total (GPU g owns
+    /// [g*S/G, (g+1)*S/G)), e.g. 288 slots on 64 GPUs: 4 or 5 each.
+    pub fn with_slots(mut self, slots: usize) -> Result<Cluster, ClusterError> {
+        self.slots = slots;
+        self.validate()?;
+        Ok(self)
+    }
+
     pub fn validate(&self) -> Result<(), ClusterError> {
         if self.nodes == 0 || self.gpus == 0 {
             return Err(ClusterError("a cluster needs at least one node and one GPU".into()));
@@ -160,8 +169,11 @@ impl Cluster {
         if !self.gpus.is_multiple_of(self.nodes) {
             return Err(ClusterError(format!("{} GPUs do not divide evenly into {} nodes", self.gpus, self.nodes)));
         }
-        if self.slots_per_gpu == 0 {
-            return Err(ClusterError("slots per GPU must be at least 1".into()));
+        if self.slots < self.gpus {
+            return Err(ClusterError(format!(
+                "{} slots per layer leave some of the {} GPUs without a slot (need at least one per GPU)",
+                self.slots, self.gpus
+            )));
         }
         if self.hidden_size == 0 || self.bytes_per_element == 0 {
             return Err(ClusterError("hidden size and bytes per element must be at least 1".into()));
@@ -191,9 +203,27 @@ impl Cluster {
         self.gpus / self.nodes
     }
 
-    /// Slots per layer, S = G x slots per GPU.
+    /// Slots per layer, S.
     pub fn slots(&self) -> usize {
-        self.gpus * self.slots_per_gpu
+        self.slots
+    }
+
+    /// Slots per GPU when every GPU owns the same number, else `None`.
+    pub fn uniform_slots_per_gpu(&self) -> Option<usize> {
+        self.slots.is_multiple_of(self.gpus).then_some(self.slots / self.gpus)
+    }
+
+    /// The most slots any GPU owns, ceil(S/G).
+    pub fn max_slots_per_gpu(&self) -> usize {
+        self.slots.div_ceil(self.gpus)
+    }
+
+    /// "5 slots per GPU" or "288 slots (4-5 per GPU)", for messages and tables.
+    pub fn slots_label(&self) -> String {
+        match self.uniform_slots_per_gpu() {
+            Some(s) => format!("{s} slots per GPU"),
+            None => format!("{} slots ({}-{} per GPU)", self.slots, self.slots / self.gpus, self.max_slots_per_gpu()),
+        }
     }
 
     /// The slots GPU `gpu` owns in every layer: [g*S/G, (g+1)*S/G) (DESIGN.md).
@@ -201,7 +231,7 @@ impl Cluster {
     /// than assume every GPU has the same number of slots.
     #[inline]
     pub fn gpu_slots(&self, gpu: usize) -> std::ops::Range<usize> {
-        gpu * self.slots_per_gpu..(gpu + 1) * self.slots_per_gpu
+        crate::placement::slot_range(self.gpus, self.slots, gpu)
     }
 
     /// Number of slots GPU `gpu` owns in every layer.

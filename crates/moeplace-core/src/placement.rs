@@ -3,7 +3,9 @@
 //!
 //! [`Placement::new`] is the one place the invariants are checked; every reader and
 //! writer of plans goes through it:
-//! - every layer has exactly G x slots-per-GPU slots (exact slot counts),
+//! - every layer has exactly S slots (exact slot counts); GPU g owns slots
+//!   [g*S/G, (g+1)*S/G), so when G does not divide S, GPUs own floor(S/G) or
+//!   ceil(S/G) slots (the later GPUs of each run get the extra one),
 //! - every expert id is in range,
 //! - every expert has at least one copy in every layer,
 //! - no GPU holds two copies of one expert in one layer.
@@ -15,10 +17,12 @@ use crate::cluster::Cluster;
 pub enum PlacementError {
     #[error("placement has no layers")]
     NoLayers,
-    #[error("bad shape: {gpus} GPUs x {slots_per_gpu} slots per GPU for {experts} experts (need G >= 1, slots >= 1 and G x slots >= experts)")]
-    BadShape { experts: usize, gpus: usize, slots_per_gpu: usize },
-    #[error("layer {layer}: {found} slots, expected {expected} ({gpus} GPUs x {slots_per_gpu} slots per GPU)")]
-    SlotCount { layer: usize, found: usize, expected: usize, gpus: usize, slots_per_gpu: usize },
+    #[error("bad shape: {slots} slots on {gpus} GPUs for {experts} experts (need at least one slot per GPU and one slot per expert)")]
+    BadShape { experts: usize, gpus: usize, slots: usize },
+    #[error("layer {layer}: {found} slots, expected {expected} (on {gpus} GPUs)")]
+    SlotCount { layer: usize, found: usize, expected: usize, gpus: usize },
+    #[error("GPU {gpu}: {found} slots, expected {expected} (GPU g owns slots [g*S/G, (g+1)*S/G) of S = {slots})")]
+    GpuSlotCount { gpu: usize, found: usize, expected: usize, slots: usize },
     #[error(
         "layer {layer}, GPU {gpu}, slot {slot}: expert id {expert} is out of range (the model has {experts} experts)"
     )]
@@ -34,7 +38,10 @@ pub enum PlacementError {
 pub struct Placement {
     experts: usize,
     gpus: usize,
-    slots_per_gpu: usize,
+    /// Slots per layer, S.
+    slots: usize,
+    /// GPU of each slot.
+    slot_gpu: Vec<u32>,
     /// `[layers][slots]`.
     phy2log: Vec<Vec<u32>>,
     /// `[layers][experts]` -> slots holding the expert, in slot order.
@@ -42,40 +49,46 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// Checks every invariant and builds the placement.
+    /// Checks every invariant and builds the placement, with `slots_per_gpu` slots on
+    /// every GPU.
     pub fn new(
         experts: usize,
         gpus: usize,
         slots_per_gpu: usize,
         phy2log: Vec<Vec<i64>>,
     ) -> Result<Placement, PlacementError> {
-        if gpus == 0 || slots_per_gpu == 0 || experts == 0 || gpus * slots_per_gpu < experts {
-            return Err(PlacementError::BadShape { experts, gpus, slots_per_gpu });
+        Self::with_slots(experts, gpus, gpus * slots_per_gpu, phy2log)
+    }
+
+    /// Checks every invariant and builds the placement, with `slots` slots per layer
+    /// (GPU g owns [g*S/G, (g+1)*S/G)).
+    pub fn with_slots(
+        experts: usize,
+        gpus: usize,
+        slots: usize,
+        phy2log: Vec<Vec<i64>>,
+    ) -> Result<Placement, PlacementError> {
+        if gpus == 0 || experts == 0 || slots < gpus || slots < experts {
+            return Err(PlacementError::BadShape { experts, gpus, slots });
         }
         if phy2log.is_empty() {
             return Err(PlacementError::NoLayers);
         }
-        let slots = gpus * slots_per_gpu;
+        let slot_gpu: Vec<u32> = (0..gpus).flat_map(|g| slot_range(gpus, slots, g).map(move |_| g as u32)).collect();
         let mut out = Vec::with_capacity(phy2log.len());
         let mut log2phy = Vec::with_capacity(phy2log.len());
         for (layer, row) in phy2log.iter().enumerate() {
             if row.len() != slots {
-                return Err(PlacementError::SlotCount {
-                    layer,
-                    found: row.len(),
-                    expected: slots,
-                    gpus,
-                    slots_per_gpu,
-                });
+                return Err(PlacementError::SlotCount { layer, found: row.len(), expected: slots, gpus });
             }
             let mut copies: Vec<Vec<u32>> = vec![Vec::new(); experts];
             for (slot, &x) in row.iter().enumerate() {
-                let gpu = slot / slots_per_gpu;
+                let gpu = slot_gpu[slot] as usize;
                 if x < 0 || x as u64 >= experts as u64 {
                     return Err(PlacementError::ExpertOutOfRange { layer, gpu, slot, expert: x, experts });
                 }
                 let e = x as usize;
-                if let Some(&prev) = copies[e].iter().find(|&&s| s as usize / slots_per_gpu == gpu) {
+                if let Some(&prev) = copies[e].iter().find(|&&s| slot_gpu[s as usize] as usize == gpu) {
                     return Err(PlacementError::DuplicateOnGpu {
                         layer,
                         gpu,
@@ -92,33 +105,43 @@ impl Placement {
             out.push(row.iter().map(|&x| x as u32).collect());
             log2phy.push(copies);
         }
-        Ok(Placement { experts, gpus, slots_per_gpu, phy2log: out, log2phy })
+        Ok(Placement { experts, gpus, slots, slot_gpu, phy2log: out, log2phy })
     }
 
-    /// Same as [`Placement::new`] from unsigned ids.
+    /// Same as [`Placement::with_slots`] from unsigned ids.
     pub fn from_slots(
         experts: usize,
         gpus: usize,
-        slots_per_gpu: usize,
+        slots: usize,
         phy2log: Vec<Vec<u32>>,
     ) -> Result<Placement, PlacementError> {
-        Self::new(
+        Self::with_slots(
             experts,
             gpus,
-            slots_per_gpu,
+            slots,
             phy2log.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect(),
         )
     }
 
-    /// Builds a placement from per-GPU expert lists (`[layers][gpus][slots_per_gpu]`).
-    pub fn from_gpu_lists(
-        experts: usize,
-        gpus: usize,
-        slots_per_gpu: usize,
-        lists: &[Vec<Vec<usize>>],
-    ) -> Result<Placement, PlacementError> {
+    /// Builds a placement from per-GPU expert lists (`[layers][gpus][slots of that
+    /// GPU]`): the slot count S is the first layer's total, and every GPU's list must
+    /// have the length of its slot range [g*S/G, (g+1)*S/G).
+    pub fn from_gpu_lists(experts: usize, lists: &[Vec<Vec<usize>>]) -> Result<Placement, PlacementError> {
+        let first = lists.first().ok_or(PlacementError::NoLayers)?;
+        let (gpus, slots) = (first.len(), first.iter().map(Vec::len).sum::<usize>());
+        for layer in lists {
+            if layer.len() != gpus {
+                return Err(PlacementError::BadShape { experts, gpus: layer.len(), slots });
+            }
+            for (g, l) in layer.iter().enumerate() {
+                let expected = slot_range(gpus, slots, g).len();
+                if l.len() != expected {
+                    return Err(PlacementError::GpuSlotCount { gpu: g, found: l.len(), expected, slots });
+                }
+            }
+        }
         let rows = lists.iter().map(|layer| layer.iter().flatten().map(|&e| e as i64).collect()).collect();
-        Self::new(experts, gpus, slots_per_gpu, rows)
+        Self::with_slots(experts, gpus, slots, rows)
     }
 
     pub fn layers(&self) -> usize {
@@ -133,12 +156,19 @@ impl Placement {
         self.gpus
     }
 
-    pub fn slots_per_gpu(&self) -> usize {
-        self.slots_per_gpu
+    /// Slots per GPU when every GPU owns the same number, else `None`.
+    pub fn uniform_slots_per_gpu(&self) -> Option<usize> {
+        self.slots.is_multiple_of(self.gpus).then_some(self.slots / self.gpus)
     }
 
+    /// The most slots any GPU owns, ceil(S/G).
+    pub fn max_slots_per_gpu(&self) -> usize {
+        self.slots.div_ceil(self.gpus)
+    }
+
+    /// Slots per layer, S.
     pub fn slots(&self) -> usize {
-        self.gpus * self.slots_per_gpu
+        self.slots
     }
 
     /// `physical_to_logical_map`, `[layers][slots]`.
@@ -154,7 +184,7 @@ impl Placement {
 
     #[inline]
     pub fn gpu_of_slot(&self, slot: usize) -> usize {
-        slot / self.slots_per_gpu
+        self.slot_gpu[slot] as usize
     }
 
     /// Copies per expert, `[layers][experts]` (EPLB's `logcnt`).
@@ -182,20 +212,20 @@ impl Placement {
     /// The slots `gpu` owns in every layer: [g*S/G, (g+1)*S/G).
     #[inline]
     pub fn gpu_slots(&self, gpu: usize) -> std::ops::Range<usize> {
-        gpu * self.slots_per_gpu..(gpu + 1) * self.slots_per_gpu
+        slot_range(self.gpus, self.slots, gpu)
     }
 
     /// Experts on `gpu` in `layer`, in slot order.
     pub fn gpu_experts(&self, layer: usize, gpu: usize) -> &[u32] {
-        &self.phy2log[layer][gpu * self.slots_per_gpu..(gpu + 1) * self.slots_per_gpu]
+        &self.phy2log[layer][self.gpu_slots(gpu)]
     }
 
-    /// Whether the placement fits `cluster` (same GPU count and slots per GPU).
+    /// Whether the placement fits `cluster` (same GPU count and slots per layer).
     pub fn check_cluster(&self, cluster: &Cluster) -> Result<(), String> {
-        if cluster.gpus != self.gpus || cluster.slots_per_gpu != self.slots_per_gpu {
+        if cluster.gpus != self.gpus || cluster.slots != self.slots {
             return Err(format!(
-                "the placement is for {} GPUs x {} slots, the cluster has {} GPUs x {} slots",
-                self.gpus, self.slots_per_gpu, cluster.gpus, cluster.slots_per_gpu
+                "the placement is for {} slots on {} GPUs, the cluster has {} slots on {} GPUs",
+                self.slots, self.gpus, cluster.slots, cluster.gpus
             ));
         }
         Ok(())
@@ -206,6 +236,12 @@ impl Placement {
     pub fn moves_from(&self, previous: &Placement) -> usize {
         self.phy2log.iter().zip(&previous.phy2log).map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count()).sum()
     }
+}
+
+/// The slots GPU `gpu` of `gpus` owns among `slots`: [g*S/G, (g+1)*S/G) (DESIGN.md).
+#[inline]
+pub fn slot_range(gpus: usize, slots: usize, gpu: usize) -> std::ops::Range<usize> {
+    gpu * slots / gpus..(gpu + 1) * slots / gpus
 }
 
 #[cfg(test)]
@@ -226,6 +262,32 @@ mod tests {
         assert_eq!(e, PlacementError::MissingExpert { layer: 0, expert: 3 });
         let e = Placement::new(4, 2, 2, vec![vec![0, 1, 2, 9]]).unwrap_err();
         assert!(matches!(e, PlacementError::ExpertOutOfRange { gpu: 1, expert: 9, .. }));
+    }
+
+    #[test]
+    fn uneven_slot_counts() {
+        // 5 slots on 2 GPUs: GPU 0 owns [0, 2), GPU 1 owns [2, 5).
+        let p = Placement::with_slots(4, 2, 5, vec![vec![0, 1, 2, 3, 0]]).unwrap();
+        assert_eq!((p.gpu_slots(0), p.gpu_slots(1)), (0..2, 2..5));
+        assert_eq!(p.gpu_experts(0, 1), &[2, 3, 0]);
+        assert_eq!((p.uniform_slots_per_gpu(), p.max_slots_per_gpu()), (None, 3));
+        assert_eq!(p.gpu_of_slot(1), 0);
+        let e = Placement::with_slots(4, 2, 5, vec![vec![0, 1, 2, 2, 3]]).unwrap_err();
+        assert_eq!(e, PlacementError::DuplicateOnGpu { layer: 0, gpu: 1, expert: 2, first: 2, second: 3 });
+        // Slot 1 is GPU 0's, so 0 in slots 0 and 1 is a duplicate; 0 in slots 1 and 2 is not.
+        assert!(Placement::with_slots(3, 2, 5, vec![vec![0, 0, 1, 2, 1]]).is_err());
+        assert!(Placement::with_slots(3, 2, 5, vec![vec![1, 0, 0, 2, 1]]).is_ok());
+        let lists = vec![vec![vec![0, 1], vec![2, 3, 0]]];
+        assert_eq!(Placement::from_gpu_lists(4, &lists).unwrap(), p);
+        let bad = vec![vec![vec![0, 1, 2], vec![3, 0]]];
+        assert_eq!(
+            Placement::from_gpu_lists(4, &bad).unwrap_err(),
+            PlacementError::GpuSlotCount { gpu: 0, found: 3, expected: 2, slots: 5 }
+        );
+        // 288 slots on 64 GPUs: 4 or 5 each, every slot owned once.
+        let owned: usize = (0..64).map(|g| slot_range(64, 288, g).len()).sum();
+        assert_eq!(owned, 288);
+        assert!((0..64).all(|g| matches!(slot_range(64, 288, g).len(), 4 | 5)));
     }
 
     #[test]

@@ -12,13 +12,14 @@ use moeplace_core::stats::ExpertLoads;
 use moeplace_core::trace::ModelShape;
 use proptest::prelude::*;
 
-/// A random problem: loads `[layers][experts]`, nodes, GPUs, slots per GPU, groups.
+/// A random problem: loads `[layers][experts]`, nodes, GPUs, slots per layer (not
+/// always a multiple of the GPUs), groups.
 #[derive(Clone, Debug)]
 struct Problem {
     loads: Vec<Vec<f64>>,
     nodes: usize,
     gpus: usize,
-    per_gpu: usize,
+    slots: usize,
     groups: usize,
 }
 
@@ -29,15 +30,17 @@ fn problem() -> impl Strategy<Value = Problem> {
         .prop_flat_map(|(groups, group_size, nodes, gpn, layers, spare)| {
             let experts = groups * group_size;
             let gpus = nodes * gpn;
-            let per_gpu = (experts.div_ceil(gpus) + spare % 3).min(experts);
+            // Between max(E, G) and G x E slots (so no GPU needs two copies of one
+            // expert); `spare` extra slots, any count, even or not.
+            let slots = (experts.max(gpus) + spare * gpus / 2).min(gpus * experts);
             let w = prop::collection::vec(prop::collection::vec(0u32..200, experts), layers);
-            (w, Just((nodes, gpus, per_gpu, groups)))
+            (w, Just((nodes, gpus, slots, groups)))
         })
-        .prop_map(|(w, (nodes, gpus, per_gpu, groups))| Problem {
+        .prop_map(|(w, (nodes, gpus, slots, groups))| Problem {
             loads: w.into_iter().map(|l| l.into_iter().map(f64::from).collect()).collect(),
             nodes,
             gpus,
-            per_gpu,
+            slots,
             groups,
         })
 }
@@ -46,7 +49,7 @@ fn place(placer: &str, p: &Problem, scale: f64, params: &[String]) -> PlacerOutp
     let (layers, experts) = (p.loads.len(), p.loads[0].len());
     let flat: Vec<f64> = p.loads.concat().into_iter().map(|x| x * scale).collect();
     let loads = ExpertLoads::new(layers, experts, vec![flat]).unwrap();
-    let cluster = Cluster::new(p.nodes, p.gpus, p.per_gpu).unwrap();
+    let cluster = Cluster::new(p.nodes, p.gpus, 1).unwrap().with_slots(p.slots).unwrap();
     let params = Params::parse(params.iter().map(String::as_str)).unwrap();
     let input = PlacerInput {
         shape: ModelShape::new(layers, experts, 1).unwrap(),
@@ -68,7 +71,7 @@ fn max_load(out: &PlacerOutput, p: &Problem) -> f64 {
 fn revalidate(out: &PlacerOutput) {
     let p = &out.placement;
     let rows: Vec<Vec<i64>> = p.phy2log().iter().map(|r| r.iter().map(|&x| x as i64).collect()).collect();
-    Placement::new(p.experts(), p.gpus(), p.slots_per_gpu(), rows).expect("the plan passes the validator");
+    Placement::with_slots(p.experts(), p.gpus(), p.slots(), rows).expect("the plan passes the validator");
 }
 
 proptest! {
@@ -95,7 +98,7 @@ proptest! {
             prop_assert!(mb <= me, "balance {} > eplb {} with {:?}", mb, me, params);
             // Never below the lower bound of any layer.
             for w in &p.loads {
-                let lb = layer_lower_bound(w, p.gpus, p.per_gpu);
+                let lb = layer_lower_bound(w, p.gpus, p.slots);
                 prop_assert!(mb >= lb * (1.0 - 1e-9), "max {} under the bound {}", mb, lb);
             }
             if hier {
@@ -104,8 +107,8 @@ proptest! {
                 for l in 0..p.loads.len() {
                     for x in 0..p.loads[0].len() {
                         let nodes: std::collections::BTreeSet<usize> =
-                            b.placement.replicas(l, x).iter().map(|&s| s as usize / p.per_gpu / gpn).collect();
-                        prop_assert!(nodes.len() <= 1 || e_spreads(&e, l, x, p.per_gpu, gpn),
+                            b.placement.replicas(l, x).iter().map(|&s| b.placement.gpu_of_slot(s as usize) / gpn).collect();
+                        prop_assert!(nodes.len() <= 1 || e_spreads(&e, l, x, gpn),
                             "layer {} expert {} on nodes {:?}", l, x, nodes);
                     }
                 }
@@ -116,8 +119,8 @@ proptest! {
 
 /// Whether EPLB's own (repaired) plan already spreads expert x over several nodes
 /// (a duplicate repair may have to cross nodes; `balance` then starts from that).
-fn e_spreads(e: &PlacerOutput, l: usize, x: usize, per_gpu: usize, gpn: usize) -> bool {
+fn e_spreads(e: &PlacerOutput, l: usize, x: usize, gpn: usize) -> bool {
     let nodes: std::collections::BTreeSet<usize> =
-        e.placement.replicas(l, x).iter().map(|&s| s as usize / per_gpu / gpn).collect();
+        e.placement.replicas(l, x).iter().map(|&s| e.placement.gpu_of_slot(s as usize) / gpn).collect();
     nodes.len() > 1
 }

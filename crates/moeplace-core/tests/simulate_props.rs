@@ -92,7 +92,7 @@ proptest! {
                 x = (x + 1) % experts;
             }
         }
-        let p = Placement::from_gpu_lists(experts, gpus, spg, &vec![lists; 3]).unwrap();
+        let p = Placement::from_gpu_lists(experts, &vec![lists; 3]).unwrap();
         let c = Cluster::new(nodes, gpus, spg).unwrap();
         for d in dispatch::registry(seed) {
             let a = simulate(&t, &p, &c, d.as_ref(), &HomePolicy::RoundRobin).unwrap();
@@ -135,8 +135,8 @@ proptest! {
         let fam_moved: BTreeMap<String, Vec<usize>> =
             fam.iter().map(|(f, l)| (f.clone(), l.iter().map(|&g| pi[g]).collect())).collect();
         let c = Cluster::new(nodes, gpus, spg).unwrap();
-        let p = Placement::from_gpu_lists(experts, gpus, spg, &vec![lists; 2]).unwrap();
-        let q = Placement::from_gpu_lists(experts, gpus, spg, &vec![moved; 2]).unwrap();
+        let p = Placement::from_gpu_lists(experts, &vec![lists; 2]).unwrap();
+        let q = Placement::from_gpu_lists(experts, &vec![moved; 2]).unwrap();
         for d in dispatch::registry(seed) {
             let a = simulate(&t, &p, &c, d.as_ref(), &HomePolicy::Family(fam.clone())).unwrap();
             let b = simulate(&t, &q, &c, d.as_ref(), &HomePolicy::Family(fam_moved.clone())).unwrap();

@@ -4,7 +4,8 @@
 //! preset = "h100"          # optional: start from a preset's links (h100, a100-eth)
 //! nodes = 2                # required
 //! gpus = 16                # default: nodes x the preset's GPUs per node
-//! slots_per_gpu = 5        # required
+//! slots_per_gpu = 5        # required, or `slots = 288`: slots per layer over all GPUs
+//!                          # (GPU g owns [g*S/G, (g+1)*S/G), so counts may differ by one)
 //! intra_node_gbps = 450.0  # GB/s per GPU, one direction
 //! inter_node_gbps = 50.0
 //! intra_node_latency_us = 2.0
@@ -29,7 +30,8 @@ struct ClusterRepr {
     preset: Option<String>,
     nodes: usize,
     gpus: Option<usize>,
-    slots_per_gpu: usize,
+    slots_per_gpu: Option<usize>,
+    slots: Option<usize>,
     intra_node_gbps: Option<f64>,
     inter_node_gbps: Option<f64>,
     intra_node_latency_us: Option<f64>,
@@ -49,19 +51,23 @@ pub fn read(path: &Path) -> Result<Cluster, FormatError> {
 /// Parses cluster TOML text (`path` names it in errors).
 pub fn parse(path: &Path, text: &str) -> Result<Cluster, FormatError> {
     let r: ClusterRepr = toml::from_str(text).map_err(|e| FormatError::file(path, e.to_string().trim().to_string()))?;
+    let slots_of = |gpus: usize| match (r.slots_per_gpu, r.slots) {
+        (Some(s), None) => Ok(s * gpus),
+        (None, Some(s)) => Ok(s),
+        (None, None) => Err(FormatError::file(path, "give `slots_per_gpu` or `slots` (slots per layer over all GPUs)")),
+        (Some(_), Some(_)) => Err(FormatError::file(path, "give `slots_per_gpu` or `slots`, not both")),
+    };
     let mut c = match &r.preset {
         Some(name) => {
             let p = Preset::by_name(name).ok_or_else(|| {
                 FormatError::file(path, format!("unknown preset {name:?} (known: {})", Preset::names().join(", ")))
             })?;
-            let mut c = p
-                .cluster(r.nodes.max(1), r.slots_per_gpu.max(1))
-                .map_err(|e| FormatError::file(path, e.to_string()))?;
+            let mut c = p.cluster(r.nodes.max(1), 1).map_err(|e| FormatError::file(path, e.to_string()))?;
             c.nodes = r.nodes;
-            c.slots_per_gpu = r.slots_per_gpu;
             if let Some(g) = r.gpus {
                 c.gpus = g;
             }
+            c.slots = slots_of(c.gpus)?;
             c
         }
         None => {
@@ -69,7 +75,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, FormatError> {
             let mut c = Cluster::new(1, 1, 1).expect("a 1-GPU cluster is valid");
             c.nodes = r.nodes;
             c.gpus = gpus;
-            c.slots_per_gpu = r.slots_per_gpu;
+            c.slots = slots_of(gpus)?;
             c
         }
     };
@@ -98,7 +104,13 @@ mod tests {
     fn preset_and_overrides() {
         let p = Path::new("c.toml");
         let c = parse(p, "preset = \"a100-eth\"\nnodes = 2\nslots_per_gpu = 5\ngpu_tflops = 100.0\n").unwrap();
-        assert_eq!((c.nodes, c.gpus, c.slots_per_gpu, c.gpu_tflops), (2, 8, 5, 100.0));
+        assert_eq!((c.nodes, c.gpus, c.slots, c.gpu_tflops), (2, 8, 40, 100.0));
+        let c = parse(p, "preset = \"h100\"\nnodes = 8\nslots = 288\n").unwrap();
+        assert_eq!((c.gpus, c.slots, c.max_slots_per_gpu(), c.uniform_slots_per_gpu()), (64, 288, 5, None));
+        let e = parse(p, "nodes = 8\ngpus = 64\nslots = 288\nslots_per_gpu = 4\n").unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let e = parse(p, "nodes = 8\ngpus = 64\n").unwrap_err().to_string();
+        assert!(e.contains("give `slots_per_gpu` or `slots`"), "{e}");
         let c = parse(p, "nodes = 4\ngpus = 16\nslots_per_gpu = 4\ninter_node_gbps = 12.5\n").unwrap();
         assert_eq!((c.gpus, c.inter_node_gbps, c.intra_node_gbps), (16, 12.5, 450.0));
     }

@@ -123,8 +123,22 @@ pub fn render(placement: &Placement, format: ExportFormat) -> String {
     s
 }
 
-/// Writes `placement` in `format` to `path` atomically.
+/// Writes `placement` in `format` to `path` atomically. The engines (SGLang, vLLM,
+/// TensorRT-LLM) give every GPU the same number of slots, so a plan with unequal
+/// counts (S not a multiple of G) is refused for them; the `eplb` arrays take it.
 pub fn write(path: &Path, placement: &Placement, format: ExportFormat) -> Result<(), FormatError> {
+    if format != ExportFormat::Eplb && placement.uniform_slots_per_gpu().is_none() {
+        return Err(FormatError::file(
+            path,
+            format!(
+                "{} needs the same number of slots on every GPU, but this plan has {} slots on {} GPUs; \
+                 plan with a slot count divisible by the GPUs, or export to eplb",
+                format.name(),
+                placement.slots(),
+                placement.gpus()
+            ),
+        ));
+    }
     atomic::write_bytes(path, render(placement, format).as_bytes())
 }
 
@@ -279,6 +293,16 @@ mod tests {
         }
         assert!(render(&p, ExportFormat::Vllm).contains("\"num_redundant_experts\": 2, \"num_slots\": 6"));
         assert!(render(&p, ExportFormat::Eplb).contains("[[0, 5], [1, -1], [2, 4], [3, -1]]"));
+    }
+
+    #[test]
+    fn engines_refuse_unequal_slot_counts() {
+        let p = Placement::with_slots(4, 2, 5, vec![vec![0, 1, 2, 3, 0]]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let e = write(&dir.path().join("x.json"), &p, ExportFormat::Sglang).unwrap_err().to_string();
+        assert!(e.contains("same number of slots on every GPU"), "{e}");
+        assert!(!dir.path().join("x.json").exists());
+        write(&dir.path().join("y.json"), &p, ExportFormat::Eplb).unwrap();
     }
 
     #[test]

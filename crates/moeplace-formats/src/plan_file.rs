@@ -5,7 +5,8 @@
 //! {
 //!   "format": "moeplace-plan",
 //!   "version": 1,
-//!   "num_gpus": G, "num_nodes": N, "slots_per_gpu": S/G, "num_experts": E,
+//!   "num_gpus": G, "num_nodes": N, "num_slots": S, "slots_per_gpu": S/G,
+//!   "num_experts": E,
 //!   "num_layers": L,
 //!   "physical_to_logical_map": [[expert id per slot] x L],
 //!   "family_gpus": {"law": [0, 1, 2, 3], ...},            // optional
@@ -14,6 +15,8 @@
 //!   "notes": {"name": number, ...}                          // placer's figures
 //! }
 //! ```
+//! GPU g owns slots [g*S/G, (g+1)*S/G) of each layer's S slots. `slots_per_gpu` is
+//! written only when G divides S (files from before `num_slots` carry only it).
 //! Every read and every write validates the placement with
 //! [`Placement::new`](moeplace_core::placement::Placement::new) (errors name the layer,
 //! GPU and expert), checks that GPUs divide into nodes and that `family_gpus` ids are
@@ -101,7 +104,10 @@ pub fn to_json(plan: &Plan) -> Result<String, String> {
     let _ = writeln!(s, "  \"version\": {VERSION},");
     let _ = writeln!(s, "  \"num_gpus\": {},", p.gpus());
     let _ = writeln!(s, "  \"num_nodes\": {},", plan.num_nodes);
-    let _ = writeln!(s, "  \"slots_per_gpu\": {},", p.slots_per_gpu());
+    let _ = writeln!(s, "  \"num_slots\": {},", p.slots());
+    if let Some(spg) = p.uniform_slots_per_gpu() {
+        let _ = writeln!(s, "  \"slots_per_gpu\": {spg},");
+    }
     let _ = writeln!(s, "  \"num_experts\": {},", p.experts());
     let _ = writeln!(s, "  \"num_layers\": {},", p.layers());
     s.push_str("  \"physical_to_logical_map\": [\n");
@@ -173,6 +179,7 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
         "version",
         "num_gpus",
         "num_nodes",
+        "num_slots",
         "slots_per_gpu",
         "num_experts",
         "num_layers",
@@ -193,7 +200,22 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
     }
     let gpus = uint(path, &v, "num_gpus")?;
     let nodes = uint(path, &v, "num_nodes")?;
-    let spg = uint(path, &v, "slots_per_gpu")?;
+    let slots = match (v.get("num_slots"), v.get("slots_per_gpu")) {
+        (None, None) => return Err(part(path, "num_slots", "missing (give num_slots or slots_per_gpu)")),
+        (Some(_), None) => uint(path, &v, "num_slots")?,
+        (None, Some(_)) => uint(path, &v, "slots_per_gpu")? * gpus,
+        (Some(_), Some(_)) => {
+            let (n, spg) = (uint(path, &v, "num_slots")?, uint(path, &v, "slots_per_gpu")?);
+            if n != spg * gpus {
+                return Err(part(
+                    path,
+                    "slots_per_gpu",
+                    format!("{spg} slots per GPU on {gpus} GPUs disagrees with num_slots {n}"),
+                ));
+            }
+            n
+        }
+    };
     let experts = uint(path, &v, "num_experts")?;
     let map = v
         .get("physical_to_logical_map")
@@ -214,8 +236,8 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
             return Err(part(path, "num_layers", format!("says {layers} but the map has {} layers", rows.len())));
         }
     }
-    let placement =
-        Placement::new(experts, gpus, spg, rows).map_err(|e| part(path, "physical_to_logical_map", e.to_string()))?;
+    let placement = Placement::with_slots(experts, gpus, slots, rows)
+        .map_err(|e| part(path, "physical_to_logical_map", e.to_string()))?;
     let family_gpus = match v.get("family_gpus") {
         None | Some(Value::Null) => None,
         Some(f) => Some(

@@ -301,7 +301,7 @@ fn bench_simulate(a: SimulateArgs) -> Result<()> {
             l
         })
         .collect();
-    let replicated = Placement::from_gpu_lists(256, 64, 5, &vec![lists; 58])?;
+    let replicated = Placement::from_gpu_lists(256, &vec![lists; 58])?;
     let cases = [
         ("linear, 4 slots/GPU", "primary", &linear, Cluster::new(8, 64, 4)?),
         ("linear, 4 slots/GPU", "nearest", &linear, Cluster::new(8, 64, 4)?),
@@ -431,7 +431,7 @@ fn balance_cases(a: &BalanceArgs) -> Result<(Vec<BalanceCase>, Vec<String>)> {
         name: "synthetic DeepSeek-V3, 32 redundant".into(),
         previous: prev.clone(),
         current: cur.clone(),
-        cluster: Cluster::new(4, 32, 9)?,
+        cluster: Cluster::new(8, 64, 1)?.with_slots(288)?,
         groups: 8,
     });
     cases.push(BalanceCase {
@@ -454,7 +454,7 @@ fn bench_balance(a: BalanceArgs) -> Result<()> {
     let (cases, skipped) = balance_cases(&a)?;
     let mut out = format!("bench balance: {} threads, solve time best of {}\n", rayon::current_num_threads(), a.repeat);
     out.push_str(
-        "| loads | layers x experts | GPUs (nodes) x slots | placer | max/mean | bal. vLLM | bal. SGLang | bound max/mean | moves | solve ms |\n",
+        "| loads | layers x experts | GPUs (nodes), slots | placer | max/mean | bal. vLLM | bal. SGLang | bound max/mean | moves | solve ms |\n",
     );
     out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for case in &cases {
@@ -494,13 +494,13 @@ fn bench_balance(a: BalanceArgs) -> Result<()> {
             let (plan, secs) = solve(&case.current, Some(&previous))?;
             let f = balance_figures(&plan, &case.current);
             out.push_str(&format!(
-                "| {} | {} x {} | {} ({}) x {} | {label} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.1} |\n",
+                "| {} | {} x {} | {} ({}), {} slots | {label} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.1} |\n",
                 case.name,
                 shape.layers,
                 shape.experts,
                 c.gpus,
                 c.nodes,
-                c.slots_per_gpu,
+                c.slots,
                 f.max_over_mean,
                 f.balancedness_vllm,
                 f.balancedness_sglang,
@@ -545,8 +545,8 @@ fn slack_table(case: &BalanceCase) -> Result<String> {
     let groups = format!("groups={}", case.groups);
     let (previous, _) = solve_once("balance", &[&groups], &case.previous, c, None)?;
     let mut out = format!(
-        "\nmoves against balance: {} on {} GPUs ({} nodes) x {} slots, previous plan from the earlier window\n",
-        case.name, c.gpus, c.nodes, c.slots_per_gpu
+        "\nmoves against balance: {} on {} GPUs ({} nodes), {} slots, previous plan from the earlier window\n",
+        case.name, c.gpus, c.nodes, c.slots
     );
     out.push_str("| placer | move_slack | max/mean | bal. vLLM | moves | moved share | solve ms |\n|---|---|---|---|---|---|---|\n");
     let slots = (case.current.layers * c.slots()) as f64;

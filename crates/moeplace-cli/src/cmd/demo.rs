@@ -77,13 +77,13 @@ pub fn run(args: Args) -> Result<()> {
     let stats = Statistics::from_batches(trace.shape, ProfileOptions::default(), &calib.batches)?;
     let cluster = Cluster::new(4, args.gpus, args.slots_per_gpu).context("demo cluster")?;
     eprintln!(
-        "workload: {} ({} tokens); calibrate on {} tokens, test on {} tokens; {} GPUs in 4 nodes x {} slots",
+        "workload: {} ({} tokens); calibrate on {} tokens, test on {} tokens; {} GPUs in 4 nodes, {}",
         trace.shape,
         trace.tokens(),
         calib.tokens(),
         test.tokens(),
         cluster.gpus,
-        cluster.slots_per_gpu
+        cluster.slots_label()
     );
     let mut plans = Vec::new();
     for p in registry() {

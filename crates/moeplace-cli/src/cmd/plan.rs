@@ -157,13 +157,13 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("per step ({} steps): max/mean {:.4}", l.steps.len(), per_step_max_over_mean(p, l));
     }
     eprintln!(
-        "{}: {} layers, {} experts on {} GPUs in {} nodes x {} slots ({} redundant){}",
+        "{}: {} layers, {} experts on {} GPUs in {} nodes, {} slots per layer ({} redundant){}",
         args.output.display(),
         p.layers(),
         p.experts(),
         p.gpus(),
         plan.num_nodes,
-        p.slots_per_gpu(),
+        p.slots(),
         p.slots() - p.experts(),
         previous
             .as_ref()

@@ -73,19 +73,41 @@ use crate::balance::layer_lower_bound;
 use crate::placement::Placement;
 
 /// One layer's problem.
-#[derive(Clone, Copy)]
 struct Problem<'a> {
     w: &'a [f64],
     gpus: usize,
-    per_gpu: usize,
+    /// GPU g owns slots [start[g], start[g + 1]) = [g*S/G, (g+1)*S/G).
+    start: Vec<usize>,
+    /// GPU of each slot.
+    slot_gpu: Vec<usize>,
     gpus_per_node: usize,
     hierarchical: bool,
+}
+
+impl<'a> Problem<'a> {
+    fn new(w: &'a [f64], gpus: usize, slots: usize, gpus_per_node: usize, hierarchical: bool) -> Problem<'a> {
+        let start: Vec<usize> = (0..=gpus).map(|g| g * slots / gpus).collect();
+        let slot_gpu = (0..gpus).flat_map(|g| std::iter::repeat_n(g, start[g + 1] - start[g])).collect();
+        Problem { w, gpus, start, slot_gpu, gpus_per_node, hierarchical }
+    }
+
+    fn range(&self, g: usize) -> std::ops::Range<usize> {
+        self.start[g]..self.start[g + 1]
+    }
+
+    fn cap(&self, g: usize) -> usize {
+        self.start[g + 1] - self.start[g]
+    }
+
+    fn slots(&self) -> usize {
+        self.start[self.gpus]
+    }
 }
 
 /// A layer plan under improvement.
 #[derive(Clone)]
 struct State {
-    /// Expert per slot; GPU g owns slots [g*S, (g+1)*S).
+    /// Expert per slot (GPU g owns `Problem::range(g)`).
     slots: Vec<usize>,
     cnt: Vec<usize>,
     /// `on[x * gpus + g]`: expert x has a copy on GPU g.
@@ -100,7 +122,7 @@ impl State {
         let mut on = vec![false; e * p.gpus];
         for (s, &x) in slots.iter().enumerate() {
             cnt[x] += 1;
-            on[x * p.gpus + s / p.per_gpu] = true;
+            on[x * p.gpus + p.slot_gpu[s]] = true;
         }
         let mut st = State { slots, cnt, on, load: vec![0.0; p.gpus] };
         st.reload(p);
@@ -109,8 +131,7 @@ impl State {
 
     fn reload(&mut self, p: &Problem<'_>) {
         for g in 0..p.gpus {
-            self.load[g] =
-                self.slots[g * p.per_gpu..(g + 1) * p.per_gpu].iter().map(|&x| p.w[x] / self.cnt[x] as f64).sum();
+            self.load[g] = self.slots[p.range(g)].iter().map(|&x| p.w[x] / self.cnt[x] as f64).sum();
         }
     }
 
@@ -124,7 +145,7 @@ impl State {
     }
 
     fn set(&mut self, p: &Problem<'_>, slot: usize, x: usize) {
-        let g = slot / p.per_gpu;
+        let g = p.slot_gpu[slot];
         let old = self.slots[slot];
         self.on[old * p.gpus + g] = false;
         self.cnt[old] -= 1;
@@ -159,7 +180,7 @@ enum Move {
 
 /// The best improving move with GPU g at the maximum load, if any.
 fn best_move(p: &Problem<'_>, st: &State, g: usize) -> Option<Move> {
-    let (gs, s) = (p.gpus, p.per_gpu);
+    let gs = p.gpus;
     let lg = st.load[g];
     let limit = lg - 1e-9 * lg.max(1.0);
     let piece = |x: usize| p.w[x] / st.cnt[x] as f64;
@@ -170,7 +191,7 @@ fn best_move(p: &Problem<'_>, st: &State, g: usize) -> Option<Move> {
             best = Some((m, mv));
         }
     };
-    for a in g * s..(g + 1) * s {
+    for a in p.range(g) {
         let x = st.slots[a];
         let px = piece(x);
         // Swaps.
@@ -179,7 +200,7 @@ fn best_move(p: &Problem<'_>, st: &State, g: usize) -> Option<Move> {
                 continue;
             }
             let lh = st.load[h];
-            for b in h * s..(h + 1) * s {
+            for b in p.range(h) {
                 let y = st.slots[b];
                 let py = piece(y);
                 if py >= px || st.on[y * gs + g] || (p.hierarchical && st.cnt[y] > 1 && node(h) != node(g)) {
@@ -209,14 +230,14 @@ fn best_move(p: &Problem<'_>, st: &State, g: usize) -> Option<Move> {
         if st.cnt[x] < gs {
             let px_new = p.w[x] / (st.cnt[x] + 1) as f64;
             let down = px - px_new;
-            for b in (0..gs * s).filter(|&b| b / s != g && !st.on[x * gs + b / s]) {
+            for b in (0..p.slots()).filter(|&b| p.slot_gpu[b] != g && !st.on[x * gs + p.slot_gpu[b]]) {
                 let z = st.slots[b];
-                if st.cnt[z] < 2 || (p.hierarchical && node(b / s) != node(g)) {
+                if st.cnt[z] < 2 || (p.hierarchical && node(p.slot_gpu[b]) != node(g)) {
                     continue;
                 }
                 let pz = piece(z);
                 let up = p.w[z] / (st.cnt[z] - 1) as f64 - pz;
-                let h = b / s;
+                let h = p.slot_gpu[b];
                 let mut m = (lg - down).max(st.load[h] - pz + px_new);
                 for k in (0..gs).filter(|&k| k != h && st.on[z * gs + k]) {
                     let d = if st.on[x * gs + k] { down } else { 0.0 };
@@ -237,7 +258,7 @@ fn improve(p: &Problem<'_>, st: &mut State) {
 /// Local search until no GPU at the maximum can improve or the maximum is at most
 /// `target`.
 fn improve_until(p: &Problem<'_>, st: &mut State, target: f64) {
-    let cap = 20 * p.gpus * p.per_gpu + 100;
+    let cap = 20 * p.slots() + 100;
     for _ in 0..cap {
         let max = st.max();
         if max <= target {
@@ -252,7 +273,7 @@ fn improve_until(p: &Problem<'_>, st: &mut State, target: f64) {
         }
         if let Some(Move::Swap(a, b)) = mv {
             let (x, y) = (st.slots[b], st.slots[a]);
-            let (ga, gb) = (a / p.per_gpu, b / p.per_gpu);
+            let (ga, gb) = (p.slot_gpu[a], p.slot_gpu[b]);
             st.on[x * p.gpus + ga] = false;
             st.on[x * p.gpus + gb] = true;
             st.on[y * p.gpus + gb] = false;
@@ -268,11 +289,11 @@ fn pack(p: &Problem<'_>, cnt: &[usize]) -> Option<Vec<usize>> {
     let mut copies: Vec<(f64, usize)> =
         cnt.iter().enumerate().flat_map(|(x, &c)| std::iter::repeat_n((p.w[x] / c as f64, x), c)).collect();
     copies.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let mut gpu_items: Vec<Vec<usize>> = vec![Vec::with_capacity(p.per_gpu); p.gpus];
+    let mut gpu_items: Vec<Vec<usize>> = (0..p.gpus).map(|g| Vec::with_capacity(p.cap(g))).collect();
     let mut load = vec![0.0f64; p.gpus];
     for (piece, x) in copies {
         let g = (0..p.gpus)
-            .filter(|&g| gpu_items[g].len() < p.per_gpu && !gpu_items[g].contains(&x))
+            .filter(|&g| gpu_items[g].len() < p.cap(g) && !gpu_items[g].contains(&x))
             .min_by(|&a, &b| load[a].total_cmp(&load[b]).then(a.cmp(&b)))?;
         gpu_items[g].push(x);
         load[g] += piece;
@@ -336,7 +357,7 @@ fn solve_layer(p: &Problem<'_>, eplb_row: Vec<usize>, global_row: Option<Vec<usi
         }
     };
     let e = p.w.len();
-    let slots = p.gpus * p.per_gpu;
+    let slots = p.slots();
     let w32: Vec<f32> = p.w.iter().map(|&x| x as f32).collect();
     let (_, _, mut cnt) = replicate(&w32, slots);
     // Cap at one copy per GPU, handing surplus copies to the highest load per copy.
@@ -375,15 +396,16 @@ fn solve_layer(p: &Problem<'_>, eplb_row: Vec<usize>, global_row: Option<Vec<usi
 /// only within a node when `within_node`; then each expert that sat on the matched
 /// GPU keeps its old slot.
 fn align_to_previous(row: &[usize], prev: &[usize], p: &Problem<'_>, within_node: bool) -> Vec<usize> {
-    let (gs, s) = (p.gpus, p.per_gpu);
+    let gs = p.gpus;
     let mut pairs: Vec<(usize, usize, usize)> = Vec::new(); // (shared, new gpu, old gpu)
     for g in 0..gs {
-        let mine = &row[g * s..(g + 1) * s];
-        for h in 0..gs {
+        let mine = &row[p.range(g)];
+        // Only GPUs with as many slots can trade labels.
+        for h in (0..gs).filter(|&h| p.cap(h) == p.cap(g)) {
             if within_node && g / p.gpus_per_node != h / p.gpus_per_node {
                 continue;
             }
-            let shared = prev[h * s..(h + 1) * s].iter().filter(|x| mine.contains(x)).count();
+            let shared = prev[p.range(h)].iter().filter(|x| mine.contains(x)).count();
             pairs.push((shared, g, h));
         }
     }
@@ -396,19 +418,23 @@ fn align_to_previous(row: &[usize], prev: &[usize], p: &Problem<'_>, within_node
             taken[h] = true;
         }
     }
-    let mut out = vec![usize::MAX; gs * s];
+    // Every (node, slot count) class has as many GPUs on both sides and all its pairs
+    // were offered, so the greedy matching is complete.
+    debug_assert!(target.iter().all(|&h| h != usize::MAX));
+    let mut out = vec![usize::MAX; p.slots()];
     for g in 0..gs {
         let h = target[g];
-        let old = &prev[h * s..(h + 1) * s];
+        let old = &prev[p.range(h)];
+        let first = p.start[h];
         let mut rest = Vec::new();
-        for &x in &row[g * s..(g + 1) * s] {
+        for &x in &row[p.range(g)] {
             match old.iter().position(|&y| y == x) {
-                Some(i) => out[h * s + i] = x,
+                Some(i) => out[first + i] = x,
                 None => rest.push(x),
             }
         }
         let mut rest = rest.into_iter();
-        for slot in out[h * s..(h + 1) * s].iter_mut() {
+        for slot in out[p.range(h)].iter_mut() {
             if *slot == usize::MAX {
                 *slot = rest.next().expect("as many experts as slots");
             }
@@ -420,11 +446,7 @@ fn align_to_previous(row: &[usize], prev: &[usize], p: &Problem<'_>, within_node
 /// Per-step GPU loads `[steps][gpus]` of a layer plan.
 fn step_gpu_loads(p: &Problem<'_>, st: &State, ws: &[&[f64]]) -> Vec<Vec<f64>> {
     ws.iter()
-        .map(|w| {
-            (0..p.gpus)
-                .map(|g| st.slots[g * p.per_gpu..(g + 1) * p.per_gpu].iter().map(|&x| w[x] / st.cnt[x] as f64).sum())
-                .collect()
-        })
+        .map(|w| (0..p.gpus).map(|g| st.slots[p.range(g)].iter().map(|&x| w[x] / st.cnt[x] as f64).sum()).collect())
         .collect()
 }
 
@@ -452,7 +474,7 @@ fn top3(l: &[f64]) -> [(f64, usize); 3] {
 /// Swaps that lower the mean over steps of the busiest GPU's load (module
 /// documentation, Time). Replica counts do not change.
 fn improve_per_step(p: &Problem<'_>, st: &mut State, ws: &[&[f64]], sweeps: usize) {
-    let (gs, s) = (p.gpus, p.per_gpu);
+    let gs = p.gpus;
     let node = |h: usize| h / p.gpus_per_node;
     let mut loads = step_gpu_loads(p, st, ws);
     let mut tops: Vec<[(f64, usize); 3]> = loads.iter().map(|l| top3(l)).collect();
@@ -464,9 +486,9 @@ fn improve_per_step(p: &Problem<'_>, st: &mut State, ws: &[&[f64]], sweeps: usiz
         busiest.sort_unstable();
         busiest.dedup();
         for g in busiest {
-            for a in g * s..(g + 1) * s {
+            for a in p.range(g) {
                 for h in (0..gs).filter(|&h| h != g) {
-                    for b in h * s..(h + 1) * s {
+                    for b in p.range(h) {
                         let (x, y) = (st.slots[a], st.slots[b]);
                         if st.on[x * gs + h] || st.on[y * gs + g] {
                             continue;
@@ -573,11 +595,11 @@ impl Placer for Balance {
             )));
         }
         let loads: Vec<Vec<f64>> = (0..input.loads.layers).map(|l| input.loads.layer_total(l)).collect();
-        let eplb_rows = repaired_rows(&loads, c.slots(), groups, c.nodes, c.gpus, c.slots_per_gpu, c.gpus_per_node())?;
+        let eplb_rows = repaired_rows(&loads, c.slots(), groups, c.nodes, c.gpus, c.gpus_per_node())?;
         let global_rows = if hierarchical || !groups.is_multiple_of(c.nodes) {
             None
         } else {
-            Some(repaired_rows(&loads, c.slots(), 1, 1, c.gpus, c.slots_per_gpu, c.gpus_per_node())?)
+            Some(repaired_rows(&loads, c.slots(), 1, 1, c.gpus, c.gpus_per_node())?)
         };
         let previous = match input.previous {
             Some(prev) if prev.layers() != loads.len() || prev.experts() != input.shape.experts => {
@@ -589,20 +611,14 @@ impl Placer for Balance {
                     input.shape.experts
                 )))
             }
-            Some(prev) if prev.gpus() == c.gpus && prev.slots_per_gpu() == c.slots_per_gpu => Some(prev),
+            Some(prev) if prev.gpus() == c.gpus && prev.slots() == c.slots => Some(prev),
             _ => None,
         };
         #[allow(clippy::type_complexity)]
         let solved: Vec<(Vec<usize>, f64, f64, f64, (f64, f64))> = (0..loads.len())
             .into_par_iter()
             .map(|l| {
-                let p = Problem {
-                    w: &loads[l],
-                    gpus: c.gpus,
-                    per_gpu: c.slots_per_gpu,
-                    gpus_per_node: c.gpus_per_node(),
-                    hierarchical,
-                };
+                let p = Problem::new(&loads[l], c.gpus, c.slots, c.gpus_per_node(), hierarchical);
                 let eplb_max = State::new(&p, eplb_rows[l].clone()).max();
                 let mut st =
                     solve_layer(&p, eplb_rows[l].clone(), global_rows.as_ref().map(|r| r[l].clone()), enumerate);
@@ -614,7 +630,7 @@ impl Placer for Balance {
                     improve_per_step(&p, &mut st, &ws, sweeps);
                     step_max.1 = mean_step_max(&p, &st, &ws);
                 }
-                let lb = layer_lower_bound(&loads[l], c.gpus, c.slots_per_gpu);
+                let lb = layer_lower_bound(&loads[l], c.gpus, c.slots);
                 let max = st.max();
                 let (row, max) = match previous {
                     Some(prev) => {
@@ -637,7 +653,7 @@ impl Placer for Balance {
             eplb_max = eplb_max.max(em);
             lb = lb.max(b);
         }
-        let placement = Placement::new(input.shape.experts, c.gpus, c.slots_per_gpu, rows)?;
+        let placement = Placement::with_slots(input.shape.experts, c.gpus, c.slots, rows)?;
         let mut out = PlacerOutput::placement(placement);
         if let Some(prev) = previous {
             out.notes.insert("moves".into(), out.placement.moves_from(prev) as f64);
@@ -660,7 +676,6 @@ fn repaired_rows(
     groups: usize,
     nodes: usize,
     gpus: usize,
-    per_gpu: usize,
     gpus_per_node: usize,
 ) -> Result<Vec<Vec<usize>>, PlaceError> {
     let arrays = rebalance_experts(loads, slots, groups, nodes, gpus)?;
@@ -670,7 +685,7 @@ fn repaired_rows(
         .zip(loads)
         .enumerate()
         .map(|(l, (mut row, w))| {
-            repair_layer(&mut row, w, gpus, per_gpu, gpus_per_node)
+            repair_layer(&mut row, w, gpus, gpus_per_node)
                 .map_err(|m| PlaceError::Unsupported(format!("layer {l}: {m}")))?;
             Ok(row)
         })
@@ -716,7 +731,7 @@ mod tests {
         // EPLB's global policy reaches 138.5 only by putting both copies of expert 1 on
         // one GPU; repaired (a valid plan) it is 139.0.
         let raw = rebalance_experts(&w, 16, 1, 1, 8).unwrap().phy2log[0].clone();
-        let p = Problem { w: &w[0], gpus: 8, per_gpu: 2, gpus_per_node: 4, hierarchical: false };
+        let p = Problem::new(&w[0], 8, 16, 4, false);
         assert_eq!(State::new(&p, raw.clone()).max(), 138.5);
         assert!((0..8).any(|g| raw[2 * g] == raw[2 * g + 1]));
         let eplb_global = run(&Eplb, &w, &cluster, &[]);

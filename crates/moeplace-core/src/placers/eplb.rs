@@ -19,6 +19,12 @@
 //! ties that single precision creates are broken the same way. `log2phy[l][e][r]` is
 //! the slot of expert e's r-th replica in creation order (r = 0 is the primary).
 //!
+//! **Unequal slot counts** (an extension; DeepSeek's code refuses slots that do not
+//! divide by the GPUs): GPU g owns slots [g*S/G, (g+1)*S/G) as everywhere in moeplace,
+//! each node the slots of its GPUs, and every packing step fills each pack up to its
+//! own capacity (heaviest first into the lightest pack with room, as before). With
+//! equal counts this is exactly EPLB.
+//!
 //! **Duplicates.** EPLB may put two copies of one expert on one GPU (its packing
 //! never looks at expert ids), which moeplace plans refuse (DESIGN.md). The function
 //! [`rebalance_experts`] reproduces EPLB exactly, duplicates included. The `eplb`
@@ -73,8 +79,8 @@ impl Dims {
         if replicas < experts {
             return bad(format!("{replicas} slots cannot hold {experts} experts"));
         }
-        if replicas % gpus != 0 {
-            return bad(format!("{replicas} slots do not divide evenly over {gpus} GPUs"));
+        if replicas < gpus {
+            return bad(format!("{replicas} slots leave some of the {gpus} GPUs without a slot"));
         }
         if gpus % nodes != 0 {
             return bad(format!("{gpus} GPUs do not divide evenly into {nodes} nodes"));
@@ -133,13 +139,13 @@ fn desc_order(w: &[f32]) -> Vec<usize> {
     idx
 }
 
-/// Packs `w.len()` items into `packs` packs of equal item count: heaviest item first
-/// into the lightest pack with room (lowest pack on ties). Returns (pack, rank in pack)
-/// per item.
-fn balanced_packing(w: &[f32], packs: usize) -> (Vec<usize>, Vec<usize>) {
+/// Packs `w.len()` items into packs of item counts `cap` (summing to `w.len()`):
+/// heaviest item first into the lightest pack with room (lowest pack on ties).
+/// Returns (pack, rank in pack) per item.
+fn balanced_packing(w: &[f32], cap: &[usize]) -> (Vec<usize>, Vec<usize>) {
     let n = w.len();
-    let per_pack = n / packs;
-    if per_pack == 1 {
+    let packs = cap.len();
+    if cap.iter().all(|&c| c == 1) {
         return ((0..n).collect(), vec![0; n]);
     }
     let mut pack_of = vec![0; n];
@@ -149,7 +155,7 @@ fn balanced_packing(w: &[f32], packs: usize) -> (Vec<usize>, Vec<usize>) {
     for i in desc_order(w) {
         let mut best = usize::MAX;
         for p in 0..packs {
-            if items[p] < per_pack && (best == usize::MAX || weight[p] < weight[best]) {
+            if items[p] < cap[p] && (best == usize::MAX || weight[p] < weight[best]) {
                 best = p;
             }
         }
@@ -200,15 +206,15 @@ fn hierarchical_layer(w64: &[f64], d: Dims) -> (Vec<usize>, Vec<usize>, Vec<usiz
     let e = d.experts;
     let group_size = e / d.groups;
     let groups_per_node = d.groups / d.nodes;
-    let per_gpu = d.replicas / d.gpus;
     let e_node = e / d.nodes;
-    let p_node = d.replicas / d.nodes;
     let gpus_node = d.gpus / d.nodes;
+    // First slot of each GPU: GPU g owns [g*S/G, (g+1)*S/G).
+    let start = |g: usize| g * d.replicas / d.gpus;
 
     // Step 1: groups to nodes. Experts are renumbered ("middle" ids) so that node n
     // holds middle ids [n * e_node, (n + 1) * e_node).
     let group_load: Vec<f32> = w.chunks(group_size).map(|c| c.iter().sum()).collect();
-    let (gpack, grank) = balanced_packing(&group_load, d.nodes);
+    let (gpack, grank) = balanced_packing(&group_load, &vec![groups_per_node; d.nodes]);
     let log2mlog: Vec<usize> = (0..e)
         .map(|x| (gpack[x / group_size] * groups_per_node + grank[x / group_size]) * group_size + x % group_size)
         .collect();
@@ -218,18 +224,23 @@ fn hierarchical_layer(w64: &[f64], d: Dims) -> (Vec<usize>, Vec<usize>, Vec<usiz
     let mut phy_rank = vec![0; d.replicas];
     let mut mlogcnt = vec![0; e];
     for node in 0..d.nodes {
+        let gpus: Vec<usize> = (node * gpus_node..(node + 1) * gpus_node).collect();
+        let node_start = start(gpus[0]);
+        let p_node = start(node * gpus_node + gpus_node) - node_start;
         // Step 2: replicate inside the node.
         let tokens: Vec<f32> = (0..e_node).map(|i| w[mlog2log[node * e_node + i]]).collect();
         let (phy2mlog, rank, cnt) = replicate(&tokens, p_node);
         mlogcnt[node * e_node..(node + 1) * e_node].copy_from_slice(&cnt);
         // Step 3: pack the node's copies onto its GPUs.
         let per_copy: Vec<f32> = phy2mlog.iter().map(|&m| tokens[m] / cnt[m] as f32).collect();
-        let (pack, rank_in_pack) = balanced_packing(&per_copy, gpus_node);
-        let phy2pphy: Vec<usize> = pack.iter().zip(&rank_in_pack).map(|(&p, &r)| p * per_gpu + r).collect();
+        let cap: Vec<usize> = gpus.iter().map(|&g| start(g + 1) - start(g)).collect();
+        let (pack, rank_in_pack) = balanced_packing(&per_copy, &cap);
+        let phy2pphy: Vec<usize> =
+            pack.iter().zip(&rank_in_pack).map(|(&p, &r)| start(gpus[p]) - node_start + r).collect();
         let pphy2phy = inverse(&phy2pphy);
         for (q, &p) in pphy2phy.iter().enumerate() {
-            phy2log[node * p_node + q] = mlog2log[node * e_node + phy2mlog[p]];
-            phy_rank[node * p_node + q] = rank[p];
+            phy2log[node_start + q] = mlog2log[node * e_node + phy2mlog[p]];
+            phy_rank[node_start + q] = rank[p];
         }
     }
     let logcnt = (0..e).map(|x| mlogcnt[log2mlog[x]]).collect();
@@ -244,9 +255,10 @@ pub(crate) fn repair_layer(
     row: &mut [usize],
     w: &[f64],
     gpus: usize,
-    per_gpu: usize,
     gpus_per_node: usize,
 ) -> Result<(usize, usize), String> {
+    let slots = row.len();
+    let range = |g: usize| crate::placement::slot_range(gpus, slots, g);
     let e = w.len();
     let mut cnt = vec![0usize; e];
     for &x in row.iter() {
@@ -272,22 +284,21 @@ pub(crate) fn repair_layer(
         }
     }
     let per_copy = |x: usize| w[x] / cnt[x] as f64;
-    let on = |row: &[usize], g: usize, x: usize| row[g * per_gpu..(g + 1) * per_gpu].contains(&x);
-    let gpu_load =
-        |row: &[usize], g: usize| row[g * per_gpu..(g + 1) * per_gpu].iter().map(|&x| per_copy(x)).sum::<f64>();
+    let on = |row: &[usize], g: usize, x: usize| row[range(g)].contains(&x);
+    let gpu_load = |row: &[usize], g: usize| row[range(g)].iter().map(|&x| per_copy(x)).sum::<f64>();
     let mut swaps = 0;
     for g in 0..gpus {
         loop {
             // The second copy of a duplicated expert on GPU g, if any.
-            let slots = g * per_gpu..(g + 1) * per_gpu;
-            let dup = slots.clone().find(|&a| row[g * per_gpu..a].contains(&row[a]));
+            let first = range(g).start;
+            let dup = range(g).find(|&a| row[first..a].contains(&row[a]));
             let Some(a) = dup else { break };
             let x = row[a];
             let node = g / gpus_per_node;
             let mut best: Option<(bool, f64, usize)> = None; // (other node, max load, slot)
             for h in (0..gpus).filter(|&h| h != g && !on(row, h, x)) {
                 let (lg, lh) = (gpu_load(row, g), gpu_load(row, h));
-                for b in h * per_gpu..(h + 1) * per_gpu {
+                for b in range(h) {
                     let y = row[b];
                     if on(row, g, y) {
                         continue;
@@ -335,7 +346,7 @@ impl Placer for Eplb {
             .into_par_iter()
             .zip(&loads)
             .map(|(mut row, w)| {
-                let r = repair_layer(&mut row, w, c.gpus, c.slots_per_gpu, c.gpus_per_node())?;
+                let r = repair_layer(&mut row, w, c.gpus, c.gpus_per_node())?;
                 Ok((row, r))
             })
             .collect();
@@ -347,7 +358,7 @@ impl Placer for Eplb {
             swaps += sw;
             rows.push(row.into_iter().map(|x| x as i64).collect());
         }
-        let placement = Placement::new(input.shape.experts, c.gpus, c.slots_per_gpu, rows)?;
+        let placement = Placement::with_slots(input.shape.experts, c.gpus, c.slots, rows)?;
         let mut out = PlacerOutput::placement(placement);
         out.notes.insert("duplicate_repairs".into(), swaps as f64);
         out.notes.insert("count_repairs".into(), count_repairs as f64);
@@ -431,10 +442,24 @@ mod tests {
     }
 
     #[test]
+    fn unequal_slot_counts_fill_each_gpu_to_its_own_capacity() {
+        // 5 slots on 2 GPUs: GPU 0 owns slots 0..2, GPU 1 owns 2..5. Expert 0 (the
+        // heaviest) gets the one extra copy; copies 6, 6, 4, 3, 1 go heaviest first to
+        // the lightest GPU with room: 6 -> 0, 6 -> 1, 4 -> 0 (full), 3 -> 1, 1 -> 1.
+        let w = vec![vec![12.0, 4.0, 3.0, 1.0]];
+        let out = rebalance_experts(&w, 5, 1, 1, 2).unwrap();
+        assert_eq!(out.logcnt[0], vec![2, 1, 1, 1]);
+        assert_eq!(out.phy2log[0], vec![0, 1, 0, 2, 3]);
+        // With equal counts the extension changes nothing: 6 slots on 2 GPUs.
+        let even = rebalance_experts(&w, 6, 1, 1, 2).unwrap();
+        assert_eq!(even.phy2log[0].len(), 6);
+    }
+
+    #[test]
     fn bad_sizes_are_named() {
         let w = vec![vec![1.0; 4]];
-        let e = rebalance_experts(&w, 5, 1, 1, 2).unwrap_err();
-        assert!(e.to_string().contains("5 slots do not divide evenly over 2 GPUs"), "{e}");
+        let e = rebalance_experts(&[vec![1.0]], 1, 1, 1, 2).unwrap_err();
+        assert!(e.to_string().contains("1 slots leave some of the 2 GPUs without a slot"), "{e}");
         let e = rebalance_experts(&w, 4, 3, 1, 2).unwrap_err();
         assert!(e.to_string().contains("4 experts do not divide into 3 equal groups"), "{e}");
         let e = rebalance_experts(&w, 2, 1, 1, 2).unwrap_err();
@@ -448,7 +473,7 @@ mod tests {
         let w = vec![vec![12.0, 1.0, 1.0, 1.0]];
         let raw = rebalance_experts(&w, 6, 1, 1, 3).unwrap();
         let mut row = raw.phy2log[0].clone();
-        let (cr, sw) = repair_layer(&mut row, &w[0], 3, 2, 3).unwrap();
+        let (cr, sw) = repair_layer(&mut row, &w[0], 3, 3).unwrap();
         assert_eq!(cr, 0);
         let p = Placement::new(4, 3, 2, vec![row.iter().map(|&x| x as i64).collect()]).unwrap();
         assert_eq!(p.logcnt()[0], raw.logcnt[0]);

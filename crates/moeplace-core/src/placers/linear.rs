@@ -20,17 +20,9 @@ impl Placer for Linear {
         input.params.allow_only(self.name(), &[])?;
         check_fits(input.shape, input.cluster)?;
         let (e, g) = (input.shape.experts, input.cluster.gpus);
-        // Contiguous blocks of ceil(E/G)... but never more than fits: the first
-        // E mod G GPUs get one more when E does not divide.
-        let base_per = e / g;
-        let extra = e % g;
-        let mut gpus: Vec<Vec<usize>> = Vec::with_capacity(g);
-        let mut next = 0;
-        for gpu in 0..g {
-            let n = base_per + usize::from(gpu < extra);
-            gpus.push((next..next + n).collect());
-            next += n;
-        }
+        // Contiguous blocks: GPU g holds experts [g*E/G, (g+1)*E/G), the same rule
+        // as slots ([g*S/G, (g+1)*S/G)), so with no redundant slots every GPU is full.
+        let gpus: Vec<Vec<usize>> = (0..g).map(|gpu| (gpu * e / g..(gpu + 1) * e / g).collect()).collect();
         let base = vec![gpus; input.shape.layers];
         let placement = fill_redundant_hottest(input.shape, input.cluster, input.loads, base)?;
         Ok(PlacerOutput::placement(placement))

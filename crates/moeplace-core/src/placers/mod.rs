@@ -147,17 +147,18 @@ pub fn by_name(name: &str) -> Option<Box<dyn Placer>> {
 pub fn check_fits(shape: ModelShape, cluster: &Cluster) -> Result<(), PlaceError> {
     if cluster.slots() < shape.experts {
         return Err(PlaceError::Unsupported(format!(
-            "{} GPUs x {} slots = {} slots cannot hold {} experts",
+            "{} GPUs with {} = {} slots cannot hold {} experts",
             cluster.gpus,
-            cluster.slots_per_gpu,
+            cluster.slots_label(),
             cluster.slots(),
             shape.experts
         )));
     }
-    if cluster.slots_per_gpu > shape.experts {
+    if cluster.max_slots_per_gpu() > shape.experts {
         return Err(PlaceError::Unsupported(format!(
-            "{} slots per GPU is more than the {} experts: some GPU would hold two copies of one expert",
-            cluster.slots_per_gpu, shape.experts
+            "{} slots on a GPU is more than the {} experts: some GPU would hold two copies of one expert",
+            cluster.max_slots_per_gpu(),
+            shape.experts
         )));
     }
     Ok(())
@@ -165,21 +166,28 @@ pub fn check_fits(shape: ModelShape, cluster: &Cluster) -> Result<(), PlaceError
 
 /// Fills each layer's redundant slots with extra copies of the hottest experts,
 /// round-robin over GPUs that do not already hold them. Shared by the baselines:
-/// `base[layer][gpu]` are the primaries of each GPU (fewer than slots_per_gpu).
+/// `base[layer][gpu]` are the primaries of each GPU (at most its slot count).
 pub(crate) fn fill_redundant_hottest(
     shape: ModelShape,
     cluster: &Cluster,
     loads: &ExpertLoads,
     mut base: Vec<Vec<Vec<usize>>>,
 ) -> Result<Placement, PlaceError> {
-    let s = cluster.slots_per_gpu;
+    let cap: Vec<usize> = (0..cluster.gpus).map(|g| cluster.gpu_slot_count(g)).collect();
     for (layer, gpus) in base.iter_mut().enumerate() {
+        if let Some(g) = (0..cluster.gpus).find(|&g| gpus[g].len() > cap[g]) {
+            return Err(PlaceError::Unsupported(format!(
+                "layer {layer}: GPU {g} would need {} slots for its experts but owns {}",
+                gpus[g].len(),
+                cap[g]
+            )));
+        }
         let load = loads.layer_total(layer);
         // Hottest first; lower id first on ties (deterministic).
         let mut order: Vec<usize> = (0..shape.experts).collect();
         order.sort_by(|&a, &b| load[b].total_cmp(&load[a]).then(a.cmp(&b)));
         let mut copies = vec![1usize; shape.experts];
-        let free: usize = gpus.iter().map(|g| s - g.len()).sum();
+        let free: usize = gpus.iter().enumerate().map(|(g, l)| cap[g] - l.len()).sum();
         // Each redundant slot goes to the expert with the highest load per copy that
         // still fits on some GPU with room (ties: lower id), placed on the
         // least-filled such GPU (ties: lower id).
@@ -187,7 +195,7 @@ pub(crate) fn fill_redundant_hottest(
             let mut best: Option<(usize, usize)> = None;
             for &e in &order {
                 let Some(g) = (0..cluster.gpus)
-                    .filter(|&g| gpus[g].len() < s && !gpus[g].contains(&e))
+                    .filter(|&g| gpus[g].len() < cap[g] && !gpus[g].contains(&e))
                     .min_by_key(|&g| (gpus[g].len(), g))
                 else {
                     continue;
@@ -205,5 +213,5 @@ pub(crate) fn fill_redundant_hottest(
             gpus[g].push(e);
         }
     }
-    Ok(Placement::from_gpu_lists(shape.experts, cluster.gpus, s, &base)?)
+    Ok(Placement::from_gpu_lists(shape.experts, &base)?)
 }
