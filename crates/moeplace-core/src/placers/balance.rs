@@ -113,6 +113,9 @@ struct State {
     /// `on[x * gpus + g]`: expert x has a copy on GPU g.
     on: Vec<bool>,
     load: Vec<f64>,
+    /// GPUs holding each expert, in GPU order: `holders[first[x]..first[x + 1]]`.
+    first: Vec<usize>,
+    holders: Vec<usize>,
 }
 
 impl State {
@@ -124,15 +127,34 @@ impl State {
             cnt[x] += 1;
             on[x * p.gpus + p.slot_gpu[s]] = true;
         }
-        let mut st = State { slots, cnt, on, load: vec![0.0; p.gpus] };
+        let n = slots.len();
+        let mut st = State { slots, cnt, on, load: vec![0.0; p.gpus], first: vec![0; e + 1], holders: vec![0; n] };
         st.reload(p);
         st
     }
 
+    /// Recomputes GPU loads and holder lists after the slots changed.
     fn reload(&mut self, p: &Problem<'_>) {
         for g in 0..p.gpus {
             self.load[g] = self.slots[p.range(g)].iter().map(|&x| p.w[x] / self.cnt[x] as f64).sum();
         }
+        self.first.fill(0);
+        for &x in &self.slots {
+            self.first[x + 1] += 1;
+        }
+        for x in 0..p.w.len() {
+            self.first[x + 1] += self.first[x];
+        }
+        let mut next = self.first.clone();
+        for (s, &x) in self.slots.iter().enumerate() {
+            self.holders[next[x]] = p.slot_gpu[s];
+            next[x] += 1;
+        }
+    }
+
+    /// GPUs holding expert x.
+    fn holders(&self, x: usize) -> &[usize] {
+        &self.holders[self.first[x]..self.first[x + 1]]
     }
 
     fn max(&self) -> f64 {
@@ -186,9 +208,11 @@ fn best_move(p: &Problem<'_>, st: &State, g: usize) -> Option<Move> {
     let piece = |x: usize| p.w[x] / st.cnt[x] as f64;
     let node = |h: usize| h / p.gpus_per_node;
     let mut best: Option<(f64, Move)> = None;
-    let mut offer = |m: f64, mv: Move| {
-        if m < limit && best.as_ref().is_none_or(|(b, _)| m < *b) {
-            best = Some((m, mv));
+    // Whether a move whose new maximum is m would not be taken.
+    let beaten = |best: &Option<(f64, Move)>, m: f64| m >= limit || best.as_ref().is_some_and(|(b, _)| m >= *b);
+    let offer = |best: &mut Option<(f64, Move)>, m: f64, mv: Move| {
+        if !beaten(best, m) {
+            *best = Some((m, mv));
         }
     };
     for a in p.range(g) {
@@ -206,44 +230,54 @@ fn best_move(p: &Problem<'_>, st: &State, g: usize) -> Option<Move> {
                 if py >= px || st.on[y * gs + g] || (p.hierarchical && st.cnt[y] > 1 && node(h) != node(g)) {
                     continue;
                 }
-                offer((lg - px + py).max(lh - py + px), Move::Swap(a, b));
+                offer(&mut best, (lg - px + py).max(lh - py + px), Move::Swap(a, b));
             }
         }
         // Re-replicate: slot a (expert x, several copies) becomes a copy of y.
         if st.cnt[x] >= 2 {
             let up = p.w[x] / (st.cnt[x] - 1) as f64 - px;
             for y in (0..p.w.len()).filter(|&y| y != x && !st.on[y * gs + g] && st.cnt[y] < gs) {
+                let py_new = p.w[y] / (st.cnt[y] + 1) as f64;
+                let mut m = lg - px + py_new;
+                // g's own new load already bounds the result: skip without the scan.
+                if beaten(&best, m) {
+                    continue;
+                }
                 if p.hierarchical && st.single_node(p, y) != Some(node(g)) {
                     continue;
                 }
-                let py_new = p.w[y] / (st.cnt[y] + 1) as f64;
                 let down = piece(y) - py_new;
-                let mut m = lg - px + py_new;
-                for h in (0..gs).filter(|&h| h != g && st.on[x * gs + h]) {
+                for &h in st.holders(x).iter().filter(|&&h| h != g) {
                     let d = if st.on[y * gs + h] { down } else { 0.0 };
                     m = m.max(st.load[h] + up - d);
                 }
-                offer(m, Move::Set(a, y));
+                offer(&mut best, m, Move::Set(a, y));
             }
         }
         // Split: a copy of z (several copies) elsewhere becomes one more copy of x.
         if st.cnt[x] < gs {
             let px_new = p.w[x] / (st.cnt[x] + 1) as f64;
             let down = px - px_new;
-            for b in (0..p.slots()).filter(|&b| p.slot_gpu[b] != g && !st.on[x * gs + p.slot_gpu[b]]) {
+            if beaten(&best, lg - down) {
+                continue;
+            }
+            for b in 0..p.slots() {
+                let h = p.slot_gpu[b];
                 let z = st.slots[b];
-                if st.cnt[z] < 2 || (p.hierarchical && node(p.slot_gpu[b]) != node(g)) {
+                if h == g || st.on[x * gs + h] || st.cnt[z] < 2 || (p.hierarchical && node(h) != node(g)) {
                     continue;
                 }
                 let pz = piece(z);
                 let up = p.w[z] / (st.cnt[z] - 1) as f64 - pz;
-                let h = p.slot_gpu[b];
                 let mut m = (lg - down).max(st.load[h] - pz + px_new);
-                for k in (0..gs).filter(|&k| k != h && st.on[z * gs + k]) {
+                if beaten(&best, m) {
+                    continue;
+                }
+                for &k in st.holders(z).iter().filter(|&&k| k != h) {
                     let d = if st.on[x * gs + k] { down } else { 0.0 };
                     m = m.max(st.load[k] + up - d);
                 }
-                offer(m, Move::Set(b, x));
+                offer(&mut best, m, Move::Set(b, x));
             }
         }
     }
