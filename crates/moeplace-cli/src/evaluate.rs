@@ -171,9 +171,24 @@ impl Evaluation {
             "GB moved (dispatch+combine)".into(),
             cols.iter().map(|(_, r, _)| format!("{:.3}", r.bytes as f64 / 1e9)).collect(),
         ));
+        let gb = |x: u64| format!("{:.3}", x as f64 / 1e9);
+        lines.push(("  inter-node GB (flat)".into(), cols.iter().map(|(_, r, _)| gb(r.inter_node_bytes)).collect()));
+        lines.push(("  intra-node GB (flat)".into(), cols.iter().map(|(_, r, _)| gb(r.intra_node_bytes)).collect()));
+        lines.push((
+            "  inter-node GB (hierarchical)".into(),
+            cols.iter().map(|(_, r, _)| gb(r.hier_inter_node_bytes)).collect(),
+        ));
+        lines.push((
+            "  intra-node GB (hierarchical)".into(),
+            cols.iter().map(|(_, r, _)| gb(r.hier_intra_node_bytes)).collect(),
+        ));
         lines.push((
             "all-to-all time, ms (est.)".into(),
             cols.iter().map(|(_, r, _)| format!("{:.3}", r.all_to_all_us / 1e3)).collect(),
+        ));
+        lines.push((
+            "  hierarchical, ms (est.)".into(),
+            cols.iter().map(|(_, r, _)| format!("{:.3}", r.hier_all_to_all_us / 1e3)).collect(),
         ));
         lines.push((
             "expert compute, ms (est.)".into(),
@@ -219,6 +234,11 @@ impl Evaluation {
             }
             m.insert("bytes".into(), json!(r.bytes));
             m.insert("all_to_all_ms".into(), json!(r.all_to_all_us / 1e3));
+            m.insert("hier_all_to_all_ms".into(), json!(r.hier_all_to_all_us / 1e3));
+            m.insert("inter_node_bytes".into(), json!(r.inter_node_bytes));
+            m.insert("intra_node_bytes".into(), json!(r.intra_node_bytes));
+            m.insert("hier_inter_node_bytes".into(), json!(r.hier_inter_node_bytes));
+            m.insert("hier_intra_node_bytes".into(), json!(r.hier_intra_node_bytes));
             m.insert("compute_ms".into(), json!(r.compute_us / 1e3));
             m.insert("counts".into(), serde_json::to_value(&r.counts).expect("counts serialise"));
             m.insert(

@@ -23,6 +23,17 @@
 //!   the slowest GPU's, times 2 because the combine mirrors the dispatch.
 //! - expert compute: the hottest GPU's picks x FLOPs per token-expert / throughput.
 //!
+//! Two communication schemes are estimated side by side (DESIGN.md "Metrics"):
+//! - flat: a token sends one copy to every remote GPU it needs (cross-node GPUs are
+//!   the inter-node sends);
+//! - hierarchical (DeepEP's internode mode, GRACE-MoE's sparse communication): a
+//!   token crosses to each remote node it needs once, to its peer GPU there (the GPU
+//!   with the home GPU's local index), which forwards it over NVLink to the other
+//!   GPUs it needs on that node (remote nodes are the inter-node sends).
+//!
+//! Bytes are reported per link type for both, and the all-to-all time under both
+//! (the same per-GPU link model, on the flat or the hierarchical message pattern).
+//!
 //! Homes: requests in order of first appearance are dealt round-robin over all GPUs,
 //! or by `family_gpus` (round-robin within the family's GPUs; requests of families
 //! not listed, or without a family, round-robin over all GPUs).
@@ -81,6 +92,8 @@ pub struct LayerMetrics {
     pub cross_node_sends: u64,
     pub remote_hops: u64,
     pub all_to_all_us: f64,
+    /// All-to-all time with hierarchical communication.
+    pub hier_all_to_all_us: f64,
     pub compute_us: f64,
 }
 
@@ -104,8 +117,16 @@ pub struct SimResult {
     pub remote_nodes: f64,
     pub cross_node_gpus: f64,
     pub remote_hops: f64,
-    /// Bytes moved by dispatch and combine, whole stream.
+    /// Bytes moved by dispatch and combine, whole stream (flat communication).
     pub bytes: u64,
+    /// Flat communication: bytes over inter-node and over intra-node links.
+    pub inter_node_bytes: u64,
+    pub intra_node_bytes: u64,
+    /// Hierarchical communication: bytes over inter-node links (one send per remote
+    /// node) and over intra-node links (sends inside the home node plus forwards on
+    /// remote nodes).
+    pub hier_inter_node_bytes: u64,
+    pub hier_intra_node_bytes: u64,
     /// Means over layers.
     pub jain: f64,
     pub balancedness: f64,
@@ -115,6 +136,7 @@ pub struct SimResult {
     pub home_tokens: Vec<u64>,
     /// Sums over layers of the per-layer estimates.
     pub all_to_all_us: f64,
+    pub hier_all_to_all_us: f64,
     pub compute_us: f64,
     pub layers: Vec<LayerMetrics>,
 }
@@ -143,16 +165,19 @@ struct Acc {
     load: Vec<u64>,
     /// `[layer][src][dst]` tokens sent home -> dst.
     traffic: Vec<u64>,
+    /// `[layer][src][node]` tokens crossing from home to a remote node (once each).
+    node_traffic: Vec<u64>,
     hops: Vec<u64>,
     home_tokens: Vec<u64>,
 }
 
 impl Acc {
-    fn new(layers: usize, gpus: usize) -> Acc {
+    fn new(layers: usize, gpus: usize, nodes: usize) -> Acc {
         Acc {
             counts: Counts::default(),
             load: vec![0; layers * gpus],
             traffic: vec![0; layers * gpus * gpus],
+            node_traffic: vec![0; layers * gpus * nodes],
             hops: vec![0; layers],
             home_tokens: vec![0; gpus],
         }
@@ -169,6 +194,7 @@ impl Acc {
         for (a, b) in [
             (&mut self.load, &o.load),
             (&mut self.traffic, &o.traffic),
+            (&mut self.node_traffic, &o.node_traffic),
             (&mut self.hops, &o.hops),
             (&mut self.home_tokens, &o.home_tokens),
         ] {
@@ -250,7 +276,7 @@ fn replay(
     let acc = chunks
         .par_iter()
         .fold(
-            || (Acc::new(layers, g), Scratch::new(layers, g, cluster.nodes, k, masks)),
+            || (Acc::new(layers, g, cluster.nodes), Scratch::new(layers, g, cluster.nodes, k, masks)),
             |(mut acc, mut scratch), chunk| {
                 scratch.running.iter_mut().for_each(|x| *x = 0);
                 for ri in chunk.clone() {
@@ -261,7 +287,7 @@ fn replay(
             },
         )
         .map(|(a, _)| a)
-        .reduce(|| Acc::new(layers, g), Acc::add);
+        .reduce(|| Acc::new(layers, g, cluster.nodes), Acc::add);
     Ok(finish(acc, cluster, layers, &node_of))
 }
 
@@ -344,6 +370,8 @@ fn replay_request(
                 route.dispatcher.dispatch(&ctx, picks, &mut s.out);
             }
             let traffic = &mut acc.traffic[(row + home) * g..(row + home + 1) * g];
+            let nodes = s.stamp_node.len();
+            let node_traffic = &mut acc.node_traffic[(row + home) * nodes..(row + home + 1) * nodes];
             let load = &mut acc.load[row..row + g];
             if route.fixed.is_none() {
                 let running = &mut s.running[row..row + g];
@@ -373,6 +401,7 @@ fn replay_request(
                 while m != 0 {
                     let node = node_of[m.trailing_zeros() as usize] as usize;
                     rn += 1;
+                    node_traffic[node] += 1;
                     m &= !node_masks[node];
                 }
             } else {
@@ -393,6 +422,7 @@ fn replay_request(
                                 if s.stamp_node[node as usize] != stamp {
                                     s.stamp_node[node as usize] = stamp;
                                     rn += 1;
+                                    node_traffic[node as usize] += 1;
                                 }
                             }
                         }
@@ -458,43 +488,80 @@ fn assign_homes(requests: &[Request], gpus: usize, homes: &HomePolicy) -> Vec<us
     }
 }
 
-fn finish(acc: Acc, cluster: &Cluster, layers: usize, node_of: &[u32]) -> SimResult {
+/// The slowest GPU's all-to-all time (one direction) for a message pattern: `intra`
+/// holds the counts between GPUs of one node, `inter` between nodes (entries of the
+/// other kind are ignored). Module documentation, "Time estimates".
+fn slowest_gpu(intra: &[u64], inter: &[u64], cluster: &Cluster, node_of: &[u32]) -> f64 {
     let g = cluster.gpus;
     let tb = cluster.token_bytes() as f64;
+    let mut slowest: f64 = 0.0;
+    for x in 0..g {
+        // [intra, inter] x (out tokens, in tokens, out peers, in peers)
+        let mut v = [[0u64; 4]; 2];
+        for y in (0..g).filter(|&y| y != x) {
+            let kind = usize::from(node_of[x] != node_of[y]);
+            let m = if kind == 0 { intra } else { inter };
+            let (o, i) = (m[x * g + y], m[y * g + x]);
+            v[kind][0] += o;
+            v[kind][1] += i;
+            v[kind][2] += u64::from(o > 0);
+            v[kind][3] += u64::from(i > 0);
+        }
+        let time = |k: usize, gbps: f64, lat: f64| {
+            v[k][0].max(v[k][1]) as f64 * tb / (gbps * 1e3) + v[k][2].max(v[k][3]) as f64 * lat
+        };
+        let tx = time(0, cluster.intra_node_gbps, cluster.intra_node_latency_us).max(time(
+            1,
+            cluster.inter_node_gbps,
+            cluster.inter_node_latency_us,
+        ));
+        slowest = slowest.max(tx);
+    }
+    slowest
+}
+
+fn finish(acc: Acc, cluster: &Cluster, layers: usize, node_of: &[u32]) -> SimResult {
+    let g = cluster.gpus;
+    let (nodes, gpn) = (cluster.nodes, cluster.gpus_per_node());
     let c = &acc.counts;
     let tl = c.token_layers.max(1) as f64;
+    let (mut inter_sends, mut intra_sends, mut hier_intra_sends) = (0u64, 0u64, 0u64);
     let mut per_layer = Vec::with_capacity(layers);
     for l in 0..layers {
         let load = acc.load[l * g..(l + 1) * g].to_vec();
         let (jain, balancedness, maxvio) = balance_figures(&load);
         let t = &acc.traffic[l * g * g..(l + 1) * g * g];
-        let (mut remote_sends, mut cross) = (0u64, 0u64);
-        let mut slowest: f64 = 0.0;
+        let nt = &acc.node_traffic[l * g * nodes..(l + 1) * g * nodes];
+        let remote_sends: u64 = t.iter().sum();
+        let cross: u64 = (0..g)
+            .flat_map(|x| (0..g).map(move |y| (x, y)))
+            .filter(|&(x, y)| node_of[x] != node_of[y])
+            .map(|(x, y)| t[x * g + y])
+            .sum();
+        // Hierarchical message pattern: `inter[x][y]` peer-to-peer crossings,
+        // `intra[x][y]` sends inside a node (direct, or forwarded by a peer).
+        let mut inter = vec![0u64; g * g];
+        let mut intra = vec![0u64; g * g];
         for x in 0..g {
-            // [intra, inter] x (out bytes, in bytes, out peers, in peers)
-            let mut v = [[0u64; 4]; 2];
             for y in 0..g {
-                let kind = usize::from(node_of[x] != node_of[y]);
-                let (o, i) = (t[x * g + y], t[y * g + x]);
-                v[kind][0] += o;
-                v[kind][1] += i;
-                v[kind][2] += u64::from(o > 0);
-                v[kind][3] += u64::from(i > 0);
-                remote_sends += o;
-                if kind == 1 {
-                    cross += o;
+                if node_of[x] == node_of[y] {
+                    intra[x * g + y] += t[x * g + y];
+                } else {
+                    let peer = node_of[y] as usize * gpn + x % gpn;
+                    if y != peer {
+                        intra[peer * g + y] += t[x * g + y];
+                    }
                 }
             }
-            let time = |k: usize, gbps: f64, lat: f64| {
-                v[k][0].max(v[k][1]) as f64 * tb / (gbps * 1e3) + v[k][2].max(v[k][3]) as f64 * lat
-            };
-            let tx = time(0, cluster.intra_node_gbps, cluster.intra_node_latency_us).max(time(
-                1,
-                cluster.inter_node_gbps,
-                cluster.inter_node_latency_us,
-            ));
-            slowest = slowest.max(tx);
+            for n in (0..nodes).filter(|&n| n != node_of[x] as usize) {
+                inter[x * g + n * gpn + x % gpn] += nt[x * nodes + n];
+            }
         }
+        hier_intra_sends += intra.iter().sum::<u64>();
+        inter_sends += cross;
+        intra_sends += remote_sends - cross;
+        let slowest = slowest_gpu(t, t, cluster, node_of);
+        let hier_slowest = slowest_gpu(&intra, &inter, cluster, node_of);
         let hottest = load.iter().copied().max().unwrap_or(0) as f64;
         per_layer.push(LayerMetrics {
             jain,
@@ -504,6 +571,7 @@ fn finish(acc: Acc, cluster: &Cluster, layers: usize, node_of: &[u32]) -> SimRes
             cross_node_sends: cross,
             remote_hops: acc.hops[l],
             all_to_all_us: 2.0 * slowest,
+            hier_all_to_all_us: 2.0 * hier_slowest,
             compute_us: hottest * cluster.expert_flops_per_token / (cluster.gpu_tflops * 1e6),
             load,
         });
@@ -517,12 +585,17 @@ fn finish(acc: Acc, cluster: &Cluster, layers: usize, node_of: &[u32]) -> SimRes
         cross_node_gpus: c.cross_node_gpus as f64 / tl,
         remote_hops: c.remote_hops as f64 / tl,
         bytes: 2 * c.remote_gpus * cluster.token_bytes() as u64,
+        inter_node_bytes: 2 * inter_sends * cluster.token_bytes() as u64,
+        intra_node_bytes: 2 * intra_sends * cluster.token_bytes() as u64,
+        hier_inter_node_bytes: 2 * c.remote_nodes * cluster.token_bytes() as u64,
+        hier_intra_node_bytes: 2 * hier_intra_sends * cluster.token_bytes() as u64,
         jain: per_layer.iter().map(|l| l.jain).sum::<f64>() / nl,
         balancedness: per_layer.iter().map(|l| l.balancedness).sum::<f64>() / nl,
         maxvio: per_layer.iter().map(|l| l.maxvio).sum::<f64>() / nl,
         home_max_over_mean: if home_mean > 0.0 { home_max / home_mean } else { 1.0 },
         home_tokens: acc.home_tokens,
         all_to_all_us: per_layer.iter().map(|l| l.all_to_all_us).sum(),
+        hier_all_to_all_us: per_layer.iter().map(|l| l.hier_all_to_all_us).sum(),
         compute_us: per_layer.iter().map(|l| l.compute_us).sum(),
         layers: per_layer,
         counts: acc.counts,
@@ -645,6 +718,34 @@ mod tests {
             assert_eq!(a, b, "{}", d.name());
             assert!(a.counts.remote_nodes > 0 && a.counts.remote_gpus > a.counts.remote_nodes);
         }
+    }
+
+    #[test]
+    fn hierarchical_communication_crosses_once_per_node() {
+        // 4 GPUs in 2 nodes, one expert per GPU; one request homed on GPU 0 whose
+        // token needs experts 2 and 3, both on node 1 (GPUs 2 and 3).
+        let shape = ModelShape::new(1, 4, 2).unwrap();
+        let mut b = TokenBatch::new(shape);
+        let tok =
+            TokenRef { request: "a", family: None, phase: None, position: 0, experts: &[2, 3], gate_weights: None };
+        b.push(tok).unwrap();
+        let trace = Trace { shape, batches: vec![b] };
+        let cluster = Cluster::new(2, 4, 1).unwrap();
+        let p = Placement::new(4, 4, 1, vec![vec![0, 1, 2, 3]]).unwrap();
+        let r = simulate(&trace, &p, &cluster, &Primary, &HomePolicy::RoundRobin).unwrap();
+        let tb = 2 * cluster.token_bytes() as u64;
+        // Flat: two cross-node sends. Hierarchical: one crossing to GPU 2 (GPU 0's
+        // peer on node 1), then one NVLink forward 2 -> 3.
+        assert_eq!((r.inter_node_bytes, r.intra_node_bytes), (2 * tb, 0));
+        assert_eq!((r.hier_inter_node_bytes, r.hier_intra_node_bytes), (tb, tb));
+        // One crossing instead of two: the inter-node link carries half the bytes and
+        // one message; the forward on NVLink is much cheaper.
+        let tb1 = cluster.token_bytes() as f64;
+        let flat = 2.0 * (2.0 * tb1 / (cluster.inter_node_gbps * 1e3) + 2.0 * cluster.inter_node_latency_us);
+        let hier_inter = tb1 / (cluster.inter_node_gbps * 1e3) + cluster.inter_node_latency_us;
+        let hier_intra = tb1 / (cluster.intra_node_gbps * 1e3) + cluster.intra_node_latency_us;
+        assert!((r.all_to_all_us - flat).abs() < 1e-9, "{} vs {flat}", r.all_to_all_us);
+        assert!((r.hier_all_to_all_us - 2.0 * hier_inter.max(hier_intra)).abs() < 1e-9);
     }
 
     #[test]

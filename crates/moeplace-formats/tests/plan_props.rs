@@ -1,5 +1,6 @@
 //! Property tests of plans: every plan any registered placer writes passes the
-//! validator (written to a plan file and read back) for random shapes (E, G, N, R),
+//! validator (written to a plan file and read back) for random shapes (E, G, N, R,
+//! slot counts per GPU equal or not),
 //! writing is byte-identical for the same inputs, and a plan exported to each engine
 //! format and read back gives the same placement.
 
@@ -61,11 +62,16 @@ proptest! {
         redundant_per_gpu in 0usize..3,
         layers in 1usize..4,
         seed in 0u64..1000,
+        uneven in any::<bool>(),
     ) {
         let gpus = nodes * per;
-        let spg = experts.div_ceil(gpus) + redundant_per_gpu;
-        prop_assume!(spg <= experts);
-        let cluster = Cluster::new(nodes, gpus, spg).unwrap();
+        let slots = if uneven {
+            experts.max(gpus) + redundant_per_gpu * nodes
+        } else {
+            gpus * (experts.div_ceil(gpus) + redundant_per_gpu)
+        };
+        prop_assume!(slots.div_ceil(gpus) <= experts);
+        let cluster = Cluster::new(nodes, gpus, 1).unwrap().with_slots(slots).unwrap();
         let shape = ModelShape::new(layers, experts, 2).unwrap();
         let stats = statistics(shape, seed);
         let loads = stats.loads(|_| true);
@@ -95,9 +101,15 @@ proptest! {
             prop_assert_eq!(std::fs::read(&path).unwrap(), first);
             for f in ExportFormat::ALL {
                 let ep = dir.path().join(format!("{}.{}", placer.name(), f.name()));
+                if f != ExportFormat::Eplb && !slots.is_multiple_of(gpus) {
+                    // Engines need equal slot counts per GPU: refused, nothing written.
+                    prop_assert!(export::write(&ep, &plan.placement, f).is_err());
+                    prop_assert!(!ep.exists());
+                    continue;
+                }
                 export::write(&ep, &plan.placement, f).unwrap();
                 let rows = export::read(&ep, f).unwrap();
-                let p = Placement::new(experts, gpus, spg, rows).unwrap();
+                let p = Placement::with_slots(experts, gpus, slots, rows).unwrap();
                 prop_assert_eq!(&p, &plan.placement, "{} via {}", placer.name(), f.name());
             }
         }

@@ -14,10 +14,12 @@
 
 use crate::placement::Placement;
 
+mod grace;
 mod nearest;
 mod primary;
 mod random;
 
+pub use grace::Grace;
 pub use nearest::Nearest;
 pub use primary::Primary;
 pub use random::Random;
@@ -98,7 +100,7 @@ pub trait Dispatcher: Send + Sync {
 
 /// Every dispatcher (`seed` drives the seeded ones), in the order help lists them.
 pub fn registry(seed: u64) -> Vec<Box<dyn Dispatcher>> {
-    vec![Box::new(Primary), Box::new(Random::new(seed)), Box::new(Nearest)]
+    vec![Box::new(Primary), Box::new(Random::new(seed)), Box::new(Nearest), Box::new(Grace)]
 }
 
 /// The dispatcher called `name`.

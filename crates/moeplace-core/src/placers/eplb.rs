@@ -314,12 +314,49 @@ pub(crate) fn repair_layer(
                     }
                 }
             }
-            let (_, _, b) = best.ok_or_else(|| format!("no swap removes the second copy of expert {x} on GPU {g}"))?;
+            let Some((_, _, b)) = best else {
+                // No single swap helps (nearly every GPU holds nearly every expert):
+                // lay the same copy counts out afresh.
+                let before = row.to_vec();
+                repack_without_duplicates(row, &cnt, gpus).ok_or_else(|| {
+                    format!("no placement of these copy counts avoids two copies of expert {x} on one GPU")
+                })?;
+                swaps += row.iter().zip(&before).filter(|(p, q)| p != q).count();
+                return Ok((count_repairs, swaps));
+            };
             row.swap(a, b);
             swaps += 1;
         }
     }
     Ok((count_repairs, swaps))
+}
+
+/// Lays out `cnt[x]` copies of every expert x with no GPU holding two: experts with
+/// the most copies first, each onto the GPUs with the most free slots (lowest GPU on
+/// ties), the greedy construction of a 0-1 matrix with given row and column sums,
+/// which succeeds whenever such a matrix exists. `None` if none exists.
+fn repack_without_duplicates(row: &mut [usize], cnt: &[usize], gpus: usize) -> Option<()> {
+    let slots = row.len();
+    let range = |g: usize| crate::placement::slot_range(gpus, slots, g);
+    let mut free: Vec<usize> = (0..gpus).map(|g| range(g).len()).collect();
+    let mut lists: Vec<Vec<usize>> = vec![Vec::new(); gpus];
+    let mut order: Vec<usize> = (0..cnt.len()).collect();
+    order.sort_by(|&a, &b| cnt[b].cmp(&cnt[a]).then(a.cmp(&b)));
+    for x in order {
+        let mut by_room: Vec<usize> = (0..gpus).filter(|&g| free[g] > 0).collect();
+        by_room.sort_by(|&a, &b| free[b].cmp(&free[a]).then(a.cmp(&b)));
+        if by_room.len() < cnt[x] {
+            return None;
+        }
+        for &g in &by_room[..cnt[x]] {
+            lists[g].push(x);
+            free[g] -= 1;
+        }
+    }
+    for (g, l) in lists.iter().enumerate() {
+        row[range(g)].copy_from_slice(l);
+    }
+    Some(())
 }
 
 pub struct Eplb;
@@ -453,6 +490,17 @@ mod tests {
         // With equal counts the extension changes nothing: 6 slots on 2 GPUs.
         let even = rebalance_experts(&w, 6, 1, 1, 2).unwrap();
         assert_eq!(even.phy2log[0].len(), 6);
+    }
+
+    #[test]
+    fn full_replication_is_repaired_when_no_swap_helps() {
+        // 4 experts on 6 GPUs x 4 slots: every GPU must hold every expert. With zero
+        // loads EPLB gives expert 0 every extra copy; the repair caps it at 6 and lays
+        // the copies out again.
+        let mut row = rebalance_experts(&[vec![0.0; 4]], 24, 1, 1, 6).unwrap().phy2log[0].clone();
+        repair_layer(&mut row, &[0.0; 4], 6, 3).unwrap();
+        let p = Placement::new(4, 6, 4, vec![row.iter().map(|&x| x as i64).collect()]).unwrap();
+        assert_eq!(p.logcnt()[0], vec![6, 6, 6, 6]);
     }
 
     #[test]
