@@ -38,7 +38,7 @@ pub struct Args {
     /// Slots per GPU (64 experts: 4 is no replicas, 5 adds one replica per GPU).
     #[arg(long, default_value_t = 5)]
     slots_per_gpu: usize,
-    /// Replica choice per token pick (primary, random, nearest).
+    /// Replica choice per token pick (primary, random, nearest, grace).
     #[arg(long, default_value = "nearest")]
     dispatcher: String,
     /// Where to write the HTML report.
