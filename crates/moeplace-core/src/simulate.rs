@@ -36,7 +36,8 @@
 //!
 //! Homes: requests in order of first appearance are dealt round-robin over all GPUs,
 //! or by `family_gpus` (round-robin within the family's GPUs; requests of families
-//! not listed, or without a family, round-robin over all GPUs).
+//! not listed, or without a family, round-robin over all GPUs), or one GPU per
+//! request name given by the caller (requests not named: round-robin over all GPUs).
 //!
 //! Parallelism and determinism: requests are cut into fixed chunks of consecutive
 //! requests (about [`CHUNK_TOKENS`] tokens each, independent of the thread count);
@@ -63,6 +64,9 @@ pub enum HomePolicy {
     RoundRobin,
     /// Round-robin within each family's GPUs; other requests over all GPUs.
     Family(BTreeMap<String, Vec<usize>>),
+    /// A home GPU per request name (e.g. from the `cluster-homes` classifier);
+    /// requests not listed round-robin over all GPUs.
+    Request(HashMap<String, usize>),
 }
 
 /// Why a replay cannot run.
@@ -74,6 +78,8 @@ pub enum SimError {
     Cluster(String),
     #[error("family {family:?}: {reason}")]
     BadFamilyGpus { family: String, reason: String },
+    #[error("request {request:?}: home GPU {gpu} is out of range (the cluster has {gpus} GPUs)")]
+    BadRequestHome { request: String, gpu: usize, gpus: usize },
     #[error("the trace holds no tokens")]
     Empty,
 }
@@ -156,6 +162,7 @@ pub fn balance_figures(load: &[u64]) -> (f64, f64, f64) {
 
 /// Tokens of one request: (batch, index in batch).
 struct Request {
+    name: String,
     family: Option<String>,
     tokens: Vec<(u32, u32)>,
 }
@@ -246,6 +253,11 @@ fn replay(
                     reason: format!("GPU {x} is out of range (the cluster has {g} GPUs)"),
                 });
             }
+        }
+    }
+    if let HomePolicy::Request(map) = homes {
+        if let Some((r, &x)) = map.iter().filter(|(_, &x)| x >= g).min_by_key(|(r, _)| r.as_str()) {
+            return Err(SimError::BadRequestHome { request: r.clone(), gpu: x, gpus: g });
         }
     }
     let requests = index_requests(trace);
@@ -451,7 +463,11 @@ fn index_requests(trace: &Trace) -> Vec<Request> {
             let r = r as usize;
             if local[r] == usize::MAX {
                 local[r] = *ids.entry(names[r].as_str()).or_insert_with(|| {
-                    out.push(Request { family: f.map(|f| fams[f as usize].clone()), tokens: Vec::new() });
+                    out.push(Request {
+                        name: names[r].clone(),
+                        family: f.map(|f| fams[f as usize].clone()),
+                        tokens: Vec::new(),
+                    });
                     out.len() - 1
                 });
             }
@@ -464,6 +480,18 @@ fn index_requests(trace: &Trace) -> Vec<Request> {
 fn assign_homes(requests: &[Request], gpus: usize, homes: &HomePolicy) -> Vec<usize> {
     match homes {
         HomePolicy::RoundRobin => (0..requests.len()).map(|i| i % gpus).collect(),
+        HomePolicy::Request(map) => {
+            let mut next = 0usize;
+            requests
+                .iter()
+                .map(|r| {
+                    map.get(&r.name).copied().unwrap_or_else(|| {
+                        next += 1;
+                        (next - 1) % gpus
+                    })
+                })
+                .collect()
+        }
         HomePolicy::Family(map) => {
             let mut next: BTreeMap<Option<&str>, usize> = BTreeMap::new();
             requests
@@ -701,6 +729,12 @@ mod tests {
         let fam = HomePolicy::Family(BTreeMap::from([("x".to_string(), vec![1])]));
         let r = simulate(&trace, &p, &cluster, &Nearest, &fam).unwrap();
         assert_eq!(r.home_tokens, vec![2, 1]);
+        // Per-request homes: "b" named, "a" round-robin from GPU 0.
+        let per = HomePolicy::Request(HashMap::from([("b".to_string(), 0)]));
+        let r = simulate(&trace, &p, &cluster, &Nearest, &per).unwrap();
+        assert_eq!(r.home_tokens, vec![3, 0]);
+        let bad = HomePolicy::Request(HashMap::from([("b".to_string(), 2)]));
+        assert!(matches!(simulate(&trace, &p, &cluster, &Nearest, &bad), Err(SimError::BadRequestHome { .. })));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::stats::{ExpertLoads, Statistics};
 use crate::trace::ModelShape;
 
 mod balance;
+pub mod cluster_homes;
 mod eplb;
 mod linear;
 mod round_robin;
@@ -133,7 +134,13 @@ pub trait Placer: Send + Sync {
 
 /// Every placer, in the order tables list them.
 pub fn registry() -> Vec<Box<dyn Placer>> {
-    vec![Box::new(linear::Linear), Box::new(round_robin::RoundRobin), Box::new(eplb::Eplb), Box::new(balance::Balance)]
+    vec![
+        Box::new(linear::Linear),
+        Box::new(round_robin::RoundRobin),
+        Box::new(eplb::Eplb),
+        Box::new(balance::Balance),
+        Box::new(cluster_homes::ClusterHomesPlacer),
+    ]
 }
 
 /// The placer called `name`.
