@@ -46,6 +46,29 @@ enum What {
     /// plan), and solve time (best of --repeat).
     /// The table in docs/BALANCE.md comes from here.
     Balance(BalanceArgs),
+    /// Request routing cost: the ELDR decode router's decision for 64 workers and a
+    /// DeepSeek-V3-sized model (58 layers x 256 experts, top-8), with the signature
+    /// model fitted on synthetic DeepSeek-V3 traffic (layer mask and 16 entries per
+    /// masked layer), and with a mask of all 58 layers as the worst case; also the
+    /// cost of building a signature from prefill counts. Microseconds per request
+    /// (mean over --decisions decisions, best of 3). docs/REQUESTS.md quotes it.
+    Requests(RequestsBenchArgs),
+}
+
+#[derive(clap::Args)]
+struct RequestsBenchArgs {
+    /// Decode workers (ELDR centroids).
+    #[arg(long, default_value_t = 64)]
+    workers: usize,
+    /// Synthetic calibration requests the signature model and centroids are fitted on.
+    #[arg(long, default_value_t = 600)]
+    requests: usize,
+    /// Routing decisions timed per repetition.
+    #[arg(long, default_value_t = 200_000)]
+    decisions: usize,
+    /// Seed of the synthetic traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +134,7 @@ pub fn run(args: Args) -> Result<()> {
         What::Simulate(a) => bench_simulate(a),
         What::Synth(a) => bench_synth(a),
         What::Balance(a) => bench_balance(a),
+        What::Requests(a) => bench_requests(a),
     }
 }
 
@@ -630,4 +654,63 @@ fn per_step_table(a: &BalanceArgs) -> Result<String> {
         ));
     }
     Ok(out)
+}
+
+fn bench_requests(a: RequestsBenchArgs) -> Result<()> {
+    use moeplace_core::requests::records::{counts, requests_from_batches, PhaseSplit};
+    use moeplace_core::requests::router::{Eldr, Router};
+    use moeplace_core::requests::signature::{Signature, SignatureModel, SignatureOptions};
+    use moeplace_core::synth::LengthDist;
+
+    let mut sc = SynthConfig::preset("deepseek-v3")?;
+    sc.requests = a.requests;
+    sc.prefill_len = LengthDist::LogNormal { median: 64.0, sigma: 0.5 };
+    sc.decode_len = LengthDist::LogNormal { median: 32.0, sigma: 0.5 };
+    let shape = sc.shape;
+    let batches: Vec<_> = synth::generate(&sc, a.seed)?.collect();
+    let (reqs, _) = requests_from_batches(shape, &batches, PhaseSplit::Recorded);
+    let pre: Vec<Vec<u32>> = reqs.iter().map(|r| counts(shape, &r.prefill)).collect();
+    let dec: Vec<Vec<u32>> = reqs.iter().map(|r| counts(shape, &r.decode)).collect();
+    let start = Instant::now();
+    let fitted = SignatureModel::fit(shape, &pre, &dec, SignatureOptions::default(), a.seed)?;
+    let fit_s = start.elapsed().as_secs_f64();
+    let mut all_layers = fitted.clone();
+    all_layers.mask = (0..shape.layers).collect();
+    let mut out = format!(
+        "ELDR routing cost, {shape}, {} workers, {} calibration requests (signature model fit: {fit_s:.2} s)\n\n\
+         | signature | masked layers | entries per signature (mean) | ELDR decision (us) | signature from prefill \
+         counts (us) | centroid fit (s) |\n|---|---:|---:|---:|---:|---:|\n",
+        a.workers,
+        reqs.len()
+    );
+    for (name, model) in [("fitted mask, 16 per layer", &fitted), ("all 58 layers, 16 per layer", &all_layers)] {
+        let t = Instant::now();
+        let sigs: Vec<Signature> = pre.iter().map(|p| model.signature(p)).collect();
+        let sig_us = t.elapsed().as_secs_f64() * 1e6 / pre.len() as f64;
+        let t = Instant::now();
+        let mut eldr = Eldr::fit(&sigs, model.dims(), a.workers, true, 0.1, a.seed)?;
+        let fit_s = t.elapsed().as_secs_f64();
+        let entries = sigs.iter().map(|s| s.idx.len()).sum::<usize>() as f64 / sigs.len() as f64;
+        let mut loads = vec![0u32; a.workers];
+        let mut best = f64::INFINITY;
+        let mut check = 0usize;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for i in 0..a.decisions {
+                let w = eldr.route(&sigs[i % sigs.len()], &loads);
+                check = check.wrapping_add(w);
+                loads[w] += 1;
+                if loads[w] > 16 {
+                    loads.iter_mut().for_each(|l| *l /= 2);
+                }
+            }
+            best = best.min(t.elapsed().as_secs_f64() * 1e6 / a.decisions as f64);
+        }
+        std::hint::black_box(check);
+        out.push_str(&format!(
+            "| {name} | {} | {entries:.0} | {best:.3} | {sig_us:.2} | {fit_s:.2} |\n",
+            model.mask.len()
+        ));
+    }
+    print_stdout(&out)
 }

@@ -11,9 +11,9 @@
 //! Choices: the split is a seeded permutation (the test requests arrive in permuted
 //! order, so families interleave); only requests with both prefill and decode tokens
 //! take part; a held-out request's reference cluster is the nearest calibration
-//! centroid to its decode activation vector; the arrival rate is set so that, with
-//! steps as expensive as a batch of `target_batch` requests with no shared experts,
-//! each worker holds about `target_batch` requests; the replay uses the `nearest`
+//! centroid to its decode activation vector; the arrival rate is tuned (three rounds
+//! of round-robin runs, each scaling the rate by target / measured mean batch) so
+//! that decode steps batch about `target_batch` requests; the replay uses the `nearest`
 //! dispatcher (a copy on the home GPU, else the home node, when the placement has
 //! replicas). Each section that cannot run on the input (too few requests for the
 //! clusters or workers) reports why instead of figures.
@@ -123,6 +123,56 @@ pub struct ExperimentReport {
     pub classification: Result<Vec<ClassificationRow>, String>,
     pub placement: Result<Vec<PlacementRow>, String>,
     pub decode: Result<DecodeSection, String>,
+    /// Distinct experts per layer of a batch of `target_batch` held-out requests
+    /// (one random decode token each), same-family batches vs batches drawn from all
+    /// requests (means over 500 batches each); `None` without two families.
+    pub family_batches: Option<(f64, f64)>,
+    /// Requests per batch of `family_batches`.
+    pub batch: usize,
+}
+
+/// Distinct experts per layer of random batches of `b` requests (one random decode
+/// token each): (same-family batches, batches from all requests). The property the
+/// ELDR paper reports as "same-domain batches activate 17-21% fewer experts".
+pub fn family_batch_locality(shape: ModelShape, reqs: &[&RequestTokens], b: usize, seed: u64) -> Option<(f64, f64)> {
+    let mut fams: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, r) in reqs.iter().enumerate() {
+        fams.entry(r.family.as_deref()?).or_default().push(i);
+    }
+    if fams.len() < 2 || b == 0 {
+        return None;
+    }
+    let fams: Vec<Vec<usize>> = fams.into_values().collect();
+    let (layers, k, ppt) = (shape.layers, shape.top_k, shape.picks_per_token());
+    let mut rng = Rng::new(seed ^ 0xBA7C4);
+    let mut seen = vec![u32::MAX; layers * shape.experts];
+    let mut stamp = 0u32;
+    let mut distinct = |members: &[usize], rng: &mut Rng| -> f64 {
+        stamp += 1;
+        let mut n = 0u64;
+        for &m in members {
+            let r = reqs[m];
+            let t = rng.below(r.decode.len() / ppt);
+            for (i, &e) in r.decode[t * ppt..(t + 1) * ppt].iter().enumerate() {
+                let slot = &mut seen[(i / k) * shape.experts + e as usize];
+                if *slot != stamp {
+                    *slot = stamp;
+                    n += 1;
+                }
+            }
+        }
+        n as f64 / layers as f64
+    };
+    let rounds = 500;
+    let (mut same, mut mixed) = (0.0, 0.0);
+    for _ in 0..rounds {
+        let f = &fams[rng.below(fams.len())];
+        let members: Vec<usize> = (0..b).map(|_| f[rng.below(f.len())]).collect();
+        same += distinct(&members, &mut rng);
+        let members: Vec<usize> = (0..b).map(|_| rng.below(reqs.len())).collect();
+        mixed += distinct(&members, &mut rng);
+    }
+    Some((same / rounds as f64, mixed / rounds as f64))
 }
 
 fn mean(v: impl Iterator<Item = usize>) -> f64 {
@@ -266,13 +316,25 @@ pub fn run(shape: ModelShape, all: &[RequestTokens], cfg: &ExperimentConfig) -> 
             .zip(&sig_t)
             .map(|(r, s)| DecodeRequest { prefill_tokens: r.prefill_len(shape), decode: &r.decode, signature: s })
             .collect();
+        // Arrival rate: first guess from a step loading top-k x batch distinct
+        // experts per layer, then scaled by target / measured mean batch under
+        // round-robin (three rounds).
         let mean_dec = mean(test.iter().map(|r| r.decode_len(shape)));
         let b = cfg.target_batch.max(1.0);
         let distinct = ((shape.top_k as f64 * b).min(shape.experts as f64) * shape.layers as f64) as u64;
         let step_s = cfg.model.step_us(distinct, b as usize) / 1e6;
-        let rate = cfg.workers as f64 * b / (mean_dec.max(1.0) * step_s);
-        let dc =
-            DecodeConfig { workers: cfg.workers, rate, max_batch: cfg.max_batch, seed: cfg.seed, model: cfg.model };
+        let mut dc = DecodeConfig {
+            workers: cfg.workers,
+            rate: cfg.workers as f64 * b / (mean_dec.max(1.0) * step_s),
+            max_batch: cfg.max_batch,
+            seed: cfg.seed,
+            model: cfg.model,
+        };
+        for _ in 0..3 {
+            let r = simulate_decode(shape, &reqs, &mut RoundRobin::default(), &dc).map_err(|e| e.to_string())?;
+            dc.rate *= (b / r.mean_batch.max(1e-9)).clamp(0.25, 4.0);
+        }
+        let rate = dc.rate;
         let eldr = |balanced: bool, tau: f32| {
             Eldr::fit(&sig_c, sm.dims(), cfg.workers, balanced, tau, cfg.seed).map_err(|e| format!("ELDR: {e}"))
         };
@@ -301,6 +363,8 @@ pub fn run(shape: ModelShape, all: &[RequestTokens], cfg: &ExperimentConfig) -> 
         classification,
         placement,
         decode,
+        family_batches: family_batch_locality(shape, &test, cfg.target_batch.round() as usize, cfg.seed),
+        batch: cfg.target_batch.round() as usize,
     }
 }
 
