@@ -335,7 +335,7 @@ fn place_for_clusters(
         }
         rows.push(row);
     }
-    Ok((Placement::new(experts, cluster.gpus, cluster.slots_per_gpu, rows)?, local))
+    Ok((Placement::with_slots(experts, cluster.gpus, cluster.slots(), rows)?, local))
 }
 
 /// The registry placer.
