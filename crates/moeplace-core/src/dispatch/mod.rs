@@ -14,11 +14,13 @@
 
 use crate::placement::Placement;
 
+mod gesr;
 mod grace;
 mod nearest;
 mod primary;
 mod random;
 
+pub use gesr::{DecayedLoad, Gesr};
 pub use grace::Grace;
 pub use nearest::Nearest;
 pub use primary::Primary;
@@ -100,7 +102,7 @@ pub trait Dispatcher: Send + Sync {
 
 /// Every dispatcher (`seed` drives the seeded ones), in the order help lists them.
 pub fn registry(seed: u64) -> Vec<Box<dyn Dispatcher>> {
-    vec![Box::new(Primary), Box::new(Random::new(seed)), Box::new(Nearest), Box::new(Grace)]
+    vec![Box::new(Primary), Box::new(Random::new(seed)), Box::new(Nearest), Box::new(Grace), Box::new(Gesr::default())]
 }
 
 /// The dispatcher called `name`.

@@ -11,9 +11,12 @@ use crate::stats::{ExpertLoads, Statistics};
 use crate::trace::ModelShape;
 
 mod balance;
+mod coact;
 mod eplb;
 mod linear;
 mod round_robin;
+mod tacg;
+mod tacg_gesr;
 
 /// Placer parameters as `key=value` strings (from `--param` on the command line);
 /// each placer documents and parses its own.
@@ -133,7 +136,15 @@ pub trait Placer: Send + Sync {
 
 /// Every placer, in the order tables list them.
 pub fn registry() -> Vec<Box<dyn Placer>> {
-    vec![Box::new(linear::Linear), Box::new(round_robin::RoundRobin), Box::new(eplb::Eplb), Box::new(balance::Balance)]
+    vec![
+        Box::new(linear::Linear),
+        Box::new(round_robin::RoundRobin),
+        Box::new(eplb::Eplb),
+        Box::new(balance::Balance),
+        Box::new(coact::Coact),
+        Box::new(tacg::Tacg),
+        Box::new(tacg_gesr::TacgGesr),
+    ]
 }
 
 /// The placer called `name`.
