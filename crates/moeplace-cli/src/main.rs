@@ -34,6 +34,7 @@ enum Command {
     Export(cmd::export::Args),
     Demo(cmd::demo::Args),
     Synth(cmd::synth::Args),
+    Experiment(cmd::experiment::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cmd::export::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Synth(a) => cmd::synth::run(a),
+        Command::Experiment(a) => cmd::experiment::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

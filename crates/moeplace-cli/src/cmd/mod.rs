@@ -4,6 +4,7 @@ pub mod bench;
 pub mod convert;
 pub mod demo;
 pub mod eval;
+pub mod experiment;
 pub mod export;
 pub mod merge;
 pub mod plan;

@@ -22,6 +22,12 @@ mod random;
 
 pub use gesr::{DecayedLoad, Gesr};
 pub use grace::Grace;
+
+/// The `gesr` dispatcher's default load tolerance (for command-line defaults).
+pub const fn gesr_default_theta() -> f64 {
+    gesr::DEFAULT_THETA
+}
+
 pub use nearest::Nearest;
 pub use primary::Primary;
 pub use random::Random;
