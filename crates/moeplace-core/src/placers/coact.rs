@@ -30,7 +30,8 @@
 //! different GPUs).
 //!
 //! Parameters (`--param`):
-//! - `balance=B` (default 4): weight of the load-spread term.
+//! - `balance=B` (default 8, chosen with `moeplace experiment tacg --tune` on the ESFT
+//!   calibration requests): weight of the load-spread term.
 //! - `passes=N` (default 30): the most swap passes per partition.
 
 use std::collections::BTreeMap;
@@ -46,7 +47,7 @@ use crate::stats::{pair_count, pair_index, Statistics};
 pub struct Coact;
 
 /// Default weight of the load-spread term.
-pub(crate) const DEFAULT_BALANCE: f64 = 4.0;
+pub(crate) const DEFAULT_BALANCE: f64 = 8.0;
 /// Default most swap passes.
 pub(crate) const DEFAULT_PASSES: usize = 30;
 
