@@ -48,7 +48,7 @@ enum What {
     Balance(BalanceArgs),
     /// Co-activation placers and the gesr dispatcher at DeepSeek-V3 shape (58 layers x
     /// 256 experts, top-8; synthetic four-family statistics): plan time of coact, tacg
-    /// and tacg+gesr for 64 GPUs in 8 nodes with 5 slots per GPU (64 redundant slots),
+    /// and tacg+gesr for 64 GPUs in 8 nodes with 288 slots (32 redundant: 4 or 5 per GPU),
     /// and the cost of one replica decision (ns per token-expert pick) of gesr and
     /// nearest on the tacg+gesr plan. docs/TACG.md quotes this.
     Tacg(TacgBenchArgs),
@@ -65,6 +65,9 @@ struct TacgBenchArgs {
     /// Repetitions; the table shows the fastest.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Slots per layer over the 64 GPUs (288: 32 redundant, GPUs own 4 or 5).
+    #[arg(long, default_value_t = 288)]
+    slots: usize,
 }
 
 #[derive(clap::Args)]
@@ -660,19 +663,22 @@ fn bench_tacg(a: TacgBenchArgs) -> Result<()> {
     use moeplace_core::stats::Statistics;
 
     anyhow::ensure!(a.tokens > 0 && a.repeat > 0 && a.dispatch_tokens > 0, "counts must be positive");
+    anyhow::ensure!(a.slots >= 256, "--slots must be at least the 256 experts");
     let mut config = SynthConfig::preset("deepseek-v3")?;
     config.tokens = Some(a.tokens);
     let batches = synth::generate_all(&config, 1)?;
     let stats = Statistics::from_batches(config.shape, ProfileOptions { request_vectors: false }, &batches)?;
     let shape = stats.shape();
-    let cluster = Cluster::new(8, 64, 5)?;
+    let cluster = Cluster::new(8, 64, 4)?.with_slots(a.slots)?;
     let loads = stats.loads(|_| true);
     let params = Params::default();
     let mut out = format!(
-        "tacg: {shape}, {} calibration tokens in {} families, 64 GPUs in 8 nodes x 5 slots (64 redundant), \
+        "tacg: {shape}, {} calibration tokens in {} families, 64 GPUs in 8 nodes, {} slots ({} redundant), \
          {} threads, best of {}\n\nplacer      plan seconds\n",
         stats.tokens(),
         stats.families().len(),
+        a.slots,
+        a.slots - shape.experts,
         rayon::current_num_threads(),
         a.repeat
     );

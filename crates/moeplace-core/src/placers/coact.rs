@@ -269,7 +269,7 @@ pub(crate) fn solve_layer(
 /// The placement of per-layer GPU lists.
 pub(crate) fn to_placement(input: &PlacerInput<'_>, lists: &[Vec<Vec<usize>>]) -> Result<Placement, PlaceError> {
     let rows: Vec<Vec<i64>> = lists.iter().map(|layer| layer.iter().flatten().map(|&e| e as i64).collect()).collect();
-    Ok(Placement::new(input.shape.experts, input.cluster.gpus, input.cluster.slots() / input.cluster.gpus, rows)?)
+    Ok(Placement::with_slots(input.shape.experts, input.cluster.gpus, input.cluster.slots(), rows)?)
 }
 
 #[cfg(test)]
@@ -311,5 +311,21 @@ mod tests {
         let evens = g0.iter().filter(|&&e| e % 2 == 0).count();
         assert!(evens >= 4 || evens <= 1, "{g0:?}");
         assert_eq!(p.logcnt()[0].iter().sum::<usize>(), 10);
+        // Unequal slot counts: 11 slots on 2 GPUs (5 and 6), filled exactly.
+        let cluster = Cluster::new(2, 2, 5).unwrap().with_slots(11).unwrap();
+        let out = by_name("coact")
+            .unwrap()
+            .place(&PlacerInput {
+                shape,
+                cluster: &cluster,
+                loads: &loads,
+                stats: Some(&stats),
+                previous: None,
+                params: &params,
+                seed: 0,
+            })
+            .unwrap();
+        assert_eq!(out.placement.gpu_experts(0, 0).len(), 5);
+        assert_eq!(out.placement.gpu_experts(0, 1).len(), 6);
     }
 }
