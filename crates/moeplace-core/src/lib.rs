@@ -6,6 +6,7 @@
 //! - [`balance`]: expected GPU loads of a placement, balancedness figures and lower bounds.
 //! - [`cluster`]: nodes, GPUs, slots and links.
 //! - [`placement`]: the slot -> expert map and its invariants (checked in one place).
+//! - [`partition`]: exact-capacity graph partitioning (greedy start, pair swaps, nodes then GPUs).
 //! - [`placers`]: algorithms statistics + cluster -> placement, one per file.
 //! - [`synth`]: synthetic multi-task routing workloads at any model scale, and fitting them to real statistics.
 //! - [`dispatch`]: serving-time replica choice per token pick, one per file.
@@ -15,6 +16,7 @@
 pub mod balance;
 pub mod cluster;
 pub mod dispatch;
+pub mod partition;
 pub mod placement;
 pub mod placers;
 pub mod report;

@@ -53,6 +53,12 @@ enum What {
     /// cost of building a signature from prefill counts. Microseconds per request
     /// (mean over --decisions decisions, best of 3). docs/REQUESTS.md quotes it.
     Requests(RequestsBenchArgs),
+    /// Co-activation placers and the gesr dispatcher at DeepSeek-V3 shape (58 layers x
+    /// 256 experts, top-8; synthetic four-family statistics): plan time of coact, tacg
+    /// and tacg+gesr for 64 GPUs in 8 nodes with 288 slots (32 redundant: 4 or 5 per GPU),
+    /// and the cost of one replica decision (ns per token-expert pick) of gesr and
+    /// nearest on the tacg+gesr plan. docs/TACG.md quotes this.
+    Tacg(TacgBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +75,22 @@ struct RequestsBenchArgs {
     /// Seed of the synthetic traffic.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+#[derive(clap::Args)]
+struct TacgBenchArgs {
+    /// Calibration tokens of the synthetic statistics.
+    #[arg(long, default_value_t = 20_000)]
+    tokens: u64,
+    /// Tokens replayed through the dispatchers.
+    #[arg(long, default_value_t = 20_000)]
+    dispatch_tokens: usize,
+    /// Repetitions; the table shows the fastest.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Slots per layer over the 64 GPUs (288: 32 redundant, GPUs own 4 or 5).
+    #[arg(long, default_value_t = 288)]
+    slots: usize,
 }
 
 #[derive(clap::Args)]
@@ -135,6 +157,7 @@ pub fn run(args: Args) -> Result<()> {
         What::Synth(a) => bench_synth(a),
         What::Balance(a) => bench_balance(a),
         What::Requests(a) => bench_requests(a),
+        What::Tacg(a) => bench_tacg(a),
     }
 }
 
@@ -711,6 +734,104 @@ fn bench_requests(a: RequestsBenchArgs) -> Result<()> {
             "| {name} | {} | {entries:.0} | {best:.3} | {sig_us:.2} | {fit_s:.2} |\n",
             model.mask.len()
         ));
+    }
+    print_stdout(&out)
+}
+
+fn bench_tacg(a: TacgBenchArgs) -> Result<()> {
+    use moeplace_core::cluster::Cluster;
+    use moeplace_core::dispatch::{DispatchContext, Dispatcher, Gesr, Nearest, ReplicaTable};
+    use moeplace_core::placers::{by_name, Params, PlacerInput};
+    use moeplace_core::simulate::benchmark_trace;
+    use moeplace_core::stats::Statistics;
+
+    anyhow::ensure!(a.tokens > 0 && a.repeat > 0 && a.dispatch_tokens > 0, "counts must be positive");
+    anyhow::ensure!(a.slots >= 256, "--slots must be at least the 256 experts");
+    let mut config = SynthConfig::preset("deepseek-v3")?;
+    config.tokens = Some(a.tokens);
+    let batches = synth::generate_all(&config, 1)?;
+    let stats = Statistics::from_batches(config.shape, ProfileOptions { request_vectors: false }, &batches)?;
+    let shape = stats.shape();
+    let cluster = Cluster::new(8, 64, 4)?.with_slots(a.slots)?;
+    let loads = stats.loads(|_| true);
+    let params = Params::default();
+    let mut out = format!(
+        "tacg: {shape}, {} calibration tokens in {} families, 64 GPUs in 8 nodes, {} slots ({} redundant), \
+         {} threads, best of {}\n\nplacer      plan seconds\n",
+        stats.tokens(),
+        stats.families().len(),
+        a.slots,
+        a.slots - shape.experts,
+        rayon::current_num_threads(),
+        a.repeat
+    );
+    let mut gesr_plan = None;
+    for name in ["coact", "tacg", "tacg+gesr"] {
+        let placer = by_name(name).context("placer registered")?;
+        let mut best = f64::INFINITY;
+        for _ in 0..a.repeat {
+            let t0 = Instant::now();
+            let o = placer.place(&PlacerInput {
+                shape,
+                cluster: &cluster,
+                loads: &loads,
+                stats: Some(&stats),
+                previous: None,
+                params: &params,
+                seed: 0,
+            })?;
+            best = best.min(t0.elapsed().as_secs_f64());
+            gesr_plan = Some(o.placement);
+        }
+        out.push_str(&format!("{name:<11} {best:>12.3}\n"));
+    }
+    let placement = gesr_plan.context("a plan was made")?;
+    let table = ReplicaTable::new(&placement);
+    let node_of: Vec<u32> = (0..cluster.gpus).map(|g| cluster.node_of(g) as u32).collect();
+    let trace = benchmark_trace(shape, a.dispatch_tokens, 500, 2);
+    let ids = trace.batches[0].expert_ids();
+    let k = shape.top_k;
+    out.push_str("\ndispatcher  ns per pick  (one thread; picks with several copies in this plan: ");
+    let multi = (0..shape.layers)
+        .map(|l| (0..shape.experts).filter(|&e| table.gpus(l, e).len() > 1).count())
+        .sum::<usize>() as f64
+        / (shape.layers * shape.experts) as f64;
+    out.push_str(&format!("{:.1}% of experts)\n", 100.0 * multi));
+    let dispatchers: [(&str, Box<dyn Dispatcher>); 2] =
+        [("gesr", Box::new(Gesr::default())), ("nearest", Box::new(Nearest))];
+    for (name, d) in dispatchers {
+        let mut best = f64::INFINITY;
+        let mut sink = 0u64;
+        for _ in 0..a.repeat {
+            let mut running = vec![0u64; shape.layers * cluster.gpus];
+            let mut o = vec![0u32; k];
+            let t0 = Instant::now();
+            for t in 0..a.dispatch_tokens {
+                let home = (t / 500) % cluster.gpus;
+                for layer in 0..shape.layers {
+                    let picks = &ids[(t * shape.layers + layer) * k..(t * shape.layers + layer + 1) * k];
+                    let row = &mut running[layer * cluster.gpus..(layer + 1) * cluster.gpus];
+                    let ctx = DispatchContext {
+                        replicas: &table,
+                        node_of: &node_of,
+                        layer,
+                        home,
+                        home_node: node_of[home] as usize,
+                        token_key: t as u64,
+                        loads: row,
+                    };
+                    d.dispatch(&ctx, picks, &mut o);
+                    for &g in &o {
+                        row[g as usize] += 1;
+                    }
+                }
+            }
+            best = best.min(t0.elapsed().as_secs_f64());
+            sink += running.iter().sum::<u64>();
+        }
+        let picks = (a.dispatch_tokens * shape.layers * k) as f64;
+        out.push_str(&format!("{name:<11} {:>11.1}\n", best * 1e9 / picks));
+        std::hint::black_box(sink);
     }
     print_stdout(&out)
 }

@@ -14,12 +14,20 @@
 
 use crate::placement::Placement;
 
+mod gesr;
 mod grace;
 mod nearest;
 mod primary;
 mod random;
 
+pub use gesr::{DecayedLoad, Gesr};
 pub use grace::Grace;
+
+/// The `gesr` dispatcher's default load tolerance (for command-line defaults).
+pub const fn gesr_default_theta() -> f64 {
+    gesr::DEFAULT_THETA
+}
+
 pub use nearest::Nearest;
 pub use primary::Primary;
 pub use random::Random;
@@ -100,7 +108,7 @@ pub trait Dispatcher: Send + Sync {
 
 /// Every dispatcher (`seed` drives the seeded ones), in the order help lists them.
 pub fn registry(seed: u64) -> Vec<Box<dyn Dispatcher>> {
-    vec![Box::new(Primary), Box::new(Random::new(seed)), Box::new(Nearest), Box::new(Grace)]
+    vec![Box::new(Primary), Box::new(Random::new(seed)), Box::new(Nearest), Box::new(Grace), Box::new(Gesr::default())]
 }
 
 /// The dispatcher called `name`.

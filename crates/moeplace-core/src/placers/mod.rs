@@ -12,9 +12,12 @@ use crate::trace::ModelShape;
 
 mod balance;
 pub mod cluster_homes;
+mod coact;
 mod eplb;
 mod linear;
 mod round_robin;
+mod tacg;
+mod tacg_gesr;
 
 /// Placer parameters as `key=value` strings (from `--param` on the command line);
 /// each placer documents and parses its own.
@@ -139,6 +142,9 @@ pub fn registry() -> Vec<Box<dyn Placer>> {
         Box::new(round_robin::RoundRobin),
         Box::new(eplb::Eplb),
         Box::new(balance::Balance),
+        Box::new(coact::Coact),
+        Box::new(tacg::Tacg),
+        Box::new(tacg_gesr::TacgGesr),
         Box::new(cluster_homes::ClusterHomesPlacer),
     ]
 }

@@ -1,0 +1,485 @@
+//! `moeplace experiment tacg`: the task-aware grouping evaluation on held-out ESFT
+//! traffic (coact, tacg, tacg+gesr against linear, eplb and balance); docs/TACG.md
+//! quotes its tables.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use moeplace_core::cluster::Cluster;
+use moeplace_core::dispatch::{Dispatcher, Gesr, Nearest, Primary};
+use moeplace_core::placers::{by_name, Params, PlacerInput, PlacerOutput};
+use moeplace_core::simulate::{cut_percent, simulate, HomePolicy, SimResult};
+use moeplace_core::stats::{ProfileOptions, Statistics};
+use moeplace_core::trace::Trace;
+
+use crate::evaluate::baseline_placement;
+use crate::input::{print_stdout, read_trace, TraceArgs, DEFAULT_BATCH_TOKENS};
+
+#[derive(clap::Args)]
+pub(super) struct TacgArgs {
+    /// The ESFT log folder (family folders of expert_weights_<layer>.txt).
+    #[arg(long, value_name = "DIR", default_value = "../shared/data/esft-deepseek-v2-lite")]
+    data: PathBuf,
+    /// A parameter of tacg and tacg+gesr, key=value (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// Instead of the tables: a grid of tacg+gesr parameters (balance, alpha, eta)
+    /// replayed on the calibration requests themselves (5 slots per GPU, homes by
+    /// family), to choose defaults without looking at the held-out requests.
+    #[arg(long)]
+    tune: bool,
+    /// Leave out the calibration-budget table (the slowest).
+    #[arg(long)]
+    no_budget: bool,
+    /// Load tolerance of the gesr dispatcher.
+    #[arg(long, default_value_t = moeplace_core::dispatch::gesr_default_theta())]
+    theta: f64,
+}
+
+const NODES: usize = 4;
+const GPUS: usize = 16;
+
+/// One replayed configuration.
+struct Outcome {
+    result: SimResult,
+    plan_ms: f64,
+}
+
+struct Setup {
+    calib: Trace,
+    test: Trace,
+    stats: Statistics,
+    baseline: SimResult,
+    /// Tokens per held-out request, for the longest-first packing reference.
+    test_lengths: Vec<u64>,
+    theta: f64,
+}
+
+pub(super) fn tacg(args: TacgArgs) -> Result<()> {
+    if !args.data.is_dir() {
+        bail!("{}: no such folder (give --data, the ESFT DeepSeek-V2-Lite logs)", args.data.display());
+    }
+    let targs = TraceArgs { format: None, experts: None, top_k: None, batch_tokens: DEFAULT_BATCH_TOKENS };
+    let trace = read_trace(&args.data, &targs)?;
+    let (calib, test) = split(&trace);
+    let user = Params::parse(args.params.iter().map(String::as_str))?;
+    let stats = profile(&calib)?;
+    if args.tune {
+        return tune(&calib, &stats, &user, args.theta);
+    }
+    let setup = Setup {
+        baseline: baseline(&test)?,
+        test_lengths: request_lengths(&test),
+        calib,
+        test,
+        stats,
+        theta: args.theta,
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Calibration: {} tokens ({} requests); held out: {} tokens ({} requests); {GPUS} GPUs in {NODES} nodes. \
+         Baseline (linear, primary, homes round-robin): {:.4} remote GPUs and {:.4} remote nodes per token-layer, \
+         Jain {:.4}. Longest-first packing of the held-out requests onto all GPUs: home load max/mean {:.4}.\n\n",
+        setup.calib.tokens(),
+        request_lengths(&setup.calib).len(),
+        setup.test.tokens(),
+        setup.test_lengths.len(),
+        setup.baseline.remote_gpus,
+        setup.baseline.remote_nodes,
+        setup.baseline.jain,
+        lpt(&setup.test_lengths, GPUS),
+    ));
+    main_table(&setup, &user, &mut out)?;
+    ablation_table(&setup, &user, &mut out)?;
+    shift_table(&setup, &user, &mut out)?;
+    if !args.no_budget {
+        budget_table(&setup, &user, &mut out)?;
+    }
+    print_stdout(&out)
+}
+
+/// Requests in order of first appearance with their family and token count.
+fn requests(trace: &Trace) -> Vec<(String, Option<String>, u64)> {
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out: Vec<(String, Option<String>, u64)> = Vec::new();
+    for t in trace.iter() {
+        let i = *index.entry(t.request.to_string()).or_insert_with(|| {
+            out.push((t.request.to_string(), t.family.map(str::to_string), 0));
+            out.len() - 1
+        });
+        out[i].2 += 1;
+    }
+    out
+}
+
+fn request_lengths(trace: &Trace) -> Vec<u64> {
+    requests(trace).iter().map(|r| r.2).collect()
+}
+
+/// The trace's requests reordered so that families interleave as in a mixed serving
+/// stream: next comes the family that has had the smallest share of its tokens so far
+/// (ties to the first family), its next request in order. (The ESFT logs list one
+/// family after another; replayed as they are, every replay chunk, the dispatchers'
+/// load window, would hold a single family.)
+fn interleave(trace: &Trace) -> Trace {
+    let reqs = requests(trace);
+    let mut families: Vec<Option<String>> = reqs.iter().map(|r| r.1.clone()).collect();
+    families.sort();
+    families.dedup();
+    let queue: Vec<Vec<usize>> =
+        families.iter().map(|f| (0..reqs.len()).filter(|&i| &reqs[i].1 == f).collect()).collect();
+    let total: Vec<u64> = queue.iter().map(|q| q.iter().map(|&i| reqs[i].2).sum()).collect();
+    let mut done = vec![0u64; families.len()];
+    let mut next = vec![0usize; families.len()];
+    let mut order = Vec::with_capacity(reqs.len());
+    while order.len() < reqs.len() {
+        let f = (0..families.len())
+            .filter(|&f| next[f] < queue[f].len())
+            .min_by(|&a, &b| {
+                (done[a] as f64 / total[a].max(1) as f64).total_cmp(&(done[b] as f64 / total[b].max(1) as f64))
+            })
+            .expect("requests remain");
+        let i = queue[f][next[f]];
+        next[f] += 1;
+        done[f] += reqs[i].2;
+        order.push(reqs[i].0.clone());
+    }
+    let mut by_request: BTreeMap<&str, Vec<moeplace_core::trace::TokenRef<'_>>> = BTreeMap::new();
+    for t in trace.iter() {
+        by_request.entry(t.request).or_default().push(t);
+    }
+    let mut batch = moeplace_core::trace::TokenBatch::with_capacity(trace.shape, trace.tokens());
+    for name in &order {
+        for t in &by_request[name.as_str()] {
+            batch.push(*t).expect("tokens of a trace already match its shape");
+        }
+    }
+    Trace { shape: trace.shape, batches: vec![batch] }
+}
+
+/// Calibration = requests of even ordinal within their family, held out = odd; both
+/// with families interleaved ([`interleave`]).
+fn split(trace: &Trace) -> (Trace, Trace) {
+    let mut ordinal: BTreeMap<Option<String>, usize> = BTreeMap::new();
+    let mut calib = HashSet::new();
+    for (name, family, _) in requests(trace) {
+        let o = ordinal.entry(family).or_insert(0);
+        if o.is_multiple_of(2) {
+            calib.insert(name);
+        }
+        *o += 1;
+    }
+    (
+        interleave(&trace.filter(|t| calib.contains(t.request))),
+        interleave(&trace.filter(|t| !calib.contains(t.request))),
+    )
+}
+
+fn profile(trace: &Trace) -> Result<Statistics> {
+    Ok(Statistics::from_batches(trace.shape, ProfileOptions { request_vectors: false }, &trace.batches)?)
+}
+
+fn baseline(test: &Trace) -> Result<SimResult> {
+    let (c, p) = baseline_placement(test.shape.layers, test.shape.experts, NODES, GPUS)?;
+    Ok(simulate(test, &p, &c, &Primary, &HomePolicy::RoundRobin)?)
+}
+
+/// Longest-first packing of request lengths onto `gpus` bins: max/mean.
+fn lpt(lengths: &[u64], gpus: usize) -> f64 {
+    let mut l = lengths.to_vec();
+    l.sort_unstable_by(|a, b| b.cmp(a));
+    let mut bins = vec![0u64; gpus];
+    for x in l {
+        let i = (0..gpus).min_by_key(|&i| (bins[i], i)).expect("at least one GPU");
+        bins[i] += x;
+    }
+    let mean = bins.iter().sum::<u64>() as f64 / gpus as f64;
+    bins.iter().copied().max().unwrap_or(0) as f64 / mean.max(1e-300)
+}
+
+/// Plans with `placer` from `stats` for 16 GPUs in 4 nodes with `slots` per GPU.
+fn plan(stats: &Statistics, placer: &str, slots: usize, params: &Params) -> Result<(PlacerOutput, Cluster, f64)> {
+    let cluster = Cluster::new(NODES, GPUS, slots)?;
+    let p = by_name(placer).with_context(|| format!("placer {placer} is registered"))?;
+    let loads = stats.loads(|_| true);
+    let start = Instant::now();
+    let out = p
+        .place(&PlacerInput {
+            shape: stats.shape(),
+            cluster: &cluster,
+            loads: &loads,
+            stats: Some(stats),
+            previous: None,
+            params,
+            seed: 0,
+        })
+        .with_context(|| format!("placer {placer}"))?;
+    Ok((out, cluster, start.elapsed().as_secs_f64() * 1e3))
+}
+
+/// The parameters a placer accepts out of the user's.
+fn params_for(placer: &str, user: &Params) -> Params {
+    let keep: &[&str] = match placer {
+        "tacg" => &["alpha", "temperature", "eta", "balance", "passes"],
+        "tacg+gesr" => &["alpha", "temperature", "eta", "balance", "passes", "lambda1", "lambda2", "pay"],
+        "coact" => &["balance", "passes"],
+        _ => &[],
+    };
+    Params(user.0.iter().filter(|(k, _)| keep.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// The dispatcher each placer is served with: gesr for tacg+gesr, nearest otherwise.
+fn dispatcher_for(placer: &str, theta: f64) -> Box<dyn Dispatcher> {
+    if placer == "tacg+gesr" {
+        Box::new(Gesr { theta, ..Gesr::default() })
+    } else {
+        Box::new(Nearest)
+    }
+}
+
+/// Plans and replays one configuration.
+fn run_one(
+    stats: &Statistics,
+    test: &Trace,
+    placer: &str,
+    slots: usize,
+    by_family: bool,
+    params: &Params,
+    dispatcher: &dyn Dispatcher,
+) -> Result<Outcome> {
+    let (out, cluster, plan_ms) = plan(stats, placer, slots, params)?;
+    let homes = match (&out.family_gpus, by_family) {
+        (Some(f), true) => HomePolicy::Family(f.clone()),
+        _ => HomePolicy::RoundRobin,
+    };
+    let result = simulate(test, &out.placement, &cluster, dispatcher, &homes)?;
+    Ok(Outcome { result, plan_ms })
+}
+
+fn header(out: &mut String, first: &str) {
+    out.push_str(&format!(
+        "| {first} | remote GPUs | cut % | remote nodes | cut % | Jain | home max/mean | vs longest-first |\n|{}---:|---:|---:|---:|---:|---:|---:|\n",
+        "---|".repeat(first.matches('|').count() + 1)
+    ));
+}
+
+fn row(out: &mut String, label: &str, r: &SimResult, base: &SimResult, lpt_ref: f64) {
+    let cut = |a: f64, b: f64| cut_percent(a, b).map_or("-".to_string(), |c| format!("{c:.1}"));
+    out.push_str(&format!(
+        "| {label} | {:.4} | {} | {:.4} | {} | {:.4} | {:.3} | {:.3}x |\n",
+        r.remote_gpus,
+        cut(r.remote_gpus, base.remote_gpus),
+        r.remote_nodes,
+        cut(r.remote_nodes, base.remote_nodes),
+        r.jain,
+        r.home_max_over_mean,
+        r.home_max_over_mean / lpt_ref,
+    ));
+}
+
+const PLACERS: &[&str] = &["linear", "coact", "eplb", "balance", "tacg", "tacg+gesr"];
+
+fn main_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
+    let lpt_ref = lpt(&s.test_lengths, GPUS);
+    out.push_str(
+        "### Held-out ESFT, 16 GPUs in 4 nodes\n\nDispatcher: gesr for tacg+gesr, nearest otherwise. Plans without \
+         family groups serve requests round-robin under either home policy.\n\n",
+    );
+    header(out, "placer | slots/GPU | homes");
+    row(out, "baseline | 4 | round-robin", &s.baseline, &s.baseline, lpt_ref);
+    let mut times = Vec::new();
+    for slots in [4, 5] {
+        for by_family in [false, true] {
+            for &placer in PLACERS {
+                let d = dispatcher_for(placer, s.theta);
+                let o = run_one(&s.stats, &s.test, placer, slots, by_family, &params_for(placer, user), d.as_ref())?;
+                let homes = if by_family { "family" } else { "round-robin" };
+                row(out, &format!("{placer} | {slots} | {homes}"), &o.result, &s.baseline, lpt_ref);
+                if by_family {
+                    times.push(format!("{placer} ({slots} slots) {:.0} ms", o.plan_ms));
+                }
+            }
+        }
+    }
+    out.push_str(&format!("\nPlan times (26 layers, one run, this machine): {}.\n\n", times.join(", ")));
+    Ok(())
+}
+
+fn ablation_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
+    let lpt_ref = lpt(&s.test_lengths, GPUS);
+    out.push_str("### Ablations of tacg+gesr (5 slots per GPU, homes by family)\n\n");
+    header(out, "variant");
+    let with = |k: &str, v: &str| {
+        let mut p = params_for("tacg+gesr", user);
+        p.0.insert(k.into(), v.into());
+        p
+    };
+    let full = params_for("tacg+gesr", user);
+    let mut both = with("alpha", "0");
+    both.0.insert("eta".into(), "0".into());
+    let gesr = Gesr { theta: s.theta, ..Gesr::default() };
+    let paper = Gesr { theta: s.theta, mean_reference: false };
+    let cases: Vec<(&str, usize, Params, &dyn Dispatcher)> = vec![
+        ("tacg+gesr (full)", 5, full.clone(), &gesr),
+        ("without task-modulated graph (alpha=0)", 5, with("alpha", "0"), &gesr),
+        ("without task preference (eta=0)", 5, with("eta", "0"), &gesr),
+        ("without either (alpha=0, eta=0)", 5, both, &gesr),
+        ("without replication (4 slots per GPU)", 4, full.clone(), &gesr),
+        ("gesr with the paper's tolerance (least loaded copy only)", 5, full.clone(), &paper),
+        ("replicas served by nearest instead of gesr", 5, full, &Nearest),
+    ];
+    for (label, slots, p, d) in cases {
+        let o = run_one(&s.stats, &s.test, "tacg+gesr", slots, true, &p, d)?;
+        row(out, label, &o.result, &s.baseline, lpt_ref);
+    }
+    out.push('\n');
+    Ok(())
+}
+
+/// Held-out requests reshaped: `family` at `share` of the tokens (the other families
+/// share the rest evenly, whole requests in order, at least one each), or absent
+/// when `share` is 0.
+fn reshape(test: &Trace, family: &str, share: f64) -> Trace {
+    let reqs = requests(test);
+    let keep: HashSet<String> = if share == 0.0 {
+        reqs.iter().filter(|r| r.1.as_deref() != Some(family)).map(|r| r.0.clone()).collect()
+    } else {
+        let main: u64 = reqs.iter().filter(|r| r.1.as_deref() == Some(family)).map(|r| r.2).sum();
+        let others: Vec<Option<String>> = {
+            let mut f: Vec<Option<String>> =
+                reqs.iter().filter(|r| r.1.as_deref() != Some(family)).map(|r| r.1.clone()).collect();
+            f.sort();
+            f.dedup();
+            f
+        };
+        let budget = main as f64 * (1.0 - share) / share / others.len().max(1) as f64;
+        let mut keep: HashSet<String> =
+            reqs.iter().filter(|r| r.1.as_deref() == Some(family)).map(|r| r.0.clone()).collect();
+        for f in &others {
+            let mut used = 0u64;
+            for r in reqs.iter().filter(|r| &r.1 == f) {
+                if used > 0 && (used + r.2) as f64 > budget {
+                    continue;
+                }
+                used += r.2;
+                keep.insert(r.0.clone());
+            }
+        }
+        keep
+    };
+    test.filter(|t| keep.contains(t.request))
+}
+
+fn shift_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
+    out.push_str(
+        "### Distribution shift (5 slots per GPU, homes by family; plans from the even calibration mix)\n\n\
+         Each held-out stream is replayed against the linear baseline on the same stream.\n\n",
+    );
+    out.push_str(
+        "| shift | tokens | placer | remote GPUs cut % | remote nodes cut % | Jain | home max/mean | vs longest-first |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|\n",
+    );
+    let families = s.stats.families();
+    let mut plans = Vec::new();
+    for placer in ["coact", "tacg", "tacg+gesr"] {
+        let (o, c, _) = plan(&s.stats, placer, 5, &params_for(placer, user))?;
+        plans.push((placer, o, c));
+    }
+    for f in &families {
+        for (label, share) in [(format!("{f} at 70%"), 0.7), (format!("{f} absent"), 0.0)] {
+            let stream = reshape(&s.test, f, share);
+            let base = baseline(&stream)?;
+            let lpt_ref = lpt(&request_lengths(&stream), GPUS);
+            for (placer, o, c) in &plans {
+                let homes = match &o.family_gpus {
+                    Some(g) => HomePolicy::Family(g.clone()),
+                    None => HomePolicy::RoundRobin,
+                };
+                let d = dispatcher_for(placer, s.theta);
+                let r = simulate(&stream, &o.placement, c, d.as_ref(), &homes)?;
+                let cut = |a: f64, b: f64| cut_percent(a, b).map_or("-".to_string(), |c| format!("{c:.1}"));
+                out.push_str(&format!(
+                    "| {label} | {} | {placer} | {} | {} | {:.4} | {:.3} | {:.3}x |\n",
+                    stream.tokens(),
+                    cut(r.remote_gpus, base.remote_gpus),
+                    cut(r.remote_nodes, base.remote_nodes),
+                    r.jain,
+                    r.home_max_over_mean,
+                    r.home_max_over_mean / lpt_ref
+                ));
+            }
+        }
+    }
+    out.push('\n');
+    Ok(())
+}
+
+/// The first `budget` tokens of each family's calibration requests.
+fn truncate(calib: &Trace, budget: usize) -> Trace {
+    let mut seen: BTreeMap<Option<String>, usize> = BTreeMap::new();
+    calib.filter(|t| {
+        let c = seen.entry(t.family.map(str::to_string)).or_insert(0);
+        *c += 1;
+        *c <= budget
+    })
+}
+
+fn budget_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
+    let lpt_ref = lpt(&s.test_lengths, GPUS);
+    out.push_str("### Calibration budget (5 slots per GPU, homes by family)\n\n");
+    header(out, "tokens per family | placer");
+    let mut budgets: Vec<usize> = vec![32, 64, 128, 256, 512, 1024];
+    let most = requests(&s.calib).iter().fold(BTreeMap::new(), |mut m: BTreeMap<Option<String>, u64>, r| {
+        *m.entry(r.1.clone()).or_insert(0) += r.2;
+        m
+    });
+    let most = most.values().copied().max().unwrap_or(0) as usize;
+    budgets.retain(|&b| b < most);
+    for b in budgets.into_iter().map(Some).chain([None]) {
+        let stats = match b {
+            Some(b) => profile(&truncate(&s.calib, b))?,
+            None => s.stats.clone(),
+        };
+        for placer in ["coact", "tacg+gesr"] {
+            let d = dispatcher_for(placer, s.theta);
+            let o = run_one(&stats, &s.test, placer, 5, true, &params_for(placer, user), d.as_ref())?;
+            let label = b.map_or("all".to_string(), |b| b.to_string());
+            row(out, &format!("{label} | {placer}"), &o.result, &s.baseline, lpt_ref);
+        }
+    }
+    out.push('\n');
+    Ok(())
+}
+
+/// The parameter grid on the calibration requests (see `--tune`).
+fn tune(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<()> {
+    let base = baseline(calib)?;
+    let mut rows = Vec::new();
+    for balance in ["1", "2", "4", "8", "16"] {
+        for alpha in ["0", "0.25", "0.5", "0.75"] {
+            for eta in ["0.5", "1", "2"] {
+                let mut p = params_for("tacg+gesr", user);
+                p.0.insert("balance".into(), balance.into());
+                p.0.insert("alpha".into(), alpha.into());
+                p.0.insert("eta".into(), eta.into());
+                let o = run_one(stats, calib, "tacg+gesr", 5, true, &p, &Gesr { theta, ..Gesr::default() })?;
+                rows.push((balance, alpha, eta, o.result));
+            }
+        }
+    }
+    let mut out = String::from(
+        "Replayed on the calibration requests (in-sample), tacg+gesr, 5 slots per GPU, homes by family.\n\n\
+         | balance | alpha | eta | remote GPUs cut % | remote nodes cut % | Jain |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (b, a, e, r) in rows {
+        out.push_str(&format!(
+            "| {b} | {a} | {e} | {:.1} | {:.1} | {:.4} |\n",
+            cut_percent(r.remote_gpus, base.remote_gpus).unwrap_or(0.0),
+            cut_percent(r.remote_nodes, base.remote_nodes).unwrap_or(0.0),
+            r.jain
+        ));
+    }
+    print_stdout(&out)
+}

@@ -1,0 +1,76 @@
+//! `plan --placer tacg+gesr` on the ESFT logs writes `family_gpus` (every family, GPUs
+//! covering the cluster once), the placement has the redundant copies, and `eval
+//! --homes family --dispatcher gesr` serves requests by those groups (home load
+//! differs from round-robin homes); `experiment tacg` prints its tables.
+
+mod common;
+
+use common::{moeplace_ok, shared_data};
+
+#[test]
+fn tacg_gesr_plan_carries_family_gpus_and_eval_uses_them() {
+    let Some(data) = shared_data() else { return };
+    let esft = data.join("esft-deepseek-v2-lite");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("tacg.json");
+    let (esft_s, plan_s) = (esft.to_str().unwrap(), plan.to_str().unwrap());
+    moeplace_ok(&[
+        "plan",
+        "--placer",
+        "tacg+gesr",
+        "--trace",
+        esft_s,
+        "--gpus",
+        "16",
+        "--nodes",
+        "4",
+        "--slots-per-gpu",
+        "5",
+        "-o",
+        plan_s,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    let groups = v["family_gpus"].as_object().expect("family_gpus present");
+    let mut names: Vec<&str> = groups.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(names, ["intent", "law", "summary", "translation"]);
+    let mut all: Vec<u64> =
+        groups.values().flat_map(|g| g.as_array().unwrap().iter().map(|x| x.as_u64().unwrap())).collect();
+    all.sort();
+    assert_eq!(all, (0..16).collect::<Vec<u64>>());
+    let rows = v["physical_to_logical_map"].as_array().unwrap();
+    assert_eq!(rows.len(), 26);
+    assert!(rows.iter().all(|r| r.as_array().unwrap().len() == 80));
+
+    let eval = |homes: &str| {
+        let out = moeplace_ok(&[
+            "eval",
+            "--trace",
+            esft_s,
+            "--plan",
+            plan_s,
+            "--homes",
+            homes,
+            "--dispatcher",
+            "gesr",
+            "--json",
+        ]);
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        j["plans"][0].clone()
+    };
+    let (fam, rr) = (eval("family"), eval("rr"));
+    assert_ne!(fam["home_max_over_mean"], rr["home_max_over_mean"]);
+    // Serving each family next to its experts sends fewer tokens across nodes.
+    assert!(fam["remote_nodes"].as_f64().unwrap() < rr["remote_nodes"].as_f64().unwrap());
+}
+
+#[test]
+fn experiment_tacg_prints_tables() {
+    let Some(data) = shared_data() else { return };
+    let esft = data.join("esft-deepseek-v2-lite");
+    let out = moeplace_ok(&["experiment", "tacg", "--data", esft.to_str().unwrap(), "--no-budget"]);
+    for heading in ["### Held-out ESFT", "### Ablations", "### Distribution shift"] {
+        assert!(out.contains(heading), "{heading} missing:\n{out}");
+    }
+    assert!(out.contains("| tacg+gesr | 5 | family |"));
+}

@@ -1,0 +1,198 @@
+//! `gesr`: the serving-time rule of generic-expert shared replication (METHODS.md
+//! section 1, step 6), for plans of `tacg+gesr` (and any plan with replicas).
+//!
+//! A pick of an expert with one copy has no choice. For an expert with several copies,
+//! the candidates are the copies whose recent load is within the tolerance `theta`
+//! (default 0.15) of the reference load: `load <= (1 + theta) * max(min, mean) + 1`,
+//! where `min` is the least loaded copy's load and `mean` the mean load over all GPUs
+//! (the `+ 1` keeps a single pick of difference from counting as imbalance when loads
+//! are tiny). The paper measures the tolerance from the least loaded copy only; we
+//! also accept any copy no more than `theta` above the cluster's mean load, because a
+//! copy that is not overloaded need not be avoided: on the ESFT traces the paper's
+//! rule sent many picks out of their family's node to a copy that was merely less
+//! loaded, for little balance gain (docs/TACG.md measures both, `mean_reference`).
+//! Among them, in this order:
+//! 1. the token's home GPU;
+//! 2. a GPU the token already sends to in this layer (it crosses there anyway);
+//! 3. a copy on the home node (our addition to the paper's rule: on a multi-node
+//!    cluster, a copy inside the node avoids the inter-node send the paper's "least
+//!    loaded" may choose; it is still within the load tolerance);
+//! 4. the least loaded candidate (ties: the lower slot).
+//!
+//! Picks with one copy (or with a copy at home) are fixed first, so a later pick can
+//! still join a GPU an earlier pick must use.
+//!
+//! Recent load: at serving time, [`DecayedLoad`] keeps the exponentially decayed
+//! average of picks served per GPU (`avg = decay * avg + (1 - decay) * served` per
+//! step; default decay 0.9) and [`Gesr::choose`] takes any load source. In the replay
+//! simulator the load signal every dispatcher receives is the running count of picks
+//! per GPU in the current replay chunk (`dispatch` module documentation), so the
+//! replay uses that window in place of the decayed average.
+
+use super::{DispatchContext, Dispatcher};
+
+/// The `gesr` dispatcher; `theta` is the load tolerance.
+pub struct Gesr {
+    pub theta: f64,
+    /// Whether copies up to `theta` above the mean GPU load are candidates too
+    /// (default true; false is the paper's rule).
+    pub mean_reference: bool,
+}
+
+/// The default load tolerance (the paper's ~0.15).
+pub const DEFAULT_THETA: f64 = 0.15;
+
+impl Default for Gesr {
+    fn default() -> Self {
+        Gesr { theta: DEFAULT_THETA, mean_reference: true }
+    }
+}
+
+const PENDING: u32 = u32::MAX;
+
+impl Gesr {
+    /// The copy (a GPU among `replicas`, in slot order) a pick goes to; `chosen` are the
+    /// GPUs this token already sends to in this layer, `node_of` the node of each GPU,
+    /// `load(g)` the recent load of GPU g, `mean` the mean load over all GPUs (ignored
+    /// unless `mean_reference`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn choose(
+        &self,
+        replicas: &[u32],
+        home: u32,
+        home_node: u32,
+        node_of: &[u32],
+        chosen: &[u32],
+        mean: f64,
+        load: impl Fn(u32) -> f64,
+    ) -> u32 {
+        let mut min = f64::INFINITY;
+        let mut least = replicas[0];
+        for &g in replicas {
+            let l = load(g);
+            if l < min {
+                min = l;
+                least = g;
+            }
+        }
+        let reference = if self.mean_reference { min.max(mean) } else { min };
+        let limit = (1.0 + self.theta) * reference + 1.0;
+        let (mut visited, mut near) = (None, None);
+        for &g in replicas {
+            if load(g) > limit {
+                continue;
+            }
+            if g == home {
+                return g;
+            }
+            if visited.is_none() && chosen.contains(&g) {
+                visited = Some(g);
+            }
+            if near.is_none() && node_of[g as usize] == home_node {
+                near = Some(g);
+            }
+        }
+        visited.or(near).unwrap_or(least)
+    }
+}
+
+impl Dispatcher for Gesr {
+    fn name(&self) -> &'static str {
+        "gesr"
+    }
+
+    fn about(&self) -> &'static str {
+        "copies within 15% of the least loaded: home GPU, else a GPU already sent to, else home node, else least loaded"
+    }
+
+    fn dispatch(&self, ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]) {
+        let home = ctx.home as u32;
+        let mut pending = false;
+        for (o, &e) in out.iter_mut().zip(picks) {
+            let reps = ctx.replicas.gpus(ctx.layer, e as usize);
+            *o = if reps.len() == 1 {
+                reps[0]
+            } else {
+                pending = true;
+                PENDING
+            };
+        }
+        if !pending {
+            return;
+        }
+        let mean = if self.mean_reference {
+            ctx.loads.iter().sum::<u64>() as f64 / ctx.loads.len().max(1) as f64
+        } else {
+            0.0
+        };
+        for i in 0..out.len() {
+            if out[i] != PENDING {
+                continue;
+            }
+            let reps = ctx.replicas.gpus(ctx.layer, picks[i] as usize);
+            out[i] =
+                self.choose(reps, home, ctx.home_node as u32, ctx.node_of, out, mean, |g| ctx.loads[g as usize] as f64);
+        }
+    }
+}
+
+/// Exponentially decayed picks served per GPU, for serving-time use of [`Gesr`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecayedLoad {
+    pub decay: f64,
+    pub avg: Vec<f64>,
+}
+
+impl DecayedLoad {
+    pub fn new(gpus: usize, decay: f64) -> DecayedLoad {
+        DecayedLoad { decay, avg: vec![0.0; gpus] }
+    }
+
+    /// Folds in one step's picks served per GPU.
+    pub fn observe(&mut self, served: &[u64]) {
+        for (a, &s) in self.avg.iter_mut().zip(served) {
+            *a = self.decay * *a + (1.0 - self.decay) * s as f64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefers_home_then_visited_then_node_within_tolerance() {
+        let g = Gesr { mean_reference: false, ..Gesr::default() };
+        // 4 GPUs, 2 nodes: {0,1}, {2,3}. Home 0.
+        let nodes = [0, 0, 1, 1];
+        let loads = [10.0, 10.0, 10.0, 10.0];
+        let l = |x: u32| loads[x as usize];
+        assert_eq!(g.choose(&[3, 0], 0, 0, &nodes, &[], 0.0, l), 0);
+        assert_eq!(g.choose(&[2, 3], 0, 0, &nodes, &[3], 0.0, l), 3);
+        assert_eq!(g.choose(&[2, 1], 0, 0, &nodes, &[], 0.0, l), 1);
+        // Home is too loaded: the least loaded copy wins.
+        let loads = [30.0, 10.0, 5.0, 10.0];
+        let l = |x: u32| loads[x as usize];
+        assert_eq!(g.choose(&[0, 2], 0, 0, &nodes, &[], 0.0, l), 2);
+        // Within tolerance (5 vs 5.75+1): the home node's copy beats the least loaded.
+        let loads = [30.0, 6.0, 5.0, 10.0];
+        let l = |x: u32| loads[x as usize];
+        assert_eq!(g.choose(&[2, 1], 0, 0, &nodes, &[], 0.0, l), 1);
+        // Home 30 against copies at 5: too loaded for the paper's rule, but within
+        // tolerance of a mean load of 28 with the mean reference.
+        let loads = [30.0, 10.0, 5.0, 10.0];
+        let l = |x: u32| loads[x as usize];
+        assert_eq!(g.choose(&[0, 2], 0, 0, &nodes, &[], 28.0, l), 2);
+        assert_eq!(Gesr::default().choose(&[0, 2], 0, 0, &nodes, &[], 28.0, l), 0);
+        assert_eq!(Gesr::default().choose(&[0, 2], 0, 0, &nodes, &[], 20.0, l), 2);
+    }
+
+    #[test]
+    fn decayed_load_folds_steps() {
+        let mut d = DecayedLoad::new(2, 0.5);
+        d.observe(&[4, 0]);
+        d.observe(&[0, 2]);
+        assert_eq!(d.avg, vec![1.0, 1.0]);
+    }
+}

@@ -1,0 +1,331 @@
+//! `coact`: task-agnostic co-activation grouping (the baseline of METHODS.md section 1):
+//! one pooled co-activation graph per layer, partitioned into GPUs with exact slot
+//! counts by [`crate::partition`] (nodes first, then GPUs inside each node).
+//!
+//! Also the shared machinery of the family-aware placers (`tacg`, `tacg+gesr`): a
+//! layer is described by per-family rates ([`LayerModel`]) and a list of expert copies
+//! ([`Item`]) that says which share of each family's picks of its expert a copy
+//! serves. From these, for items i and j:
+//!
+//! ```text
+//! w(i,j)    = sum_f r_i(f) r_j(f) pi_f C_f(e_i, e_j) m(e_i, e_j)     (0 when e_i = e_j)
+//! load(i)   = sum_f r_i(f) pi_f u_f(e_i)
+//! bias(i,g) = eta * sum_{f : g in G_f} r_i(f) pi_f u_f(e_i) / |G_f|   (-inf outside G_f
+//!             for a copy pinned to family f's group)
+//! ```
+//!
+//! where `pi_f` is family f's share of calibration tokens, `u_f(e)` picks of e per
+//! token of f, `C_f(a, b)` tokens of f picking both a and b per token of f, `r_i(f)`
+//! the share of f's picks of `e_i` that copy i serves, `m` the task modulation of
+//! `tacg` (1 here) and `G_f` family f's GPU group. All three are in "token sends per
+//! calibration token": `w` counts the sends saved when two experts a token picks
+//! together share a GPU (one send instead of two), `bias` the sends saved when an
+//! expert sits on the GPU where the token lives. The partition maximises
+//! `sum w + sum bias - balance * spread` (see [`crate::partition`]).
+//!
+//! `coact` has one pooled "family", no groups, and fills redundant slots with extra
+//! copies of the hottest experts (each slot to the expert of highest load per copy,
+//! every copy serving an equal share); the partition then puts those copies on the
+//! GPUs where they have most affinity at acceptable balance (copies of one expert on
+//! different GPUs).
+//!
+//! Parameters (`--param`):
+//! - `balance=B` (default 8, chosen with `moeplace experiment tacg --tune` on the ESFT
+//!   calibration requests): weight of the load-spread term.
+//! - `passes=N` (default 30): the most swap passes per partition.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
+use crate::cluster::Cluster;
+use crate::partition::{partition_hierarchical, Problem};
+use crate::placement::Placement;
+use crate::stats::{pair_count, pair_index, Statistics};
+
+pub struct Coact;
+
+/// Default weight of the load-spread term.
+pub(crate) const DEFAULT_BALANCE: f64 = 8.0;
+/// Default most swap passes.
+pub(crate) const DEFAULT_PASSES: usize = 30;
+
+impl Placer for Coact {
+    fn name(&self) -> &'static str {
+        "coact"
+    }
+
+    fn about(&self) -> &'static str {
+        "pooled co-activation graph per layer, exact-capacity partition (nodes, then GPUs); hottest experts copied"
+    }
+
+    fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
+        input.params.allow_only(self.name(), &["balance", "passes"])?;
+        check_fits(input.shape, input.cluster)?;
+        let knobs = Knobs {
+            balance: input.params.f64("balance", DEFAULT_BALANCE)?,
+            passes: input.params.usize("passes", DEFAULT_PASSES)?,
+            eta: 0.0,
+        };
+        let stats = needs_pairs(input, self.name())?;
+        let models = LayerModel::pooled(stats);
+        let lists: Vec<Vec<Vec<usize>>> = models
+            .par_iter()
+            .map(|m| {
+                let items = hottest_copies(m, input.cluster.slots(), input.cluster.gpus);
+                solve_layer(m, &items, input.cluster, &[], &knobs)
+            })
+            .collect::<Result<_, _>>()?;
+        let placement = to_placement(input, &lists)?;
+        Ok(PlacerOutput { placement, family_gpus: None, notes: BTreeMap::new() })
+    }
+}
+
+/// The statistics with co-activation counts, or a clear error.
+pub(crate) fn needs_pairs<'a>(input: &PlacerInput<'a>, placer: &str) -> Result<&'a Statistics, PlaceError> {
+    match input.stats {
+        Some(s) if s.has_pairs() && s.tokens() > 0 => Ok(s),
+        _ => Err(PlaceError::Unsupported(format!(
+            "placer {placer} needs co-activation counts: plan from a trace or from `moeplace profile` statistics, \
+             not from engine load counts"
+        ))),
+    }
+}
+
+/// The partition's knobs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Knobs {
+    pub balance: f64,
+    pub passes: usize,
+    /// Weight of the home-affinity term (0: none).
+    pub eta: f64,
+}
+
+/// One layer's per-family rates (see the module documentation).
+#[derive(Clone, Debug)]
+pub(crate) struct LayerModel {
+    pub experts: usize,
+    /// Share of calibration tokens, per family.
+    pub pi: Vec<f64>,
+    /// `u[f][e]`: picks of e per token of f.
+    pub u: Vec<Vec<f64>>,
+    /// `c[f][pair_index]`: tokens of f picking both experts per token of f.
+    pub c: Vec<Vec<f64>>,
+    /// Task modulation `m[pair_index]` (empty: 1 everywhere).
+    pub m: Vec<f64>,
+}
+
+impl LayerModel {
+    /// One pooled family per layer.
+    pub fn pooled(stats: &Statistics) -> Vec<LayerModel> {
+        let shape = stats.shape();
+        let g = stats.pooled(|_| true);
+        let t = g.tokens.max(1) as f64;
+        let (e, pc) = (shape.experts, pair_count(shape.experts));
+        (0..shape.layers)
+            .map(|l| LayerModel {
+                experts: e,
+                pi: vec![1.0],
+                u: vec![g.load[l * e..(l + 1) * e].iter().map(|&x| x as f64 / t).collect()],
+                c: vec![g.coact[l * pc..(l + 1) * pc].iter().map(|&x| x as f64 / t).collect()],
+                m: Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Picks of `e` per calibration token over all families.
+    pub fn load(&self, e: usize) -> f64 {
+        self.pi.iter().zip(&self.u).map(|(p, u)| p * u[e]).sum()
+    }
+
+    pub fn families(&self) -> usize {
+        self.pi.len()
+    }
+}
+
+/// One expert copy: its expert, the share `route[f]` of family f's picks of the
+/// expert it serves, and the family group it is pinned to, if any.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Item {
+    pub expert: usize,
+    pub route: Vec<f64>,
+    pub pin: Option<usize>,
+}
+
+/// One copy of every expert plus `slots - experts` extra copies of the hottest
+/// (each slot to the expert of highest load per copy, ties to the lower id; at most
+/// `gpus` copies of one expert); every copy of an expert serves an equal share.
+pub(crate) fn hottest_copies(m: &LayerModel, slots: usize, gpus: usize) -> Vec<Item> {
+    let mut copies = vec![1usize; m.experts];
+    add_hottest(m, &mut copies, slots.saturating_sub(m.experts), gpus);
+    even_items(m, &copies)
+}
+
+/// Adds `extra` copies, each to the expert of highest load per copy.
+pub(crate) fn add_hottest(m: &LayerModel, copies: &mut [usize], extra: usize, gpus: usize) {
+    let load: Vec<f64> = (0..m.experts).map(|e| m.load(e)).collect();
+    for _ in 0..extra {
+        let best = (0..m.experts)
+            .filter(|&e| copies[e] < gpus)
+            .max_by(|&a, &b| (load[a] / copies[a] as f64).total_cmp(&(load[b] / copies[b] as f64)).then(b.cmp(&a)));
+        match best {
+            Some(e) => copies[e] += 1,
+            None => break,
+        }
+    }
+}
+
+/// Items for the given copy counts, every copy serving an equal share.
+pub(crate) fn even_items(m: &LayerModel, copies: &[usize]) -> Vec<Item> {
+    let f = m.families();
+    let mut items = Vec::new();
+    for (e, &c) in copies.iter().enumerate() {
+        for _ in 0..c {
+            items.push(Item { expert: e, route: vec![1.0 / c as f64; f], pin: None });
+        }
+    }
+    items
+}
+
+/// Partitions one layer's items onto the cluster's GPUs (exact slot counts);
+/// `groups[f]` are family f's GPUs (empty: no home affinity). Returns the experts of
+/// every GPU, sorted.
+pub(crate) fn solve_layer(
+    m: &LayerModel,
+    items: &[Item],
+    cluster: &Cluster,
+    groups: &[Vec<usize>],
+    knobs: &Knobs,
+) -> Result<Vec<Vec<usize>>, PlaceError> {
+    let n = items.len();
+    let g = cluster.gpus;
+    let e = m.experts;
+    let f = m.families();
+    let mut weight = vec![0.0; n * n];
+    for i in 0..n {
+        for j in i + 1..n {
+            let (a, b) = (items[i].expert, items[j].expert);
+            if a == b {
+                continue;
+            }
+            let p = pair_index(a, b, e);
+            let mut w = 0.0;
+            for fam in 0..f {
+                w += items[i].route[fam] * items[j].route[fam] * m.pi[fam] * m.c[fam][p];
+            }
+            if !m.m.is_empty() {
+                w *= m.m[p];
+            }
+            weight[i * n + j] = w;
+            weight[j * n + i] = w;
+        }
+    }
+    let load: Vec<f64> =
+        items.iter().map(|it| (0..f).map(|fam| it.route[fam] * m.pi[fam] * m.u[fam][it.expert]).sum()).collect();
+    let bias = if groups.is_empty() {
+        None
+    } else {
+        let mut b = vec![0.0; n * g];
+        for (i, it) in items.iter().enumerate() {
+            for (fam, gpus) in groups.iter().enumerate() {
+                let v = knobs.eta * it.route[fam] * m.pi[fam] * m.u[fam][it.expert] / gpus.len().max(1) as f64;
+                for &gpu in gpus {
+                    b[i * g + gpu] += v;
+                }
+            }
+            if let Some(pin) = it.pin {
+                for gpu in 0..g {
+                    if !groups[pin].contains(&gpu) {
+                        b[i * g + gpu] = f64::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Some(b)
+    };
+    let class: Vec<u32> = items.iter().map(|it| it.expert as u32).collect();
+    let caps: Vec<usize> = (0..g).map(|gpu| cluster.gpu_slot_count(gpu)).collect();
+    let node_of: Vec<usize> = (0..g).map(|gpu| cluster.node_of(gpu)).collect();
+    let p = Problem {
+        n,
+        weight: &weight,
+        load: &load,
+        bias: bias.as_deref(),
+        class: Some(&class),
+        caps: &caps,
+        balance: knobs.balance,
+        max_passes: knobs.passes,
+    };
+    let bins = partition_hierarchical(&p, &node_of).map_err(|err| PlaceError::Unsupported(err.to_string()))?;
+    let mut lists = vec![Vec::new(); g];
+    for (i, &b) in bins.iter().enumerate() {
+        lists[b].push(items[i].expert);
+    }
+    lists.iter_mut().for_each(|l| l.sort_unstable());
+    Ok(lists)
+}
+
+/// The placement of per-layer GPU lists.
+pub(crate) fn to_placement(input: &PlacerInput<'_>, lists: &[Vec<Vec<usize>>]) -> Result<Placement, PlaceError> {
+    let rows: Vec<Vec<i64>> = lists.iter().map(|layer| layer.iter().flatten().map(|&e| e as i64).collect()).collect();
+    Ok(Placement::with_slots(input.shape.experts, input.cluster.gpus, input.cluster.slots(), rows)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placers::{by_name, Params};
+    use crate::stats::ProfileOptions;
+    use crate::trace::{ModelShape, TokenBatch, TokenRef};
+
+    /// Experts {0,2,4,6} always fire together, as do {1,3,5,7}; coact puts each set
+    /// on one GPU, and every expert keeps a copy.
+    #[test]
+    fn co_activated_experts_share_a_gpu() {
+        let shape = ModelShape::new(1, 8, 4).unwrap();
+        let mut b = TokenBatch::new(shape);
+        for t in 0..40u32 {
+            let ids: &[u16] = if t % 2 == 0 { &[0, 2, 4, 6] } else { &[1, 3, 5, 7] };
+            b.push(TokenRef { request: "r", family: None, phase: None, position: t, experts: ids, gate_weights: None })
+                .unwrap();
+        }
+        let stats = Statistics::from_batches(shape, ProfileOptions::default(), &[b]).unwrap();
+        let cluster = Cluster::new(2, 2, 5).unwrap();
+        let loads = stats.loads(|_| true);
+        let params = Params::default();
+        let out = by_name("coact")
+            .unwrap()
+            .place(&PlacerInput {
+                shape,
+                cluster: &cluster,
+                loads: &loads,
+                stats: Some(&stats),
+                previous: None,
+                params: &params,
+                seed: 0,
+            })
+            .unwrap();
+        let p = &out.placement;
+        let g0: Vec<u32> = p.gpu_experts(0, 0).to_vec();
+        let evens = g0.iter().filter(|&&e| e % 2 == 0).count();
+        assert!(evens >= 4 || evens <= 1, "{g0:?}");
+        assert_eq!(p.logcnt()[0].iter().sum::<usize>(), 10);
+        // Unequal slot counts: 11 slots on 2 GPUs (5 and 6), filled exactly.
+        let cluster = Cluster::new(2, 2, 5).unwrap().with_slots(11).unwrap();
+        let out = by_name("coact")
+            .unwrap()
+            .place(&PlacerInput {
+                shape,
+                cluster: &cluster,
+                loads: &loads,
+                stats: Some(&stats),
+                previous: None,
+                params: &params,
+                seed: 0,
+            })
+            .unwrap();
+        assert_eq!(out.placement.gpu_experts(0, 0).len(), 5);
+        assert_eq!(out.placement.gpu_experts(0, 1).len(), 6);
+    }
+}

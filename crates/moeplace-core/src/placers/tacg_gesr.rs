@@ -1,0 +1,203 @@
+//! `tacg+gesr`: `tacg` plus generic-expert shared replication (METHODS.md section 1,
+//! step 5): the redundant slots hold copies of the experts every family uses, one per
+//! family group where that pays, so that each family finds them in its own group.
+//! Serve the plan with the `gesr` dispatcher (`--dispatcher gesr`).
+//!
+//! Per layer, with `tacg`'s family model (`u_f`, `p_f`, pooled co-activation `C`):
+//! - centrality `c(e) = d(e) / max_e' d(e')`, `d(e) = sum_b C(e,b)`;
+//! - cross-family consistency `k(e) = min_f u_f(e) / max_f u_f(e)` (1: every family
+//!   uses e alike);
+//! - task specificity `s(e) = (max_f p_f(e) - 1/F) / (1 - 1/F)` (0: no preference);
+//! - generic score `g(e) = c(e) + lambda1 k(e) - lambda2 s(e)` (defaults 1 and 1).
+//!
+//! Replicas: experts in decreasing generic score (ties to the lower id). Family f's
+//! group "pays" for a copy of e when `u_f(e) >= pay * k / E` (f picks e at least `pay`
+//! times as often as an average expert; default pay 1). An expert with at least two
+//! paying groups gets one copy per paying group (all but one of them new copies, while
+//! the R = S - E redundant slots last; when fewer are left, the groups that use e most
+//! get them), each copy pinned to its group and serving that family's picks; the other
+//! families' picks of e are shared evenly by its copies. The partition (see `coact`)
+//! then chooses the GPU of every copy inside its group by co-activation affinity and
+//! balance, and places every other expert as `tacg` does. Redundant slots left over
+//! (no more expert is paid for by two groups) take extra copies of the hottest
+//! single-copy experts, unpinned. With R = 0 this is `tacg`.
+//!
+//! Parameters (`--param`): those of `tacg` (`alpha`, `temperature`, `eta`, `balance`,
+//! `passes`) and `lambda1` (1), `lambda2` (1), `pay` (1).
+
+use rayon::prelude::*;
+
+use super::coact::{solve_layer, to_placement, Item, LayerModel};
+use super::tacg::FamilyModel;
+use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
+use crate::stats::pair_index;
+
+pub struct TacgGesr;
+
+impl Placer for TacgGesr {
+    fn name(&self) -> &'static str {
+        "tacg+gesr"
+    }
+
+    fn about(&self) -> &'static str {
+        "tacg plus copies of generic experts in each family group that uses them (serve with --dispatcher gesr)"
+    }
+
+    fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
+        input.params.allow_only(
+            self.name(),
+            &["alpha", "temperature", "eta", "balance", "passes", "lambda1", "lambda2", "pay"],
+        )?;
+        check_fits(input.shape, input.cluster)?;
+        let lambda1 = input.params.f64("lambda1", 1.0)?;
+        let lambda2 = input.params.f64("lambda2", 1.0)?;
+        let pay = input.params.f64("pay", 1.0)?;
+        let fm = FamilyModel::build(input, self.name())?;
+        let k = input.shape.top_k as f64;
+        let slots = input.cluster.slots();
+        let results: Vec<(Vec<Vec<usize>>, usize)> = fm
+            .layers
+            .par_iter()
+            .zip(&fm.pref)
+            .map(|(m, pref)| {
+                let scores = generic_scores(m, pref, lambda1, lambda2);
+                let items = generic_items(m, &scores, slots, input.cluster.gpus, pay * k / m.experts as f64);
+                let replicated = items.iter().filter(|it| it.pin.is_some()).count();
+                solve_layer(m, &items, input.cluster, &fm.groups, &fm.knobs).map(|l| (l, replicated))
+            })
+            .collect::<Result<_, _>>()?;
+        let lists: Vec<Vec<Vec<usize>>> = results.iter().map(|(l, _)| l.clone()).collect();
+        let placement = to_placement(input, &lists)?;
+        let mut out = fm.output(placement);
+        let pinned: usize = results.iter().map(|(_, r)| r).sum();
+        out.notes.insert("pinned_copies_per_layer".into(), pinned as f64 / results.len().max(1) as f64);
+        Ok(out)
+    }
+}
+
+/// Generic score of every expert (see the module documentation).
+pub(crate) fn generic_scores(m: &LayerModel, pref: &[Vec<f64>], lambda1: f64, lambda2: f64) -> Vec<f64> {
+    let e = m.experts;
+    let nf = m.families();
+    let mut d = vec![0.0; e];
+    for a in 0..e {
+        for b in a + 1..e {
+            let p = pair_index(a, b, e);
+            let x: f64 = (0..nf).map(|f| m.pi[f] * m.c[f][p]).sum();
+            d[a] += x;
+            d[b] += x;
+        }
+    }
+    let dmax = d.iter().copied().fold(0.0, f64::max).max(1e-300);
+    (0..e)
+        .map(|x| {
+            let (lo, hi) = m.u.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), u| (lo.min(u[x]), hi.max(u[x])));
+            let consistency = if hi > 0.0 { lo / hi } else { 0.0 };
+            let pmax = pref.iter().map(|p| p[x]).fold(0.0, f64::max);
+            let spec = if nf > 1 { (pmax - 1.0 / nf as f64) / (1.0 - 1.0 / nf as f64) } else { 0.0 };
+            d[x] / dmax + lambda1 * consistency - lambda2 * spec
+        })
+        .collect()
+}
+
+/// The items of one layer: generic copies pinned to family groups, then leftover
+/// redundant slots to the hottest single-copy experts (see the module documentation).
+/// `threshold` is the usage per token at which a group pays for a copy.
+pub(crate) fn generic_items(m: &LayerModel, scores: &[f64], slots: usize, gpus: usize, threshold: f64) -> Vec<Item> {
+    let e = m.experts;
+    let nf = m.families();
+    let mut budget = slots.saturating_sub(e);
+    let mut order: Vec<usize> = (0..e).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    // Pinned families of each replicated expert.
+    let mut pins: Vec<Vec<usize>> = vec![Vec::new(); e];
+    for &x in &order {
+        if budget == 0 {
+            break;
+        }
+        let mut paying: Vec<usize> = (0..nf).filter(|&f| m.u[f][x] >= threshold).collect();
+        if paying.len() < 2 {
+            continue;
+        }
+        paying.sort_by(|&a, &b| m.u[b][x].total_cmp(&m.u[a][x]).then(a.cmp(&b)));
+        let copies = paying.len().min(budget + 1).min(gpus);
+        paying.truncate(copies);
+        budget -= copies - 1;
+        pins[x] = paying;
+    }
+    let mut extra = vec![1usize; e];
+    let load: Vec<f64> = (0..e).map(|x| m.load(x)).collect();
+    for _ in 0..budget {
+        let best = (0..e)
+            .filter(|&x| pins[x].is_empty() && extra[x] < gpus)
+            .max_by(|&a, &b| (load[a] / extra[a] as f64).total_cmp(&(load[b] / extra[b] as f64)).then(b.cmp(&a)));
+        match best {
+            Some(x) => extra[x] += 1,
+            None => break,
+        }
+    }
+    let mut items = Vec::with_capacity(slots);
+    for x in 0..e {
+        if pins[x].is_empty() {
+            let c = extra[x];
+            for _ in 0..c {
+                items.push(Item { expert: x, route: vec![1.0 / c as f64; nf], pin: None });
+            }
+            continue;
+        }
+        let c = pins[x].len() as f64;
+        for &f in &pins[x] {
+            let route: Vec<f64> = (0..nf)
+                .map(|g| {
+                    if g == f {
+                        1.0
+                    } else if pins[x].contains(&g) {
+                        0.0
+                    } else {
+                        1.0 / c
+                    }
+                })
+                .collect();
+            items.push(Item { expert: x, route, pin: Some(f) });
+        }
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two families, 4 experts: expert 0 used by both alike (generic), 1 by family 0
+    /// only, 2 and 3 by family 1 only.
+    fn model() -> LayerModel {
+        LayerModel {
+            experts: 4,
+            pi: vec![0.5, 0.5],
+            u: vec![vec![1.0, 1.0, 0.0, 0.0], vec![1.0, 0.0, 0.5, 0.5]],
+            c: vec![vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0], vec![0.0, 0.5, 0.5, 0.0, 0.0, 0.5]],
+            m: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn generic_expert_gets_one_copy_per_family() {
+        let m = model();
+        let pref = vec![vec![0.5, 1.0, 0.0, 0.0], vec![0.5, 0.0, 1.0, 1.0]];
+        let s = generic_scores(&m, &pref, 1.0, 1.0);
+        assert!(s[0] > s[1] && s[0] > s[2], "{s:?}");
+        let items = generic_items(&m, &s, 6, 3, 0.25);
+        assert_eq!(items.len(), 6);
+        let copies0: Vec<&Item> = items.iter().filter(|it| it.expert == 0).collect();
+        assert_eq!(copies0.len(), 2);
+        assert_eq!(copies0[0].pin, Some(0));
+        assert_eq!(copies0[0].route, vec![1.0, 0.0]);
+        assert_eq!(copies0[1].pin, Some(1));
+        // The sixth slot: the hottest single-copy expert (1, load 0.5 = 2 and 3's x2).
+        assert_eq!(items.iter().filter(|it| it.expert == 1).count(), 2);
+        // No redundant slots: one copy each, unpinned.
+        let items = generic_items(&m, &s, 4, 3, 0.25);
+        assert_eq!(items.len(), 4);
+        assert!(items.iter().all(|it| it.pin.is_none()));
+    }
+}
