@@ -14,6 +14,7 @@ mod balance;
 pub mod cluster_homes;
 mod coact;
 mod eplb;
+mod grace;
 mod linear;
 mod round_robin;
 mod tacg;
@@ -146,6 +147,7 @@ pub fn registry() -> Vec<Box<dyn Placer>> {
         Box::new(tacg::Tacg),
         Box::new(tacg_gesr::TacgGesr),
         Box::new(cluster_homes::ClusterHomesPlacer),
+        Box::new(grace::Grace),
     ]
 }
 
