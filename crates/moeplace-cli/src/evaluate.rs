@@ -8,6 +8,7 @@
 //! divide E, GPU g holds experts [g*E/G, (g+1)*E/G) (counts differ by one).
 
 use anyhow::{Context, Result};
+use moeplace_core::balance::bound_max_over_mean;
 use moeplace_core::cluster::Cluster;
 use moeplace_core::dispatch::{Dispatcher, Primary};
 use moeplace_core::placement::Placement;
@@ -43,6 +44,8 @@ pub struct Evaluation {
     pub homes: Homes,
     pub baselines: Vec<(Cluster, Placement, SimResult)>,
     pub rows: Vec<Row>,
+    /// Picks per (layer, expert) of the replayed stream, for the lower bound.
+    pub loads: ExpertLoads,
 }
 
 /// The metrics of the JSON output, in table order: (key, label, value getter).
@@ -133,15 +136,30 @@ pub fn evaluate(
             baseline: b,
         });
     }
-    Ok(Evaluation { tokens: trace.tokens(), dispatcher: dispatcher.name().to_string(), homes, baselines, rows })
+    Ok(Evaluation {
+        tokens: trace.tokens(),
+        dispatcher: dispatcher.name().to_string(),
+        homes,
+        baselines,
+        rows,
+        loads: ExpertLoads::from_trace(trace),
+    })
 }
 
 impl Evaluation {
+    /// The best max/mean any placement with `p`'s GPUs and slots could reach on the
+    /// replayed picks (copies splitting an expert's load evenly).
+    fn bound_max_over_mean(&self, p: &Placement) -> f64 {
+        bound_max_over_mean(&self.loads, p.gpus(), p.slots())
+    }
+
     /// One text table: a column per plan (the first is the baseline), a row per metric,
     /// cut rows under the traffic metrics.
     pub fn table(&self) -> String {
         let mut cols: Vec<(String, &SimResult, Option<&SimResult>)> = Vec::new();
-        for (i, (c, _, r)) in self.baselines.iter().enumerate() {
+        let mut layouts: Vec<&Placement> = Vec::new();
+        for (i, (c, p, r)) in self.baselines.iter().enumerate() {
+            layouts.push(p);
             let name = if self.baselines.len() > 1 {
                 format!("baseline{i} ({}x{})", c.nodes, c.gpus)
             } else {
@@ -150,6 +168,7 @@ impl Evaluation {
             cols.push((name, r, None));
         }
         for row in &self.rows {
+            layouts.push(&row.placement);
             cols.push((row.label.clone(), &row.result, Some(&self.baselines[row.baseline].2)));
         }
         let mut lines: Vec<(String, Vec<String>)> = Vec::new();
@@ -167,6 +186,10 @@ impl Evaluation {
                 ));
             }
         }
+        lines.push((
+            "  lower bound of max/mean (these GPUs and slots)".into(),
+            layouts.iter().map(|p| format!("{:.4}", self.bound_max_over_mean(p))).collect(),
+        ));
         lines.push((
             "GB moved (dispatch+combine)".into(),
             cols.iter().map(|(_, r, _)| format!("{:.3}", r.bytes as f64 / 1e9)).collect(),
@@ -255,14 +278,16 @@ impl Evaluation {
                 m.insert("plan".into(), json!(row.label));
                 m.insert("placer".into(), json!(row.placer));
                 m.insert("baseline".into(), json!(row.baseline));
+                m.insert("bound_max_over_mean".into(), json!(self.bound_max_over_mean(&row.placement)));
                 Value::Object(m)
             })
             .collect();
         let baselines: Vec<Value> = self
             .baselines
             .iter()
-            .map(|(c, _, r)| {
+            .map(|(c, p, r)| {
                 let mut m = metrics(r, None);
+                m.insert("bound_max_over_mean".into(), json!(self.bound_max_over_mean(p)));
                 m.insert("gpus".into(), json!(c.gpus));
                 m.insert("nodes".into(), json!(c.nodes));
                 Value::Object(m)

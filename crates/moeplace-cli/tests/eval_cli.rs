@@ -199,6 +199,10 @@ fn esft_linear_eval_matches_a_plain_implementation() {
         let cut = got[format!("cut_{key}")].as_f64();
         assert!(cut.is_none_or(|c| c.abs() < 1e-9), "cut_{key} = {cut:?}");
     }
+    // The lower bound: at least the mean, and no single-copy plan beats it (a GPU
+    // carries at least its heaviest expert and at least the mean).
+    let bound = got["bound_max_over_mean"].as_f64().expect("bound_max_over_mean in the JSON");
+    assert!(bound >= 1.0 && bound <= want.maxvio + 1.0 + 1e-9, "bound {bound}, max/mean {}", want.maxvio + 1.0);
     // Sanity of the figures themselves (16 GPUs, top-6: at most 6 remote GPUs).
     assert!(want.remote_gpus > 1.0 && want.remote_gpus < 6.0);
     assert!(want.remote_nodes <= 3.0 && want.remote_nodes < want.remote_gpus);
@@ -207,6 +211,7 @@ fn esft_linear_eval_matches_a_plain_implementation() {
     let out = moeplace(&["eval", "--trace", esft.to_str().unwrap(), "--plan", plan.to_str().unwrap()]);
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("remote nodes / token-layer") && table.contains("cut vs baseline"), "{table}");
+    assert!(table.contains("lower bound of max/mean"), "{table}");
 }
 
 #[test]

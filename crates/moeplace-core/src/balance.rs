@@ -94,6 +94,25 @@ pub fn per_step_max_over_mean(placement: &Placement, loads: &ExpertLoads) -> f64
     sum / n.max(1) as f64
 }
 
+/// The best max/mean any placement of `loads` on `gpus` GPUs with `slots` slots can
+/// reach: the mean over layers of ([`layer_lower_bound`] / mean GPU load); a layer
+/// without load counts as 1.
+pub fn bound_max_over_mean(loads: &ExpertLoads, gpus: usize, slots: usize) -> f64 {
+    let layers = loads.layers.max(1) as f64;
+    (0..loads.layers)
+        .map(|l| {
+            let w = loads.layer_total(l);
+            let mean = w.iter().sum::<f64>() / gpus as f64;
+            if mean > 0.0 {
+                layer_lower_bound(&w, gpus, slots) / mean
+            } else {
+                1.0
+            }
+        })
+        .sum::<f64>()
+        / layers
+}
+
 /// Balance figures of one placement (module documentation).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BalanceFigures {
@@ -122,8 +141,8 @@ impl BalanceFigures {
 pub fn balance_figures(placement: &Placement, loads: &ExpertLoads) -> BalanceFigures {
     let per_gpu = expected_gpu_loads(placement, loads);
     let layers = per_gpu.len().max(1) as f64;
-    let (mut sum_mean, mut sum_max, mut sglang, mut mom, mut bound, mut max_load) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0f64);
-    for (l, g) in per_gpu.iter().enumerate() {
+    let (mut sum_mean, mut sum_max, mut sglang, mut mom, mut max_load) = (0.0, 0.0, 0.0, 0.0, 0.0f64);
+    for g in &per_gpu {
         let mean = g.iter().sum::<f64>() / g.len() as f64;
         let max = g.iter().fold(0.0f64, |a, &b| a.max(b));
         sum_mean += mean;
@@ -132,18 +151,16 @@ pub fn balance_figures(placement: &Placement, loads: &ExpertLoads) -> BalanceFig
         if max > 0.0 {
             sglang += mean / max;
             mom += max / mean;
-            bound += layer_lower_bound(&loads.layer_total(l), placement.gpus(), placement.slots()) / mean;
         } else {
             sglang += 1.0;
             mom += 1.0;
-            bound += 1.0;
         }
     }
     BalanceFigures {
         balancedness_vllm: if sum_max > 0.0 { sum_mean / sum_max } else { 1.0 },
         balancedness_sglang: sglang / layers,
         max_over_mean: mom / layers,
-        bound_max_over_mean: bound / layers,
+        bound_max_over_mean: bound_max_over_mean(loads, placement.gpus(), placement.slots()),
         max_load,
     }
 }

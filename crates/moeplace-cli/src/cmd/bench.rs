@@ -494,7 +494,6 @@ fn balance_cases(a: &BalanceArgs) -> Result<(Vec<BalanceCase>, Vec<String>)> {
 fn bench_balance(a: BalanceArgs) -> Result<()> {
     use moeplace_core::balance::balance_figures;
     use moeplace_core::placement::Placement;
-    use moeplace_core::placers::{by_name, Params, PlacerInput};
     use moeplace_core::trace::ModelShape;
 
     anyhow::ensure!(a.tokens > 0 && a.repeat > 0, "--tokens and --repeat must be positive");
@@ -515,30 +514,12 @@ fn bench_balance(a: BalanceArgs) -> Result<()> {
             ("balance (hierarchical)", "balance", vec![hier.as_str(), "hierarchical=true"]),
         ];
         for (label, placer, params) in runs {
-            let p = by_name(placer).context("placer registered")?;
-            let params = Params::parse(params)?;
-            let solve =
-                |loads: &moeplace_core::stats::ExpertLoads, previous: Option<&Placement>| -> Result<(Placement, f64)> {
-                    let mut best = f64::INFINITY;
-                    let mut plan = None;
-                    for _ in 0..a.repeat {
-                        let t0 = Instant::now();
-                        let o = p.place(&PlacerInput {
-                            shape,
-                            cluster: c,
-                            loads,
-                            stats: None,
-                            previous,
-                            params: &params,
-                            seed: 0,
-                        })?;
-                        best = best.min(t0.elapsed().as_secs_f64());
-                        plan = Some(o.placement);
-                    }
-                    Ok((plan.context("at least one repetition")?, best))
-                };
+            let solve = |loads: &moeplace_core::stats::ExpertLoads, previous: Option<&Placement>| {
+                solve_best(placer, &params, loads, c, previous, a.repeat)
+            };
             let (previous, _) = solve(&case.previous, None)?;
-            let (plan, secs) = solve(&case.current, Some(&previous))?;
+            let (plan, secs) = solve(&case.current, Some(&previous.placement))?;
+            let plan = plan.placement;
             let f = balance_figures(&plan, &case.current);
             out.push_str(&format!(
                 "| {} | {} x {} | {} ({}), {} slots | {label} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.1} |\n",
@@ -552,7 +533,7 @@ fn bench_balance(a: BalanceArgs) -> Result<()> {
                 f.balancedness_vllm,
                 f.balancedness_sglang,
                 f.bound_max_over_mean,
-                plan.moves_from(&previous),
+                plan.moves_from(&previous.placement),
                 secs * 1e3
             ));
         }
@@ -567,7 +548,30 @@ fn bench_balance(a: BalanceArgs) -> Result<()> {
     print_stdout(&out)
 }
 
-/// Runs one placer on loads, returning the output and the solve time in seconds.
+/// Runs one placer on loads `repeat` times, returning the last output and the
+/// fastest solve time in seconds.
+fn solve_best(
+    placer: &str,
+    params: &[&str],
+    loads: &moeplace_core::stats::ExpertLoads,
+    cluster: &moeplace_core::cluster::Cluster,
+    previous: Option<&moeplace_core::placement::Placement>,
+    repeat: usize,
+) -> Result<(moeplace_core::placers::PlacerOutput, f64)> {
+    use moeplace_core::placers::{by_name, Params, PlacerInput};
+    let p = by_name(placer).context("placer registered")?;
+    let params = Params::parse(params.iter().copied())?;
+    let shape = moeplace_core::trace::ModelShape::new(loads.layers, loads.experts, 1)?;
+    let mut best = (None, f64::INFINITY);
+    for _ in 0..repeat.max(1) {
+        let t0 = Instant::now();
+        let out = p.place(&PlacerInput { shape, cluster, loads, stats: None, previous, params: &params, seed: 0 })?;
+        best = (Some(out), best.1.min(t0.elapsed().as_secs_f64()));
+    }
+    Ok((best.0.expect("at least one repetition"), best.1))
+}
+
+/// One run of a placer (see [`solve_best`]).
 fn solve_once(
     placer: &str,
     params: &[&str],
@@ -575,13 +579,7 @@ fn solve_once(
     cluster: &moeplace_core::cluster::Cluster,
     previous: Option<&moeplace_core::placement::Placement>,
 ) -> Result<(moeplace_core::placers::PlacerOutput, f64)> {
-    use moeplace_core::placers::{by_name, Params, PlacerInput};
-    let p = by_name(placer).context("placer registered")?;
-    let params = Params::parse(params.iter().copied())?;
-    let shape = moeplace_core::trace::ModelShape::new(loads.layers, loads.experts, 1)?;
-    let t0 = Instant::now();
-    let out = p.place(&PlacerInput { shape, cluster, loads, stats: None, previous, params: &params, seed: 0 })?;
-    Ok((out, t0.elapsed().as_secs_f64()))
+    solve_best(placer, params, loads, cluster, previous, 1)
 }
 
 /// Balance against moves: `balance` with growing `move_slack` given the plan of the

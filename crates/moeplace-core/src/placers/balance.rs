@@ -86,7 +86,7 @@ struct Problem<'a> {
 
 impl<'a> Problem<'a> {
     fn new(w: &'a [f64], gpus: usize, slots: usize, gpus_per_node: usize, hierarchical: bool) -> Problem<'a> {
-        let start: Vec<usize> = (0..=gpus).map(|g| g * slots / gpus).collect();
+        let start: Vec<usize> = (0..=gpus).map(|g| crate::placement::slot_range(gpus, slots, g).start).collect();
         let slot_gpu = (0..gpus).flat_map(|g| std::iter::repeat_n(g, start[g + 1] - start[g])).collect();
         Problem { w, gpus, start, slot_gpu, gpus_per_node, hierarchical }
     }
@@ -735,20 +735,29 @@ mod tests {
     use crate::stats::ExpertLoads;
     use crate::trace::ModelShape;
 
-    fn run(placer: &dyn Placer, w: &[Vec<f64>], cluster: &Cluster, params: &[&str]) -> PlacerOutput {
-        let (layers, experts) = (w.len(), w[0].len());
-        let loads = ExpertLoads::new(layers, experts, vec![w.concat()]).unwrap();
+    /// `placer` on `loads` with `params` and the deployed plan `previous`.
+    fn place_loads(
+        placer: &dyn Placer,
+        loads: &ExpertLoads,
+        cluster: &Cluster,
+        params: &[&str],
+        previous: Option<&Placement>,
+    ) -> Result<PlacerOutput, PlaceError> {
         let params = Params::parse(params.iter().copied()).unwrap();
-        let input = PlacerInput {
-            shape: ModelShape::new(layers, experts, 1).unwrap(),
+        placer.place(&PlacerInput {
+            shape: ModelShape::new(loads.layers, loads.experts, 1).unwrap(),
             cluster,
-            loads: &loads,
+            loads,
             stats: None,
-            previous: None,
+            previous,
             params: &params,
             seed: 0,
-        };
-        placer.place(&input).unwrap()
+        })
+    }
+
+    fn run(placer: &dyn Placer, w: &[Vec<f64>], cluster: &Cluster, params: &[&str]) -> PlacerOutput {
+        let loads = ExpertLoads::new(w.len(), w[0].len(), vec![w.concat()]).unwrap();
+        place_loads(placer, &loads, cluster, params, None).unwrap()
     }
 
     fn max_load(out: &PlacerOutput, w: &[Vec<f64>]) -> f64 {
@@ -792,17 +801,7 @@ mod tests {
         let w = [README_L0.to_vec()];
         let cluster = Cluster::new(2, 8, 2).unwrap();
         let loads = ExpertLoads::new(1, 12, vec![w.concat()]).unwrap();
-        let params = Params::parse(["hierarchical=true", "groups=3"]).unwrap();
-        let input = PlacerInput {
-            shape: ModelShape::new(1, 12, 1).unwrap(),
-            cluster: &cluster,
-            loads: &loads,
-            stats: None,
-            previous: None,
-            params: &params,
-            seed: 0,
-        };
-        let e = Balance.place(&input).unwrap_err();
+        let e = place_loads(&Balance, &loads, &cluster, &["hierarchical=true", "groups=3"], None).unwrap_err();
         assert!(e.to_string().contains("groups divisible by the 2 nodes"), "{e}");
     }
 
@@ -822,17 +821,7 @@ mod tests {
         }
         let shuffled = Placement::new(12, 8, 2, rows).unwrap();
         let loads = ExpertLoads::new(2, 12, vec![w.concat()]).unwrap();
-        let params = Params::default();
-        let input = PlacerInput {
-            shape: ModelShape::new(2, 12, 1).unwrap(),
-            cluster: &cluster,
-            loads: &loads,
-            stats: None,
-            previous: Some(&shuffled),
-            params: &params,
-            seed: 0,
-        };
-        let again = Balance.place(&input).unwrap();
+        let again = place_loads(&Balance, &loads, &cluster, &[], Some(&shuffled)).unwrap();
         assert_eq!(again.placement, shuffled);
         assert_eq!(again.notes["moves"], 0.0);
         assert_eq!(max_load(&again, &w), max_load(&first, &w));
@@ -856,17 +845,7 @@ mod tests {
         let deployed = run(&Balance, &before, &cluster, &[]).placement;
         let loads = ExpertLoads::new(4, 32, vec![after.concat()]).unwrap();
         let with = |slack: &str| {
-            let params = Params::parse([slack]).unwrap();
-            let input = PlacerInput {
-                shape: ModelShape::new(4, 32, 1).unwrap(),
-                cluster: &cluster,
-                loads: &loads,
-                stats: None,
-                previous: Some(&deployed),
-                params: &params,
-                seed: 0,
-            };
-            let out = Balance.place(&input).unwrap();
+            let out = place_loads(&Balance, &loads, &cluster, &[slack], Some(&deployed)).unwrap();
             (max_load(&out, &after), out.notes["moves"])
         };
         let best = max_load(&run(&Balance, &after, &cluster, &[]), &after);
@@ -881,17 +860,8 @@ mod tests {
             last = moves;
         }
         assert!(last < moves0, "a large slack must save moves ({last} vs {moves0})");
-        let params = Params::parse(["move_slack=-1"]).unwrap();
-        let input = PlacerInput {
-            shape: ModelShape::new(4, 32, 1).unwrap(),
-            cluster: &cluster,
-            loads: &loads,
-            stats: None,
-            previous: Some(&deployed),
-            params: &params,
-            seed: 0,
-        };
-        assert!(Balance.place(&input).unwrap_err().to_string().contains("at least 0"));
+        let placed = place_loads(&Balance, &loads, &cluster, &["move_slack=-1"], Some(&deployed));
+        assert!(placed.unwrap_err().to_string().contains("at least 0"));
     }
 
     #[test]
@@ -901,21 +871,8 @@ mod tests {
         // pairings that split {0, 2} and {1, 3} avoid a straggler.
         let steps = vec![vec![10.0, 1.0, 10.0, 1.0], vec![1.0, 10.0, 1.0, 10.0]];
         let cluster = Cluster::new(1, 2, 2).unwrap();
-        let loads = ExpertLoads::new(1, 4, steps.clone()).unwrap();
-        let place = |params: &[&str]| {
-            let params = Params::parse(params.iter().copied()).unwrap();
-            let input = PlacerInput {
-                shape: ModelShape::new(1, 4, 1).unwrap(),
-                cluster: &cluster,
-                loads: &loads,
-                stats: None,
-                previous: None,
-                params: &params,
-                seed: 0,
-            };
-            Balance.place(&input)
-        };
-        let out = place(&["per_step=true"]).unwrap();
+        let loads = ExpertLoads::new(1, 4, steps).unwrap();
+        let out = place_loads(&Balance, &loads, &cluster, &["per_step=true"], None).unwrap();
         assert_eq!(out.notes["mean_step_max_load"], 11.0);
         // The summed-load plan (ties: lower ids first) pairs 0 with 2: 20 in each step.
         assert_eq!(out.notes["mean_step_max_load_before"], 20.0);
@@ -923,17 +880,8 @@ mod tests {
         assert!(gpu0.contains(&0) != gpu0.contains(&2), "0 and 2 must be apart: {gpu0:?}");
         // One step only: a clear error.
         let one = ExpertLoads::new(1, 4, vec![vec![1.0; 4]]).unwrap();
-        let params = Params::parse(["per_step=true"]).unwrap();
-        let input = PlacerInput {
-            shape: ModelShape::new(1, 4, 1).unwrap(),
-            cluster: &cluster,
-            loads: &one,
-            stats: None,
-            previous: None,
-            params: &params,
-            seed: 0,
-        };
-        assert!(Balance.place(&input).unwrap_err().to_string().contains("several steps"));
+        let placed = place_loads(&Balance, &one, &cluster, &["per_step=true"], None);
+        assert!(placed.unwrap_err().to_string().contains("several steps"));
     }
 
     #[test]

@@ -209,7 +209,7 @@ fn hierarchical_layer(w64: &[f64], d: Dims) -> (Vec<usize>, Vec<usize>, Vec<usiz
     let e_node = e / d.nodes;
     let gpus_node = d.gpus / d.nodes;
     // First slot of each GPU: GPU g owns [g*S/G, (g+1)*S/G).
-    let start = |g: usize| g * d.replicas / d.gpus;
+    let start = |g: usize| crate::placement::slot_range(d.gpus, d.replicas, g).start;
 
     // Step 1: groups to nodes. Experts are renumbered ("middle" ids) so that node n
     // holds middle ids [n * e_node, (n + 1) * e_node).

@@ -398,6 +398,22 @@ impl ExpertLoads {
         Ok(ExpertLoads { layers, experts, steps })
     }
 
+    /// Picks of every (layer, expert) in `trace`, as one step.
+    pub fn from_trace(trace: &crate::trace::Trace) -> ExpertLoads {
+        let (layers, experts, k) = (trace.shape.layers, trace.shape.experts, trace.shape.top_k);
+        let mut acc = vec![0.0; layers * experts];
+        for b in &trace.batches {
+            for token in b.expert_ids().chunks_exact(layers * k) {
+                for (l, picks) in token.chunks_exact(k).enumerate() {
+                    for &e in picks {
+                        acc[l * experts + e as usize] += 1.0;
+                    }
+                }
+            }
+        }
+        ExpertLoads { layers, experts, steps: vec![acc] }
+    }
+
     /// Loads summed over steps, `[layers * experts]`.
     pub fn total(&self) -> Vec<f64> {
         let mut acc = vec![0.0; self.layers * self.experts];
