@@ -313,7 +313,11 @@ pub fn write_report(path: &std::path::Path, eval: &Evaluation, trace: &Trace, la
     if layer >= shape.layers {
         anyhow::bail!("--report-layer {layer}: the trace has {} layers", shape.layers);
     }
-    let stats = Statistics::from_batches(shape, ProfileOptions { request_vectors: false }, &trace.batches)?;
+    let stats = Statistics::from_batches(
+        shape,
+        ProfileOptions { request_vectors: false, ..Default::default() },
+        &trace.batches,
+    )?;
     let pooled = stats.pooled(|_| true);
     let pc = pair_count(shape.experts);
     let coact = if pooled.coact.is_empty() { &[][..] } else { &pooled.coact[layer * pc..(layer + 1) * pc] };

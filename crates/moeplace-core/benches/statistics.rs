@@ -29,7 +29,7 @@ fn deepseek_v3_tokens(g: &mut criterion::BenchmarkGroup<criterion::measurement::
     g.throughput(Throughput::Elements(tokens * shape.layers as u64));
     g.bench_function(format!("deepseek-v3 {}k tokens (elements: token-layers)", tokens / 1000), |b| {
         b.iter(|| {
-            let mut s = StatisticsBuilder::new(shape, ProfileOptions { request_vectors: false });
+            let mut s = StatisticsBuilder::new(shape, ProfileOptions { request_vectors: false, ..Default::default() });
             for batch in &batches {
                 s.add_batch(batch).expect("same shape");
             }

@@ -7,6 +7,7 @@
 //! - [`cluster`]: nodes, GPUs, slots and links.
 //! - [`placement`]: the slot -> expert map and its invariants (checked in one place).
 //! - [`partition`]: exact-capacity graph partitioning (greedy start, pair swaps, nodes then GPUs).
+//! - [`refine`]: token-level refinement of a placement on sampled token paths (swaps that cut remote GPUs and nodes).
 //! - [`placers`]: algorithms statistics + cluster -> placement, one per file.
 //! - [`synth`]: synthetic multi-task routing workloads at any model scale, and fitting them to real statistics.
 //! - [`dispatch`]: serving-time replica choice per token pick, one per file.
@@ -19,6 +20,7 @@ pub mod dispatch;
 pub mod partition;
 pub mod placement;
 pub mod placers;
+pub mod refine;
 pub mod report;
 pub mod requests;
 pub mod simulate;

@@ -10,13 +10,17 @@
 //!             "coact":[[layer,a,b,count],...],          // a < b, nonzero only
 //!             "transitions":[[layer,a,b,count],...]}],  // a at layer, b at layer+1
 //!  "requests":[{"id":"r0","family":"law"|null,
-//!               "phases":[{"phase":..,"tokens":n,"counts":[[layer,expert,count],...]}]}]}
+//!               "phases":[{"phase":..,"tokens":n,"counts":[[layer,expert,count],...]}]}],
+//!  "token_sample":{"capacity":n,                       // absent: no sample
+//!                  "tokens":[{"hash":h,"family":..,"phase":..,"picks":[L*k ids]},...]}}
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use moeplace_core::stats::{pair_count, GroupKey, GroupStats, RequestActivation, Statistics};
+use moeplace_core::stats::{
+    pair_count, GroupKey, GroupStats, RequestActivation, SampledToken, Statistics, TokenSample,
+};
 use moeplace_core::trace::{ModelShape, Phase};
 
 use crate::atomic;
@@ -37,6 +41,24 @@ struct FileRepr {
     request_vectors: bool,
     groups: Vec<GroupRepr>,
     requests: Vec<RequestRepr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_sample: Option<SampleRepr>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SampleRepr {
+    capacity: usize,
+    tokens: Vec<SampledRepr>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SampledRepr {
+    hash: u64,
+    family: Option<String>,
+    phase: Option<Phase>,
+    picks: Vec<u16>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -141,6 +163,15 @@ pub fn to_json(stats: &Statistics) -> String {
         request_vectors: stats.has_request_vectors(),
         groups,
         requests,
+        token_sample: (stats.token_sample().capacity() > 0).then(|| SampleRepr {
+            capacity: stats.token_sample().capacity(),
+            tokens: stats
+                .token_sample()
+                .tokens()
+                .iter()
+                .map(|t| SampledRepr { hash: t.hash, family: t.family.clone(), phase: t.phase, picks: t.picks.clone() })
+                .collect(),
+        }),
     };
     let mut s = serde_json::to_string(&repr).expect("statistics serialise");
     s.push('\n');
@@ -231,6 +262,15 @@ pub fn from_json(path: &Path, text: &str) -> Result<Statistics, FormatError> {
             return Err(bad(format!("request {:?} appears twice", r.id)));
         }
     }
-    Statistics::from_parts(shape, repr.pairs, repr.request_vectors, groups, requests)
-        .map_err(|e| FormatError::file(path, e.to_string()))
+    let stats = Statistics::from_parts(shape, repr.pairs, repr.request_vectors, groups, requests)
+        .map_err(|e| FormatError::file(path, e.to_string()))?;
+    let Some(sample) = repr.token_sample else { return Ok(stats) };
+    let tokens = sample
+        .tokens
+        .into_iter()
+        .map(|t| SampledToken { hash: t.hash, family: t.family, phase: t.phase, picks: t.picks })
+        .collect();
+    stats
+        .with_sample(TokenSample::from_tokens(sample.capacity, tokens))
+        .map_err(|e| FormatError::file(path, format!("token_sample: {e}")))
 }

@@ -204,7 +204,7 @@ fn profile_file(path: &Path, format: TraceFormat, options: ProfileOptions, read_
 
 fn bench_profile(a: ProfileArgs) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
-    let options = ProfileOptions { request_vectors: a.request_vectors };
+    let options = ProfileOptions { request_vectors: a.request_vectors, ..Default::default() };
     let mut out = String::new();
     out.push_str(&format!(
         "bench profile: preset {}, request vectors {}, {} threads\n",
@@ -748,7 +748,11 @@ fn bench_tacg(a: TacgBenchArgs) -> Result<()> {
     let mut config = SynthConfig::preset("deepseek-v3")?;
     config.tokens = Some(a.tokens);
     let batches = synth::generate_all(&config, 1)?;
-    let stats = Statistics::from_batches(config.shape, ProfileOptions { request_vectors: false }, &batches)?;
+    let stats = Statistics::from_batches(
+        config.shape,
+        ProfileOptions { request_vectors: false, ..Default::default() },
+        &batches,
+    )?;
     let shape = stats.shape();
     let cluster = Cluster::new(8, 64, 4)?.with_slots(a.slots)?;
     let loads = stats.loads(|_| true);

@@ -37,10 +37,15 @@ pub struct Args {
     /// number of requests; the prefill/decode correlation is not reported).
     #[arg(long)]
     no_request_vectors: bool,
+    /// Tokens of the sample of whole token paths kept in the statistics (a bottom-k
+    /// sample by token hash, mergeable like the counts); the token-level refinement
+    /// of `coact`, `tacg`, `tacg+gesr` and `grace` reads it. 0 keeps none.
+    #[arg(long, value_name = "N", default_value_t = moeplace_core::stats::DEFAULT_TOKEN_SAMPLE)]
+    token_sample: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let options = ProfileOptions { request_vectors: !args.no_request_vectors };
+    let options = ProfileOptions { request_vectors: !args.no_request_vectors, token_sample: args.token_sample };
     let stats = profile_inputs(&args.inputs, &args.trace, options)?;
     if let Some(out) = &args.output {
         stats_file::write(out, &stats)?;

@@ -153,7 +153,9 @@ pub fn run(args: Args) -> Result<()> {
     let format = output_format(&args.output, args.to.as_deref())?;
     let (config, real) = build_config(&args)?;
     let shape = config.shape;
-    let mut stats = args.compare.then(|| StatisticsBuilder::new(shape, ProfileOptions { request_vectors: false }));
+    let mut stats = args
+        .compare
+        .then(|| StatisticsBuilder::new(shape, ProfileOptions { request_vectors: false, ..Default::default() }));
     let mut tokens = 0usize;
     let mut each = |b: &TokenBatch| -> Result<()> {
         tokens += b.len();

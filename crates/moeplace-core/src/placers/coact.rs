@@ -51,6 +51,30 @@ pub(crate) const DEFAULT_BALANCE: f64 = 8.0;
 /// Default most swap passes.
 pub(crate) const DEFAULT_PASSES: usize = 30;
 
+/// Parameters of the token-level refinement ([`crate::refine`]) that `tacg`,
+/// `tacg+gesr` and `grace` accept: `refine` (true; false skips it), `node_weight` (1)
+/// and `gpu_weight` (1), the weights of remote nodes and remote GPUs, and
+/// `refine_passes` (8; 0 keeps the swaps out).
+pub(crate) const REFINE_PARAMS: [&str; 4] = ["refine", "node_weight", "gpu_weight", "refine_passes"];
+
+/// The refinement options from a placer's parameters, or `None` when it is turned
+/// off or the statistics carry no token-path sample.
+pub(crate) fn refine_options(
+    params: &super::Params,
+    stats: &Statistics,
+) -> Result<Option<crate::refine::RefineOptions>, PlaceError> {
+    if !params.bool("refine", true)? || stats.token_sample().is_empty() {
+        return Ok(None);
+    }
+    let node_weight = params.f64("node_weight", 1.0)?;
+    let gpu_weight = params.f64("gpu_weight", 1.0)?;
+    if node_weight < 0.0 || gpu_weight < 0.0 {
+        return Err(PlaceError::BadParam("node_weight and gpu_weight must not be negative".into()));
+    }
+    let passes = params.usize("refine_passes", crate::refine::RefineOptions::default().passes)?;
+    Ok(Some(crate::refine::RefineOptions { node_weight, gpu_weight, passes, ..Default::default() }))
+}
+
 impl Placer for Coact {
     fn name(&self) -> &'static str {
         "coact"

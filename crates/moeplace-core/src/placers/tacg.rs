@@ -30,8 +30,14 @@
 //!    that family f's tokens pick often is drawn into `G_f`, in proportion to the sends
 //!    it saves there. Redundant slots hold copies of the hottest experts, as in `coact`.
 //!
+//! 6. token-level refinement (ours): with a token-path sample in the statistics,
+//!    [`crate::refine`] swaps single-copy experts between GPUs where that lowers the
+//!    sampled tokens' expected remote nodes plus remote GPUs, each family's tokens
+//!    living on its group's GPUs, without raising the heaviest GPU's calibration load.
+//!
 //! Parameters (`--param`): `alpha` (0.25; 0 = no task-modulated graph), `temperature`
-//! (0.5), `eta` (0.5; 0 = no task preference), `balance` (8), `passes` (30).
+//! (0.5), `eta` (0.5; 0 = no task preference), `balance` (8), `passes` (30), and the
+//! refinement's `refine` (true), `node_weight` (1), `gpu_weight` (1).
 //!
 //! How the defaults were chosen: `moeplace experiment tacg --tune` replays a grid of
 //! `balance` x `alpha` x `eta` on the ESFT calibration requests only (never the
@@ -45,9 +51,11 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use super::coact::{
-    hottest_copies, needs_pairs, solve_layer, to_placement, Knobs, LayerModel, DEFAULT_BALANCE, DEFAULT_PASSES,
+    hottest_copies, needs_pairs, refine_options, solve_layer, to_placement, Knobs, LayerModel, DEFAULT_BALANCE,
+    DEFAULT_PASSES, REFINE_PARAMS,
 };
 use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
+use crate::refine::{refine_layer, RefineOptions, RefineOutcome, SampledLayer, TokenHomes};
 use crate::stats::{pair_count, pair_index, Statistics};
 
 pub struct Tacg;
@@ -66,19 +74,26 @@ impl Placer for Tacg {
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
-        input.params.allow_only(self.name(), &["alpha", "temperature", "eta", "balance", "passes"])?;
+        let known = [&["alpha", "temperature", "eta", "balance", "passes"][..], &REFINE_PARAMS[..]].concat();
+        input.params.allow_only(self.name(), &known)?;
         check_fits(input.shape, input.cluster)?;
         let fm = FamilyModel::build(input, self.name())?;
-        let lists: Vec<Vec<Vec<usize>>> = fm
+        let solved: Vec<(Vec<Vec<usize>>, RefineOutcome)> = fm
             .layers
             .par_iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(layer, m)| {
                 let items = hottest_copies(m, input.cluster.slots(), input.cluster.gpus);
-                solve_layer(m, &items, input.cluster, &fm.groups, &fm.knobs)
+                let mut lists = solve_layer(m, &items, input.cluster, &fm.groups, &fm.knobs)?;
+                let refined = fm.refine(input, layer, m, &mut lists);
+                Ok((lists, refined))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, PlaceError>>()?;
+        let (lists, refined): (Vec<_>, Vec<_>) = solved.into_iter().unzip();
         let placement = to_placement(input, &lists)?;
-        Ok(fm.output(placement))
+        let mut out = fm.output(placement);
+        fm.refine_notes(&mut out, refined);
+        Ok(out)
     }
 }
 
@@ -92,6 +107,8 @@ pub(crate) struct FamilyModel {
     /// GPUs of each family.
     pub groups: Vec<Vec<usize>>,
     pub knobs: Knobs,
+    /// Step 6, when on.
+    pub refine: Option<RefineOptions>,
 }
 
 impl FamilyModel {
@@ -121,7 +138,33 @@ impl FamilyModel {
         }
         let (layers, pref, pi) = family_layers(stats, &families, alpha, temperature);
         let groups = apportion(&pi, input.cluster.gpus);
-        Ok(FamilyModel { families, layers, pref, groups, knobs })
+        let refine = refine_options(params, stats)?;
+        Ok(FamilyModel { families, layers, pref, groups, knobs, refine })
+    }
+
+    /// Step 6 on one layer's GPU lists (nothing when off).
+    pub fn refine(
+        &self,
+        input: &PlacerInput<'_>,
+        layer: usize,
+        m: &LayerModel,
+        lists: &mut [Vec<usize>],
+    ) -> RefineOutcome {
+        let (Some(options), Some(stats)) = (&self.refine, input.stats) else { return RefineOutcome::default() };
+        let family_gpus: BTreeMap<String, Vec<usize>> =
+            self.families.iter().cloned().zip(self.groups.iter().cloned()).collect();
+        let homes = TokenHomes::by_family(input.cluster, &family_gpus);
+        let load: Vec<f64> = (0..m.experts).map(|x| m.load(x)).collect();
+        let tokens = SampledLayer { sample: stats.token_sample(), layer, top_k: input.shape.top_k, homes: &homes };
+        refine_layer(lists, input.cluster, &tokens, &load, options)
+    }
+
+    /// The refinement's figures in the placer's notes (when it ran).
+    pub fn refine_notes(&self, out: &mut PlacerOutput, refined: Vec<RefineOutcome>) {
+        if self.refine.is_some() {
+            let layers = refined.len().max(1) as f64;
+            crate::refine::notes(&mut out.notes, refined.into_iter(), layers);
+        }
     }
 
     /// The placer output: the placement and the family groups.

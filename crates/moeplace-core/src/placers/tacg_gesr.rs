@@ -22,14 +22,19 @@
 //! (no more expert is paid for by two groups) take extra copies of the hottest
 //! single-copy experts, unpinned. With R = 0 this is `tacg`.
 //!
+//! Then `tacg`'s token-level refinement (step 6) moves single-copy experts; the
+//! pinned copies stay.
+//!
 //! Parameters (`--param`): those of `tacg` (`alpha`, `temperature`, `eta`, `balance`,
-//! `passes`) and `lambda1` (1), `lambda2` (1), `pay` (1).
+//! `passes`, `refine`, `node_weight`, `gpu_weight`) and `lambda1` (1), `lambda2` (1),
+//! `pay` (1).
 
 use rayon::prelude::*;
 
-use super::coact::{solve_layer, to_placement, Item, LayerModel};
+use super::coact::{solve_layer, to_placement, Item, LayerModel, REFINE_PARAMS};
 use super::tacg::FamilyModel;
 use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
+use crate::refine::RefineOutcome;
 use crate::stats::pair_index;
 
 pub struct TacgGesr;
@@ -44,10 +49,9 @@ impl Placer for TacgGesr {
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
-        input.params.allow_only(
-            self.name(),
-            &["alpha", "temperature", "eta", "balance", "passes", "lambda1", "lambda2", "pay"],
-        )?;
+        let own = ["alpha", "temperature", "eta", "balance", "passes", "lambda1", "lambda2", "pay"];
+        let known = [&own[..], &REFINE_PARAMS[..]].concat();
+        input.params.allow_only(self.name(), &known)?;
         check_fits(input.shape, input.cluster)?;
         let lambda1 = input.params.f64("lambda1", 1.0)?;
         let lambda2 = input.params.f64("lambda2", 1.0)?;
@@ -55,21 +59,25 @@ impl Placer for TacgGesr {
         let fm = FamilyModel::build(input, self.name())?;
         let k = input.shape.top_k as f64;
         let slots = input.cluster.slots();
-        let results: Vec<(Vec<Vec<usize>>, usize)> = fm
+        let results: Vec<(Vec<Vec<usize>>, usize, RefineOutcome)> = fm
             .layers
             .par_iter()
             .zip(&fm.pref)
-            .map(|(m, pref)| {
+            .enumerate()
+            .map(|(layer, (m, pref))| {
                 let scores = generic_scores(m, pref, lambda1, lambda2);
                 let items = generic_items(m, &scores, slots, input.cluster.gpus, pay * k / m.experts as f64);
                 let replicated = items.iter().filter(|it| it.pin.is_some()).count();
-                solve_layer(m, &items, input.cluster, &fm.groups, &fm.knobs).map(|l| (l, replicated))
+                let mut lists = solve_layer(m, &items, input.cluster, &fm.groups, &fm.knobs)?;
+                let refined = fm.refine(input, layer, m, &mut lists);
+                Ok((lists, replicated, refined))
             })
-            .collect::<Result<_, _>>()?;
-        let lists: Vec<Vec<Vec<usize>>> = results.iter().map(|(l, _)| l.clone()).collect();
+            .collect::<Result<_, PlaceError>>()?;
+        let lists: Vec<Vec<Vec<usize>>> = results.iter().map(|(l, _, _)| l.clone()).collect();
         let placement = to_placement(input, &lists)?;
         let mut out = fm.output(placement);
-        let pinned: usize = results.iter().map(|(_, r)| r).sum();
+        fm.refine_notes(&mut out, results.iter().map(|r| r.2).collect());
+        let pinned: usize = results.iter().map(|(_, r, _)| r).sum();
         out.notes.insert("pinned_copies_per_layer".into(), pinned as f64 / results.len().max(1) as f64);
         Ok(out)
     }

@@ -317,7 +317,8 @@ impl Statistics {
     /// batches, [`StatisticsBuilder`] is faster. The result does not depend on the
     /// number of threads.
     pub fn add_batch(&mut self, batch: &TokenBatch) -> Result<(), ShapeError> {
-        let mut b = StatisticsBuilder::new(self.shape, ProfileOptions { request_vectors: self.request_vectors });
+        let options = ProfileOptions { request_vectors: self.request_vectors, token_sample: self.sample.capacity() };
+        let mut b = StatisticsBuilder::new(self.shape, options);
         b.add_batch(batch)?;
         let part = b.finish();
         self.merge(&part).map_err(|e| ShapeError::BadShape(e.to_string()))
@@ -367,6 +368,7 @@ impl StatisticsBuilder {
         if self.stats.request_vectors {
             self.stats.add_request_vectors(batch)?;
         }
+        self.stats.sample.add_batch(batch);
         let (keys, slot_of_token) = token_groups(batch);
         for key in &keys {
             self.counters.entry(key.clone()).or_insert_with(|| GroupCounter::new(shape));
@@ -465,7 +467,8 @@ mod tests {
             let shape = ModelShape::new(layers, experts, k).unwrap();
             // More than one chunk, and two batches.
             let (b1, b2) = (batch(shape, CHUNK_TOKENS + 130, 7), batch(shape, 301, 8));
-            let mut builder = StatisticsBuilder::new(shape, ProfileOptions { request_vectors: false });
+            let mut builder =
+                StatisticsBuilder::new(shape, ProfileOptions { request_vectors: false, ..Default::default() });
             builder.add_batch(&b1).unwrap();
             builder.add_batch(&b2).unwrap();
             assert_eq!(builder.tokens(), (CHUNK_TOKENS + 431) as u64);

@@ -12,12 +12,17 @@
 //!   (all k x k pairs), for l < layers - 1.
 //!
 //! Per request and phase: the activation vector, tokens per (layer, expert).
+//!
+//! Plus a bounded sample of whole token paths ([`TokenSample`]), mergeable the same
+//! exact way (a bottom-k sample by token hash).
 
 mod count;
+mod sample;
 
 use std::collections::BTreeMap;
 
 pub use count::StatisticsBuilder;
+pub use sample::{token_hash, SampledToken, TokenSample, DEFAULT_TOKEN_SAMPLE};
 
 use crate::trace::{ModelShape, Phase, ShapeError, TokenBatch};
 
@@ -138,11 +143,13 @@ pub struct ProfileOptions {
     /// Keep one activation vector per request and phase. Memory then grows with the
     /// number of requests (layers x experts counts each); turn off for huge traces.
     pub request_vectors: bool,
+    /// Tokens of the path sample ([`TokenSample`]); 0 keeps none.
+    pub token_sample: usize,
 }
 
 impl Default for ProfileOptions {
     fn default() -> Self {
-        ProfileOptions { request_vectors: true }
+        ProfileOptions { request_vectors: true, token_sample: DEFAULT_TOKEN_SAMPLE }
     }
 }
 
@@ -157,6 +164,7 @@ pub struct Statistics {
     request_vectors: bool,
     groups: BTreeMap<GroupKey, GroupStats>,
     requests: BTreeMap<String, RequestActivation>,
+    sample: TokenSample,
 }
 
 impl Statistics {
@@ -168,6 +176,7 @@ impl Statistics {
             request_vectors: options.request_vectors,
             groups: BTreeMap::new(),
             requests: BTreeMap::new(),
+            sample: TokenSample::new(options.token_sample),
         }
     }
 
@@ -191,7 +200,14 @@ impl Statistics {
             GroupKey { family: None, phase: None },
             GroupStats { tokens, load, coact: Vec::new(), transitions: Vec::new() },
         );
-        Ok(Statistics { shape, pairs: false, request_vectors: false, groups, requests: BTreeMap::new() })
+        Ok(Statistics {
+            shape,
+            pairs: false,
+            request_vectors: false,
+            groups,
+            requests: BTreeMap::new(),
+            sample: TokenSample::new(0),
+        })
     }
 
     /// Rebuilds statistics from their parts (used by the statistics file reader).
@@ -218,7 +234,28 @@ impl Statistics {
                 return Err(ShapeError::BadShape(format!("request {id:?}: activation vector does not match {shape}")));
             }
         }
-        Ok(Statistics { shape, pairs, request_vectors, groups, requests })
+        Ok(Statistics { shape, pairs, request_vectors, groups, requests, sample: TokenSample::new(0) })
+    }
+
+    /// These statistics with `sample` as their token-path sample (the statistics file
+    /// reader). Checks every path's length and expert ids against the shape.
+    pub fn with_sample(mut self, sample: TokenSample) -> Result<Self, ShapeError> {
+        let per_token = self.shape.picks_per_token();
+        for t in sample.tokens() {
+            if t.picks.len() != per_token || t.picks.iter().any(|&x| x as usize >= self.shape.experts) {
+                return Err(ShapeError::BadShape(format!(
+                    "sampled token {:#x}: expected {per_token} expert ids below {}",
+                    t.hash, self.shape.experts
+                )));
+            }
+        }
+        self.sample = sample;
+        Ok(self)
+    }
+
+    /// The sample of whole token paths (empty when profiled without one).
+    pub fn token_sample(&self) -> &TokenSample {
+        &self.sample
     }
 
     pub fn shape(&self) -> ModelShape {
@@ -344,6 +381,7 @@ impl Statistics {
                 }
             }
         }
+        self.sample.merge(&other.sample);
         for (id, r) in &other.requests {
             let mine = self
                 .requests

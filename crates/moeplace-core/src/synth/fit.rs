@@ -186,7 +186,7 @@ pub fn fit(stats: &Statistics) -> Result<SynthConfig, SynthError> {
 
 /// Profiles the whole output of a config (with request vectors).
 fn profile_config(config: &SynthConfig, seed: u64) -> Result<Statistics, SynthError> {
-    let mut s = StatisticsBuilder::new(config.shape, ProfileOptions { request_vectors: true });
+    let mut s = StatisticsBuilder::new(config.shape, ProfileOptions { request_vectors: true, ..Default::default() });
     for b in generate(config, seed)? {
         s.add_batch(&b)?;
     }

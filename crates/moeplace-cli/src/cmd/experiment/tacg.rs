@@ -178,7 +178,11 @@ fn split(trace: &Trace) -> (Trace, Trace) {
 }
 
 fn profile(trace: &Trace) -> Result<Statistics> {
-    Ok(Statistics::from_batches(trace.shape, ProfileOptions { request_vectors: false }, &trace.batches)?)
+    Ok(Statistics::from_batches(
+        trace.shape,
+        ProfileOptions { request_vectors: false, ..Default::default() },
+        &trace.batches,
+    )?)
 }
 
 fn baseline(test: &Trace) -> Result<SimResult> {
