@@ -24,7 +24,12 @@
 //! by hand for its testbed; the automatic knee is our choice.
 //!
 //! Parameters (`--param`): `balance=B` (default: `coact`'s) and `passes=N`, as for
-//! `coact`; `r=X` fixes the size tolerance instead of choosing the knee.
+//! `coact`; `r=X` fixes the size tolerance instead of choosing the knee;
+//! `replication=dynamic|fixed` (default `dynamic`, step 2 above): `fixed` replaces
+//! the measured rule by a fixed one for ablations (the paper's "fixed replicas"
+//! rung): the R hottest experts, R = the free slots after grouping (the cluster's
+//! redundant slots), get one extra copy each, each on the least-loaded GPU with a
+//! free slot that lacks it; a copy that fits nowhere passes to the next hottest.
 
 use rayon::prelude::*;
 
@@ -108,9 +113,9 @@ fn knee(points: &[(f64, f64)]) -> usize {
     best.0
 }
 
-/// Fills every GPU's free slots with copies (module documentation, step 2). Returns
-/// the number of hot experts.
-fn replicate(m: &LayerModel, cluster: &Cluster, lists: &mut [Vec<usize>]) -> usize {
+/// Fills every GPU's free slots with copies (module documentation, step 2; with
+/// `fixed`, the fixed rule of `replication=fixed`). Returns the number of hot experts.
+fn replicate(m: &LayerModel, cluster: &Cluster, lists: &mut [Vec<usize>], fixed: bool) -> usize {
     let (e, g) = (m.experts, cluster.gpus);
     let w: Vec<f64> = (0..e).map(|x| m.load(x)).collect();
     let mut cnt = vec![1usize; e];
@@ -124,7 +129,10 @@ fn replicate(m: &LayerModel, cluster: &Cluster, lists: &mut [Vec<usize>]) -> usi
     let mut order: Vec<usize> = (0..e).collect();
     order.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
     let mut hot = 0;
-    if mean > 0.0 && max > mean {
+    let free_slots = (0..g).map(|gpu| cluster.gpu_slot_count(gpu) - lists[gpu].len()).sum::<usize>();
+    if fixed {
+        hot = free_slots.min(e);
+    } else if mean > 0.0 && max > mean {
         let excess = (max / mean - 1.0) / (max / mean) * total;
         let mut acc = 0.0;
         while hot < e && (hot == 0 || acc < excess) {
@@ -138,13 +146,15 @@ fn replicate(m: &LayerModel, cluster: &Cluster, lists: &mut [Vec<usize>]) -> usi
             return hot;
         }
         // Hot experts first, then any expert; highest load per copy, lower id on ties.
-        let pick = |pool: &[usize]| {
+        // The fixed rule caps the hot experts at one extra copy each.
+        let pick = |pool: &[usize], cap: usize| {
             pool.iter()
                 .copied()
-                .filter(|&x| cnt[x] < g && (0..g).any(|gpu| free(lists, gpu) > 0 && !lists[gpu].contains(&x)))
+                .filter(|&x| cnt[x] < cap && (0..g).any(|gpu| free(lists, gpu) > 0 && !lists[gpu].contains(&x)))
                 .max_by(|&a, &b| (w[a] / cnt[a] as f64).total_cmp(&(w[b] / cnt[b] as f64)).then(b.cmp(&a)))
         };
-        let Some(x) = pick(&order[..hot]).or_else(|| pick(&order)) else { return hot };
+        let hot_cap = if fixed { 2.min(g) } else { g };
+        let Some(x) = pick(&order[..hot], hot_cap).or_else(|| pick(&order, g)) else { return hot };
         let gpu = (0..g)
             .filter(|&gpu| free(lists, gpu) > 0 && !lists[gpu].contains(&x))
             .min_by(|&a, &b| gpu_load(lists, &cnt, a).total_cmp(&gpu_load(lists, &cnt, b)).then(a.cmp(&b)))
@@ -164,7 +174,7 @@ impl Placer for Grace {
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
-        input.params.allow_only(self.name(), &["balance", "passes", "r"])?;
+        input.params.allow_only(self.name(), &["balance", "passes", "r", "replication"])?;
         check_fits(input.shape, input.cluster)?;
         let balance = input.params.f64("balance", DEFAULT_BALANCE)?;
         let passes = input.params.usize("passes", DEFAULT_PASSES)?;
@@ -174,6 +184,13 @@ impl Placer for Grace {
                 .map(Some)
                 .ok_or_else(|| PlaceError::BadParam("parameter r must be at least 0".into()))?,
             None => None,
+        };
+        let fixed = match input.params.0.get("replication").map(String::as_str) {
+            None | Some("dynamic") => false,
+            Some("fixed") => true,
+            Some(v) => {
+                return Err(PlaceError::BadParam(format!("parameter replication={v:?} is not dynamic or fixed")))
+            }
         };
         let stats = needs_pairs(input, self.name())?;
         let models = LayerModel::pooled(stats);
@@ -191,7 +208,7 @@ impl Placer for Grace {
                         (tries.into_iter().nth(k).expect("knee indexes the tries").lists, TOLERANCES[k])
                     }
                 };
-                let hot = replicate(m, c, &mut lists);
+                let hot = replicate(m, c, &mut lists, fixed);
                 Ok((lists, r, hot))
             })
             .collect::<Result<_, PlaceError>>()?;
@@ -218,5 +235,28 @@ mod tests {
         assert_eq!(knee(&[(0.0, 0.2), (0.25, 0.5), (0.5, 0.55), (1.0, 0.6)]), 1);
         // No gain: r = 0.
         assert_eq!(knee(&[(0.0, 0.3), (0.5, 0.3), (1.0, 0.3)]), 0);
+    }
+
+    #[test]
+    fn fixed_replication_gives_the_hottest_one_copy_each() {
+        // 8 experts on 4 GPUs of 3 slots (4 free slots); expert 0 carries most load.
+        let m = LayerModel {
+            experts: 8,
+            pi: vec![1.0],
+            u: vec![vec![10.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.25]],
+            c: vec![vec![0.0; 28]],
+            m: Vec::new(),
+        };
+        let cluster = Cluster::new(2, 4, 3).unwrap();
+        let start: Vec<Vec<usize>> = vec![vec![0, 7], vec![1, 6], vec![2, 5], vec![3, 4]];
+        let count = |lists: &[Vec<usize>], x: usize| lists.iter().filter(|l| l.contains(&x)).count();
+        let mut fixed = start.clone();
+        assert_eq!(replicate(&m, &cluster, &mut fixed, true), 4);
+        assert_eq!((0..8).map(|x| count(&fixed, x)).collect::<Vec<_>>(), [2, 2, 2, 2, 1, 1, 1, 1]);
+        // The measured rule spends the free slots on the dominant expert instead.
+        let mut dynamic = start;
+        replicate(&m, &cluster, &mut dynamic, false);
+        assert_eq!(count(&dynamic, 0), 4);
+        assert!(dynamic.iter().all(|l| l.len() == 3));
     }
 }
