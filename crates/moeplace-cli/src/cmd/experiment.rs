@@ -1,12 +1,16 @@
 //! `moeplace experiment`: the evaluations of the project's notes, each one command
 //! that prints the markdown tables the notes quote. One subcommand per experiment,
-//! one module each: `requests` (docs/REQUESTS.md), `tacg` (docs/TACG.md).
+//! one module each: `requests` (docs/REQUESTS.md), `tacg` (docs/TACG.md), `grace`
+//! (docs/GRACE.md); `common` holds the pieces they share.
 
 use anyhow::Result;
 
+mod common;
+mod grace;
 mod requests;
 mod tacg;
 
+use grace::GraceArgs;
 use requests::RequestsArgs;
 use tacg::TacgArgs;
 
@@ -52,11 +56,29 @@ enum What {
     /// baseline of DESIGN.md (linear, no replicas, primary copy, homes round-robin)
     /// on the same held-out stream.
     Tacg(TacgArgs),
+    /// GRACE-MoE (docs/GRACE.md): grace against linear, eplb, balance, coact and
+    /// tacg+gesr with flat and hierarchical communication, on the held-out ESFT
+    /// DeepSeek-V2-Lite requests (calibration = even request ordinals within each
+    /// family, held out = odd) and on synthetic DeepSeek-V3 traffic (calibration
+    /// stream seed 1, held-out stream seed 2), for 2 nodes x 4 GPUs (a100-eth links,
+    /// 25 Gb/s between nodes) and 8 nodes x 8 GPUs (h100 links).
+    ///
+    /// Tables: (1) per cluster and workload, every placer's cross-node sends per
+    /// token-layer, inter- and intra-node bytes, remote GPUs, per-GPU load spread
+    /// (standard deviation over mean, Jain), estimated all-to-all time, and cuts
+    /// against linear with flat and with hierarchical communication; (2) the ablation
+    /// ladder (hierarchical communication, + grouping, + fixed replicas, + dynamic
+    /// replication, + topology-aware routing); (3) the targets of the GRACE-MoE issue
+    /// on held-out ESFT, 2 nodes x 4 GPUs, reached or not.
+    ///
+    /// Example: moeplace experiment grace --data ../shared/data/esft-deepseek-v2-lite
+    Grace(GraceArgs),
 }
 
 pub fn run(args: Args) -> Result<()> {
     match args.what {
         What::Requests(a) => requests::requests(a),
         What::Tacg(a) => tacg::tacg(a),
+        What::Grace(a) => grace::grace(a),
     }
 }

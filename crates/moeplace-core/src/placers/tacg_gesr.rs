@@ -20,7 +20,9 @@
 //! then chooses the GPU of every copy inside its group by co-activation affinity and
 //! balance, and places every other expert as `tacg` does. Redundant slots left over
 //! (no more expert is paid for by two groups) take extra copies of the hottest
-//! single-copy experts, unpinned. With R = 0 this is `tacg`.
+//! single-copy experts, unpinned (and, once every single-copy expert is on every
+//! GPU, unpinned extras of replicated experts, serving the families without a pinned
+//! copy). With R = 0 this is `tacg`.
 //!
 //! Then `tacg`'s token-level refinement (step 6) moves single-copy experts; the
 //! pinned copies stay.
@@ -133,40 +135,47 @@ pub(crate) fn generic_items(m: &LayerModel, scores: &[f64], slots: usize, gpus: 
         budget -= copies - 1;
         pins[x] = paying;
     }
-    let mut extra = vec![1usize; e];
+    // Copies of each expert: its pinned ones (at least one), plus unpinned extras.
+    // Single-copy experts come first; when none can take another copy (small
+    // layouts where slots approach G x E), replicated experts take unpinned extras.
+    let mut copies: Vec<usize> = pins.iter().map(|p| p.len().max(1)).collect();
     let load: Vec<f64> = (0..e).map(|x| m.load(x)).collect();
     for _ in 0..budget {
-        let best = (0..e)
-            .filter(|&x| pins[x].is_empty() && extra[x] < gpus)
-            .max_by(|&a, &b| (load[a] / extra[a] as f64).total_cmp(&(load[b] / extra[b] as f64)).then(b.cmp(&a)));
-        match best {
-            Some(x) => extra[x] += 1,
+        let best = |pinned: bool| {
+            (0..e)
+                .filter(|&x| pins[x].is_empty() != pinned && copies[x] < gpus)
+                .max_by(|&a, &b| (load[a] / copies[a] as f64).total_cmp(&(load[b] / copies[b] as f64)).then(b.cmp(&a)))
+        };
+        match best(false).or_else(|| best(true)) {
+            Some(x) => copies[x] += 1,
             None => break,
         }
     }
     let mut items = Vec::with_capacity(slots);
     for x in 0..e {
+        let c = copies[x] as f64;
         if pins[x].is_empty() {
-            let c = extra[x];
-            for _ in 0..c {
-                items.push(Item { expert: x, route: vec![1.0 / c as f64; nf], pin: None });
+            for _ in 0..copies[x] {
+                items.push(Item { expert: x, route: vec![1.0 / c; nf], pin: None });
             }
             continue;
         }
-        let c = pins[x].len() as f64;
+        // A pinned family's picks go to its copy; the other families' picks are
+        // shared by all copies (an unpinned extra serves only those).
+        let share = |g: usize, own: Option<usize>| {
+            if own == Some(g) {
+                1.0
+            } else if pins[x].contains(&g) {
+                0.0
+            } else {
+                1.0 / c
+            }
+        };
         for &f in &pins[x] {
-            let route: Vec<f64> = (0..nf)
-                .map(|g| {
-                    if g == f {
-                        1.0
-                    } else if pins[x].contains(&g) {
-                        0.0
-                    } else {
-                        1.0 / c
-                    }
-                })
-                .collect();
-            items.push(Item { expert: x, route, pin: Some(f) });
+            items.push(Item { expert: x, route: (0..nf).map(|g| share(g, Some(f))).collect(), pin: Some(f) });
+        }
+        for _ in pins[x].len()..copies[x] {
+            items.push(Item { expert: x, route: (0..nf).map(|g| share(g, None)).collect(), pin: None });
         }
     }
     items

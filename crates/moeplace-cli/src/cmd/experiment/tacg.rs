@@ -4,17 +4,16 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use moeplace_core::cluster::Cluster;
-use moeplace_core::dispatch::{Dispatcher, Gesr, Nearest, Primary};
-use moeplace_core::placers::{by_name, Params, PlacerInput, PlacerOutput};
+use moeplace_core::dispatch::{Dispatcher, Gesr, Nearest};
+use moeplace_core::placers::{Params, PlacerOutput};
 use moeplace_core::simulate::{cut_percent, simulate, HomePolicy, SimResult};
-use moeplace_core::stats::{ProfileOptions, Statistics};
+use moeplace_core::stats::Statistics;
 use moeplace_core::trace::Trace;
 
-use crate::evaluate::baseline_placement;
+use super::common::{self, dispatcher_for, profile, request_lengths, requests, split};
 use crate::input::{print_stdout, read_trace, TraceArgs, DEFAULT_BATCH_TOKENS};
 
 #[derive(clap::Args)]
@@ -100,96 +99,6 @@ pub(super) fn tacg(args: TacgArgs) -> Result<()> {
     print_stdout(&out)
 }
 
-/// Requests in order of first appearance with their family and token count.
-fn requests(trace: &Trace) -> Vec<(String, Option<String>, u64)> {
-    let mut index: BTreeMap<String, usize> = BTreeMap::new();
-    let mut out: Vec<(String, Option<String>, u64)> = Vec::new();
-    for t in trace.iter() {
-        let i = *index.entry(t.request.to_string()).or_insert_with(|| {
-            out.push((t.request.to_string(), t.family.map(str::to_string), 0));
-            out.len() - 1
-        });
-        out[i].2 += 1;
-    }
-    out
-}
-
-fn request_lengths(trace: &Trace) -> Vec<u64> {
-    requests(trace).iter().map(|r| r.2).collect()
-}
-
-/// The trace's requests reordered so that families interleave as in a mixed serving
-/// stream: next comes the family that has had the smallest share of its tokens so far
-/// (ties to the first family), its next request in order. (The ESFT logs list one
-/// family after another; replayed as they are, every replay chunk, the dispatchers'
-/// load window, would hold a single family.)
-fn interleave(trace: &Trace) -> Trace {
-    let reqs = requests(trace);
-    let mut families: Vec<Option<String>> = reqs.iter().map(|r| r.1.clone()).collect();
-    families.sort();
-    families.dedup();
-    let queue: Vec<Vec<usize>> =
-        families.iter().map(|f| (0..reqs.len()).filter(|&i| &reqs[i].1 == f).collect()).collect();
-    let total: Vec<u64> = queue.iter().map(|q| q.iter().map(|&i| reqs[i].2).sum()).collect();
-    let mut done = vec![0u64; families.len()];
-    let mut next = vec![0usize; families.len()];
-    let mut order = Vec::with_capacity(reqs.len());
-    while order.len() < reqs.len() {
-        let f = (0..families.len())
-            .filter(|&f| next[f] < queue[f].len())
-            .min_by(|&a, &b| {
-                (done[a] as f64 / total[a].max(1) as f64).total_cmp(&(done[b] as f64 / total[b].max(1) as f64))
-            })
-            .expect("requests remain");
-        let i = queue[f][next[f]];
-        next[f] += 1;
-        done[f] += reqs[i].2;
-        order.push(reqs[i].0.clone());
-    }
-    let mut by_request: BTreeMap<&str, Vec<moeplace_core::trace::TokenRef<'_>>> = BTreeMap::new();
-    for t in trace.iter() {
-        by_request.entry(t.request).or_default().push(t);
-    }
-    let mut batch = moeplace_core::trace::TokenBatch::with_capacity(trace.shape, trace.tokens());
-    for name in &order {
-        for t in &by_request[name.as_str()] {
-            batch.push(*t).expect("tokens of a trace already match its shape");
-        }
-    }
-    Trace { shape: trace.shape, batches: vec![batch] }
-}
-
-/// Calibration = requests of even ordinal within their family, held out = odd; both
-/// with families interleaved ([`interleave`]).
-fn split(trace: &Trace) -> (Trace, Trace) {
-    let mut ordinal: BTreeMap<Option<String>, usize> = BTreeMap::new();
-    let mut calib = HashSet::new();
-    for (name, family, _) in requests(trace) {
-        let o = ordinal.entry(family).or_insert(0);
-        if o.is_multiple_of(2) {
-            calib.insert(name);
-        }
-        *o += 1;
-    }
-    (
-        interleave(&trace.filter(|t| calib.contains(t.request))),
-        interleave(&trace.filter(|t| !calib.contains(t.request))),
-    )
-}
-
-fn profile(trace: &Trace) -> Result<Statistics> {
-    Ok(Statistics::from_batches(
-        trace.shape,
-        ProfileOptions { request_vectors: false, ..Default::default() },
-        &trace.batches,
-    )?)
-}
-
-fn baseline(test: &Trace) -> Result<SimResult> {
-    let (c, p) = baseline_placement(test.shape.layers, test.shape.experts, NODES, GPUS)?;
-    Ok(simulate(test, &p, &c, &Primary, &HomePolicy::RoundRobin)?)
-}
-
 /// Longest-first packing of request lengths onto `gpus` bins: max/mean.
 fn lpt(lengths: &[u64], gpus: usize) -> f64 {
     let mut l = lengths.to_vec();
@@ -206,21 +115,13 @@ fn lpt(lengths: &[u64], gpus: usize) -> f64 {
 /// Plans with `placer` from `stats` for 16 GPUs in 4 nodes with `slots` per GPU.
 fn plan(stats: &Statistics, placer: &str, slots: usize, params: &Params) -> Result<(PlacerOutput, Cluster, f64)> {
     let cluster = Cluster::new(NODES, GPUS, slots)?;
-    let p = by_name(placer).with_context(|| format!("placer {placer} is registered"))?;
-    let loads = stats.loads(|_| true);
-    let start = Instant::now();
-    let out = p
-        .place(&PlacerInput {
-            shape: stats.shape(),
-            cluster: &cluster,
-            loads: &loads,
-            stats: Some(stats),
-            previous: None,
-            params,
-            seed: 0,
-        })
-        .with_context(|| format!("placer {placer}"))?;
-    Ok((out, cluster, start.elapsed().as_secs_f64() * 1e3))
+    let (out, ms) = common::plan(stats, placer, &cluster, params)?;
+    Ok((out, cluster, ms))
+}
+
+/// The baseline of DESIGN.md on `test` (16 GPUs in 4 nodes).
+fn baseline(test: &Trace) -> Result<SimResult> {
+    common::baseline(test, &Cluster::new(NODES, GPUS, 1)?)
 }
 
 /// The parameters a placer accepts out of the user's.
@@ -232,15 +133,6 @@ fn params_for(placer: &str, user: &Params) -> Params {
         _ => &[],
     };
     Params(user.0.iter().filter(|(k, _)| keep.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
-}
-
-/// The dispatcher each placer is served with: gesr for tacg+gesr, nearest otherwise.
-fn dispatcher_for(placer: &str, theta: f64) -> Box<dyn Dispatcher> {
-    if placer == "tacg+gesr" {
-        Box::new(Gesr { theta, ..Gesr::default() })
-    } else {
-        Box::new(Nearest)
-    }
 }
 
 /// Plans and replays one configuration.
