@@ -159,6 +159,25 @@ impl FamilyModel {
         refine_layer(lists, input.cluster, &tokens, &load, options)
     }
 
+    /// Up to `budget` locality copies ([`crate::refine::locality_copies`]) in the free
+    /// slots of one layer's GPU lists, each family's tokens living on its group.
+    pub fn locality_copies(
+        &self,
+        input: &PlacerInput<'_>,
+        layer: usize,
+        m: &LayerModel,
+        lists: &mut [Vec<usize>],
+        budget: usize,
+    ) -> usize {
+        let Some(stats) = input.stats else { return 0 };
+        let family_gpus: BTreeMap<String, Vec<usize>> =
+            self.families.iter().cloned().zip(self.groups.iter().cloned()).collect();
+        let homes = TokenHomes::by_family(input.cluster, &family_gpus);
+        let load: Vec<f64> = (0..m.experts).map(|x| m.load(x)).collect();
+        let tokens = SampledLayer { sample: stats.token_sample(), layer, top_k: input.shape.top_k, homes: &homes };
+        crate::refine::locality_copies(lists, input.cluster, &tokens, &load, budget)
+    }
+
     /// The refinement's figures in the placer's notes (when it ran).
     pub fn refine_notes(&self, out: &mut PlacerOutput, refined: Vec<RefineOutcome>) {
         if self.refine.is_some() {

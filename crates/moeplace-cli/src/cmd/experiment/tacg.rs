@@ -64,6 +64,10 @@ pub(super) fn tacg(args: TacgArgs) -> Result<()> {
     let trace = read_trace(&args.data, &targs)?;
     let (calib, test) = split(&trace);
     let user = Params::parse(args.params.iter().map(String::as_str))?;
+    // Every user parameter must reach a placer (tacg+gesr accepts the widest set).
+    if let Some(k) = user.0.keys().find(|k| !params_for("tacg+gesr", &user).0.contains_key(*k)) {
+        bail!("--param {k}: not a parameter of tacg or tacg+gesr");
+    }
     let stats = profile(&calib)?;
     if args.tune {
         return tune(&calib, &stats, &user, args.theta);
@@ -124,11 +128,26 @@ fn baseline(test: &Trace) -> Result<SimResult> {
     common::baseline(test, &Cluster::new(NODES, GPUS, 1)?)
 }
 
+/// The token-level refinement's parameters (tacg and tacg+gesr).
+const REFINE_KEYS: [&str; 4] = ["refine", "node_weight", "gpu_weight", "refine_passes"];
+const TACG_KEYS: [&str; 9] = [
+    "alpha",
+    "temperature",
+    "eta",
+    "balance",
+    "passes",
+    REFINE_KEYS[0],
+    REFINE_KEYS[1],
+    REFINE_KEYS[2],
+    REFINE_KEYS[3],
+];
+
 /// The parameters a placer accepts out of the user's.
 fn params_for(placer: &str, user: &Params) -> Params {
+    let gesr_keys: Vec<&str> = TACG_KEYS.iter().copied().chain(["lambda1", "lambda2", "pay", "locality"]).collect();
     let keep: &[&str] = match placer {
-        "tacg" => &["alpha", "temperature", "eta", "balance", "passes"],
-        "tacg+gesr" => &["alpha", "temperature", "eta", "balance", "passes", "lambda1", "lambda2", "pay"],
+        "tacg" => &TACG_KEYS,
+        "tacg+gesr" => &gesr_keys,
         "coact" => &["balance", "passes"],
         _ => &[],
     };
