@@ -74,3 +74,39 @@ fn experiment_tacg_prints_tables() {
     }
     assert!(out.contains("| tacg+gesr | 5 | family |"));
 }
+
+/// `plan` says what the token-level refinement did, and says so when the statistics
+/// carry no token-path sample (so the steps were skipped) instead of staying silent.
+#[test]
+fn plan_reports_the_refinement_or_its_absence() {
+    let Some(data) = shared_data() else { return };
+    let esft = data.join("esft-deepseek-v2-lite");
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_of_plan = |sample: &str| {
+        let stats = dir.path().join(format!("stats-{sample}.json"));
+        let plan = dir.path().join(format!("plan-{sample}.json"));
+        let (esft_s, stats_s) = (esft.to_str().unwrap(), stats.to_str().unwrap());
+        moeplace_ok(&["profile", esft_s, "--token-sample", sample, "-o", stats_s]);
+        let out = common::moeplace(&[
+            "plan",
+            "--placer",
+            "grace",
+            "--stats",
+            stats_s,
+            "--gpus",
+            "8",
+            "--nodes",
+            "2",
+            "--slots-per-gpu",
+            "10",
+            "-o",
+            plan.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let with = stderr_of_plan("4096");
+    assert!(with.contains("token-level refinement:") && !with.contains("no token-path sample"), "{with}");
+    let without = stderr_of_plan("0");
+    assert!(without.contains("no token-path sample") && !without.contains("token-level refinement:"), "{without}");
+}

@@ -153,6 +153,19 @@ pub fn run(args: Args) -> Result<()> {
          balancedness vLLM {:.4}, SGLang {:.4}",
         f.max_over_mean, f.bound_max_over_mean, f.balancedness_vllm, f.balancedness_sglang
     );
+    if let (Some(before), Some(after)) = (plan.notes.get("refine_before"), plan.notes.get("refine_after")) {
+        eprintln!(
+            "token-level refinement: expected remote nodes + remote GPUs per sampled token-layer {before:.4} -> \
+             {after:.4} ({:.1} swaps per layer)",
+            plan.notes.get("refine_swaps").copied().unwrap_or(0.0)
+        );
+    } else if stats.token_sample().is_empty() && ["grace", "tacg", "tacg+gesr"].contains(&args.placer.as_str()) {
+        eprintln!(
+            "note: the statistics carry no token-path sample (written by an older moeplace, or profiled with \
+             --token-sample 0), so {} skipped its token-level steps; profile the traces again to get them",
+            args.placer
+        );
+    }
     if let Some(l) = step_loads.as_ref().filter(|l| l.steps.len() > 1) {
         eprintln!("per step ({} steps): max/mean {:.4}", l.steps.len(), per_step_max_over_mean(p, l));
     }

@@ -38,8 +38,8 @@ pub struct Args {
     #[arg(long)]
     no_request_vectors: bool,
     /// Tokens of the sample of whole token paths kept in the statistics (a bottom-k
-    /// sample by token hash, mergeable like the counts); the token-level refinement
-    /// of `coact`, `tacg`, `tacg+gesr` and `grace` reads it. 0 keeps none.
+    /// sample by token hash, mergeable like the counts); the token-level steps of
+    /// `tacg`, `tacg+gesr` and `grace` read it. 0 keeps none.
     #[arg(long, value_name = "N", default_value_t = moeplace_core::stats::DEFAULT_TOKEN_SAMPLE)]
     token_sample: usize,
 }
