@@ -74,13 +74,20 @@ impl Placer for TacgGesr {
         let fm = FamilyModel::build(input, self.name())?;
         let k = input.shape.top_k as f64;
         let full = input.cluster;
-        // Slots kept back from the partition for locality copies (only with a sample).
-        let held = match (input.stats, &fm.refine) {
+        // Slots kept back from the partition for locality copies (only with a sample),
+        // as many as the slot layout allows: GPU g owns [g*S/G, (g+1)*S/G), so with
+        // fewer slots a GPU may own more than before; such counts are skipped.
+        let wanted = match (input.stats, &fm.refine) {
             (Some(_), Some(_)) => (locality * full.slots().saturating_sub(input.shape.experts) as f64).round() as usize,
             _ => 0,
         };
-        let reduced =
-            full.clone().with_slots(full.slots() - held).map_err(|e| PlaceError::Unsupported(e.to_string()))?;
+        let fits = |c: &crate::cluster::Cluster| (0..c.gpus).all(|g| c.gpu_slot_count(g) <= full.gpu_slot_count(g));
+        let reduced = (0..=wanted)
+            .rev()
+            .filter_map(|h| full.clone().with_slots(full.slots() - h).ok())
+            .find(|c| fits(c))
+            .expect("holding back no slot always fits");
+        let held = full.slots() - reduced.slots();
         let slots = reduced.slots();
         let results: Vec<(Vec<Vec<usize>>, usize, RefineOutcome)> = fm
             .layers
