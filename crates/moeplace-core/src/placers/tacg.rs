@@ -43,7 +43,7 @@
 //! `balance` x `alpha` x `eta` on the ESFT calibration requests only (never the
 //! held-out ones); among the settings with Jain >= 0.99 at alpha = 0.25 (the paper's
 //! value) the one with the largest remote-node cut was balance 8, eta 0.5. On those
-//! calibration requests alpha = 0 scored 0.9 points of remote-node cut higher
+//! calibration requests alpha = 0 scored 0.4 points of remote-node cut higher
 //! (docs/TACG.md).
 
 use std::collections::BTreeMap;
