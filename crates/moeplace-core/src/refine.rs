@@ -90,6 +90,20 @@ impl TokenHomes {
         homes
     }
 
+    /// `[class][node]`: the probability of each node being home.
+    fn node_p(&self, node_of: &[usize], nodes: usize) -> Vec<Vec<f64>> {
+        self.p
+            .iter()
+            .map(|row| {
+                let mut pn = vec![0.0; nodes];
+                for (gpu, p) in row.iter().enumerate() {
+                    pn[node_of[gpu]] += p;
+                }
+                pn
+            })
+            .collect()
+    }
+
     fn class(&self, family: Option<&str>) -> usize {
         family.and_then(|f| self.class_of.get(f)).copied().unwrap_or(0)
     }
@@ -138,17 +152,7 @@ pub fn locality_copies(
             copies[x] += 1;
         }
     }
-    let p_node: Vec<Vec<f64>> = homes
-        .p
-        .iter()
-        .map(|row| {
-            let mut pn = vec![0.0; n];
-            for (gpu, p) in row.iter().enumerate() {
-                pn[node_of[gpu]] += p;
-            }
-            pn
-        })
-        .collect();
+    let p_node = homes.node_p(&node_of, n);
     let tokens = sample.tokens();
     let picks = |t: usize| &tokens[t].picks[layer * top_k..(layer + 1) * top_k];
     let class: Vec<usize> = tokens.iter().map(|t| homes.class(t.family.as_deref())).collect();
@@ -336,15 +340,9 @@ impl State {
         let q_gpu: Vec<Vec<f64>> =
             homes.p.iter().map(|row| row.iter().map(|p| options.gpu_weight * (1.0 - p)).collect()).collect();
         let q_node: Vec<Vec<f64>> = homes
-            .p
+            .node_p(&node_of, nodes)
             .iter()
-            .map(|row| {
-                let mut pn = vec![0.0; nodes];
-                for (g, p) in row.iter().enumerate() {
-                    pn[node_of[g]] += p;
-                }
-                pn.iter().map(|p| options.node_weight * (1.0 - p)).collect()
-            })
+            .map(|row| row.iter().map(|p| options.node_weight * (1.0 - p)).collect())
             .collect();
         let tokens = sample.tokens();
         let mut tokens_of = vec![Vec::new(); experts];

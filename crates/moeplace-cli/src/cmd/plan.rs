@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use moeplace_core::balance::{balance_figures, per_step_max_over_mean};
-use moeplace_core::placers::{by_name, registry, Params, PlacerInput};
+use moeplace_core::placers::{by_name, registry, Params, PlacerInput, REFINE_SKIPPED_NOTE};
 use moeplace_core::stats::{ExpertLoads, ProfileOptions, Statistics};
 use moeplace_formats::plan_file::{self, Plan, Provenance};
 use moeplace_formats::stats_file;
@@ -159,7 +159,7 @@ pub fn run(args: Args) -> Result<()> {
              {after:.4} ({:.1} swaps per layer)",
             plan.notes.get("refine_swaps").copied().unwrap_or(0.0)
         );
-    } else if stats.token_sample().is_empty() && ["grace", "tacg", "tacg+gesr"].contains(&args.placer.as_str()) {
+    } else if plan.notes.contains_key(REFINE_SKIPPED_NOTE) {
         eprintln!(
             "note: the statistics carry no token-path sample (written by an older moeplace, or profiled with \
              --token-sample 0), so {} skipped its token-level steps; profile the traces again to get them",

@@ -55,7 +55,16 @@ pub(crate) const DEFAULT_PASSES: usize = 30;
 /// `tacg+gesr` and `grace` accept: `refine` (true; false skips it), `node_weight` (1)
 /// and `gpu_weight` (1), the weights of remote nodes and remote GPUs, and
 /// `refine_passes` (8; 0 keeps the swaps out).
-pub(crate) const REFINE_PARAMS: [&str; 4] = ["refine", "node_weight", "gpu_weight", "refine_passes"];
+pub const REFINE_PARAMS: [&str; 4] = ["refine", "node_weight", "gpu_weight", "refine_passes"];
+
+/// Plan note (value 1) of a placer whose token-level steps were asked for (the
+/// default) but skipped because the statistics carry no token-path sample.
+pub const REFINE_SKIPPED_NOTE: &str = "refine_skipped_no_sample";
+
+/// Whether the token-level steps are asked for but the statistics cannot feed them.
+pub(crate) fn refine_skipped(params: &super::Params, stats: &Statistics) -> Result<bool, PlaceError> {
+    Ok(params.bool("refine", true)? && stats.token_sample().is_empty())
+}
 
 /// The refinement options from a placer's parameters, or `None` when it is turned
 /// off or the statistics carry no token-path sample.

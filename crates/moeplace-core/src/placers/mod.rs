@@ -12,6 +12,7 @@ use crate::trace::ModelShape;
 
 mod balance;
 pub mod cluster_homes;
+pub use coact::{REFINE_PARAMS, REFINE_SKIPPED_NOTE};
 mod coact;
 mod eplb;
 mod grace;

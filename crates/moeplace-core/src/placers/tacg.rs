@@ -51,8 +51,8 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use super::coact::{
-    hottest_copies, needs_pairs, refine_options, solve_layer, to_placement, Knobs, LayerModel, DEFAULT_BALANCE,
-    DEFAULT_PASSES, REFINE_PARAMS,
+    hottest_copies, needs_pairs, refine_options, refine_skipped, solve_layer, to_placement, Knobs, LayerModel,
+    DEFAULT_BALANCE, DEFAULT_PASSES, REFINE_PARAMS,
 };
 use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
 use crate::refine::{refine_layer, RefineOptions, RefineOutcome, SampledLayer, TokenHomes};
@@ -109,6 +109,10 @@ pub(crate) struct FamilyModel {
     pub knobs: Knobs,
     /// Step 6, when on.
     pub refine: Option<RefineOptions>,
+    /// Where sampled tokens live: each family on its group.
+    homes: TokenHomes,
+    /// Asked for but no token sample to run on.
+    refine_skipped: bool,
 }
 
 impl FamilyModel {
@@ -139,7 +143,22 @@ impl FamilyModel {
         let (layers, pref, pi) = family_layers(stats, &families, alpha, temperature);
         let groups = apportion(&pi, input.cluster.gpus);
         let refine = refine_options(params, stats)?;
-        Ok(FamilyModel { families, layers, pref, groups, knobs, refine })
+        let homes = TokenHomes::by_family(input.cluster, &family_gpus(&families, &groups));
+        let refine_skipped = refine_skipped(params, stats)?;
+        Ok(FamilyModel { families, layers, pref, groups, knobs, refine, homes, refine_skipped })
+    }
+
+    /// One layer of the token sample with family homes, and the layer's expert loads.
+    fn sampled<'a>(
+        &'a self,
+        input: &PlacerInput<'a>,
+        layer: usize,
+        m: &LayerModel,
+    ) -> Option<(SampledLayer<'a>, Vec<f64>)> {
+        let stats = input.stats?;
+        let load: Vec<f64> = (0..m.experts).map(|x| m.load(x)).collect();
+        let tokens = SampledLayer { sample: stats.token_sample(), layer, top_k: input.shape.top_k, homes: &self.homes };
+        Some((tokens, load))
     }
 
     /// Step 6 on one layer's GPU lists (nothing when off).
@@ -150,12 +169,9 @@ impl FamilyModel {
         m: &LayerModel,
         lists: &mut [Vec<usize>],
     ) -> RefineOutcome {
-        let (Some(options), Some(stats)) = (&self.refine, input.stats) else { return RefineOutcome::default() };
-        let family_gpus: BTreeMap<String, Vec<usize>> =
-            self.families.iter().cloned().zip(self.groups.iter().cloned()).collect();
-        let homes = TokenHomes::by_family(input.cluster, &family_gpus);
-        let load: Vec<f64> = (0..m.experts).map(|x| m.load(x)).collect();
-        let tokens = SampledLayer { sample: stats.token_sample(), layer, top_k: input.shape.top_k, homes: &homes };
+        let (Some(options), Some((tokens, load))) = (&self.refine, self.sampled(input, layer, m)) else {
+            return RefineOutcome::default();
+        };
         refine_layer(lists, input.cluster, &tokens, &load, options)
     }
 
@@ -169,17 +185,15 @@ impl FamilyModel {
         lists: &mut [Vec<usize>],
         budget: usize,
     ) -> usize {
-        let Some(stats) = input.stats else { return 0 };
-        let family_gpus: BTreeMap<String, Vec<usize>> =
-            self.families.iter().cloned().zip(self.groups.iter().cloned()).collect();
-        let homes = TokenHomes::by_family(input.cluster, &family_gpus);
-        let load: Vec<f64> = (0..m.experts).map(|x| m.load(x)).collect();
-        let tokens = SampledLayer { sample: stats.token_sample(), layer, top_k: input.shape.top_k, homes: &homes };
+        let Some((tokens, load)) = self.sampled(input, layer, m) else { return 0 };
         crate::refine::locality_copies(lists, input.cluster, &tokens, &load, budget)
     }
 
     /// The refinement's figures in the placer's notes (when it ran).
     pub fn refine_notes(&self, out: &mut PlacerOutput, refined: Vec<RefineOutcome>) {
+        if self.refine_skipped {
+            out.notes.insert(super::REFINE_SKIPPED_NOTE.into(), 1.0);
+        }
         if self.refine.is_some() {
             let layers = refined.len().max(1) as f64;
             crate::refine::notes(&mut out.notes, refined.into_iter(), layers);
@@ -188,14 +202,18 @@ impl FamilyModel {
 
     /// The placer output: the placement and the family groups.
     pub fn output(&self, placement: crate::placement::Placement) -> PlacerOutput {
-        let family_gpus: BTreeMap<String, Vec<usize>> =
-            self.families.iter().cloned().zip(self.groups.iter().cloned()).collect();
+        let family_gpus = family_gpus(&self.families, &self.groups);
         let mut notes = BTreeMap::new();
         for (f, g) in self.families.iter().zip(&self.groups) {
             notes.insert(format!("gpus_{f}"), g.len() as f64);
         }
         PlacerOutput { placement, family_gpus: Some(family_gpus), notes }
     }
+}
+
+/// The family groups by family name, as plans carry them.
+fn family_gpus(families: &[String], groups: &[Vec<usize>]) -> BTreeMap<String, Vec<usize>> {
+    families.iter().cloned().zip(groups.iter().cloned()).collect()
 }
 
 /// Per-layer family models, preferences and token shares (steps 1-3).

@@ -47,6 +47,10 @@ pub(super) struct GraceArgs {
     /// Seed of the topology-blind `random` dispatcher of ladder steps 3-5.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// A parameter of the grace placer, key=value (repeatable), for every grace plan
+    /// (main table, ladder, targets), e.g. `--param locality=0.5`.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
 }
 
 /// DeepSeek-V2-Lite's hidden size and routed-expert intermediate size.
@@ -74,12 +78,15 @@ struct Setup<'a> {
     /// The same layout and links without redundant slots.
     bare: Cluster,
     baseline: SimResult,
+    /// Parameters of every grace plan (`--param`).
+    grace: Params,
 }
 
 pub(super) fn grace(args: GraceArgs) -> Result<()> {
     if !args.data.is_dir() {
         bail!("{}: no such folder (give --data, the ESFT DeepSeek-V2-Lite logs)", args.data.display());
     }
+    let grace_params = Params::parse(args.params.iter().map(String::as_str))?;
     let mut out = String::new();
     eprintln!("reading and splitting the ESFT logs ...");
     let targs = TraceArgs { format: None, experts: None, top_k: None, batch_tokens: DEFAULT_BATCH_TOKENS };
@@ -152,7 +159,7 @@ pub(super) fn grace(args: GraceArgs) -> Result<()> {
             );
             eprintln!("{label}: baseline ...");
             let baseline = common::baseline(&w.test, &bare)?;
-            setups.push(Setup { w, label, cluster, bare, baseline });
+            setups.push(Setup { w, label, cluster, bare, baseline, grace: grace_params.clone() });
         }
     }
     let mut graces = Vec::new();
@@ -279,7 +286,8 @@ fn main_table(s: &Setup<'_>, out: &mut String) -> Result<SimResult> {
     for &placer in PLACERS {
         eprintln!("{}: {placer} ...", s.label);
         let d = dispatcher_for(placer, moeplace_core::dispatch::gesr_default_theta());
-        let (r, o, ms) = replay(s, placer, &s.cluster, &Params::default(), d.as_ref(), false)?;
+        let params = if placer == "grace" { s.grace.clone() } else { Params::default() };
+        let (r, o, ms) = replay(s, placer, &s.cluster, &params, d.as_ref(), false)?;
         row(out, placer, d.name(), &r);
         times.push(format!("{placer} {:.0} ms", ms));
         if placer == "tacg+gesr" && o.family_gpus.is_some() {
@@ -316,19 +324,20 @@ fn ladder_table(s: &Setup<'_>, seed: u64, out: &mut String) -> Result<()> {
          inter-node GB | intra-node GB | load sd % | Jain | all-to-all ms |\n\
          |---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    let fixed = Params::parse(["replication=fixed"])?;
+    let mut fixed = s.grace.clone();
+    fixed.0.insert("replication".into(), "fixed".into());
     let random = Random::new(seed);
     let mut rungs: Vec<(&str, String, usize, &str, SimResult, bool)> = vec![
         ("1. linear, flat communication", "linear".into(), s.bare.slots(), "primary", s.baseline.clone(), false),
         ("2. + hierarchical communication", "linear".into(), s.bare.slots(), "primary", s.baseline.clone(), true),
     ];
-    let (r, _, _) = replay(s, "grace", &s.bare, &Params::default(), &random, false)?;
+    let (r, _, _) = replay(s, "grace", &s.bare, &s.grace, &random, false)?;
     rungs.push(("3. + grouping (no replicas)", "grace".into(), s.bare.slots(), "random", r, true));
     let (r, _, _) = replay(s, "grace", &s.cluster, &fixed, &random, false)?;
     rungs.push(("4. + fixed replicas", "grace replication=fixed".into(), s.cluster.slots(), "random", r, true));
-    let (r, _, _) = replay(s, "grace", &s.cluster, &Params::default(), &random, false)?;
+    let (r, _, _) = replay(s, "grace", &s.cluster, &s.grace, &random, false)?;
     rungs.push(("5. + dynamic replication", "grace".into(), s.cluster.slots(), "random", r.clone(), true));
-    let (r6, _, _) = replay(s, "grace", &s.cluster, &Params::default(), &Grace, false)?;
+    let (r6, _, _) = replay(s, "grace", &s.cluster, &s.grace, &Grace, false)?;
     rungs.push(("6. + topology-aware routing", "grace".into(), s.cluster.slots(), "grace", r6, true));
     let first = s.baseline.cross_node_gpus;
     let mut previous = first;
@@ -358,7 +367,7 @@ fn ladder_table(s: &Setup<'_>, seed: u64, out: &mut String) -> Result<()> {
 /// generalisation gap from a gap of the method).
 fn targets_table(s: &Setup<'_>, g: &SimResult, out: &mut String) -> Result<()> {
     eprintln!("{}: targets ...", s.label);
-    let (o, _) = common::plan(&s.w.stats, "grace", &s.cluster, &Params::default())?;
+    let (o, _) = common::plan(&s.w.stats, "grace", &s.cluster, &s.grace)?;
     let gi = simulate(&s.w.calib, &o.placement, &s.cluster, &Grace, &HomePolicy::RoundRobin)?;
     let bi = common::baseline(&s.w.calib, &s.bare)?;
     let figures = |g: &SimResult, b: &SimResult| {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use moeplace_core::cluster::Cluster;
 use moeplace_core::dispatch::{Dispatcher, Gesr, Nearest};
-use moeplace_core::placers::{Params, PlacerOutput};
+use moeplace_core::placers::{Params, PlacerOutput, REFINE_PARAMS};
 use moeplace_core::simulate::{cut_percent, simulate, HomePolicy, SimResult};
 use moeplace_core::stats::Statistics;
 use moeplace_core::trace::Trace;
@@ -128,25 +128,13 @@ fn baseline(test: &Trace) -> Result<SimResult> {
     common::baseline(test, &Cluster::new(NODES, GPUS, 1)?)
 }
 
-/// The token-level refinement's parameters (tacg and tacg+gesr).
-const REFINE_KEYS: [&str; 4] = ["refine", "node_weight", "gpu_weight", "refine_passes"];
-const TACG_KEYS: [&str; 9] = [
-    "alpha",
-    "temperature",
-    "eta",
-    "balance",
-    "passes",
-    REFINE_KEYS[0],
-    REFINE_KEYS[1],
-    REFINE_KEYS[2],
-    REFINE_KEYS[3],
-];
-
 /// The parameters a placer accepts out of the user's.
 fn params_for(placer: &str, user: &Params) -> Params {
-    let gesr_keys: Vec<&str> = TACG_KEYS.iter().copied().chain(["lambda1", "lambda2", "pay", "locality"]).collect();
+    let tacg_keys: Vec<&str> =
+        ["alpha", "temperature", "eta", "balance", "passes"].into_iter().chain(REFINE_PARAMS).collect();
+    let gesr_keys: Vec<&str> = tacg_keys.iter().copied().chain(["lambda1", "lambda2", "pay", "locality"]).collect();
     let keep: &[&str] = match placer {
-        "tacg" => &TACG_KEYS,
+        "tacg" => &tacg_keys,
         "tacg+gesr" => &gesr_keys,
         "coact" => &["balance", "passes"],
         _ => &[],
