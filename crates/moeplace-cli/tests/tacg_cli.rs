@@ -1,7 +1,8 @@
 //! `plan --placer tacg+gesr` on the ESFT logs writes `family_gpus` (every family, GPUs
 //! covering the cluster once), the placement has the redundant copies, and `eval
 //! --homes family --dispatcher gesr` serves requests by those groups (home load
-//! differs from round-robin homes); `experiment tacg` prints its tables.
+//! differs from round-robin homes); `experiment tacg` prints its tables, and its
+//! shift-robust rows keep Jain at 0.98 or more under every shift.
 
 mod common;
 
@@ -73,6 +74,14 @@ fn experiment_tacg_prints_tables() {
         assert!(out.contains(heading), "{heading} missing:\n{out}");
     }
     assert!(out.contains("| tacg+gesr | 5 | family |"));
+    // The shift-robust plan keeps Jain >= 0.98 under all eight shifts (docs/TACG.md).
+    let robust: Vec<f64> = out
+        .lines()
+        .filter(|l| l.contains("| tacg+gesr robust="))
+        .map(|l| l.split('|').nth(6).unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(robust.len(), 8, "{out}");
+    assert!(robust.iter().all(|&j| j >= 0.98), "{robust:?}");
 }
 
 /// `plan` says what the token-level refinement did, and says so when the statistics

@@ -9,6 +9,7 @@
 //!   sum_{i<j, b(i)=b(j)} w(i,j)                          internal affinity
 //! + sum_i bias(i, b(i))                                  affinity to fixed terminals
 //! - balance * (C / L) * sum_p L_p^2 / cap_p              load spread
+//! - (sb / D) * sum_d (C / L_d) * sum_p L_pd^2 / cap_p     spread under other mixes
 //! ```
 //!
 //! where `L_p` is the summed load of bin p, `cap_p` its capacity, `L` the total load and
@@ -17,6 +18,11 @@
 //! `balance` is in the same units as the affinities: "how many units of affinity one
 //! unit of load spread is worth". `bias = -inf` forbids a bin (pins an item to a set of
 //! bins). Items of one `class` (copies of one expert) never share a bin.
+//!
+//! The last term is optional ([`ScenarioLoads`]): the items' loads under D other
+//! traffic mixes (for example each task family's traffic alone), `L_pd` bin p's load
+//! under mix d, `sb` their weight. A partition balanced under every mix stays balanced
+//! under any blend of them, which the calibration mix alone does not promise.
 //!
 //! Method (the papers use spectral or METIS starts; we chose a greedy start because it
 //! honours loads, pins and classes directly, and it is cheap):
@@ -49,6 +55,17 @@ pub struct Problem<'a> {
     /// Weight of the load-spread term (see the module documentation); 0 ignores loads.
     pub balance: f64,
     pub max_passes: usize,
+    /// Loads under other traffic mixes (module documentation); `None`: only `load`.
+    pub scenarios: Option<ScenarioLoads<'a>>,
+}
+
+/// Item loads under `dims` other traffic mixes, `load[i * dims + d]`, whose spread
+/// terms weigh `balance / dims` each (module documentation).
+#[derive(Clone, Copy, Debug)]
+pub struct ScenarioLoads<'a> {
+    pub dims: usize,
+    pub load: &'a [f64],
+    pub balance: f64,
 }
 
 /// Why a problem cannot be solved.
@@ -84,6 +101,9 @@ impl Problem<'_> {
         }
         if let Some(c) = self.class {
             shape("class", c.len(), n)?;
+        }
+        if let Some(s) = self.scenarios {
+            shape("scenario load", s.load.len(), n * s.dims)?;
         }
         Ok(())
     }
@@ -162,6 +182,10 @@ pub fn partition_hierarchical(p: &Problem<'_>, node_of_bin: &[usize]) -> Result<
             p.bias.map(|bias| items.iter().flat_map(|&i| node_bins.iter().map(move |&b| bias[i * bins + b])).collect());
         let class: Option<Vec<u32>> = p.class.map(|c| items.iter().map(|&i| c[i]).collect());
         let caps: Vec<usize> = node_bins.iter().map(|&b| p.caps[b]).collect();
+        let scenario_load: Vec<f64> = p
+            .scenarios
+            .map(|s| items.iter().flat_map(|&i| s.load[i * s.dims..(i + 1) * s.dims].iter().copied()).collect())
+            .unwrap_or_default();
         let sub = Problem {
             n: m,
             weight: &w,
@@ -171,6 +195,7 @@ pub fn partition_hierarchical(p: &Problem<'_>, node_of_bin: &[usize]) -> Result<
             caps: &caps,
             balance: p.balance,
             max_passes: p.max_passes,
+            scenarios: p.scenarios.map(|s| ScenarioLoads { load: &scenario_load, ..s }),
         };
         let local = partition(&sub).map_err(|e| match e {
             PartitionError::Infeasible { item } => PartitionError::Infeasible { item: items[item] },
@@ -199,18 +224,27 @@ pub fn objective(p: &Problem<'_>, bin: &[usize]) -> f64 {
             v += b[i * bins + bin[i]];
         }
     }
-    let mut loads = vec![0.0; bins];
-    for i in 0..n {
-        loads[bin[i]] += p.load[i];
+    let squares = |load: &dyn Fn(usize) -> f64| {
+        let mut loads = vec![0.0; bins];
+        for i in 0..n {
+            loads[bin[i]] += load(i);
+        }
+        loads.iter().zip(p.caps).map(|(l, &c)| l * l / c.max(1) as f64).sum::<f64>()
+    };
+    v -= p.balance * scale(p, p.load.iter().sum()) * squares(&|i| p.load[i]);
+    if let Some(s) = p.scenarios {
+        for d in 0..s.dims {
+            let total: f64 = (0..n).map(|i| s.load[i * s.dims + d]).sum();
+            v -= s.balance / s.dims as f64 * scale(p, total) * squares(&|i| s.load[i * s.dims + d]);
+        }
     }
-    v - p.balance * scale(p) * loads.iter().zip(p.caps).map(|(l, &c)| l * l / c.max(1) as f64).sum::<f64>()
+    v
 }
 
-/// `C / L` of the load term (1 when there is no load).
-fn scale(p: &Problem<'_>) -> f64 {
-    let l: f64 = p.load.iter().sum();
-    if l > 0.0 {
-        p.caps.iter().sum::<usize>() as f64 / l
+/// `C / L` of a load term of total load `total` (1 when there is no load).
+fn scale(p: &Problem<'_>, total: f64) -> f64 {
+    if total > 0.0 {
+        p.caps.iter().sum::<usize>() as f64 / total
     } else {
         1.0
     }
@@ -229,6 +263,10 @@ struct State<'a> {
     /// Copies of one class a bin may hold.
     limit: Vec<u16>,
     scale: f64,
+    /// Per bin and mix, `[b * dims + d]` (empty without scenarios).
+    scenario_loads: Vec<f64>,
+    /// Per mix: `(sb / D) * C / L_d`.
+    scenario_scale: Vec<f64>,
 }
 
 impl<'a> State<'a> {
@@ -244,7 +282,13 @@ impl<'a> State<'a> {
             loads: vec![0.0; bins],
             class_count: vec![0; classes * bins],
             limit,
-            scale: scale(p),
+            scale: scale(p, p.load.iter().sum()),
+            scenario_loads: p.scenarios.map_or(Vec::new(), |s| vec![0.0; bins * s.dims]),
+            scenario_scale: p.scenarios.map_or(Vec::new(), |s| {
+                (0..s.dims)
+                    .map(|d| s.balance / s.dims as f64 * scale(p, (0..p.n).map(|i| s.load[i * s.dims + d]).sum()))
+                    .collect()
+            }),
         }
     }
 
@@ -269,11 +313,32 @@ impl<'a> State<'a> {
         self.p.balance * self.scale * ((l + dl) * (l + dl) - l * l) / self.p.caps[b].max(1) as f64
     }
 
+    /// Increase of the other mixes' load terms when item `add` joins bin `b` and item
+    /// `remove` (if any) leaves it.
+    #[inline]
+    fn scenario_spread(&self, b: usize, add: Option<usize>, remove: Option<usize>) -> f64 {
+        let Some(s) = self.p.scenarios else { return 0.0 };
+        let cap = self.p.caps[b].max(1) as f64;
+        let at = |i: Option<usize>, d: usize| i.map_or(0.0, |i| s.load[i * s.dims + d]);
+        let mut v = 0.0;
+        for d in 0..s.dims {
+            let l = self.scenario_loads[b * s.dims + d];
+            let dl = at(add, d) - at(remove, d);
+            v += self.scenario_scale[d] * ((l + dl) * (l + dl) - l * l);
+        }
+        v / cap
+    }
+
     fn put(&mut self, i: usize, b: usize) {
         let n = self.p.n;
         self.bin[i] = b;
         self.count[b] += 1;
         self.loads[b] += self.p.load[i];
+        if let Some(s) = self.p.scenarios {
+            for d in 0..s.dims {
+                self.scenario_loads[b * s.dims + d] += s.load[i * s.dims + d];
+            }
+        }
         if let Some(c) = self.p.class {
             self.class_count[c[i] as usize * self.bins + b] += 1;
         }
@@ -313,7 +378,9 @@ impl<'a> State<'a> {
                         continue;
                     }
                     let bias = if bias.is_finite() { bias } else { 0.0 };
-                    let v = self.conn[i * bins + b] + bias - self.spread(b, p.load[i]);
+                    let v = self.conn[i * bins + b] + bias
+                        - self.spread(b, p.load[i])
+                        - self.scenario_spread(b, Some(i), None);
                     if best.is_none_or(|(bv, _)| v > bv) {
                         best = Some((v, b));
                     }
@@ -372,11 +439,12 @@ impl<'a> State<'a> {
             - self.conn[b * bins + bb]
             - 2.0 * self.p.weight[a * n + b];
         let bias = self.bias(a, bb) - self.bias(a, ba) + self.bias(b, ba) - self.bias(b, bb);
+        let scenarios = self.scenario_spread(ba, Some(b), Some(a)) + self.scenario_spread(bb, Some(a), Some(b));
         if self.p.balance == 0.0 {
-            return aff + bias;
+            return aff + bias - scenarios;
         }
         let d = self.p.load[b] - self.p.load[a];
-        aff + bias - self.spread(ba, d) - self.spread(bb, -d)
+        aff + bias - self.spread(ba, d) - self.spread(bb, -d) - scenarios
     }
 
     fn swap(&mut self, a: usize, b: usize) {
@@ -385,6 +453,13 @@ impl<'a> State<'a> {
         let d = self.p.load[b] - self.p.load[a];
         self.loads[ba] += d;
         self.loads[bb] -= d;
+        if let Some(s) = self.p.scenarios {
+            for x in 0..s.dims {
+                let d = s.load[b * s.dims + x] - s.load[a * s.dims + x];
+                self.scenario_loads[ba * s.dims + x] += d;
+                self.scenario_loads[bb * s.dims + x] -= d;
+            }
+        }
         if let Some(c) = self.p.class {
             self.class_count[c[a] as usize * bins + ba] -= 1;
             self.class_count[c[a] as usize * bins + bb] += 1;
@@ -438,7 +513,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn problem<'a>(n: usize, w: &'a [f64], load: &'a [f64], caps: &'a [usize]) -> Problem<'a> {
-        Problem { n, weight: w, load, bias: None, class: None, caps, balance: 0.0, max_passes: 20 }
+        Problem { n, weight: w, load, bias: None, class: None, caps, balance: 0.0, max_passes: 20, scenarios: None }
     }
 
     /// Two cliques of 3 interleaved by index: the partition finds them.
@@ -484,6 +559,34 @@ mod tests {
         assert_eq!(partition(&p).unwrap()[0], partition(&p).unwrap()[1]);
     }
 
+    /// Items 0 and 1 carry family A's load, 2 and 3 family B's; the calibration mix
+    /// weighs them alike and affinity pairs each family's items. Without the other
+    /// mixes' terms each family lands on one bin (balanced only for the even mix);
+    /// with them every bin gets one item of each family.
+    #[test]
+    fn scenario_loads_balance_every_mix() {
+        let n = 4;
+        let mut w = vec![0.0; 16];
+        for (i, j) in [(0, 1), (2, 3)] {
+            w[i * n + j] = 1.0;
+            w[j * n + i] = 1.0;
+        }
+        let load = vec![1.0; 4];
+        let mix = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0];
+        let plain = Problem { balance: 1.0, ..problem(n, &w, &load, &[2, 2]) };
+        let b = partition(&plain).unwrap();
+        assert_eq!((b[0] == b[1], b[2] == b[3]), (true, true), "{b:?}");
+        let robust = Problem { scenarios: Some(ScenarioLoads { dims: 2, load: &mix, balance: 4.0 }), ..plain };
+        let b = partition(&robust).unwrap();
+        assert!(b[0] != b[1] && b[2] != b[3], "{b:?}");
+        assert!(objective(&robust, &b) > objective(&robust, &[0, 0, 1, 1]));
+        let bad = Problem { scenarios: Some(ScenarioLoads { dims: 3, load: &mix, balance: 1.0 }), ..plain };
+        assert_eq!(
+            partition(&bad).unwrap_err(),
+            PartitionError::Shape { what: "scenario load", found: 8, expected: 12 }
+        );
+    }
+
     #[test]
     fn bad_capacities_are_named() {
         let w = vec![0.0; 4];
@@ -494,13 +597,15 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         /// Every bin receives exactly its capacity; classes never share a bin; swaps
-        /// never make the greedy start worse.
+        /// never make the greedy start worse (with and without loads of other mixes,
+        /// so the incremental gains agree with the objective).
         #[test]
         fn capacities_are_exact(
             caps in proptest::collection::vec(1usize..6, 2..7),
             seed in any::<u64>(),
             nodes in 1usize..3,
             balance in 0.0f64..2.0,
+            dims in 0usize..3,
         ) {
             let n: usize = caps.iter().sum();
             let mut s = seed | 1;
@@ -517,7 +622,9 @@ mod tests {
             // Items 0 and 1 are copies of one expert (a feasible instance: any bin
             // can be filled with distinct classes).
             let class: Vec<u32> = (0..n).map(|i: usize| i.saturating_sub(1) as u32).collect();
-            let p = Problem { n, weight: &w, load: &load, bias: None, class: Some(&class), caps: &caps, balance, max_passes: 10 };
+            let mix: Vec<f64> = (0..n * dims).map(|_| rnd()).collect();
+            let scenarios = (dims > 0).then_some(ScenarioLoads { dims, load: &mix, balance });
+            let p = Problem { n, weight: &w, load: &load, bias: None, class: Some(&class), caps: &caps, balance, max_passes: 10, scenarios };
             let node_of: Vec<usize> = (0..caps.len()).map(|b| b * nodes / caps.len()).collect();
             for out in [partition(&p).unwrap(), partition_hierarchical(&p, &node_of).unwrap()] {
                 let mut count = vec![0; caps.len()];

@@ -21,7 +21,9 @@
 //! sharing their expert's load evenly) at or below the limit
 //! `max(max load before, mean load * (1 + slack))` and keeps the sum of squared GPU
 //! loads at or below its value before refinement, so neither the heaviest GPU nor
-//! Jain's index of the calibration loads gets worse. Each pass scores every single move in O(picks x GPUs), ranks swap
+//! Jain's index of the calibration loads gets worse. Callers may give the loads of
+//! other traffic mixes too (for example each task family's alone); every one of them
+//! is held to the same two limits. Each pass scores every single move in O(picks x GPUs), ranks swap
 //! pairs by the sum of their two move gains, and applies swaps in that order after an
 //! exact re-evaluation (at most one swap per expert per pass); passes repeat until
 //! none applies or one gains less than `min_gain` (0.1%) of the starting objective.
@@ -233,15 +235,16 @@ pub fn notes(out: &mut BTreeMap<String, f64>, layers: impl Iterator<Item = Refin
 }
 
 /// Refines one layer's GPU lists (`lists[g]`: the experts in GPU g's slots) in place.
-/// `load[e]` is expert e's calibration load; `layer` selects the sample's picks.
+/// `loads[0][e]` is expert e's calibration load, further entries its load under other
+/// traffic mixes (each held to the same limits); `layer` selects the sample's picks.
 pub fn refine_layer(
     lists: &mut [Vec<usize>],
     cluster: &Cluster,
     tokens: &SampledLayer<'_>,
-    load: &[f64],
+    loads: &[&[f64]],
     options: &RefineOptions,
 ) -> RefineOutcome {
-    let mut s = State::new(lists, cluster, tokens, load, options);
+    let mut s = State::new(lists, cluster, tokens, loads, options);
     let before = s.objective();
     let mut swaps = 0;
     for _ in 0..options.passes {
@@ -302,12 +305,12 @@ struct State {
     /// `[token * gpus + g]`: movable picks of the token on GPU g.
     cnt_gpu: Vec<u8>,
     cnt_node: Vec<u8>,
-    /// Expert load per copy, GPU loads and the limit.
-    weight: Vec<f64>,
-    gpu_load: Vec<f64>,
-    limit: f64,
-    /// Sum of squared GPU loads allowed (the starting value).
-    square_budget: f64,
+    /// Per traffic mix: expert load per copy, GPU loads and the limit.
+    weight: Vec<Vec<f64>>,
+    gpu_load: Vec<Vec<f64>>,
+    limit: Vec<f64>,
+    /// Per traffic mix: sum of squared GPU loads allowed (the starting value).
+    square_budget: Vec<f64>,
 }
 
 impl State {
@@ -315,11 +318,11 @@ impl State {
         lists: &[Vec<usize>],
         cluster: &Cluster,
         tokens: &SampledLayer<'_>,
-        load: &[f64],
+        loads: &[&[f64]],
         options: &RefineOptions,
     ) -> State {
         let SampledLayer { sample, layer, top_k, homes } = *tokens;
-        let (experts, gpus, nodes) = (load.len(), cluster.gpus, cluster.nodes);
+        let (experts, gpus, nodes) = (loads[0].len(), cluster.gpus, cluster.nodes);
         let node_of: Vec<usize> = (0..gpus).map(|g| cluster.node_of(g)).collect();
         let mut copies = vec![0usize; experts];
         let mut gpu_of = vec![0usize; experts];
@@ -330,13 +333,21 @@ impl State {
             }
         }
         let movable: Vec<bool> = copies.iter().map(|&c| c == 1).collect();
-        let weight: Vec<f64> =
-            (0..experts).map(|x| if copies[x] > 0 { load[x] / copies[x] as f64 } else { 0.0 }).collect();
-        let gpu_load: Vec<f64> = lists.iter().map(|l| l.iter().map(|&x| weight[x]).sum()).collect();
-        let mean = gpu_load.iter().sum::<f64>() / gpus as f64;
-        let max = gpu_load.iter().fold(0.0f64, |a, &b| a.max(b));
-        let limit = max.max(mean * (1.0 + options.slack));
-        let square_budget = gpu_load.iter().map(|l| l * l).sum::<f64>() * (1.0 + options.slack);
+        let weight: Vec<Vec<f64>> = loads
+            .iter()
+            .map(|load| (0..experts).map(|x| if copies[x] > 0 { load[x] / copies[x] as f64 } else { 0.0 }).collect())
+            .collect();
+        let gpu_load: Vec<Vec<f64>> =
+            weight.iter().map(|w| lists.iter().map(|l| l.iter().map(|&x| w[x]).sum()).collect()).collect();
+        let limit = gpu_load
+            .iter()
+            .map(|l: &Vec<f64>| {
+                let mean = l.iter().sum::<f64>() / gpus as f64;
+                l.iter().fold(0.0f64, |a, &b| a.max(b)).max(mean * (1.0 + options.slack))
+            })
+            .collect();
+        let square_budget =
+            gpu_load.iter().map(|l| l.iter().map(|x| x * x).sum::<f64>() * (1.0 + options.slack)).collect();
         let q_gpu: Vec<Vec<f64>> =
             homes.p.iter().map(|row| row.iter().map(|p| options.gpu_weight * (1.0 - p)).collect()).collect();
         let q_node: Vec<Vec<f64>> = homes
@@ -544,8 +555,10 @@ impl State {
             self.cnt_node[t * n + nt] += 1;
         }
         self.gpu_of[x] = to;
-        self.gpu_load[from] -= self.weight[x];
-        self.gpu_load[to] += self.weight[x];
+        for (l, w) in self.gpu_load.iter_mut().zip(&self.weight) {
+            l[from] -= w[x];
+            l[to] += w[x];
+        }
     }
 
     /// Exact change of a swap of a and b (on different GPUs).
@@ -558,20 +571,24 @@ impl State {
         d1 + d2
     }
 
-    /// Whether swapping a and b keeps the load limits; `squares` is the current sum
-    /// of squared GPU loads (passed in so that screening many pairs costs O(1) each).
-    fn swap_fits(&self, a: usize, b: usize, squares: f64) -> bool {
+    /// Whether swapping a and b keeps the load limits of every traffic mix; `squares`
+    /// are the current sums of squared GPU loads (passed in so that screening many
+    /// pairs costs O(mixes) each).
+    fn swap_fits(&self, a: usize, b: usize, squares: &[f64]) -> bool {
         let (i, j) = (self.gpu_of[a], self.gpu_of[b]);
-        let (wa, wb) = (self.weight[a], self.weight[b]);
-        let (oi, oj) = (self.gpu_load[i], self.gpu_load[j]);
-        let li = oi - wa + wb;
-        let lj = oj - wb + wa;
-        let squares = squares - oi * oi - oj * oj + li * li + lj * lj;
-        li <= self.limit + 1e-9 && lj <= self.limit + 1e-9 && squares <= self.square_budget * (1.0 + 1e-12)
+        (0..self.weight.len()).all(|v| {
+            let (wa, wb) = (self.weight[v][a], self.weight[v][b]);
+            let (oi, oj) = (self.gpu_load[v][i], self.gpu_load[v][j]);
+            let li = oi - wa + wb;
+            let lj = oj - wb + wa;
+            let sq = squares[v] - oi * oi - oj * oj + li * li + lj * lj;
+            let limit = self.limit[v] + 1e-9;
+            li <= limit && lj <= limit && sq <= self.square_budget[v] * (1.0 + 1e-12)
+        })
     }
 
-    fn squares(&self) -> f64 {
-        self.gpu_load.iter().map(|l| l * l).sum()
+    fn squares(&self) -> Vec<f64> {
+        self.gpu_load.iter().map(|l| l.iter().map(|x| x * x).sum()).collect()
     }
 
     /// One pass (module documentation); returns the swaps made and the total change
@@ -594,7 +611,7 @@ impl State {
                     continue;
                 }
                 let d = gain[a * g + j] + gain[b * g + i];
-                if d < -1e-12 && self.swap_fits(a, b, squares) {
+                if d < -1e-12 && self.swap_fits(a, b, &squares) {
                     candidates.push((d, a, b));
                 }
             }
@@ -604,7 +621,7 @@ impl State {
         let mut made = 0;
         let mut change = 0.0;
         for (_, a, b) in candidates {
-            if touched[a] || touched[b] || !self.swap_fits(a, b, self.squares()) {
+            if touched[a] || touched[b] || !self.swap_fits(a, b, &self.squares()) {
                 continue;
             }
             let d = self.swap_delta(a, b);
@@ -646,7 +663,7 @@ mod tests {
             &mut lists,
             &cluster,
             &SampledLayer { sample: &s, layer: 0, top_k: 2, homes: &TokenHomes::uniform(&cluster) },
-            &[1.0; 4],
+            &[&[1.0; 4]],
             &RefineOptions::default(),
         );
         assert!(out.after < out.before, "{out:?}");
@@ -662,6 +679,24 @@ mod tests {
         assert_eq!(sorted, vec![vec![0, 1], vec![2, 3]]);
     }
 
+    /// The swap that brings co-picked experts together is fine for the calibration
+    /// loads but would put both of one family's experts on one GPU; given that
+    /// family's loads as a second mix, the refinement leaves the plan alone.
+    #[test]
+    fn holds_every_mix_to_the_limits() {
+        let cluster = Cluster::new(1, 2, 2).unwrap();
+        let s = sample(&[[0, 1], [2, 3], [0, 1], [2, 3]]);
+        let tokens = SampledLayer { sample: &s, layer: 0, top_k: 2, homes: &TokenHomes::uniform(&cluster) };
+        let pooled = [1.0; 4];
+        let family = [1.0, 1.0, 0.0, 0.0];
+        let mut lists = vec![vec![0, 2], vec![1, 3]];
+        let out = refine_layer(&mut lists, &cluster, &tokens, &[&pooled, &family], &RefineOptions::default());
+        assert_eq!(out.swaps, 0);
+        assert_eq!(lists, vec![vec![0, 2], vec![1, 3]]);
+        let out = refine_layer(&mut lists, &cluster, &tokens, &[&pooled], &RefineOptions::default());
+        assert!(out.swaps > 0, "{out:?}");
+    }
+
     #[test]
     fn respects_the_load_limit_and_pins_replicas() {
         // Expert 0 is replicated on both GPUs (pinned); the swap that would co-locate
@@ -674,7 +709,7 @@ mod tests {
             &mut lists,
             &cluster,
             &SampledLayer { sample: &s, layer: 0, top_k: 2, homes: &TokenHomes::uniform(&cluster) },
-            &load,
+            &[&load],
             &RefineOptions::default(),
         );
         assert_eq!(out.swaps, 0);
@@ -684,7 +719,7 @@ mod tests {
             &mut lists,
             &cluster,
             &SampledLayer { sample: &s, layer: 0, top_k: 2, homes: &TokenHomes::uniform(&cluster) },
-            &load,
+            &[&load],
             &RefineOptions { slack: 1.0, ..Default::default() },
         );
         assert!(out.swaps > 0 && out.after < out.before);
@@ -766,7 +801,7 @@ mod props {
             let sizes: Vec<usize> = lists.iter().map(Vec::len).collect();
             let tokens = SampledLayer { sample: &sample, layer: 0, top_k: 2, homes: &homes };
             // The all-destinations shortcut agrees with the one-move count.
-            let state = State::new(&lists, &cluster, &tokens, &load, &RefineOptions::default());
+            let state = State::new(&lists, &cluster, &tokens, &[&load], &RefineOptions::default());
             let paths = state.paths();
             for x in (0..experts).filter(|&x| state.movable[x]) {
                 let all = state.move_deltas(x, &paths);
@@ -775,7 +810,7 @@ mod props {
                     prop_assert!((d - want).abs() < 1e-9, "x {} to {}: {} vs {}", x, to, d, want);
                 }
             }
-            let out = refine_layer(&mut lists, &cluster, &tokens, &load, &RefineOptions::default());
+            let out = refine_layer(&mut lists, &cluster, &tokens, &[&load], &RefineOptions::default());
             prop_assert!(out.after <= out.before + 1e-9);
             prop_assert_eq!(lists.iter().map(Vec::len).collect::<Vec<_>>(), sizes);
             let mut after_sorted: Vec<usize> = lists.iter().flatten().copied().collect();

@@ -91,6 +91,9 @@ struct TacgBenchArgs {
     /// Slots per layer over the 64 GPUs (288: 32 redundant, GPUs own 4 or 5).
     #[arg(long, default_value_t = 288)]
     slots: usize,
+    /// A parameter of tacg and tacg+gesr, key=value (repeatable), e.g. robust=0.75.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -756,7 +759,7 @@ fn bench_tacg(a: TacgBenchArgs) -> Result<()> {
     let shape = stats.shape();
     let cluster = Cluster::new(8, 64, 4)?.with_slots(a.slots)?;
     let loads = stats.loads(|_| true);
-    let params = Params::default();
+    let params = Params::parse(a.params.iter().map(String::as_str))?;
     let mut out = format!(
         "tacg: {shape}, {} calibration tokens in {} families, 64 GPUs in 8 nodes, {} slots ({} redundant), \
          {} threads, best of {}\n\nplacer      plan seconds\n",
@@ -767,6 +770,10 @@ fn bench_tacg(a: TacgBenchArgs) -> Result<()> {
         rayon::current_num_threads(),
         a.repeat
     );
+    if !params.0.is_empty() {
+        out.insert_str(0, &format!("tacg and tacg+gesr parameters: {}\n", a.params.join(" ")));
+    }
+    let no_params = Params::default();
     let mut gesr_plan = None;
     for name in ["coact", "tacg", "tacg+gesr"] {
         let placer = by_name(name).context("placer registered")?;
@@ -779,7 +786,7 @@ fn bench_tacg(a: TacgBenchArgs) -> Result<()> {
                 loads: &loads,
                 stats: Some(&stats),
                 previous: None,
-                params: &params,
+                params: if name == "coact" { &no_params } else { &params },
                 seed: 0,
             })?;
             best = best.min(t0.elapsed().as_secs_f64());

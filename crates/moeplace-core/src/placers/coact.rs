@@ -21,7 +21,9 @@
 //! calibration token": `w` counts the sends saved when two experts a token picks
 //! together share a GPU (one send instead of two), `bias` the sends saved when an
 //! expert sits on the GPU where the token lives. The partition maximises
-//! `sum w + sum bias - balance * spread` (see [`crate::partition`]).
+//! `sum w + sum bias - balance * spread` (see [`crate::partition`]); with the
+//! family-aware placers' `robust` knob, also minus the spreads of each family's own
+//! load `sum_f r_i(f) u_f(e_i)`.
 //!
 //! `coact` has one pooled "family", no groups, and fills redundant slots with extra
 //! copies of the hottest experts (each slot to the expert of highest load per copy,
@@ -40,7 +42,7 @@ use rayon::prelude::*;
 
 use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
 use crate::cluster::Cluster;
-use crate::partition::{partition_hierarchical, Problem};
+use crate::partition::{partition_hierarchical, Problem, ScenarioLoads};
 use crate::placement::Placement;
 use crate::stats::{pair_count, pair_index, Statistics};
 
@@ -100,13 +102,14 @@ impl Placer for Coact {
             balance: input.params.f64("balance", DEFAULT_BALANCE)?,
             passes: input.params.usize("passes", DEFAULT_PASSES)?,
             eta: 0.0,
+            robust: 0.0,
         };
         let stats = needs_pairs(input, self.name())?;
         let models = LayerModel::pooled(stats);
         let lists: Vec<Vec<Vec<usize>>> = models
             .par_iter()
             .map(|m| {
-                let items = hottest_copies(m, input.cluster.slots(), input.cluster.gpus);
+                let items = hottest_copies(m, input.cluster.slots(), input.cluster.gpus, false);
                 solve_layer(m, &items, input.cluster, &[], &knobs)
             })
             .collect::<Result<_, _>>()?;
@@ -133,6 +136,9 @@ pub(crate) struct Knobs {
     pub passes: usize,
     /// Weight of the home-affinity term (0: none).
     pub eta: f64,
+    /// Weight of each family's own load spread, relative to `balance` (0: only the
+    /// calibration mix is balanced).
+    pub robust: f64,
 }
 
 /// One layer's per-family rates (see the module documentation).
@@ -188,18 +194,25 @@ pub(crate) struct Item {
 
 /// One copy of every expert plus `slots - experts` extra copies of the hottest
 /// (each slot to the expert of highest load per copy, ties to the lower id; at most
-/// `gpus` copies of one expert); every copy of an expert serves an equal share.
-pub(crate) fn hottest_copies(m: &LayerModel, slots: usize, gpus: usize) -> Vec<Item> {
+/// `gpus` copies of one expert); every copy of an expert serves an equal share. The
+/// load is the calibration mix's, or with `robust` the heaviest single family's
+/// (`max_f u_f(e)`): a shift toward one family makes that family's favourites the
+/// cluster's hot spots, and only experts with copies can be relieved at serving time.
+pub(crate) fn hottest_copies(m: &LayerModel, slots: usize, gpus: usize, robust: bool) -> Vec<Item> {
+    let load: Vec<f64> = if robust {
+        (0..m.experts).map(|e| m.u.iter().map(|u| u[e]).fold(0.0, f64::max)).collect()
+    } else {
+        (0..m.experts).map(|e| m.load(e)).collect()
+    };
     let mut copies = vec![1usize; m.experts];
-    add_hottest(m, &mut copies, slots.saturating_sub(m.experts), gpus);
+    add_hottest(&load, &mut copies, slots.saturating_sub(m.experts), gpus);
     even_items(m, &copies)
 }
 
-/// Adds `extra` copies, each to the expert of highest load per copy.
-pub(crate) fn add_hottest(m: &LayerModel, copies: &mut [usize], extra: usize, gpus: usize) {
-    let load: Vec<f64> = (0..m.experts).map(|e| m.load(e)).collect();
+/// Adds `extra` copies, each to the expert of highest `load` per copy.
+fn add_hottest(load: &[f64], copies: &mut [usize], extra: usize, gpus: usize) {
     for _ in 0..extra {
-        let best = (0..m.experts)
+        let best = (0..load.len())
             .filter(|&e| copies[e] < gpus)
             .max_by(|&a, &b| (load[a] / copies[a] as f64).total_cmp(&(load[b] / copies[b] as f64)).then(b.cmp(&a)));
         match best {
@@ -280,6 +293,17 @@ pub(crate) fn solve_layer(
     let class: Vec<u32> = items.iter().map(|it| it.expert as u32).collect();
     let caps: Vec<usize> = (0..g).map(|gpu| cluster.gpu_slot_count(gpu)).collect();
     let node_of: Vec<usize> = (0..g).map(|gpu| cluster.node_of(gpu)).collect();
+    // Each family's traffic alone as a mix of its own (`robust` > 0, module docs).
+    let scenario_load: Vec<f64> = if knobs.robust > 0.0 && f > 1 {
+        items.iter().flat_map(|it| (0..f).map(|fam| it.route[fam] * m.u[fam][it.expert])).collect()
+    } else {
+        Vec::new()
+    };
+    let scenarios = (!scenario_load.is_empty()).then(|| ScenarioLoads {
+        dims: f,
+        load: &scenario_load,
+        balance: knobs.robust * knobs.balance,
+    });
     let p = Problem {
         n,
         weight: &weight,
@@ -289,6 +313,7 @@ pub(crate) fn solve_layer(
         caps: &caps,
         balance: knobs.balance,
         max_passes: knobs.passes,
+        scenarios,
     };
     let bins = partition_hierarchical(&p, &node_of).map_err(|err| PlaceError::Unsupported(err.to_string()))?;
     let mut lists = vec![Vec::new(); g];

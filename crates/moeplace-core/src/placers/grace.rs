@@ -108,8 +108,17 @@ fn group(m: &LayerModel, cluster: &Cluster, r: f64, balance: f64, passes: usize)
     }
     let load: Vec<f64> = (0..n).map(|i| if i < e { m.load(i) } else { 0.0 }).collect();
     let node_of: Vec<usize> = (0..g).map(|gpu| cluster.node_of(gpu)).collect();
-    let p =
-        Problem { n, weight: &weight, load: &load, bias: None, class: None, caps: &room, balance, max_passes: passes };
+    let p = Problem {
+        n,
+        weight: &weight,
+        load: &load,
+        bias: None,
+        class: None,
+        caps: &room,
+        balance,
+        max_passes: passes,
+        scenarios: None,
+    };
     let bins = partition_hierarchical(&p, &node_of).map_err(|err| PlaceError::Unsupported(err.to_string()))?;
     let mut lists = vec![Vec::new(); g];
     for (i, &b) in bins.iter().enumerate().take(e) {
@@ -300,7 +309,7 @@ impl Placer for Grace {
                 let mut refined = RefineOutcome::default();
                 if let Some(options) = &refine_options {
                     let load: Vec<f64> = (0..m.experts).map(|x| m.load(x)).collect();
-                    refined = refine_layer(&mut lists, c, &tokens, &load, options);
+                    refined = refine_layer(&mut lists, c, &tokens, &[&load], options);
                 }
                 Ok((lists, r, hot, refined))
             })

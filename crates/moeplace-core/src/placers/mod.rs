@@ -13,6 +13,8 @@ use crate::trace::ModelShape;
 mod balance;
 pub mod cluster_homes;
 pub use coact::{REFINE_PARAMS, REFINE_SKIPPED_NOTE};
+pub use tacg::TACG_PARAMS;
+pub use tacg_gesr::GESR_PARAMS;
 mod coact;
 mod eplb;
 mod grace;

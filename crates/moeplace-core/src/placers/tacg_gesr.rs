@@ -36,14 +36,21 @@
 //! 31.5 / 31.7% but lowered Jain from 0.991 to 0.988 / 0.985 / 0.986, below the 0.99
 //! this placer aims at, so the default stays 0 (docs/TACG.md).
 //!
+//! Shift robustness (`robust` > 0, `tacg`'s step 7): no pinned generic copies; the
+//! redundant slots hold unpinned copies of the experts hottest for any single family.
+//! A copy pinned to one family's group serves that family's picks there, which is
+//! exactly the concentration a shift toward that family turns into a hot spot, while
+//! an unpinned copy lets the dispatcher send any family's picks to the less loaded
+//! copy.
+//!
 //! Parameters (`--param`): those of `tacg` (`alpha`, `temperature`, `eta`, `balance`,
-//! `passes`, `refine`, `node_weight`, `gpu_weight`) and `lambda1` (1), `lambda2` (1),
-//! `pay` (1), `locality` (0).
+//! `passes`, `robust`, `refine`, `node_weight`, `gpu_weight`) and `lambda1` (1),
+//! `lambda2` (1), `pay` (1), `locality` (0).
 
 use rayon::prelude::*;
 
-use super::coact::{solve_layer, to_placement, Item, LayerModel, REFINE_PARAMS};
-use super::tacg::FamilyModel;
+use super::coact::{hottest_copies, solve_layer, to_placement, Item, LayerModel, REFINE_PARAMS};
+use super::tacg::{FamilyModel, TACG_PARAMS};
 use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
 use crate::refine::RefineOutcome;
 use crate::stats::pair_index;
@@ -60,8 +67,7 @@ impl Placer for TacgGesr {
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
-        let own = ["alpha", "temperature", "eta", "balance", "passes", "lambda1", "lambda2", "pay", "locality"];
-        let known = [&own[..], &REFINE_PARAMS[..]].concat();
+        let known = [&TACG_PARAMS[..], &GESR_PARAMS[..], &REFINE_PARAMS[..]].concat();
         input.params.allow_only(self.name(), &known)?;
         check_fits(input.shape, input.cluster)?;
         let lambda1 = input.params.f64("lambda1", 1.0)?;
@@ -95,8 +101,12 @@ impl Placer for TacgGesr {
             .zip(&fm.pref)
             .enumerate()
             .map(|(layer, (m, pref))| {
-                let scores = generic_scores(m, pref, lambda1, lambda2);
-                let items = generic_items(m, &scores, slots, input.cluster.gpus, pay * k / m.experts as f64);
+                let items = if fm.knobs.robust > 0.0 {
+                    hottest_copies(m, slots, input.cluster.gpus, true)
+                } else {
+                    let scores = generic_scores(m, pref, lambda1, lambda2);
+                    generic_items(m, &scores, slots, input.cluster.gpus, pay * k / m.experts as f64)
+                };
                 let replicated = items.iter().filter(|it| it.pin.is_some()).count();
                 let mut lists = solve_layer(m, &items, &reduced, &fm.groups, &fm.knobs)?;
                 if held > 0 {
@@ -116,6 +126,9 @@ impl Placer for TacgGesr {
         Ok(out)
     }
 }
+
+/// Parameters `tacg+gesr` adds to `tacg`'s ([`TACG_PARAMS`] and the refinement's).
+pub const GESR_PARAMS: [&str; 4] = ["lambda1", "lambda2", "pay", "locality"];
 
 /// Share of the redundant slots kept for locality copies (module documentation).
 const DEFAULT_LOCALITY: f64 = 0.0;
