@@ -2,7 +2,9 @@
 //! `tacg+gesr`) on random shapes, clusters and traces: every plan passes the
 //! placement validator (every expert present, each GPU's exact slot count, no two
 //! copies of an expert on one GPU), the family groups of the family-aware placers
-//! cover only real GPUs, and planning twice gives the same plan.
+//! cover only real GPUs, and planning twice gives the same plan. Also: every
+//! placer's documented parameter defaults (`moeplace placers`) are the values it
+//! uses when the parameter is left out.
 
 use moeplace_core::cluster::Cluster;
 use moeplace_core::placement::Placement;
@@ -57,7 +59,7 @@ fn statistics(shape: ModelShape, tokens: usize, seed: u64) -> Statistics {
             })
             .unwrap();
     }
-    let options = ProfileOptions { request_vectors: false, ..Default::default() };
+    let options = ProfileOptions { request_vectors: true, ..Default::default() };
     Statistics::from_batches(shape, options, [&batch]).unwrap()
 }
 
@@ -74,6 +76,30 @@ fn place(placer: &str, stats: &Statistics, cluster: &Cluster, params: &[&str]) -
         seed: 0,
     };
     by_name(placer).unwrap().place(&input).unwrap_or_else(|e| panic!("{placer} {params:?}: {e}"))
+}
+
+/// Passing a documented default explicitly gives the plan of leaving it out.
+#[test]
+fn documented_defaults_are_the_defaults() {
+    let shape = ModelShape::new(2, 12, 3).unwrap();
+    let stats = statistics(shape, 200, 4);
+    let cluster = Cluster::new(2, 4, 1).unwrap().with_slots(16).unwrap();
+    let mut checked = 0;
+    for placer in moeplace_core::placers::registry() {
+        let plain = place(placer.name(), &stats, &cluster, &[]);
+        for doc in placer.params() {
+            // A default in parentheses is a rule, not a value (e.g. grace's knee).
+            if doc.default.starts_with('(') {
+                continue;
+            }
+            let item = format!("{}={}", doc.name, doc.default);
+            let explicit = place(placer.name(), &stats, &cluster, &[item.as_str()]);
+            assert_eq!(explicit.placement, plain.placement, "{} {item}", placer.name());
+            assert_eq!(explicit.family_gpus, plain.family_gpus, "{} {item}", placer.name());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "only {checked} documented defaults checked");
 }
 
 proptest! {

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod experiment;
 pub mod export;
 pub mod merge;
+pub mod placers;
 pub mod plan;
 pub mod profile;
 pub mod synth;

@@ -45,7 +45,8 @@ pub struct Args {
     trace: TraceArgs,
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// A placer parameter, key=value (repeatable); each placer documents its own.
+    /// A placer parameter, key=value (repeatable); `moeplace placers NAME` lists a placer's
+    /// parameters with their defaults.
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
     /// Expert groups (contiguous ids) for load balancers, EPLB's `num_groups`; the same

@@ -68,7 +68,7 @@
 use rayon::prelude::*;
 
 use super::eplb::{rebalance_experts, repair_layer, replicate};
-use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
 use crate::balance::layer_lower_bound;
 use crate::placement::Placement;
 
@@ -600,12 +600,25 @@ impl Placer for Balance {
         "replica counts and packing chosen together for the lowest max GPU load; never worse than eplb"
     }
 
+    fn params(&self) -> Vec<ParamDoc> {
+        let doc = |name, default, about| ParamDoc { name, default, about };
+        vec![
+            super::eplb::GROUPS_DOC,
+            doc("hierarchical", "false", "keep all copies of an expert on one node (needs groups divisible by nodes)"),
+            doc("enumerate", "3000", "most replica-count choices tried exhaustively per layer (0: off)"),
+            doc("per_step", "false", "lower the expected per-step maximum GPU load (needs loads with several steps)"),
+            doc("per_step_sweeps", "8", "most improvement sweeps of per_step"),
+            doc(
+                "move_slack",
+                "0",
+                "with --previous: allowed relative rise of a layer's maximum GPU load to keep experts in place",
+            ),
+        ]
+    }
+
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         let params = input.params;
-        params.allow_only(
-            self.name(),
-            &["groups", "hierarchical", "enumerate", "move_slack", "per_step", "per_step_sweeps"],
-        )?;
+        params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
         let c = input.cluster;
         let groups = params.usize("groups", 1)?;

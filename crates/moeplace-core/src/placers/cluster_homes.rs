@@ -43,7 +43,7 @@ use crate::requests::l2_normalise;
 use crate::requests::signature::{SignatureModel, SignatureOptions};
 use crate::trace::{ModelShape, Phase};
 
-use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
 
 /// One calibration request.
 #[derive(Clone, Copy, Debug)]
@@ -351,9 +351,29 @@ impl Placer for ClusterHomesPlacer {
          (needs profiled request vectors)"
     }
 
+    fn params(&self) -> Vec<ParamDoc> {
+        vec![
+            ParamDoc {
+                name: "groups",
+                default: "0",
+                about: "GPU groups (= request clusters), dividing the GPUs; 0: one per node",
+            },
+            ParamDoc {
+                name: "balanced",
+                default: "true",
+                about: "size-balanced K-means (each cluster at most ceil(N/K) requests)",
+            },
+            ParamDoc {
+                name: "slack",
+                default: "0.25",
+                about: "online homes: a group takes requests up to (1 + slack) x its fair share, then spills over",
+            },
+        ]
+    }
+
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         let p = input.params;
-        p.allow_only(self.name(), &["groups", "balanced", "slack"])?;
+        p.allow_only(self)?;
         let opts = ClusterHomesOptions {
             groups: p.usize("groups", 0)?,
             balanced: p.bool("balanced", true)?,

@@ -40,7 +40,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
 use crate::cluster::Cluster;
 use crate::partition::{partition_hierarchical, Problem, ScenarioLoads};
 use crate::placement::Placement;
@@ -53,11 +53,28 @@ pub(crate) const DEFAULT_BALANCE: f64 = 8.0;
 /// Default most swap passes.
 pub(crate) const DEFAULT_PASSES: usize = 30;
 
+/// `balance` and `passes`, shared by the grouping placers.
+pub(crate) const PARTITION_DOCS: [ParamDoc; 2] = [
+    ParamDoc {
+        name: "balance",
+        default: "8",
+        about: "weight of the load-spread term against co-activation affinity (0: ignore loads)",
+    },
+    ParamDoc { name: "passes", default: "30", about: "most swap passes of the partition" },
+];
+
 /// Parameters of the token-level refinement ([`crate::refine`]) that `tacg`,
-/// `tacg+gesr` and `grace` accept: `refine` (true; false skips it), `node_weight` (1)
-/// and `gpu_weight` (1), the weights of remote nodes and remote GPUs, and
-/// `refine_passes` (8; 0 keeps the swaps out).
-pub const REFINE_PARAMS: [&str; 4] = ["refine", "node_weight", "gpu_weight", "refine_passes"];
+/// `tacg+gesr` and `grace` accept.
+pub(crate) const REFINE_DOCS: [ParamDoc; 4] = [
+    ParamDoc {
+        name: "refine",
+        default: "true",
+        about: "token-level steps on the statistics' token sample (false skips them)",
+    },
+    ParamDoc { name: "node_weight", default: "1", about: "weight of a remote node in the token-level steps" },
+    ParamDoc { name: "gpu_weight", default: "1", about: "weight of a remote GPU in the token-level steps" },
+    ParamDoc { name: "refine_passes", default: "8", about: "most swap passes of the refinement (0: no swaps)" },
+];
 
 /// Plan note (value 1) of a placer whose token-level steps were asked for (the
 /// default) but skipped because the statistics carry no token-path sample.
@@ -95,8 +112,12 @@ impl Placer for Coact {
         "pooled co-activation graph per layer, exact-capacity partition (nodes, then GPUs); hottest experts copied"
     }
 
+    fn params(&self) -> Vec<ParamDoc> {
+        PARTITION_DOCS.to_vec()
+    }
+
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
-        input.params.allow_only(self.name(), &["balance", "passes"])?;
+        input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
         let knobs = Knobs {
             balance: input.params.f64("balance", DEFAULT_BALANCE)?,

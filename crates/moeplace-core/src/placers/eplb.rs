@@ -46,7 +46,15 @@
 
 use rayon::prelude::*;
 
-use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
+
+/// `groups`, shared with `balance`.
+pub(crate) const GROUPS_DOC: ParamDoc = ParamDoc {
+    name: "groups",
+    default: "1",
+    about: "expert groups of consecutive ids (EPLB's num_groups); a multiple of the node count selects \
+            the hierarchical policy (groups packed onto nodes)",
+};
 use crate::placement::Placement;
 
 /// DeepSeek EPLB's outputs. `phy2log[l][slot]` is the expert in each slot;
@@ -370,8 +378,12 @@ impl Placer for Eplb {
         "DeepSeek EPLB (hierarchical when groups divide by nodes, else global); duplicates on a GPU repaired by swaps"
     }
 
+    fn params(&self) -> Vec<ParamDoc> {
+        vec![GROUPS_DOC]
+    }
+
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
-        input.params.allow_only(self.name(), &["groups"])?;
+        input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
         let groups = input.params.usize("groups", 1)?;
         let c = input.cluster;

@@ -59,10 +59,10 @@
 use rayon::prelude::*;
 
 use super::coact::{
-    needs_pairs, refine_options, refine_skipped, LayerModel, DEFAULT_BALANCE, DEFAULT_PASSES, REFINE_PARAMS,
-    REFINE_SKIPPED_NOTE,
+    needs_pairs, refine_options, refine_skipped, LayerModel, DEFAULT_BALANCE, DEFAULT_PASSES, PARTITION_DOCS,
+    REFINE_DOCS, REFINE_SKIPPED_NOTE,
 };
-use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
 use crate::cluster::Cluster;
 use crate::partition::{partition_hierarchical, Problem};
 use crate::placement::Placement;
@@ -259,9 +259,30 @@ impl Placer for Grace {
         "GRACE-MoE: affinity groups by node then GPU with sizes at the knee, then replicas of hot experts"
     }
 
+    fn params(&self) -> Vec<ParamDoc> {
+        let own = [
+            ParamDoc {
+                name: "r",
+                default: "(the knee)",
+                about: "group size tolerance; by default chosen per layer at the knee of affinity against spread",
+            },
+            ParamDoc {
+                name: "replication",
+                default: "dynamic",
+                about: "dynamic: replicas by the measured rule; fixed: one extra copy for each of the hottest experts",
+            },
+            ParamDoc {
+                name: "locality",
+                default: "0.25",
+                about:
+                    "share of the replica slots given to copies that make sampled tokens node-local (0: by load only)",
+            },
+        ];
+        [&own[..], &PARTITION_DOCS[..], &REFINE_DOCS[..]].concat()
+    }
+
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
-        let known = [&["balance", "passes", "r", "locality", "replication"][..], &REFINE_PARAMS[..]].concat();
-        input.params.allow_only(self.name(), &known)?;
+        input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
         let balance = input.params.f64("balance", DEFAULT_BALANCE)?;
         let passes = input.params.usize("passes", DEFAULT_PASSES)?;

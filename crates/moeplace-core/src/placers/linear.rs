@@ -17,7 +17,7 @@ impl Placer for Linear {
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
-        input.params.allow_only(self.name(), &[])?;
+        input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
         let (e, g) = (input.shape.experts, input.cluster.gpus);
         // Contiguous blocks: GPU g holds experts [g*E/G, (g+1)*E/G), the same rule

@@ -12,9 +12,7 @@ use crate::trace::ModelShape;
 
 mod balance;
 pub mod cluster_homes;
-pub use coact::{REFINE_PARAMS, REFINE_SKIPPED_NOTE};
-pub use tacg::TACG_PARAMS;
-pub use tacg_gesr::GESR_PARAMS;
+pub use coact::REFINE_SKIPPED_NOTE;
 mod coact;
 mod eplb;
 mod grace;
@@ -75,18 +73,45 @@ impl Params {
         }
     }
 
-    /// Refuses keys the placer does not know, so typos do not pass silently.
-    pub fn allow_only(&self, placer: &str, known: &[&str]) -> Result<(), PlaceError> {
+    /// Refuses keys the placer does not document, so typos do not pass silently.
+    pub fn allow_only(&self, placer: &dyn Placer) -> Result<(), PlaceError> {
+        let known = placer.params();
         for k in self.0.keys() {
-            if !known.contains(&k.as_str()) {
+            if !known.iter().any(|d| d.name == k) {
+                let names: Vec<&str> = known.iter().map(|d| d.name).collect();
                 return Err(PlaceError::BadParam(format!(
-                    "placer {placer} has no parameter {k:?} (it takes: {})",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    "placer {} has no parameter {k:?} (it takes: {}; `moeplace placers {}` explains them)",
+                    placer.name(),
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") },
+                    placer.name()
                 )));
             }
         }
         Ok(())
     }
+
+    /// The parameters among these that `placer` takes.
+    pub fn for_placer(&self, placer: &dyn Placer) -> Params {
+        let known = placer.params();
+        Params(
+            self.0
+                .iter()
+                .filter(|(k, _)| known.iter().any(|d| d.name == *k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// One parameter a placer takes (`--param name=value`): what `moeplace placers`
+/// prints, and the list [`Params::allow_only`] checks keys against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParamDoc {
+    pub name: &'static str,
+    /// The value used when the parameter is not given.
+    pub default: &'static str,
+    /// What it does, in one or two sentences.
+    pub about: &'static str,
 }
 
 /// What a placer gets.
@@ -136,6 +161,10 @@ pub trait Placer: Send + Sync {
     fn name(&self) -> &'static str;
     /// One line for `--help` and `moeplace placers`.
     fn about(&self) -> &'static str;
+    /// The parameters it takes (none by default).
+    fn params(&self) -> Vec<ParamDoc> {
+        Vec::new()
+    }
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError>;
 }
 

@@ -15,7 +15,7 @@ impl Placer for RoundRobin {
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
-        input.params.allow_only(self.name(), &[])?;
+        input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
         let g = input.cluster.gpus;
         let mut gpus: Vec<Vec<usize>> = vec![Vec::new(); g];

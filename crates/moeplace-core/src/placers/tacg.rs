@@ -65,9 +65,9 @@ use rayon::prelude::*;
 
 use super::coact::{
     hottest_copies, needs_pairs, refine_options, refine_skipped, solve_layer, to_placement, Knobs, LayerModel,
-    DEFAULT_BALANCE, DEFAULT_PASSES, REFINE_PARAMS,
+    DEFAULT_BALANCE, DEFAULT_PASSES, PARTITION_DOCS, REFINE_DOCS,
 };
-use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
 use crate::refine::{refine_layer, RefineOptions, RefineOutcome, SampledLayer, TokenHomes};
 use crate::stats::{pair_count, pair_index, Statistics};
 
@@ -78,8 +78,29 @@ pub(crate) const DEFAULT_TEMPERATURE: f64 = 0.5;
 pub(crate) const DEFAULT_ETA: f64 = 0.5;
 pub(crate) const DEFAULT_ROBUST: f64 = 0.0;
 
-/// Parameters of `tacg` besides the refinement's ([`REFINE_PARAMS`]).
-pub const TACG_PARAMS: [&str; 6] = ["alpha", "temperature", "eta", "balance", "passes", "robust"];
+/// The parameters of `tacg` (shared with `tacg+gesr`).
+pub(crate) fn tacg_params() -> Vec<ParamDoc> {
+    let own = [
+        ParamDoc {
+            name: "alpha",
+            default: "0.25",
+            about: "mixing weight of the task-modulated graph (0: the pooled co-activation graph)",
+        },
+        ParamDoc { name: "temperature", default: "0.5", about: "softmax temperature of the family preferences" },
+        ParamDoc {
+            name: "eta",
+            default: "0.5",
+            about: "weight of the pull of a family's experts into its GPU group (0: no task preference)",
+        },
+        ParamDoc {
+            name: "robust",
+            default: "0",
+            about: "weight of each family's own load balance, for traffic whose family mix may shift \
+                    (0.75 kept Jain >= 0.99 under the ESFT shifts; docs/TACG.md)",
+        },
+    ];
+    [&own[..], &PARTITION_DOCS[..], &REFINE_DOCS[..]].concat()
+}
 
 impl Placer for Tacg {
     fn name(&self) -> &'static str {
@@ -90,9 +111,12 @@ impl Placer for Tacg {
         "task-aware co-activation grouping: family preferences, task-modulated graph, family GPU groups"
     }
 
+    fn params(&self) -> Vec<ParamDoc> {
+        tacg_params()
+    }
+
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
-        let known = [&TACG_PARAMS[..], &REFINE_PARAMS[..]].concat();
-        input.params.allow_only(self.name(), &known)?;
+        input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
         let fm = FamilyModel::build(input, self.name())?;
         let solved: Vec<(Vec<Vec<usize>>, RefineOutcome)> = fm

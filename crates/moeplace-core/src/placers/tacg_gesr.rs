@@ -49,9 +49,9 @@
 
 use rayon::prelude::*;
 
-use super::coact::{hottest_copies, solve_layer, to_placement, Item, LayerModel, REFINE_PARAMS};
-use super::tacg::{FamilyModel, TACG_PARAMS};
-use super::{check_fits, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::coact::{hottest_copies, solve_layer, to_placement, Item, LayerModel};
+use super::tacg::{tacg_params, FamilyModel};
+use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
 use crate::refine::RefineOutcome;
 use crate::stats::pair_index;
 
@@ -66,9 +66,35 @@ impl Placer for TacgGesr {
         "tacg plus copies of generic experts in each family group that uses them (serve with --dispatcher gesr)"
     }
 
+    fn params(&self) -> Vec<ParamDoc> {
+        let own = [
+            ParamDoc {
+                name: "lambda1",
+                default: "1",
+                about: "weight of cross-family consistency in the generic score",
+            },
+            ParamDoc {
+                name: "lambda2",
+                default: "1",
+                about: "weight of task specificity (subtracted) in the generic score",
+            },
+            ParamDoc {
+                name: "pay",
+                default: "1",
+                about: "a family group gets its own copy of a generic expert when it picks it at least pay times \
+                        as often as an average expert",
+            },
+            ParamDoc {
+                name: "locality",
+                default: "0",
+                about: "share of the redundant slots given to copies that make sampled tokens node-local",
+            },
+        ];
+        [tacg_params(), own.to_vec()].concat()
+    }
+
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
-        let known = [&TACG_PARAMS[..], &GESR_PARAMS[..], &REFINE_PARAMS[..]].concat();
-        input.params.allow_only(self.name(), &known)?;
+        input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
         let lambda1 = input.params.f64("lambda1", 1.0)?;
         let lambda2 = input.params.f64("lambda2", 1.0)?;
@@ -126,9 +152,6 @@ impl Placer for TacgGesr {
         Ok(out)
     }
 }
-
-/// Parameters `tacg+gesr` adds to `tacg`'s ([`TACG_PARAMS`] and the refinement's).
-pub const GESR_PARAMS: [&str; 4] = ["lambda1", "lambda2", "pay", "locality"];
 
 /// Share of the redundant slots kept for locality copies (module documentation).
 const DEFAULT_LOCALITY: f64 = 0.0;

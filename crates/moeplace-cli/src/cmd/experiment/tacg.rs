@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use moeplace_core::cluster::Cluster;
 use moeplace_core::dispatch::{Dispatcher, Gesr, Nearest};
-use moeplace_core::placers::{Params, PlacerOutput, GESR_PARAMS, REFINE_PARAMS, TACG_PARAMS};
+use moeplace_core::placers::{by_name, Params, PlacerOutput};
 use moeplace_core::simulate::{cut_percent, simulate, HomePolicy, SimResult};
 use moeplace_core::stats::Statistics;
 use moeplace_core::trace::Trace;
@@ -130,15 +130,7 @@ fn baseline(test: &Trace) -> Result<SimResult> {
 
 /// The parameters a placer accepts out of the user's.
 fn params_for(placer: &str, user: &Params) -> Params {
-    let tacg_keys: Vec<&str> = TACG_PARAMS.into_iter().chain(REFINE_PARAMS).collect();
-    let gesr_keys: Vec<&str> = tacg_keys.iter().copied().chain(GESR_PARAMS).collect();
-    let keep: &[&str] = match placer {
-        "tacg" => &tacg_keys,
-        "tacg+gesr" => &gesr_keys,
-        "coact" => &["balance", "passes"],
-        _ => &[],
-    };
-    Params(user.0.iter().filter(|(k, _)| keep.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
+    by_name(placer).map_or_else(Params::default, |p| user.for_placer(p.as_ref()))
 }
 
 /// Plans and replays one configuration.

@@ -1,0 +1,56 @@
+//! `moeplace placers`: what each placer does and the parameters it takes.
+
+use anyhow::{bail, Result};
+use moeplace_core::{dispatch, placers};
+
+use crate::input::print_stdout;
+
+/// List the placers (`plan --placer`) with what each does and the parameters it
+/// takes (`plan --param KEY=VALUE`, defaults shown), then the dispatchers (`eval
+/// --dispatcher`).
+///
+/// Examples:
+///   moeplace placers              every placer and dispatcher
+///   moeplace placers tacg+gesr    one placer
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Only this placer.
+    #[arg(value_name = "NAME")]
+    name: Option<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let all = placers::registry();
+    let chosen: Vec<_> = match &args.name {
+        None => all.iter().collect(),
+        Some(n) => match all.iter().find(|p| p.name() == n) {
+            Some(p) => vec![p],
+            None => {
+                let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
+                bail!("unknown placer {n:?} (known: {})", names.join(", "));
+            }
+        },
+    };
+    let mut out = String::new();
+    for p in chosen {
+        out.push_str(&format!("{}: {}\n", p.name(), p.about()));
+        let params = p.params();
+        if params.is_empty() {
+            out.push_str("  (no parameters)\n");
+        }
+        let width = params.iter().map(|d| d.name.len() + d.default.len() + 1).max().unwrap_or(0);
+        for d in params {
+            let key = format!("{}={}", d.name, d.default);
+            out.push_str(&format!("  --param {key:<width$}  {}\n", d.about));
+        }
+        out.push('\n');
+    }
+    if args.name.is_none() {
+        out.push_str("Dispatchers (eval --dispatcher NAME):\n");
+        for d in dispatch::registry(0) {
+            out.push_str(&format!("  {:<8} {}\n", d.name(), d.about()));
+        }
+    }
+    print_stdout(&out)
+}
