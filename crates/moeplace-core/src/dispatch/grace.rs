@@ -1,7 +1,12 @@
 //! `grace`: GRACE-MoE's topology-aware routing (METHODS.md section 4). For each pick:
 //! 1. the copy on the token's home GPU, if there is one;
 //! 2. else a copy on the home node, by weighted round-robin over those copies;
-//! 3. else a copy on a remote node, the same way over all remote copies.
+//! 3. else a copy on a remote node the token already sends to in this layer, the same
+//!    way (our addition: the token crosses to that node anyway, so a hierarchical
+//!    all-to-all adds no inter-node send; with two nodes it never applies);
+//! 4. else a copy on a remote node, the same way over all remote copies.
+//!
+//! Picks with one copy (or a copy at home) are fixed first, so step 3 sees them.
 //!
 //! Weights are 1 / (1 + predicted load), the predicted load of a GPU being the replay's
 //! load signal (picks it has served at this layer in the current replay chunk, see
@@ -11,15 +16,14 @@
 //! weighted round-robin, deterministic per token and independent of thread count.
 
 use super::random::mix;
-use super::{DispatchContext, Dispatcher};
+use super::{fix_forced, sends_to_node, DispatchContext, Dispatcher, PENDING};
 
 pub struct Grace;
 
 impl Grace {
     /// Weighted draw, with weights 1 / (1 + load), among the copies in `reps` that
-    /// are on the home node (`local`) or not.
-    fn draw(ctx: &DispatchContext<'_>, reps: &[u32], local: bool, hash: u64) -> Option<u32> {
-        let on_side = |g: u32| (ctx.node_of[g as usize] as usize == ctx.home_node) == local;
+    /// `on_side` accepts.
+    fn draw(ctx: &DispatchContext<'_>, reps: &[u32], on_side: impl Fn(u32) -> bool, hash: u64) -> Option<u32> {
         let weight = |g: u32| 1.0 / (1.0 + ctx.loads[g as usize] as f64);
         let total: f64 = reps.iter().copied().filter(|&g| on_side(g)).map(weight).sum();
         if total == 0.0 {
@@ -46,21 +50,25 @@ impl Dispatcher for Grace {
     }
 
     fn about(&self) -> &'static str {
-        "home GPU, else the home node, else a remote node; weighted round-robin by 1/(1 + load) (GRACE-MoE)"
+        "home GPU, else the home node, else a node already sent to, else a remote node; weighted round-robin by 1/(1 + load) (GRACE-MoE)"
     }
 
     fn dispatch(&self, ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]) {
-        let home = ctx.home as u32;
+        if !fix_forced(ctx, picks, out) {
+            return;
+        }
         let base = mix(ctx.token_key ^ ((ctx.layer as u64) << 48));
-        for (i, (o, &e)) in out.iter_mut().zip(picks).enumerate() {
-            let reps = ctx.replicas.gpus(ctx.layer, e as usize);
-            if reps.len() == 1 || reps.contains(&home) {
-                *o = if reps.len() == 1 { reps[0] } else { home };
+        let node = |g: u32| ctx.node_of[g as usize] as usize;
+        for i in 0..out.len() {
+            if out[i] != PENDING {
                 continue;
             }
+            let reps = ctx.replicas.gpus(ctx.layer, picks[i] as usize);
             let hash = mix(base ^ i as u64);
-            *o = Self::draw(ctx, reps, true, hash)
-                .or_else(|| Self::draw(ctx, reps, false, hash))
+            let joined = |g: u32| sends_to_node(out, ctx.node_of, ctx.node_of[g as usize]);
+            out[i] = Self::draw(ctx, reps, |g| node(g) == ctx.home_node, hash)
+                .or_else(|| Self::draw(ctx, reps, joined, hash))
+                .or_else(|| Self::draw(ctx, reps, |g| node(g) != ctx.home_node, hash))
                 .expect("every expert has a copy");
         }
     }
@@ -106,5 +114,34 @@ mod tests {
             assert_eq!(out[1], 1);
         }
         assert!(to3 > 960, "{to3}");
+    }
+
+    /// 3 nodes of 2 GPUs; expert 0 on GPUs 2 (node 1) and 4 (node 2), expert 1 only on
+    /// GPU 5 (node 2). From home 0, a token picking both crosses to node 2 anyway, so
+    /// expert 0 always goes there too; alone, it is drawn between both copies.
+    #[test]
+    fn joins_a_node_the_token_already_sends_to() {
+        let p = Placement::new(5, 6, 1, vec![vec![3, 2, 0, 4, 0, 1]]).unwrap();
+        let table = ReplicaTable::new(&p);
+        let node_of = [0, 0, 1, 1, 2, 2];
+        let ctx = |key: u64| DispatchContext {
+            replicas: &table,
+            node_of: &node_of,
+            layer: 0,
+            home: 0,
+            home_node: 0,
+            token_key: key,
+            loads: &[0; 6],
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for key in 0..100 {
+            let mut out = [0u32; 2];
+            Grace.dispatch(&ctx(key), &[0, 1], &mut out);
+            assert_eq!(out, [4, 5]);
+            let mut one = [0u32; 1];
+            Grace.dispatch(&ctx(key), &[0], &mut one);
+            seen.insert(one[0]);
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![2, 4]);
     }
 }

@@ -89,6 +89,33 @@ pub struct DispatchContext<'a> {
     pub loads: &'a [u64],
 }
 
+/// Marks a pick not yet given a GPU in the dispatchers that decide in two passes.
+pub(crate) const PENDING: u32 = u32::MAX;
+
+/// First pass of `nearest` and `grace`: a pick with one copy, or with a copy on the
+/// home GPU, takes it; the others are marked [`PENDING`]. Returns whether any is.
+pub(crate) fn fix_forced(ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]) -> bool {
+    let home = ctx.home as u32;
+    let mut pending = false;
+    for (o, &e) in out.iter_mut().zip(picks) {
+        let reps = ctx.replicas.gpus(ctx.layer, e as usize);
+        *o = if reps.len() == 1 {
+            reps[0]
+        } else if reps.contains(&home) {
+            home
+        } else {
+            pending = true;
+            PENDING
+        };
+    }
+    pending
+}
+
+/// Whether a token whose decided picks are `out` already sends to node `node`.
+pub(crate) fn sends_to_node(out: &[u32], node_of: &[u32], node: u32) -> bool {
+    out.iter().any(|&c| c != PENDING && node_of[c as usize] == node)
+}
+
 /// The serving-time choice of a replica for every pick.
 pub trait Dispatcher: Send + Sync {
     /// The name used on the command line (`--dispatcher`).

@@ -3,18 +3,19 @@
 //! 2. a copy on a GPU the token already sends to in this layer (the token crosses to
 //!    that GPU anyway, so the pick adds no send);
 //! 3. among copies on the home node, the least loaded;
-//! 4. the least loaded copy anywhere.
+//! 4. among copies on a node the token already sends to, the least loaded (the token
+//!    crosses to that node anyway, so a hierarchical all-to-all adds no inter-node
+//!    send);
+//! 5. the least loaded copy anywhere.
 //!
 //! "Least loaded" is the replay's load signal: the running count of picks each GPU
 //! has served at this layer in the current replay chunk (see the module `dispatch`).
-//! Ties go to the lower slot. Steps 1 run for all picks before steps 2-4, so a later
+//! Ties go to the lower slot. Steps 1 run for all picks before steps 2-5, so a later
 //! pick forced onto a GPU can attract an earlier pick's copy.
 
-use super::{DispatchContext, Dispatcher};
+use super::{fix_forced, sends_to_node, DispatchContext, Dispatcher, PENDING};
 
 pub struct Nearest;
-
-const PENDING: u32 = u32::MAX;
 
 impl Dispatcher for Nearest {
     fn name(&self) -> &'static str {
@@ -22,24 +23,11 @@ impl Dispatcher for Nearest {
     }
 
     fn about(&self) -> &'static str {
-        "home GPU, else a GPU the token already sends to, else the home node, else least loaded"
+        "home GPU, else a GPU the token already sends to, else the home node, else a node it already sends to, else least loaded"
     }
 
     fn dispatch(&self, ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]) {
-        let home = ctx.home as u32;
-        let mut pending = false;
-        for (o, &e) in out.iter_mut().zip(picks) {
-            let reps = ctx.replicas.gpus(ctx.layer, e as usize);
-            *o = if reps.len() == 1 {
-                reps[0]
-            } else if reps.contains(&home) {
-                home
-            } else {
-                pending = true;
-                PENDING
-            };
-        }
-        if !pending {
+        if !fix_forced(ctx, picks, out) {
             return;
         }
         for i in 0..out.len() {
@@ -54,9 +42,46 @@ impl Dispatcher for Nearest {
             let least = |ok: &dyn Fn(u32) -> bool| {
                 reps.iter().copied().filter(|&g| ok(g)).min_by_key(|&g| ctx.loads[g as usize])
             };
-            out[i] = least(&|g| ctx.node_of[g as usize] as usize == ctx.home_node)
+            let node_of = |g: u32| ctx.node_of[g as usize];
+            let joined = |g: u32| sends_to_node(out, ctx.node_of, node_of(g));
+            out[i] = least(&|g| node_of(g) as usize == ctx.home_node)
+                .or_else(|| least(&joined))
                 .or_else(|| least(&|_| true))
                 .expect("every expert has a copy");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::ReplicaTable;
+    use crate::placement::Placement;
+
+    /// 3 nodes of 2 GPUs: {0,1}, {2,3}, {4,5}; expert 0 on GPUs 2 and 4, expert 1 on
+    /// GPU 5. A token homed on GPU 0 picking both crosses to node 2 for expert 1, so
+    /// expert 0's copy there wins over the less loaded one on node 1.
+    #[test]
+    fn joins_a_node_the_token_already_sends_to() {
+        let p = Placement::new(5, 6, 1, vec![vec![3, 2, 0, 4, 0, 1]]).unwrap();
+        let table = ReplicaTable::new(&p);
+        let node_of = [0, 0, 1, 1, 2, 2];
+        let run = |picks: &[u16]| {
+            let ctx = DispatchContext {
+                replicas: &table,
+                node_of: &node_of,
+                layer: 0,
+                home: 0,
+                home_node: 0,
+                token_key: 1,
+                loads: &[0, 0, 0, 0, 5, 0],
+            };
+            let mut out = vec![0; picks.len()];
+            Nearest.dispatch(&ctx, picks, &mut out);
+            out
+        };
+        assert_eq!(run(&[1, 0]), vec![5, 4]);
+        // Alone, expert 0 goes to the least loaded copy.
+        assert_eq!(run(&[0]), vec![2]);
     }
 }

@@ -32,8 +32,8 @@
 //! by [`crate::refine::locality_copies`] with each family's tokens homed on its group
 //! (the copy that makes the most sampled tokens node-local first); slots those leave
 //! take copies of the hottest experts. On held-out ESFT (16 GPUs, 5 slots per GPU,
-//! family homes) F = 0.25 / 0.5 / 1 raised the remote-node cut from 29.7% to 30.6 /
-//! 31.5 / 31.7% but lowered Jain from 0.991 to 0.988 / 0.985 / 0.986, below the 0.99
+//! family homes) F = 0.25 / 0.5 / 1 raise the remote-node cut from 32.2% to 33.4 /
+//! 34.5 / 35.1% but lower Jain from 0.991 to 0.986 / 0.983 / 0.983, below the 0.99
 //! this placer aims at, so the default stays 0 (docs/TACG.md).
 //!
 //! Shift robustness (`robust` > 0, `tacg`'s step 7): no pinned generic copies; the

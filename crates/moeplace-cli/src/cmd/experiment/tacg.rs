@@ -214,7 +214,8 @@ fn ablation_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     let mut both = with("alpha", "0");
     both.0.insert("eta".into(), "0".into());
     let gesr = Gesr { theta: s.theta, ..Gesr::default() };
-    let paper = Gesr { theta: s.theta, mean_reference: false };
+    let paper = Gesr { theta: s.theta, mean_reference: false, ..Gesr::default() };
+    let no_join = Gesr { theta: s.theta, join_nodes: false, ..Gesr::default() };
     let robust_label = format!("shift-robust (robust={ROBUST})");
     let cases: Vec<(&str, usize, Params, &dyn Dispatcher)> = vec![
         ("tacg+gesr (full)", 5, full.clone(), &gesr),
@@ -223,6 +224,7 @@ fn ablation_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
         ("without either (alpha=0, eta=0)", 5, both, &gesr),
         ("without replication (4 slots per GPU)", 4, full.clone(), &gesr),
         ("gesr with the paper's tolerance (least loaded copy only)", 5, full.clone(), &paper),
+        ("gesr without the step to a node the token already crosses to", 5, full.clone(), &no_join),
         ("replicas served by nearest instead of gesr", 5, full, &Nearest),
         (&robust_label, 5, robust_params(user, ROBUST), &gesr),
     ];
@@ -307,8 +309,8 @@ fn shift_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
 }
 
 /// The `robust` setting the shift rows and the ablation show: the smallest of the
-/// `--tune` sweep whose calibration shifts keep Jain 0.01 above the 0.98 goal
-/// (docs/TACG.md).
+/// `--tune` sweep whose calibration shifts keep Jain 0.005 above the 0.98 goal (no
+/// value reaches 0.01 above; docs/TACG.md).
 const ROBUST: f64 = 0.75;
 
 /// The user's tacg+gesr parameters with `robust` set.
@@ -422,7 +424,7 @@ fn tune_robust(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> 
          | robust | remote nodes cut % | Jain | shifts: least remote nodes cut % | shifts: least Jain |\n\
          |---:|---:|---:|---:|---:|\n",
     );
-    for robust in [0.0, 0.25, 0.35, 0.5, 0.75, 1.0] {
+    for robust in [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0] {
         let p = robust_params(user, robust);
         let (o, c, _) = plan(stats, "tacg+gesr", 5, &p)?;
         let even = replay_plan(calib, "tacg+gesr", &o, &c, theta)?;
