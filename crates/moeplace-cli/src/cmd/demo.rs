@@ -38,7 +38,8 @@ pub struct Args {
     /// Slots per GPU (64 experts: 4 is no replicas, 5 adds one replica per GPU).
     #[arg(long, default_value_t = 5)]
     slots_per_gpu: usize,
-    /// Replica choice per token pick (primary, random, nearest, grace).
+    /// Replica choice per token pick (primary, random, nearest, grace, gesr; `moeplace
+    /// placers` describes them).
     #[arg(long, default_value = "nearest")]
     dispatcher: String,
     /// Where to write the HTML report.
@@ -95,7 +96,9 @@ pub fn run(args: Args) -> Result<()> {
     let d = dispatch::by_name(&args.dispatcher, args.seed).ok_or_else(|| {
         anyhow::anyhow!("unknown dispatcher {:?} (known: {})", args.dispatcher, dispatch::names().join(", "))
     })?;
-    let eval = evaluate(&test, &plans, d.as_ref(), Homes::Family, &|n, g, s| Ok(Cluster::new(n, g, s)?))?;
+    // `s` is a plan's slots per layer (over all its GPUs).
+    let layout = |n, g, s| Ok(Cluster::new(n, g, 1)?.with_slots(s)?);
+    let eval = evaluate(&test, &plans, d.as_ref(), Homes::Family, &layout)?;
     print!("{}", eval.table());
     write_report(&args.report, &eval, &test, None)?;
     eprintln!("wrote {}", args.report.display());
