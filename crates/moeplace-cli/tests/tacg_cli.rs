@@ -43,26 +43,23 @@ fn tacg_gesr_plan_carries_family_gpus_and_eval_uses_them() {
     assert_eq!(rows.len(), 26);
     assert!(rows.iter().all(|r| r.as_array().unwrap().len() == 80));
 
-    let eval = |homes: &str| {
-        let out = moeplace_ok(&[
-            "eval",
-            "--trace",
-            esft_s,
-            "--plan",
-            plan_s,
-            "--homes",
-            homes,
-            "--dispatcher",
-            "gesr",
-            "--json",
-        ]);
+    let eval = |homes: &str, theta: &str| {
+        let theta = format!("--gesr-theta={theta}");
+        let args = ["eval", "--trace", esft_s, "--plan", plan_s, "--homes", homes, "--dispatcher", "gesr", &theta];
+        let out = moeplace_ok(&[&args[..], &["--json"]].concat());
         let j: serde_json::Value = serde_json::from_str(&out).unwrap();
         j["plans"][0].clone()
     };
-    let (fam, rr) = (eval("family"), eval("rr"));
+    let (fam, rr) = (eval("family", "0.15"), eval("rr", "0.15"));
     assert_ne!(fam["home_max_over_mean"], rr["home_max_over_mean"]);
     // Serving each family next to its experts sends fewer tokens across nodes.
     assert!(fam["remote_nodes"].as_f64().unwrap() < rr["remote_nodes"].as_f64().unwrap());
+    // A wider load tolerance keeps more picks near home, at some cost in balance.
+    let wide = eval("family", "1");
+    assert!(wide["remote_nodes"].as_f64().unwrap() < fam["remote_nodes"].as_f64().unwrap());
+    let out =
+        common::moeplace(&["eval", "--trace", esft_s, "--plan", plan_s, "--dispatcher", "gesr", "--gesr-theta=-1"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--gesr-theta"));
 }
 
 #[test]

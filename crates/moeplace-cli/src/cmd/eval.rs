@@ -42,9 +42,14 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "rr")]
     homes: Homes,
     /// Replica choice per token pick: primary (first copy), random (seeded), nearest
-    /// (home GPU, a GPU already sent to, home node, least loaded).
+    /// (home GPU, a GPU already sent to, home node, a node already sent to, least
+    /// loaded), grace, gesr (`moeplace placers` describes them all).
     #[arg(long, value_name = "NAME", default_value = "nearest")]
     dispatcher: String,
+    /// Load tolerance of the gesr dispatcher: copies up to this fraction above the
+    /// least loaded copy (or the mean GPU load) are candidates.
+    #[arg(long, value_name = "THETA", default_value_t = dispatch::gesr_default_theta())]
+    gesr_theta: f64,
     /// Seed of the random dispatcher.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -74,9 +79,17 @@ pub struct LinkArgs {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let d = dispatch::by_name(&args.dispatcher, args.seed).ok_or_else(|| {
-        anyhow::anyhow!("unknown dispatcher {:?} (known: {})", args.dispatcher, dispatch::names().join(", "))
-    })?;
+    anyhow::ensure!(
+        args.gesr_theta.is_finite() && args.gesr_theta >= 0.0,
+        "--gesr-theta {} must be a non-negative number",
+        args.gesr_theta
+    );
+    let d: Box<dyn dispatch::Dispatcher> = match args.dispatcher.as_str() {
+        "gesr" => Box::new(dispatch::Gesr { theta: args.gesr_theta, ..dispatch::Gesr::default() }),
+        name => dispatch::by_name(name, args.seed).ok_or_else(|| {
+            anyhow::anyhow!("unknown dispatcher {:?} (known: {})", name, dispatch::names().join(", "))
+        })?,
+    };
     let mut plans = Vec::new();
     for p in &args.plans {
         let plan = plan_file::read(p)?;
