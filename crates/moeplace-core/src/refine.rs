@@ -458,30 +458,27 @@ impl State {
             node_picks: vec![0; tokens * k],
             nodes: vec![0; tokens],
         };
+        // Counts `v` in the token's distinct values `seen[..*len]` (picks in `picks`).
+        fn tally(seen: &mut [u32], picks: &mut [u8], len: &mut usize, v: u32) {
+            match seen[..*len].iter().position(|&s| s == v) {
+                Some(i) => picks[i] += 1,
+                None => {
+                    seen[*len] = v;
+                    picks[*len] = 1;
+                    *len += 1;
+                }
+            }
+        }
         for t in 0..tokens {
             let (mut ng, mut nn) = (0, 0);
-            for &y in &self.picks[t * k..(t + 1) * k] {
+            let r = t * k..(t + 1) * k;
+            for &y in &self.picks[r.clone()] {
                 if y == NO_PICK {
                     continue;
                 }
-                let gy = self.gpu_of[y as usize] as u32;
-                match (0..ng).find(|&i| p.gpu[t * k + i] == gy) {
-                    Some(i) => p.gpu_picks[t * k + i] += 1,
-                    None => {
-                        p.gpu[t * k + ng] = gy;
-                        p.gpu_picks[t * k + ng] = 1;
-                        ng += 1;
-                    }
-                }
-                let ny = self.node_of[gy as usize] as u32;
-                match (0..nn).find(|&i| p.node[t * k + i] == ny) {
-                    Some(i) => p.node_picks[t * k + i] += 1,
-                    None => {
-                        p.node[t * k + nn] = ny;
-                        p.node_picks[t * k + nn] = 1;
-                        nn += 1;
-                    }
-                }
+                let gy = self.gpu_of[y as usize];
+                tally(&mut p.gpu[r.clone()], &mut p.gpu_picks[r.clone()], &mut ng, gy as u32);
+                tally(&mut p.node[r.clone()], &mut p.node_picks[r.clone()], &mut nn, self.node_of[gy] as u32);
             }
             p.gpus[t] = ng as u8;
             p.nodes[t] = nn as u8;
@@ -603,7 +600,7 @@ impl State {
         }
         let movable: Vec<usize> = (0..e).filter(|&x| self.movable[x]).collect();
         let mut candidates: Vec<(f64, usize, usize)> = Vec::new();
-        let squares = self.squares();
+        let mut squares = self.squares();
         for (ia, &a) in movable.iter().enumerate() {
             for &b in &movable[ia + 1..] {
                 let (i, j) = (self.gpu_of[a], self.gpu_of[b]);
@@ -621,7 +618,7 @@ impl State {
         let mut made = 0;
         let mut change = 0.0;
         for (_, a, b) in candidates {
-            if touched[a] || touched[b] || !self.swap_fits(a, b, &self.squares()) {
+            if touched[a] || touched[b] || !self.swap_fits(a, b, &squares) {
                 continue;
             }
             let d = self.swap_delta(a, b);
@@ -630,6 +627,7 @@ impl State {
                 let (i, j) = (self.gpu_of[a], self.gpu_of[b]);
                 self.apply_move(a, j);
                 self.apply_move(b, i);
+                squares = self.squares();
                 touched[a] = true;
                 touched[b] = true;
                 made += 1;
