@@ -2,12 +2,13 @@
 //! traffic (coact, tacg, tacg+gesr against linear, eplb and balance); docs/TACG.md
 //! quotes its tables.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use moeplace_core::cluster::Cluster;
-use moeplace_core::dispatch::{Dispatcher, Gesr, Nearest};
+use moeplace_core::dispatch::{Dispatcher, Gesr, Nearest, ReplicaTable};
+use moeplace_core::placement::Placement;
 use moeplace_core::placers::{by_name, Params, PlacerOutput};
 use moeplace_core::simulate::{cut_percent, simulate, HomePolicy, SimResult};
 use moeplace_core::stats::Statistics;
@@ -232,8 +233,75 @@ fn ablation_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
         let o = run_one(&s.stats, &s.test, "tacg+gesr", slots, true, &p, d)?;
         row(out, label, &o.result, &s.baseline, lpt_ref);
     }
+    // Which GPU of the family's node a request lives on: chosen per request instead of
+    // round-robin (a question the targets raise: can the home GPU itself serve more?).
+    let (o, cluster, _) = plan(&s.stats, "tacg+gesr", 5, &params_for("tacg+gesr", user))?;
+    let groups = o.family_gpus.as_ref().context("tacg+gesr wrote no family GPUs")?;
+    for (label, prefix) in [
+        (format!("homes per request in the family's GPUs, from its first {PREFIX_TOKENS} tokens"), Some(PREFIX_TOKENS)),
+        ("homes per request in the family's GPUs, from all its tokens (oracle)".to_string(), None),
+    ] {
+        let homes = HomePolicy::Request(homes_per_request(&s.test, &o.placement, groups, prefix));
+        let r = simulate(&s.test, &o.placement, &cluster, &gesr, &homes)?;
+        row(out, &label, &r, &s.baseline, lpt_ref);
+    }
     out.push('\n');
     Ok(())
+}
+
+/// Tokens of a request seen before its home GPU is chosen (its prefill, in serving).
+const PREFIX_TOKENS: usize = 16;
+
+/// A home GPU per request inside its family's GPUs (`groups`), chosen from the
+/// request's first `prefix` tokens (`None`: all of them, an oracle no server has):
+/// the GPU holding a copy of at least one of the token's picks in the most
+/// token-layers, i.e. the home that serves most tokens itself and so saves the most
+/// sends. Spill-over as `cluster-homes` does it: a GPU takes no more than 1.25 x its
+/// fair share of its group's requests so far (rounded up), else the next best GPU.
+/// Requests without a group are left out (round-robin).
+fn homes_per_request(
+    test: &Trace,
+    placement: &Placement,
+    groups: &BTreeMap<String, Vec<usize>>,
+    prefix: Option<usize>,
+) -> HashMap<String, usize> {
+    let table = ReplicaTable::new(placement);
+    let (layers, k) = (test.shape.layers, test.shape.top_k);
+    let mut order: Vec<String> = Vec::new();
+    let mut score: HashMap<String, (String, Vec<u64>, usize)> = HashMap::new();
+    for t in test.iter() {
+        let Some(gpus) = t.family.and_then(|f| groups.get(f)) else { continue };
+        let entry = score.entry(t.request.to_string()).or_insert_with(|| {
+            order.push(t.request.to_string());
+            (t.family.unwrap_or_default().to_string(), vec![0; gpus.len()], 0)
+        });
+        entry.2 += 1;
+        if prefix.is_some_and(|p| entry.2 > p) {
+            continue;
+        }
+        for layer in 0..layers {
+            let picks = &t.experts[layer * k..(layer + 1) * k];
+            for (i, &g) in gpus.iter().enumerate() {
+                let served = picks.iter().any(|&e| table.gpus(layer, e as usize).contains(&(g as u32)));
+                entry.1[i] += u64::from(served);
+            }
+        }
+    }
+    let mut taken: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut homes = HashMap::new();
+    for name in &order {
+        let (family, counts, _) = &score[name];
+        let gpus = &groups[family];
+        let taken = taken.entry(family.as_str()).or_insert_with(|| vec![0; gpus.len()]);
+        let assigned: usize = taken.iter().sum();
+        let cap = ((assigned + 1) as f64 * 1.25 / gpus.len() as f64).ceil() as usize;
+        let mut ranked: Vec<usize> = (0..gpus.len()).collect();
+        ranked.sort_by_key(|&i| (std::cmp::Reverse(counts[i]), i));
+        let i = ranked.iter().copied().find(|&i| taken[i] < cap).unwrap_or(ranked[0]);
+        taken[i] += 1;
+        homes.insert(name.clone(), gpus[i]);
+    }
+    homes
 }
 
 /// Held-out requests reshaped: `family` at `share` of the tokens (the other families
