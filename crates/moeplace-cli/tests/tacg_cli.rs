@@ -71,6 +71,7 @@ fn experiment_tacg_prints_tables() {
         assert!(out.contains(heading), "{heading} missing:\n{out}");
     }
     assert!(out.contains("| tacg+gesr | 5 | family |"));
+    assert_eq!(out.matches("| homes per request in the family's GPUs").count(), 2, "{out}");
     // The shift-robust plan keeps Jain >= 0.98 under all eight shifts (docs/TACG.md).
     let robust: Vec<f64> = out
         .lines()

@@ -270,10 +270,10 @@ fn homes_per_request(
     let mut order: Vec<String> = Vec::new();
     let mut score: HashMap<String, (String, Vec<u64>, usize)> = HashMap::new();
     for t in test.iter() {
-        let Some(gpus) = t.family.and_then(|f| groups.get(f)) else { continue };
+        let Some((family, gpus)) = t.family.and_then(|f| groups.get(f).map(|g| (f, g))) else { continue };
         let entry = score.entry(t.request.to_string()).or_insert_with(|| {
             order.push(t.request.to_string());
-            (t.family.unwrap_or_default().to_string(), vec![0; gpus.len()], 0)
+            (family.to_string(), vec![0; gpus.len()], 0)
         });
         entry.2 += 1;
         if prefix.is_some_and(|p| entry.2 > p) {
@@ -509,4 +509,46 @@ fn tune_robust(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> 
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moeplace_core::trace::{ModelShape, TokenBatch, TokenRef};
+
+    /// One layer, 4 experts on 4 GPUs (expert g on GPU g), top-1; family "a" lives on
+    /// GPUs 0 and 1. Request r0 picks expert 1 in its first two tokens and expert 0
+    /// after; r1 and r2 pick expert 0 throughout.
+    fn setup() -> (Trace, Placement, BTreeMap<String, Vec<usize>>) {
+        let shape = ModelShape::new(1, 4, 1).unwrap();
+        let mut batch = TokenBatch::new(shape);
+        let mut push = |request: &str, expert: u16, position: u32| {
+            let experts = [expert];
+            let token =
+                TokenRef { request, family: Some("a"), phase: None, position, experts: &experts, gate_weights: None };
+            batch.push(token).unwrap();
+        };
+        for (p, e) in [1, 1, 0, 0, 0].into_iter().enumerate() {
+            push("r0", e, p as u32);
+        }
+        for p in 0..5 {
+            push("r1", 0, p);
+            push("r2", 0, p);
+        }
+        let placement = Placement::from_gpu_lists(4, &[vec![vec![0], vec![1], vec![2], vec![3]]]).unwrap();
+        let groups = BTreeMap::from([("a".to_string(), vec![0, 1])]);
+        (Trace { shape, batches: vec![batch] }, placement, groups)
+    }
+
+    #[test]
+    fn a_request_lives_where_its_prefix_is_served() {
+        let (trace, placement, groups) = setup();
+        let home = |pairs: [(&str, usize); 3]| pairs.map(|(r, g)| (r.to_string(), g)).into_iter().collect();
+        // From the first two tokens r0 belongs on GPU 1, r1 and r2 on GPU 0.
+        assert_eq!(homes_per_request(&trace, &placement, &groups, Some(2)), home([("r0", 1), ("r1", 0), ("r2", 0)]));
+        // From all its tokens r0 belongs on GPU 0 (3 of 5 tokens) as r1 does (a GPU of
+        // 2 may take ceil(2 x 1.25 / 2) = 2 of the first 2 requests); r2 spills over
+        // to GPU 1 (ceil(3 x 1.25 / 2) = 2 of 3).
+        assert_eq!(homes_per_request(&trace, &placement, &groups, None), home([("r0", 0), ("r1", 0), ("r2", 1)]));
+    }
 }
