@@ -80,6 +80,20 @@ fn experiment_tacg_prints_tables() {
         .collect();
     assert_eq!(robust.len(), 8, "{out}");
     assert!(robust.iter().all(|&j| j >= 0.98), "{robust:?}");
+    // Under every shift the shifted family's node is nearer its fair share of the load
+    // with the shift-robust plan than with the default one (last column).
+    let node_load = |placer: &str| -> Vec<f64> {
+        out.lines()
+            .filter(|l| l.contains(" at 70% |") || l.contains(" absent |"))
+            .filter(|l| l.split('|').nth(3).unwrap().trim() == placer)
+            .map(|l| l.split('|').nth(9).unwrap().trim().trim_end_matches('x').parse().unwrap())
+            .collect()
+    };
+    let (default, robust) = (node_load("tacg+gesr"), node_load("tacg+gesr robust=0.75"));
+    assert_eq!(default.len(), 8, "{out}");
+    for (d, r) in default.iter().zip(&robust) {
+        assert!((r - 1.0).abs() < (d - 1.0).abs(), "default {default:?}, robust {robust:?}");
+    }
 }
 
 /// `plan` says what the token-level refinement did, and says so when the statistics

@@ -344,8 +344,8 @@ fn shift_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
          Each held-out stream is replayed against the linear baseline on the same stream.\n\n",
     );
     out.push_str(
-        "| shift | tokens | placer | remote GPUs cut % | remote nodes cut % | Jain | home max/mean | vs longest-first |\n\
-         |---|---:|---|---:|---:|---:|---:|---:|\n",
+        "| shift | tokens | placer | remote GPUs cut % | remote nodes cut % | Jain | home max/mean | vs longest-first | family's node load |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut plans = Vec::new();
     for placer in ["coact", "tacg", "tacg+gesr"] {
@@ -355,14 +355,19 @@ fn shift_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     let robust = robust_params(user, ROBUST);
     let (o, c, _) = plan(&s.stats, "tacg+gesr", 5, &robust)?;
     plans.push((format!("tacg+gesr robust={ROBUST}"), "tacg+gesr", o, c));
-    for (label, stream) in shift_streams(&s.test, &s.stats.families()) {
+    for (family, label, stream) in shift_streams(&s.test, &s.stats.families()) {
         let base = baseline(&stream)?;
         let lpt_ref = lpt(&request_lengths(&stream), GPUS);
         for (name, placer, o, c) in &plans {
             let r = replay_plan(&stream, placer, o, c, s.theta)?;
             let cut = |a: f64, b: f64| cut_percent(a, b).map_or("-".to_string(), |c| format!("{c:.1}"));
+            let node_load = o
+                .family_gpus
+                .as_ref()
+                .and_then(|g| g.get(&family))
+                .map_or("-".to_string(), |gpus| format!("{:.2}x", load_over_fair(&r, gpus)));
             out.push_str(&format!(
-                "| {label} | {} | {name} | {} | {} | {:.4} | {:.3} | {:.3}x |\n",
+                "| {label} | {} | {name} | {} | {} | {:.4} | {:.3} | {:.3}x | {node_load} |\n",
                 stream.tokens(),
                 cut(r.remote_gpus, base.remote_gpus),
                 cut(r.remote_nodes, base.remote_nodes),
@@ -389,14 +394,29 @@ fn robust_params(user: &Params, robust: f64) -> Params {
 }
 
 /// The shifted streams of a held-out (or calibration) stream: each family at 70% of
-/// the tokens, and each family absent.
-fn shift_streams(stream: &Trace, families: &[String]) -> Vec<(String, Trace)> {
+/// the tokens, and each family absent; with the family shifted and a label.
+fn shift_streams(stream: &Trace, families: &[String]) -> Vec<(String, String, Trace)> {
     let mut out = Vec::new();
     for f in families {
-        out.push((format!("{f} at 70%"), reshape(stream, f, 0.7)));
-        out.push((format!("{f} absent"), reshape(stream, f, 0.0)));
+        out.push((f.clone(), format!("{f} at 70%"), reshape(stream, f, 0.7)));
+        out.push((f.clone(), format!("{f} absent"), reshape(stream, f, 0.0)));
     }
     out
+}
+
+/// Picks served by `gpus` (a family's group) over their fair share (their fraction of
+/// the cluster's GPUs), mean over layers: above 1 the group is a hot spot.
+fn load_over_fair(r: &SimResult, gpus: &[usize]) -> f64 {
+    let ratios: Vec<f64> = r
+        .layers
+        .iter()
+        .map(|l| {
+            let total = l.load.iter().sum::<u64>().max(1) as f64;
+            let group: u64 = gpus.iter().map(|&g| l.load[g]).sum();
+            group as f64 / total * l.load.len() as f64 / gpus.len() as f64
+        })
+        .collect();
+    ratios.iter().sum::<f64>() / ratios.len().max(1) as f64
 }
 
 /// Replays a plan with its family homes (round-robin without) and its dispatcher.
@@ -484,7 +504,7 @@ fn tune(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<
 fn tune_robust(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<String> {
     let streams: Vec<(Trace, SimResult)> = shift_streams(calib, &stats.families())
         .into_iter()
-        .map(|(_, t)| baseline(&t).map(|b| (t, b)))
+        .map(|(_, _, t)| baseline(&t).map(|b| (t, b)))
         .collect::<Result<_>>()?;
     let base = baseline(calib)?;
     let mut out = String::from(
