@@ -21,6 +21,10 @@ pub struct ModelShape {
 /// Largest expert count a trace may have: expert ids are stored as `u16`.
 pub const MAX_EXPERTS: usize = u16::MAX as usize + 1;
 
+/// Largest MoE layer count a trace may have (real models have well under a hundred);
+/// it keeps sizes computed from a file's declared shape far from overflow.
+pub const MAX_LAYERS: usize = 1 << 16;
+
 impl ModelShape {
     /// Checks the shape is usable: at least one layer and expert, 1 <= k <= experts.
     pub fn new(layers: usize, experts: usize, top_k: usize) -> Result<Self, ShapeError> {
@@ -32,6 +36,12 @@ impl ModelShape {
     pub fn validate(&self) -> Result<(), ShapeError> {
         if self.layers == 0 {
             return Err(ShapeError::BadShape("the model has zero MoE layers".into()));
+        }
+        if self.layers > MAX_LAYERS {
+            return Err(ShapeError::BadShape(format!(
+                "{} MoE layers is more than the supported {MAX_LAYERS}",
+                self.layers
+            )));
         }
         if self.experts == 0 {
             return Err(ShapeError::BadShape("the model has zero experts".into()));
@@ -168,13 +178,18 @@ impl TokenBatch {
         }
     }
 
+    /// The reservation is only a hint: it is capped (at about 32 MB of ids), so that
+    /// a shape or batch size read from a file cannot ask for more memory than exists.
     pub fn with_capacity(shape: ModelShape, tokens: usize) -> Self {
+        const MAX_RESERVED_TOKENS: usize = 1 << 20;
+        const MAX_RESERVED_IDS: usize = 1 << 24;
         let mut b = Self::new(shape);
+        let tokens = tokens.min(MAX_RESERVED_TOKENS);
         b.request.reserve(tokens);
         b.family.reserve(tokens);
         b.phase.reserve(tokens);
         b.position.reserve(tokens);
-        b.experts.reserve(tokens * shape.picks_per_token());
+        b.experts.reserve(tokens.saturating_mul(shape.picks_per_token()).min(MAX_RESERVED_IDS));
         b
     }
 

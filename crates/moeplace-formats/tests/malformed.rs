@@ -1,0 +1,39 @@
+//! Malformed inputs that once panicked or read wrongly: each now gives one error
+//! naming the file, the line (or row, or JSON key) and what is wrong.
+
+use std::path::{Path, PathBuf};
+
+use moeplace_core::trace::TokenBatch;
+use moeplace_formats::detect::TraceReader;
+use moeplace_formats::jsonl::JsonlReader;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Reads every batch, returning the first error's text.
+fn read_all(reader: impl TraceReader) -> Result<Vec<TokenBatch>, String> {
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+}
+
+#[test]
+fn jsonl_header_with_absurd_layer_count_is_refused_at_line_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = r#"{"format":"moeplace-trace","version":1,"layers":1000000000000000000,"experts":8,"top_k":2}"#;
+    let p = write(dir.path(), "huge.jsonl", &format!("{header}\n"));
+    let e = JsonlReader::open(&p, 8192).err().expect("refused").to_string();
+    assert!(e.contains("huge.jsonl:1:") && e.contains("MoE layers"), "{e}");
+}
+
+#[test]
+fn jsonl_header_with_largest_allowed_shape_does_not_reserve_beyond_memory() {
+    // 65536 layers x top-65536 is accepted as a shape; a batch must not reserve
+    // tokens x layers x k ids up front (terabytes), only what lines bring.
+    let dir = tempfile::tempdir().unwrap();
+    let header = r#"{"format":"moeplace-trace","version":1,"layers":65536,"experts":65536,"top_k":65536}"#;
+    let p = write(dir.path(), "wide.jsonl", &format!("{header}\n"));
+    let r = JsonlReader::open(&p, 8192).unwrap();
+    assert_eq!(read_all(r).unwrap().len(), 0);
+}
