@@ -161,14 +161,17 @@ impl EsftReader {
         let mut per_layer_ids: Vec<Vec<u16>> = Vec::with_capacity(l_count);
         let mut per_layer_w: Vec<Option<Vec<f32>>> = Vec::with_capacity(l_count);
         let mut ended = 0;
+        let (mut first_ended, mut first_going) = (None, None);
         for (layer, (path, reader)) in fam.files.iter_mut().enumerate() {
             self.line.clear();
             let n = reader.read_line(&mut self.line).map_err(|e| FormatError::line(path, line_no, e.to_string()))?;
             self.bytes_read += n as u64;
             if n == 0 {
                 ended += 1;
+                first_ended.get_or_insert(layer);
                 continue;
             }
+            first_going.get_or_insert(layer);
             if !self.line.ends_with('\n') && self.line.contains("\t\t") && self.line.ends_with('\t') {
                 return Err(FormatError::line(path, line_no, "truncated: the line ends before its gate weights"));
             }
@@ -238,14 +241,16 @@ impl EsftReader {
             }
             return Ok(false);
         }
-        if ended > 0 {
-            let (path, _) = &fam.files[0];
+        if let (Some(short), Some(going)) = (first_ended, first_going) {
+            // Name the file that ended, and one that goes on.
             return Err(FormatError::line(
-                path,
+                &fam.files[short].0,
                 line_no,
                 format!(
-                    "layer files of family {} have different numbers of lines ({} of {} ended here)",
-                    fam.name, ended, l_count
+                    "this layer file ends before line {line_no} but {} has it: layer files of family {} have \
+                     different numbers of lines ({ended} of {l_count} ended here)",
+                    fam.files[going].0.display(),
+                    fam.name
                 ),
             ));
         }

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use moeplace_core::trace::TokenBatch;
-use moeplace_formats::detect::TraceReader;
+use moeplace_formats::detect::{ReadOptions, TraceReader};
+use moeplace_formats::esft::EsftReader;
 use moeplace_formats::jsonl::JsonlReader;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -36,4 +37,19 @@ fn jsonl_header_with_largest_allowed_shape_does_not_reserve_beyond_memory() {
     let p = write(dir.path(), "wide.jsonl", &format!("{header}\n"));
     let r = JsonlReader::open(&p, 8192).unwrap();
     assert_eq!(read_all(r).unwrap().len(), 0);
+}
+
+#[test]
+fn esft_short_layer_file_is_the_one_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let fam = dir.path().join("law");
+    std::fs::create_dir(&fam).unwrap();
+    let line = "1\t2\t3\t4\t5\t6\t\t0.1\t0.1\t0.1\t0.1\t0.1\t0.1\n";
+    write(&fam, "expert_weights_1.txt", &line.repeat(2));
+    write(&fam, "expert_weights_2.txt", &line.repeat(2));
+    write(&fam, "expert_weights_3.txt", line);
+    let r = EsftReader::open(dir.path(), &ReadOptions::default()).unwrap();
+    let e = read_all(r).unwrap_err();
+    assert!(e.contains("expert_weights_3.txt:2:"), "the short file and its missing line: {e}");
+    assert!(e.contains("expert_weights_1.txt"), "a file that goes on: {e}");
 }
