@@ -74,13 +74,15 @@ impl Placement {
         if phy2log.is_empty() {
             return Err(PlacementError::NoLayers);
         }
+        // Row lengths first: `slots` may come from a file, and the tables below have
+        // `slots` entries.
+        if let Some((layer, row)) = phy2log.iter().enumerate().find(|(_, r)| r.len() != slots) {
+            return Err(PlacementError::SlotCount { layer, found: row.len(), expected: slots, gpus });
+        }
         let slot_gpu: Vec<u32> = (0..gpus).flat_map(|g| slot_range(gpus, slots, g).map(move |_| g as u32)).collect();
         let mut out = Vec::with_capacity(phy2log.len());
         let mut log2phy = Vec::with_capacity(phy2log.len());
         for (layer, row) in phy2log.iter().enumerate() {
-            if row.len() != slots {
-                return Err(PlacementError::SlotCount { layer, found: row.len(), expected: slots, gpus });
-            }
             let mut copies: Vec<Vec<u32>> = vec![Vec::new(); experts];
             for (slot, &x) in row.iter().enumerate() {
                 let gpu = slot_gpu[slot] as usize;

@@ -200,13 +200,18 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
     }
     let gpus = uint(path, &v, "num_gpus")?;
     let nodes = uint(path, &v, "num_nodes")?;
+    let total = |spg: usize| {
+        spg.checked_mul(gpus).ok_or_else(|| {
+            part(path, "slots_per_gpu", format!("{spg} slots per GPU on {gpus} GPUs is too large a slot count"))
+        })
+    };
     let slots = match (v.get("num_slots"), v.get("slots_per_gpu")) {
         (None, None) => return Err(part(path, "num_slots", "missing (give num_slots or slots_per_gpu)")),
         (Some(_), None) => uint(path, &v, "num_slots")?,
-        (None, Some(_)) => uint(path, &v, "slots_per_gpu")? * gpus,
+        (None, Some(_)) => total(uint(path, &v, "slots_per_gpu")?)?,
         (Some(_), Some(_)) => {
             let (n, spg) = (uint(path, &v, "num_slots")?, uint(path, &v, "slots_per_gpu")?);
-            if n != spg * gpus {
+            if n != total(spg)? {
                 return Err(part(
                     path,
                     "slots_per_gpu",

@@ -7,6 +7,7 @@ use moeplace_core::trace::TokenBatch;
 use moeplace_formats::detect::{ReadOptions, TraceReader};
 use moeplace_formats::esft::EsftReader;
 use moeplace_formats::jsonl::JsonlReader;
+use moeplace_formats::plan_file;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -52,4 +53,30 @@ fn esft_short_layer_file_is_the_one_named() {
     let e = read_all(r).unwrap_err();
     assert!(e.contains("expert_weights_3.txt:2:"), "the short file and its missing line: {e}");
     assert!(e.contains("expert_weights_1.txt"), "a file that goes on: {e}");
+}
+
+fn plan_text(gpus: &str, slots: &str, map: &str) -> String {
+    format!(
+        r#"{{"format":"moeplace-plan","version":1,"num_gpus":{gpus},"num_nodes":1,{slots},"num_experts":4,
+"physical_to_logical_map":{map},"provenance":{{"placer":"x","seed":0}}}}"#
+    )
+}
+
+#[test]
+fn plan_with_overflowing_slot_count_is_refused() {
+    let text = plan_text("8589934592", r#""slots_per_gpu":8589934592"#, "[[0,1,2,3]]");
+    let e = plan_file::from_json(Path::new("p.json"), &text).unwrap_err().to_string();
+    assert!(e.contains("p.json") && e.contains("slots_per_gpu") && e.contains("too large"), "{e}");
+    let text = plan_text("8589934592", r#""num_slots":1,"slots_per_gpu":8589934592"#, "[[0,1,2,3]]");
+    let e = plan_file::from_json(Path::new("p.json"), &text).unwrap_err().to_string();
+    assert!(e.contains("p.json") && e.contains("too large"), "{e}");
+}
+
+#[test]
+fn plan_whose_rows_disagree_with_a_huge_num_slots_fails_fast() {
+    // num_slots far beyond the map's rows: refused from the rows, without first
+    // building per-slot tables of num_slots entries.
+    let text = plan_text("1", r#""num_slots":1099511627776"#, "[[0,1,2,3]]");
+    let e = plan_file::from_json(Path::new("p.json"), &text).unwrap_err().to_string();
+    assert!(e.contains("p.json") && e.contains("layer 0") && e.contains("1099511627776"), "{e}");
 }
