@@ -234,7 +234,7 @@ pub fn from_json(path: &Path, text: &str) -> Result<Statistics, FormatError> {
         }
         for [layer, a, b, c] in g.transitions {
             let (layer, a, b) = (layer as usize, a as usize, b as usize);
-            if layer + 1 >= l || a >= e || b >= e {
+            if layer.saturating_add(1) >= l || a >= e || b >= e {
                 return Err(bad(format!("group {gi}: transition entry [{layer},{a},{b}] is out of range")));
             }
             gs.transitions[layer * e * e + a * e + b] = c;

@@ -7,7 +7,7 @@ use moeplace_core::trace::TokenBatch;
 use moeplace_formats::detect::{ReadOptions, TraceReader};
 use moeplace_formats::esft::EsftReader;
 use moeplace_formats::jsonl::JsonlReader;
-use moeplace_formats::plan_file;
+use moeplace_formats::{plan_file, stats_file};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -79,4 +79,23 @@ fn plan_whose_rows_disagree_with_a_huge_num_slots_fails_fast() {
     let text = plan_text("1", r#""num_slots":1099511627776"#, "[[0,1,2,3]]");
     let e = plan_file::from_json(Path::new("p.json"), &text).unwrap_err().to_string();
     assert!(e.contains("p.json") && e.contains("layer 0") && e.contains("1099511627776"), "{e}");
+}
+
+#[test]
+fn statistics_transition_with_huge_layer_is_refused() {
+    let text = r#"{"format":"moeplace-stats","version":1,"layers":2,"experts":2,"top_k":1,"pairs":true,
+"request_vectors":false,"groups":[{"family":null,"phase":null,"tokens":1,"load":[[1,0],[0,1]],"coact":[],
+"transitions":[[18446744073709551615,0,1,1]]}],"requests":[]}"#;
+    let e = stats_file::from_json(Path::new("s.json"), text).unwrap_err().to_string();
+    assert!(e.contains("s.json") && e.contains("transition entry") && e.contains("out of range"), "{e}");
+}
+
+#[test]
+fn statistics_sampled_token_with_an_expert_twice_is_refused() {
+    let text = r#"{"format":"moeplace-stats","version":1,"layers":1,"experts":2,"top_k":2,"pairs":false,
+"request_vectors":false,"groups":[{"family":null,"phase":null,"tokens":1,"load":[[1,1]],"coact":[],
+"transitions":[]}],"requests":[],"token_sample":{"capacity":4,"tokens":[{"hash":1,"family":null,"phase":null,
+"picks":[0,0]}]}}"#;
+    let e = stats_file::from_json(Path::new("s.json"), text).unwrap_err().to_string();
+    assert!(e.contains("s.json") && e.contains("token_sample") && e.contains("twice"), "{e}");
 }

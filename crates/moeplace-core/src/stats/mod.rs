@@ -240,14 +240,10 @@ impl Statistics {
     /// These statistics with `sample` as their token-path sample (the statistics file
     /// reader). Checks every path's length and expert ids against the shape.
     pub fn with_sample(mut self, sample: TokenSample) -> Result<Self, ShapeError> {
-        let per_token = self.shape.picks_per_token();
         for t in sample.tokens() {
-            if t.picks.len() != per_token || t.picks.iter().any(|&x| x as usize >= self.shape.experts) {
-                return Err(ShapeError::BadShape(format!(
-                    "sampled token {:#x}: expected {per_token} expert ids below {}",
-                    t.hash, self.shape.experts
-                )));
-            }
+            // Count, range and no expert twice in a layer's top-k, as for trace tokens.
+            crate::trace::check_token(self.shape, &t.picks, None)
+                .map_err(|e| ShapeError::BadShape(format!("sampled token {:#x}: {e}", t.hash)))?;
         }
         self.sample = sample;
         Ok(self)
