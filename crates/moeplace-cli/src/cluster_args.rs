@@ -53,11 +53,15 @@ impl ClusterArgs {
         let nodes = self.nodes.unwrap_or(1);
         let gpus = match (self.gpus, preset) {
             (Some(g), _) => g,
-            (None, Some(p)) => nodes * p.gpus_per_node,
+            (None, Some(p)) => {
+                nodes.checked_mul(p.gpus_per_node).ok_or_else(|| anyhow::anyhow!("--nodes {nodes} is too large"))?
+            }
             (None, None) => bail!("give the cluster: --gpus G [--nodes N] [--slots-per-gpu S], --preset or --cluster"),
         };
         let slots = match (self.slots_per_gpu, self.slots) {
-            (Some(s), _) => gpus * s,
+            (Some(s), _) => gpus
+                .checked_mul(s)
+                .ok_or_else(|| anyhow::anyhow!("--slots-per-gpu {s} on {gpus} GPUs is too large a slot count"))?,
             (None, Some(s)) => s,
             (None, None) => experts,
         };
@@ -99,5 +103,21 @@ impl ClusterArgs {
             c.gpu_tflops = p.gpu_tflops;
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflowing_layouts_are_refused() {
+        let big = 1usize << 33;
+        let args = ClusterArgs { gpus: Some(big), slots_per_gpu: Some(big), ..Default::default() };
+        let e = args.resolve(8).unwrap_err().to_string();
+        assert!(e.contains("--slots-per-gpu") && e.contains("too large"), "{e}");
+        let args = ClusterArgs { nodes: Some(usize::MAX / 2), preset: Some("h100".into()), ..Default::default() };
+        let e = args.resolve(8).unwrap_err().to_string();
+        assert!(e.contains("--nodes") && e.contains("too large"), "{e}");
     }
 }

@@ -52,7 +52,9 @@ pub fn read(path: &Path) -> Result<Cluster, FormatError> {
 pub fn parse(path: &Path, text: &str) -> Result<Cluster, FormatError> {
     let r: ClusterRepr = toml::from_str(text).map_err(|e| FormatError::file(path, e.to_string().trim().to_string()))?;
     let slots_of = |gpus: usize| match (r.slots_per_gpu, r.slots) {
-        (Some(s), None) => Ok(s * gpus),
+        (Some(s), None) => s.checked_mul(gpus).ok_or_else(|| {
+            FormatError::file(path, format!("{s} slots per GPU on {gpus} GPUs is too large a slot count"))
+        }),
         (None, Some(s)) => Ok(s),
         (None, None) => Err(FormatError::file(path, "give `slots_per_gpu` or `slots` (slots per layer over all GPUs)")),
         (Some(_), Some(_)) => Err(FormatError::file(path, "give `slots_per_gpu` or `slots`, not both")),

@@ -7,7 +7,7 @@ use moeplace_core::trace::TokenBatch;
 use moeplace_formats::detect::{ReadOptions, TraceReader};
 use moeplace_formats::esft::EsftReader;
 use moeplace_formats::jsonl::JsonlReader;
-use moeplace_formats::{plan_file, stats_file};
+use moeplace_formats::{cluster_file, plan_file, stats_file};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -88,6 +88,14 @@ fn statistics_transition_with_huge_layer_is_refused() {
 "transitions":[[18446744073709551615,0,1,1]]}],"requests":[]}"#;
     let e = stats_file::from_json(Path::new("s.json"), text).unwrap_err().to_string();
     assert!(e.contains("s.json") && e.contains("transition entry") && e.contains("out of range"), "{e}");
+}
+
+#[test]
+fn cluster_file_with_overflowing_slot_count_is_refused() {
+    let e = cluster_file::parse(Path::new("c.toml"), "nodes = 1\ngpus = 8589934592\nslots_per_gpu = 8589934592\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("c.toml") && e.contains("too large"), "{e}");
 }
 
 #[test]
