@@ -148,7 +148,14 @@ impl SglangReader {
                 let phase = Phase::parse(phase_s).ok_or_else(|| {
                     FormatError::line(path, line, format!("phase {phase_s:?} is neither prefill nor decode"))
                 })?;
-                let token_index = as_usize(field(&v, "token_index", path, line)?, "token_index", path, line)? as u32;
+                let token_index = as_usize(field(&v, "token_index", path, line)?, "token_index", path, line)?;
+                let token_index = u32::try_from(token_index).map_err(|_| {
+                    FormatError::line(
+                        path,
+                        line,
+                        format!("token_index {token_index} is too large (at most {})", u32::MAX),
+                    )
+                })?;
                 let routing = field(&v, "routing", path, line)?
                     .as_array()
                     .ok_or_else(|| FormatError::line(path, line, "`routing` must be a list"))?;
@@ -201,7 +208,20 @@ impl SglangReader {
                 let info = self.requests.get(id);
                 let position = match phase {
                     Phase::Prefill => token_index,
-                    Phase::Decode => info.map(|r| r.prompt_len).unwrap_or(0) + token_index,
+                    Phase::Decode => {
+                        let prompt = info.map(|r| r.prompt_len).unwrap_or(0);
+                        prompt.checked_add(token_index).ok_or_else(|| {
+                            FormatError::line(
+                                path,
+                                line,
+                                format!(
+                                    "decode position {prompt} (prompt) + {token_index} (token_index) is too large \
+                                     (at most {})",
+                                    u32::MAX
+                                ),
+                            )
+                        })?
+                    }
                 };
                 self.dispatch_counts[(phase == Phase::Decode) as usize] += 1;
                 batch

@@ -7,6 +7,7 @@ use moeplace_core::trace::TokenBatch;
 use moeplace_formats::detect::{ReadOptions, TraceReader};
 use moeplace_formats::esft::EsftReader;
 use moeplace_formats::jsonl::JsonlReader;
+use moeplace_formats::sglang::SglangReader;
 use moeplace_formats::{cluster_file, plan_file, stats_file};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -96,6 +97,30 @@ fn cluster_file_with_overflowing_slot_count_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("c.toml") && e.contains("too large"), "{e}");
+}
+
+const SGLANG_HEADER: &str = r#"{"row_type":"header","schema":"simllm-preplay-trace-v2","provenance":{"expert_count":4,"top_k":2,"moe_layer_indices":[0]}}"#;
+
+fn sglang_row(phase: &str, token_index: u64) -> String {
+    format!(
+        r#"{{"row_type":"observed-dispatch","request_id":"p0","phase":"{phase}","token_index":{token_index},"routing":[{{"layer_index":0,"expert_ids":[0,1]}}]}}"#
+    )
+}
+
+#[test]
+fn sglang_token_index_beyond_a_position_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2^32 once wrapped silently to position 0.
+    let text = format!("{SGLANG_HEADER}\n{}\n{}\n", sglang_row("prefill", 0), sglang_row("prefill", 1 << 32));
+    let p = write(dir.path(), "t.jsonl", &text);
+    let e = read_all(SglangReader::open(&p, 16).unwrap()).unwrap_err();
+    assert!(e.contains("t.jsonl:3:") && e.contains("token_index"), "{e}");
+    // A decode token's position (prompt length + token_index) past u32 once overflowed.
+    let request = r#"{"row_type":"request","request_id":"p0","input_token_ids":[5,6,7]}"#;
+    let text = format!("{SGLANG_HEADER}\n{request}\n{}\n", sglang_row("decode", u32::MAX as u64));
+    let p = write(dir.path(), "u.jsonl", &text);
+    let e = read_all(SglangReader::open(&p, 16).unwrap()).unwrap_err();
+    assert!(e.contains("u.jsonl:3:") && e.contains("position"), "{e}");
 }
 
 #[test]
