@@ -68,7 +68,7 @@ struct Arrays {
 fn load(path: &Path) -> Result<Arrays, FormatError> {
     let part = |name: &str, m: String| FormatError::new(path, Location::Part(format!("array {name}")), m);
     let is_npy = path.extension().map(|e| e.eq_ignore_ascii_case("npy")).unwrap_or(false);
-    if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
+    if std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?.len() == 0 {
         return Err(FormatError::file(path, "empty file: expected a NumPy array or archive"));
     }
     if is_npy {

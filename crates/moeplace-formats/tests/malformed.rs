@@ -8,7 +8,7 @@ use moeplace_formats::detect::{ReadOptions, TraceReader};
 use moeplace_formats::esft::EsftReader;
 use moeplace_formats::jsonl::JsonlReader;
 use moeplace_formats::sglang::SglangReader;
-use moeplace_formats::{cluster_file, plan_file, stats_file};
+use moeplace_formats::{cluster_file, npz, plan_file, stats_file};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -121,6 +121,14 @@ fn sglang_token_index_beyond_a_position_is_refused() {
     let p = write(dir.path(), "u.jsonl", &text);
     let e = read_all(SglangReader::open(&p, 16).unwrap()).unwrap_err();
     assert!(e.contains("u.jsonl:3:") && e.contains("position"), "{e}");
+}
+
+#[test]
+fn npz_missing_file_is_reported_as_missing_not_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("absent.npz");
+    let e = npz::NumpyReader::open(&p, Some(4), 16).err().expect("refused").to_string();
+    assert!(e.contains("absent.npz") && !e.contains("empty file"), "{e}");
 }
 
 #[test]
