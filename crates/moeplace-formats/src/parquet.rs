@@ -157,8 +157,25 @@ impl ParquetReader {
             let row = (0..list.len()).find(|&i| list.is_null(i)).unwrap_or(0) as u64;
             return Err(FormatError::row(&self.path, self.rows_done + row, format!("`{col}` is null")));
         }
-        let values = arrow::compute::cast(list.values(), &item)
-            .map_err(|e| self.column_err(col, format!("items are not {item}: {e}")))?;
+        let width = list.value_length().max(1) as usize;
+        let src = list.values();
+        if let Some(i) = (0..src.len()).find(|&i| src.is_null(i)) {
+            let row = self.rows_done + (i / width) as u64;
+            return Err(FormatError::row(&self.path, row, format!("item {} of `{col}` is null", i % width)));
+        }
+        let values =
+            arrow::compute::cast(src, &item).map_err(|e| self.column_err(col, format!("items are not {item}: {e}")))?;
+        // The cast turns values that do not fit (negative or too large) into nulls.
+        if let Some(i) = (0..values.len()).find(|&i| values.is_null(i)) {
+            let shown = arrow::util::display::array_value_to_string(src, i).unwrap_or_default();
+            let row = self.rows_done + (i / width) as u64;
+            let what = if col == "experts" { "expert id" } else { "value" };
+            return Err(FormatError::row(
+                &self.path,
+                row,
+                format!("{what} {shown} in `{col}` is out of range (negative or does not fit {item})"),
+            ));
+        }
         Ok(Some((values, list.value_length() as usize)))
     }
 
@@ -208,14 +225,24 @@ impl ParquetReader {
         let request = self.strings(rb, "request")?.expect("checked at open");
         let family = self.strings(rb, "family")?;
         let phase = self.strings(rb, "phase")?;
-        let position = arrow::compute::cast(rb.column_by_name("position").expect("checked"), &DataType::UInt32)
+        let position_src = rb.column_by_name("position").expect("checked");
+        let position = arrow::compute::cast(position_src, &DataType::UInt32)
             .map_err(|e| self.column_err("position", format!("not a non-negative integer: {e}")))?;
         let position = position.as_any().downcast_ref::<UInt32Array>().expect("cast");
-        if let Some(i) = (0..rows).find(|&i| request.is_null(i) || position.is_null(i)) {
+        if let Some(i) = (0..rows).find(|&i| request.is_null(i) || position_src.is_null(i)) {
             return Err(FormatError::row(
                 &self.path,
                 self.rows_done + i as u64,
                 "`request` and `position` may not be null",
+            ));
+        }
+        // The cast turns positions that do not fit u32 into nulls.
+        if let Some(i) = (0..rows).find(|&i| position.is_null(i)) {
+            let shown = arrow::util::display::array_value_to_string(position_src, i).unwrap_or_default();
+            return Err(FormatError::row(
+                &self.path,
+                self.rows_done + i as u64,
+                format!("position {shown} is not a non-negative 32-bit integer"),
             ));
         }
         let experts = self.expert_ids(rb)?;
