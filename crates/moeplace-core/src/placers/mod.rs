@@ -34,7 +34,13 @@ impl Params {
             let (k, v) = it
                 .split_once('=')
                 .ok_or_else(|| PlaceError::BadParam(format!("{it:?} is not of the form key=value")))?;
-            m.insert(k.trim().to_string(), v.trim().to_string());
+            if let Some(old) = m.insert(k.trim().to_string(), v.trim().to_string()) {
+                return Err(PlaceError::BadParam(format!(
+                    "parameter {} is given twice ({old:?} and {:?})",
+                    k.trim(),
+                    v.trim()
+                )));
+            }
         }
         Ok(Params(m))
     }
@@ -261,4 +267,15 @@ pub(crate) fn fill_redundant_hottest(
         }
     }
     Ok(Placement::from_gpu_lists(shape.experts, &base)?)
+}
+
+#[cfg(test)]
+mod param_tests {
+    use super::*;
+
+    #[test]
+    fn a_parameter_given_twice_is_refused() {
+        let e = Params::parse(["alpha=0.5", "passes=2", "alpha = 0.9"]).unwrap_err().to_string();
+        assert!(e.contains("alpha") && e.contains("twice"), "{e}");
+    }
 }
