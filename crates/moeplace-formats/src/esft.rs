@@ -172,8 +172,14 @@ impl EsftReader {
                 continue;
             }
             first_going.get_or_insert(layer);
-            if !self.line.ends_with('\n') && self.line.contains("\t\t") && self.line.ends_with('\t') {
-                return Err(FormatError::line(path, line_no, "truncated: the line ends before its gate weights"));
+            // Every line of a layer file ends with a newline; a prefix of a line is often
+            // itself a valid line (a weight or an id cut short), so one without is refused.
+            if !self.line.ends_with('\n') {
+                return Err(FormatError::line(
+                    path,
+                    line_no,
+                    "truncated: the last line has no line end (a file cut off while copying or writing?)",
+                ));
             }
             let text = self.line.trim_end_matches(['\n', '\r']);
             let (ids_text, w_text) = match text.split_once("\t\t") {

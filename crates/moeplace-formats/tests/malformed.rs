@@ -210,3 +210,17 @@ fn statistics_sampled_token_with_an_expert_twice_is_refused() {
     let e = stats_file::from_json(Path::new("s.json"), text).unwrap_err().to_string();
     assert!(e.contains("s.json") && e.contains("token_sample") && e.contains("twice"), "{e}");
 }
+
+#[test]
+fn esft_last_line_cut_inside_a_number_is_refused() {
+    // A cut inside the last gate weight (0.125 -> 0.12) left a valid-looking line
+    // that was read with a wrong weight.
+    let dir = tempfile::tempdir().unwrap();
+    let fam = dir.path().join("law");
+    std::fs::create_dir(&fam).unwrap();
+    let line = "1\t2\t3\t4\t5\t6\t\t0.1\t0.1\t0.1\t0.1\t0.1\t0.125\n";
+    write(&fam, "expert_weights_1.txt", &line.repeat(2));
+    write(&fam, "expert_weights_2.txt", &format!("{line}{}", &line[..line.len() - 2]));
+    let e = read_all(EsftReader::open(dir.path(), &ReadOptions::default()).unwrap()).unwrap_err();
+    assert!(e.contains("expert_weights_2.txt:2:") && e.contains("truncated"), "{e}");
+}
