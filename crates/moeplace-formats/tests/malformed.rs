@@ -224,3 +224,14 @@ fn esft_last_line_cut_inside_a_number_is_refused() {
     let e = read_all(EsftReader::open(dir.path(), &ReadOptions::default()).unwrap()).unwrap_err();
     assert!(e.contains("expert_weights_2.txt:2:") && e.contains("truncated"), "{e}");
 }
+
+#[test]
+fn jsonl_with_a_huge_batch_size_reads_without_reserving_it() {
+    // --batch-tokens 10^18 once made the first batch reserve 10^18 tokens and abort.
+    let dir = tempfile::tempdir().unwrap();
+    let header = r#"{"format":"moeplace-trace","version":1,"layers":2,"experts":4,"top_k":2}"#;
+    let token = r#"{"request":"r0","position":0,"experts":[[0,1],[2,3]]}"#;
+    let p = write(dir.path(), "t.jsonl", &format!("{header}\n{token}\n"));
+    let batches = read_all(JsonlReader::open(&p, 1_000_000_000_000_000_000).unwrap()).unwrap();
+    assert_eq!(batches.iter().map(TokenBatch::len).sum::<usize>(), 1);
+}
