@@ -81,6 +81,14 @@ fn read_requests(path: &Path, format: TraceFormat, split: PhaseSplit) -> Result<
 }
 
 pub(super) fn requests(a: RequestsArgs) -> Result<()> {
+    // (--gpus 0 divided by zero; a NaN band or batch ran and printed figures.)
+    anyhow::ensure!(a.gpus >= 1, "--gpus must be at least 1");
+    anyhow::ensure!(a.tau.is_finite() && a.tau >= 0.0, "--tau {} must be a non-negative number", a.tau);
+    anyhow::ensure!(
+        a.target_batch.is_finite() && a.target_batch > 0.0,
+        "--target-batch {} must be a positive number",
+        a.target_batch
+    );
     let cfg = ExperimentConfig {
         nodes: a.nodes,
         gpus: a.gpus,

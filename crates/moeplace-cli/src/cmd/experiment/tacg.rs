@@ -58,6 +58,11 @@ struct Setup {
 }
 
 pub(super) fn tacg(args: TacgArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.theta.is_finite() && args.theta >= 0.0,
+        "--theta {} must be a non-negative number",
+        args.theta
+    );
     if !args.data.is_dir() {
         bail!("{}: no such folder (give --data, the ESFT DeepSeek-V2-Lite logs)", args.data.display());
     }
