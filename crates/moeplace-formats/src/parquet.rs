@@ -159,6 +159,10 @@ impl ParquetReader {
         }
         let width = list.value_length().max(1) as usize;
         let src = list.values();
+        // A cast from floats to integers would truncate (1.7 -> 1) without a word.
+        if item.is_integer() && !src.data_type().is_integer() {
+            return Err(self.column_err(col, format!("items must be integers, found {}", src.data_type())));
+        }
         if let Some(i) = (0..src.len()).find(|&i| src.is_null(i)) {
             let row = self.rows_done + (i / width) as u64;
             return Err(FormatError::row(&self.path, row, format!("item {} of `{col}` is null", i % width)));
@@ -226,6 +230,9 @@ impl ParquetReader {
         let family = self.strings(rb, "family")?;
         let phase = self.strings(rb, "phase")?;
         let position_src = rb.column_by_name("position").expect("checked");
+        if !position_src.data_type().is_integer() {
+            return Err(self.column_err("position", format!("must be integers, found {}", position_src.data_type())));
+        }
         let position = arrow::compute::cast(position_src, &DataType::UInt32)
             .map_err(|e| self.column_err("position", format!("not a non-negative integer: {e}")))?;
         let position = position.as_any().downcast_ref::<UInt32Array>().expect("cast");

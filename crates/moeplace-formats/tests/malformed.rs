@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use moeplace_core::trace::TokenBatch;
 use moeplace_formats::detect::{ReadOptions, TraceReader};
@@ -141,18 +141,23 @@ fn npz_missing_file_is_reported_as_missing_not_empty() {
 /// A Parquet trace (2 layers x top-2 of 4 experts) whose `experts` and optional
 /// `gate_weights` columns are given as they are, `position` as Int64.
 fn write_parquet(path: &Path, positions: Vec<i64>, experts: Int64Array, weights: Option<Float32Array>) {
+    write_parquet_of(path, Arc::new(Int64Array::from(positions)), Arc::new(experts), weights);
+}
+
+/// Same, with the `position` column and the `experts` items of any type.
+fn write_parquet_of(path: &Path, positions: ArrayRef, experts: ArrayRef, weights: Option<Float32Array>) {
     let rows = positions.len();
-    let item = Arc::new(Field::new("item", DataType::Int64, true));
+    let item = Arc::new(Field::new("item", experts.data_type().clone(), true));
     let witem = Arc::new(Field::new("item", DataType::Float32, true));
     let mut fields = vec![
         Field::new("request", DataType::Utf8, false),
-        Field::new("position", DataType::Int64, false),
+        Field::new("position", positions.data_type().clone(), false),
         Field::new("experts", DataType::FixedSizeList(item.clone(), 4), false),
     ];
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values((0..rows).map(|_| "r0"))),
-        Arc::new(Int64Array::from(positions)),
-        Arc::new(FixedSizeListArray::try_new(item, 4, Arc::new(experts), None).unwrap()),
+        positions,
+        Arc::new(FixedSizeListArray::try_new(item, 4, experts, None).unwrap()),
     ];
     if let Some(w) = weights {
         fields.push(Field::new("gate_weights", DataType::FixedSizeList(witem.clone(), 4), false));
@@ -234,4 +239,20 @@ fn jsonl_with_a_huge_batch_size_reads_without_reserving_it() {
     let p = write(dir.path(), "t.jsonl", &format!("{header}\n{token}\n"));
     let batches = read_all(JsonlReader::open(&p, 1_000_000_000_000_000_000).unwrap()).unwrap();
     assert_eq!(batches.iter().map(TokenBatch::len).sum::<usize>(), 1);
+}
+
+#[test]
+fn parquet_float_ids_or_positions_are_refused_not_truncated() {
+    // Floats were cast to integers: expert id 1.7 read as 1, position 1.5 as 1.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("fid.parquet");
+    let ids = Float64Array::from(vec![0.0, 1.0, 2.0, 3.0, 0.0, 1.7, 2.0, 3.0]);
+    write_parquet_of(&p, Arc::new(Int64Array::from(vec![0, 1])), Arc::new(ids), None);
+    let e = read_all(ParquetReader::open(&p, 16).unwrap()).unwrap_err();
+    assert!(e.contains("fid.parquet: column experts") && e.contains("integers"), "{e}");
+    let p = dir.path().join("fpos.parquet");
+    let ids = Int64Array::from(vec![0, 1, 2, 3, 0, 1, 2, 3]);
+    write_parquet_of(&p, Arc::new(Float64Array::from(vec![0.0, 1.5])), Arc::new(ids), None);
+    let e = read_all(ParquetReader::open(&p, 16).unwrap()).unwrap_err();
+    assert!(e.contains("fpos.parquet: column position") && e.contains("integers"), "{e}");
 }
