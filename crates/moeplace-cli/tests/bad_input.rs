@@ -175,3 +175,38 @@ fn experiment_requests_refuses_zero_gpus_and_bad_numbers() {
         assert!(err.contains(flag) && !err.contains("panicked"), "{flag} {value}: {err}");
     }
 }
+
+#[test]
+fn plan_refuses_a_previous_plan_of_another_layout() {
+    // It was ignored by `balance`, and the summary counted "slot moves" over the
+    // first slots only.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
+    let stats = d.join("s.json");
+    let (a, b) = (d.join("a.json"), d.join("b.json"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
+    assert!(moeplace(&["plan", "--placer", "linear", "--stats", &s(&stats), "--gpus", "2", "-o", &s(&a)])
+        .status
+        .success());
+    let out = moeplace(&[
+        "plan",
+        "--placer",
+        "balance",
+        "--stats",
+        &s(&stats),
+        "--gpus",
+        "4",
+        "--slots",
+        "8",
+        "--previous",
+        &s(&a),
+        "-o",
+        &s(&b),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a.json") && err.contains("previous plan has 2 GPUs"), "{err}");
+    assert!(!b.exists(), "no plan written");
+}

@@ -136,6 +136,19 @@ pub fn run(args: Args) -> Result<()> {
             if prev.placement.experts() != shape.experts || prev.placement.layers() != shape.layers {
                 bail!("{}: the previous plan is for another model shape than the statistics ({shape})", p.display());
             }
+            // Slot moves compare slot by slot, so the layouts must match.
+            let q = &prev.placement;
+            if q.gpus() != cluster.gpus || q.slots() != cluster.slots() {
+                bail!(
+                    "{}: the previous plan has {} GPUs with {} slots per layer, the cluster {} with {}; slot moves \
+                     are counted only between plans of the same layout",
+                    p.display(),
+                    q.gpus(),
+                    q.slots(),
+                    cluster.gpus,
+                    cluster.slots()
+                );
+            }
             Some(prev.placement)
         }
         None => None,
