@@ -230,14 +230,22 @@ pub fn from_json(path: &Path, text: &str) -> Result<Statistics, FormatError> {
                     "group {gi}: co-activation entry [{layer},{a},{b}] is out of range or not a < b"
                 )));
             }
-            gs.coact[layer * pair_count(e) + moeplace_core::stats::pair_index(a, b, e)] = c;
+            let slot = &mut gs.coact[layer * pair_count(e) + moeplace_core::stats::pair_index(a, b, e)];
+            if *slot != 0 {
+                return Err(bad(format!("group {gi}: co-activation entry [{layer},{a},{b}] appears twice")));
+            }
+            *slot = c;
         }
         for [layer, a, b, c] in g.transitions {
             let (layer, a, b) = (layer as usize, a as usize, b as usize);
             if layer.saturating_add(1) >= l || a >= e || b >= e {
                 return Err(bad(format!("group {gi}: transition entry [{layer},{a},{b}] is out of range")));
             }
-            gs.transitions[layer * e * e + a * e + b] = c;
+            let slot = &mut gs.transitions[layer * e * e + a * e + b];
+            if *slot != 0 {
+                return Err(bad(format!("group {gi}: transition entry [{layer},{a},{b}] appears twice")));
+            }
+            *slot = c;
         }
         let key = GroupKey { family: g.family, phase: g.phase };
         if groups.insert(key.clone(), gs).is_some() {
@@ -253,9 +261,16 @@ pub fn from_json(path: &Path, text: &str) -> Result<Statistics, FormatError> {
                 if layer as usize >= l || x as usize >= e || c > u32::MAX as u64 {
                     return Err(bad(format!("request {:?}: count entry [{layer},{x},{c}] is out of range", r.id)));
                 }
-                v[layer as usize * e + x as usize] = c as u32;
+                let slot = &mut v[layer as usize * e + x as usize];
+                if *slot != 0 {
+                    return Err(bad(format!("request {:?}: count entry [{layer},{x}] appears twice", r.id)));
+                }
+                *slot = c as u32;
             }
-            act.by_phase.insert(p.phase, v);
+            // A repeated entry would overwrite the first one's counts.
+            if act.by_phase.insert(p.phase, v).is_some() {
+                return Err(bad(format!("request {:?}: phase {:?} appears twice", r.id, p.phase)));
+            }
             act.tokens.insert(p.phase, p.tokens);
         }
         if requests.insert(r.id.clone(), act).is_some() {

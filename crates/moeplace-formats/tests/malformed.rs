@@ -256,3 +256,23 @@ fn parquet_float_ids_or_positions_are_refused_not_truncated() {
     let e = read_all(ParquetReader::open(&p, 16).unwrap()).unwrap_err();
     assert!(e.contains("fpos.parquet: column position") && e.contains("integers"), "{e}");
 }
+
+#[test]
+fn statistics_entries_given_twice_are_refused_not_overwritten() {
+    // The later entry used to replace the earlier one's count without a word.
+    let file = |coact: &str, phases: &str| {
+        format!(
+            r#"{{"format":"moeplace-stats","version":1,"layers":1,"experts":3,"top_k":2,"pairs":true,
+"request_vectors":true,"groups":[{{"family":null,"phase":null,"tokens":2,"load":[[2,1,1]],"coact":{coact},
+"transitions":[]}}],"requests":[{{"id":"r0","family":null,"phases":{phases}}}]}}"#
+        )
+    };
+    let one_phase = r#"[{"phase":null,"tokens":2,"counts":[[0,0,2],[0,1,1],[0,2,1]]}]"#;
+    let text = file("[[0,0,1,1],[0,0,2,1],[0,0,1,1]]", one_phase);
+    let e = stats_file::from_json(Path::new("s.json"), &text).unwrap_err().to_string();
+    assert!(e.contains("s.json") && e.contains("[0,0,1]") && e.contains("twice"), "{e}");
+    let twice = r#"[{"phase":null,"tokens":1,"counts":[[0,0,1],[0,1,1]]},{"phase":null,"tokens":1,"counts":[[0,0,1],[0,2,1]]}]"#;
+    let text = file("[[0,0,1,1],[0,0,2,1]]", twice);
+    let e = stats_file::from_json(Path::new("s.json"), &text).unwrap_err().to_string();
+    assert!(e.contains("s.json") && e.contains("r0") && e.contains("twice"), "{e}");
+}
