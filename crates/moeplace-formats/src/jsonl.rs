@@ -42,7 +42,7 @@ struct Line<'a> {
     family: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     phase: Option<Phase>,
-    #[serde(default)]
+    /// Required (docs/FORMATS.md): a missing one must not read as 0.
     position: u32,
     experts: Vec<Vec<i64>>,
     #[serde(default)]

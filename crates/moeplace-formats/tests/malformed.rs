@@ -276,3 +276,14 @@ fn statistics_entries_given_twice_are_refused_not_overwritten() {
     let e = stats_file::from_json(Path::new("s.json"), &text).unwrap_err().to_string();
     assert!(e.contains("s.json") && e.contains("r0") && e.contains("twice"), "{e}");
 }
+
+#[test]
+fn jsonl_token_without_position_is_refused() {
+    // FORMATS.md makes `position` required; a missing one was read as 0.
+    let dir = tempfile::tempdir().unwrap();
+    let header = r#"{"format":"moeplace-trace","version":1,"layers":2,"experts":4,"top_k":2}"#;
+    let token = r#"{"request":"r0","position":0,"experts":[[0,1],[2,3]]}"#;
+    let p = write(dir.path(), "nopos.jsonl", &format!("{header}\n{token}\n{}\n", token.replace("\"position\":0,", "")));
+    let e = read_all(JsonlReader::open(&p, 16).unwrap()).unwrap_err();
+    assert!(e.contains("nopos.jsonl:3:") && e.contains("position"), "{e}");
+}
