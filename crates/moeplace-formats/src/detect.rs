@@ -123,5 +123,16 @@ pub fn open_trace(path: &Path, opts: &ReadOptions) -> Result<Box<dyn TraceReader
         TraceFormat::Parquet => Box::new(parquet::ParquetReader::open(path, opts.batch_tokens)?),
         TraceFormat::Sglang => Box::new(sglang::SglangReader::open(path, opts.batch_tokens)?),
     };
+    // Formats that record the shape ignore these options; a different value means
+    // the user expects another model than the file holds.
+    let shape = reader.shape();
+    for (flag, given, recorded) in [("--experts", opts.experts, shape.experts), ("--top-k", opts.top_k, shape.top_k)] {
+        if let Some(given) = given.filter(|&g| g != recorded) {
+            return Err(FormatError::file(
+                path,
+                format!("the trace records {recorded} for {flag} but {given} was given; drop {flag} or fix it"),
+            ));
+        }
+    }
     Ok(Box::new(ReadAhead::new(reader)))
 }

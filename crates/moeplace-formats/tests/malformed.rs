@@ -287,3 +287,18 @@ fn jsonl_token_without_position_is_refused() {
     let e = read_all(JsonlReader::open(&p, 16).unwrap()).unwrap_err();
     assert!(e.contains("nopos.jsonl:3:") && e.contains("position"), "{e}");
 }
+
+#[test]
+fn experts_or_top_k_options_that_disagree_with_the_trace_are_refused() {
+    // --experts/--top-k were ignored without a word by formats that record the shape.
+    let dir = tempfile::tempdir().unwrap();
+    let header = r#"{"format":"moeplace-trace","version":1,"layers":2,"experts":4,"top_k":2}"#;
+    let token = r#"{"request":"r0","position":0,"experts":[[0,1],[2,3]]}"#;
+    let p = write(dir.path(), "t.jsonl", &format!("{header}\n{token}\n"));
+    let opts = |experts, top_k| ReadOptions { experts, top_k, ..ReadOptions::default() };
+    let e = moeplace_formats::open_trace(&p, &opts(Some(8), None)).err().expect("refused").to_string();
+    assert!(e.contains("t.jsonl") && e.contains("--experts") && e.contains('8'), "{e}");
+    let e = moeplace_formats::open_trace(&p, &opts(None, Some(3))).err().expect("refused").to_string();
+    assert!(e.contains("t.jsonl") && e.contains("--top-k"), "{e}");
+    assert!(moeplace_formats::open_trace(&p, &opts(Some(4), Some(2))).is_ok());
+}
