@@ -135,9 +135,22 @@ impl SglangReader {
                 let id = field(&v, "request_id", path, line)?
                     .as_str()
                     .ok_or_else(|| FormatError::line(path, line, "`request_id` must be a string"))?;
-                let prompt_len =
-                    v.get("input_token_ids").and_then(Value::as_array).map(|a| a.len() as u32).unwrap_or(0);
-                let family = v.get("family").and_then(Value::as_str).map(str::to_string);
+                // Absent: prompt length 0. Present, it must be the list (its length places
+                // the decode tokens).
+                let prompt_len = match v.get("input_token_ids") {
+                    None | Some(Value::Null) => 0,
+                    Some(ids) => ids.as_array().map(|a| a.len() as u32).ok_or_else(|| {
+                        FormatError::line(path, line, "`input_token_ids` must be a list of token ids")
+                    })?,
+                };
+                let family = match v.get("family") {
+                    None | Some(Value::Null) => None,
+                    Some(f) => Some(
+                        f.as_str()
+                            .ok_or_else(|| FormatError::line(path, line, "`family` must be a string"))?
+                            .to_string(),
+                    ),
+                };
                 self.requests.insert(id.to_string(), RequestInfo { prompt_len, family });
             }
             "observed-dispatch" => {

@@ -302,3 +302,19 @@ fn experts_or_top_k_options_that_disagree_with_the_trace_are_refused() {
     assert!(e.contains("t.jsonl") && e.contains("--top-k"), "{e}");
     assert!(moeplace_formats::open_trace(&p, &opts(Some(4), Some(2))).is_ok());
 }
+
+#[test]
+fn sglang_request_row_with_wrong_types_is_refused() {
+    // A non-list prompt read as length 0 (moving every decode position), a non-text
+    // family as no family.
+    let dir = tempfile::tempdir().unwrap();
+    let row = sglang_row("decode", 0);
+    for (name, request) in [
+        ("ids.jsonl", r#"{"row_type":"request","request_id":"p0","input_token_ids":5}"#),
+        ("fam.jsonl", r#"{"row_type":"request","request_id":"p0","input_token_ids":[1],"family":7}"#),
+    ] {
+        let p = write(dir.path(), name, &format!("{SGLANG_HEADER}\n{request}\n{row}\n"));
+        let e = read_all(SglangReader::open(&p, 16).unwrap()).unwrap_err();
+        assert!(e.contains(&format!("{name}:2:")) && e.contains("must be"), "{e}");
+    }
+}
