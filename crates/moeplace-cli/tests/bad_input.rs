@@ -210,3 +210,18 @@ fn plan_refuses_a_previous_plan_of_another_layout() {
     assert!(err.contains("a.json") && err.contains("previous plan has 2 GPUs"), "{err}");
     assert!(!b.exists(), "no plan written");
 }
+
+#[test]
+fn eval_report_layer_without_report_is_refused() {
+    // It was accepted and did nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
+    let plan = d.join("p.json");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = moeplace(&["plan", "--placer", "linear", "--trace", &s(&trace), "--gpus", "2", "-o", &s(&plan)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = moeplace(&["eval", "--trace", &s(&trace), "--plan", &s(&plan), "--report-layer", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--report"), "{err}");
+}

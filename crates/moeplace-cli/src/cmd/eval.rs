@@ -63,7 +63,7 @@ pub struct Args {
     #[arg(long, value_name = "OUT.html")]
     report: Option<PathBuf>,
     /// Layer of the report's co-activation heatmap (default: the middle layer).
-    #[arg(long, value_name = "L")]
+    #[arg(long, value_name = "L", requires = "report")]
     report_layer: Option<usize>,
 }
 
