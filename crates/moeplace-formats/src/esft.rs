@@ -169,9 +169,17 @@ impl EsftReader {
             if n == 0 {
                 ended += 1;
                 first_ended.get_or_insert(layer);
+            } else {
+                first_going.get_or_insert(layer);
+            }
+            // One file ended where another goes on: reported below, before any
+            // comparison of this line across files could blame the wrong file.
+            if first_ended.is_some() && first_going.is_some() {
+                break;
+            }
+            if n == 0 {
                 continue;
             }
-            first_going.get_or_insert(layer);
             // Every line of a layer file ends with a newline; a prefix of a line is often
             // itself a valid line (a weight or an id cut short), so one without is refused.
             if !self.line.ends_with('\n') {
@@ -254,7 +262,7 @@ impl EsftReader {
                 line_no,
                 format!(
                     "this layer file ends before line {line_no} but {} has it: layer files of family {} have \
-                     different numbers of lines ({ended} of {l_count} ended here)",
+                     different numbers of lines",
                     fam.files[going].0.display(),
                     fam.name
                 ),

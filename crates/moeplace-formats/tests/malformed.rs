@@ -318,3 +318,18 @@ fn sglang_request_row_with_wrong_types_is_refused() {
         assert!(e.contains(&format!("{name}:2:")) && e.contains("must be"), "{e}");
     }
 }
+
+#[test]
+fn esft_short_first_layer_file_is_named_even_when_later_lines_differ() {
+    // Layer 1's file ends first; the line of layers 2 and 3 disagree in length. The
+    // error blamed layer 3 "against layer 1's file", a line that does not exist.
+    let dir = tempfile::tempdir().unwrap();
+    let fam = dir.path().join("law");
+    std::fs::create_dir(&fam).unwrap();
+    let line = "1\t2\t3\t4\t5\t6\n";
+    write(&fam, "expert_weights_1.txt", line);
+    write(&fam, "expert_weights_2.txt", &line.repeat(2));
+    write(&fam, "expert_weights_3.txt", &format!("{line}1\t2\t3\t4\t5\t6\t1\t2\t3\t4\t5\t6\n"));
+    let e = read_all(EsftReader::open(dir.path(), &ReadOptions::default()).unwrap()).unwrap_err();
+    assert!(e.contains("expert_weights_1.txt:2:") && e.contains("different numbers of lines"), "{e}");
+}
