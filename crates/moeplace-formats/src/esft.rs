@@ -186,7 +186,8 @@ impl EsftReader {
                 return Err(FormatError::line(
                     path,
                     line_no,
-                    "truncated: the last line has no line end (a file cut off while copying or writing?)",
+                    "truncated: the last line has no line end (a file cut off while copying or writing? if the file is \
+                     whole, end it with a newline)",
                 ));
             }
             let text = self.line.trim_end_matches(['\n', '\r']);
