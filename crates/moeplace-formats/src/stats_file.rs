@@ -189,6 +189,10 @@ pub fn read(path: &Path) -> Result<Statistics, FormatError> {
     from_json(path, &text)
 }
 
+/// Most cells of a dense pair table (layers x experts^2) a statistics file may ask
+/// for: 2^30 (8 GiB of counts); DeepSeek-V3 needs 58 x 256^2, about 3.8 million.
+pub const MAX_PAIR_CELLS: usize = 1 << 30;
+
 /// Parses statistics text; `path` is only used in messages.
 pub fn from_json(path: &Path, text: &str) -> Result<Statistics, FormatError> {
     if text.trim().is_empty() {
@@ -209,6 +213,14 @@ pub fn from_json(path: &Path, text: &str) -> Result<Statistics, FormatError> {
         ModelShape::new(repr.layers, repr.experts, repr.top_k).map_err(|e| FormatError::file(path, e.to_string()))?;
     let (l, e) = (shape.layers, shape.experts);
     let bad = |what: String| FormatError::file(path, what);
+    // Pair tables are dense (layers x experts^2 per group) while the file lists only
+    // the counts that are not zero: a small file could otherwise ask for any memory.
+    if repr.pairs && l.saturating_mul(e).saturating_mul(e) > MAX_PAIR_CELLS {
+        return Err(bad(format!(
+            "pair counts of {l} layers x {e} experts need {l} x {e}^2 cells, more than the {MAX_PAIR_CELLS} \
+             this build holds"
+        )));
+    }
     let mut groups = BTreeMap::new();
     for (gi, g) in repr.groups.into_iter().enumerate() {
         if g.load.len() != l || g.load.iter().any(|r| r.len() != e) {

@@ -333,3 +333,17 @@ fn esft_short_first_layer_file_is_named_even_when_later_lines_differ() {
     let e = read_all(EsftReader::open(dir.path(), &ReadOptions::default()).unwrap()).unwrap_err();
     assert!(e.contains("expert_weights_1.txt:2:") && e.contains("different numbers of lines"), "{e}");
 }
+
+#[test]
+fn statistics_whose_pair_tables_would_not_fit_are_refused() {
+    // One layer of 65536 experts: a file of a few hundred KB whose dense pair tables
+    // would take 2^32 cells each.
+    let load = vec!["0"; 65536].join(",");
+    let text = format!(
+        r#"{{"format":"moeplace-stats","version":1,"layers":1,"experts":65536,"top_k":1,"pairs":true,
+"request_vectors":false,"groups":[{{"family":null,"phase":null,"tokens":0,"load":[[{load}]],"coact":[],
+"transitions":[]}}],"requests":[]}}"#
+    );
+    let e = stats_file::from_json(Path::new("s.json"), &text).unwrap_err().to_string();
+    assert!(e.contains("s.json") && e.contains("pair counts") && e.contains("65536"), "{e}");
+}
