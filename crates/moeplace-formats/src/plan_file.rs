@@ -260,7 +260,13 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
         parameters: serde_json::from_value(pv.get("parameters").cloned().unwrap_or(Value::Object(Default::default())))
             .map_err(|e| part(path, "provenance", format!("`parameters` must map names to strings: {e}")))?,
         seed: pv.get("seed").and_then(Value::as_u64).ok_or_else(|| part(path, "provenance", "`seed` missing"))?,
-        input_digest: pv.get("input_digest").and_then(Value::as_str).unwrap_or_default().to_string(),
+        // Optional (plans written by hand may lack it), but a string when present.
+        input_digest: match pv.get("input_digest") {
+            None | Some(Value::Null) => String::new(),
+            Some(d) => {
+                d.as_str().ok_or_else(|| part(path, "provenance", "`input_digest` must be a string"))?.to_string()
+            }
+        },
     };
     let notes = match v.get("notes") {
         None | Some(Value::Null) => BTreeMap::new(),

@@ -347,3 +347,12 @@ fn statistics_whose_pair_tables_would_not_fit_are_refused() {
     let e = stats_file::from_json(Path::new("s.json"), &text).unwrap_err().to_string();
     assert!(e.contains("s.json") && e.contains("pair counts") && e.contains("65536"), "{e}");
 }
+
+#[test]
+fn plan_whose_input_digest_is_not_a_string_is_refused() {
+    let good = plan_text("1", r#""num_slots":4"#, "[[0,1,2,3]]");
+    assert!(plan_file::from_json(Path::new("p.json"), &good).is_ok());
+    let text = good.replace(r#""seed":0"#, r#""seed":0,"input_digest":42"#);
+    let e = plan_file::from_json(Path::new("p.json"), &text).unwrap_err().to_string();
+    assert!(e.contains("p.json") && e.contains("input_digest"), "{e}");
+}
