@@ -169,10 +169,68 @@ fn uint(path: &Path, v: &Value, key: &str) -> Result<usize, FormatError> {
         .ok_or_else(|| part(path, key, "must be a non-negative integer"))
 }
 
+/// A JSON value read with every object's keys distinct: plain `Value` parsing keeps
+/// the last of two equal keys, so a hand-edited plan with `physical_to_logical_map`
+/// twice would silently lose one of them.
+struct NoDuplicateKeys(Value);
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeysVisitor).map(NoDuplicateKeys)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, x: bool) -> Result<Value, E> {
+        Ok(Value::Bool(x))
+    }
+    fn visit_i64<E>(self, x: i64) -> Result<Value, E> {
+        Ok(Value::from(x))
+    }
+    fn visit_u64<E>(self, x: u64) -> Result<Value, E> {
+        Ok(Value::from(x))
+    }
+    fn visit_f64<E>(self, x: f64) -> Result<Value, E> {
+        Ok(Value::from(x))
+    }
+    fn visit_str<E>(self, x: &str) -> Result<Value, E> {
+        Ok(Value::String(x.to_string()))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+        while let Some(NoDuplicateKeys(x)) = seq.next_element()? {
+            items.push(x);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("key {key:?} appears twice in one object")));
+            }
+            let NoDuplicateKeys(x) = map.next_value()?;
+            out.insert(key, x);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// Parses and validates plan text (`path` names it in errors).
 pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| FormatError::line(path, e.line() as u64, format!("not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_str::<NoDuplicateKeys>(text)
+        .map_err(|e| FormatError::line(path, e.line() as u64, format!("not valid JSON: {e}")))?
+        .0;
     let obj = v.as_object().ok_or_else(|| FormatError::file(path, "a plan is a JSON object"))?;
     const KNOWN: &[&str] = &[
         "format",

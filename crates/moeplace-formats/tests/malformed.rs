@@ -356,3 +356,15 @@ fn plan_whose_input_digest_is_not_a_string_is_refused() {
     let e = plan_file::from_json(Path::new("p.json"), &text).unwrap_err().to_string();
     assert!(e.contains("p.json") && e.contains("input_digest"), "{e}");
 }
+
+#[test]
+fn plan_with_a_key_given_twice_is_refused() {
+    let good = plan_text("1", r#""num_slots":4"#, "[[0,1,2,3]]");
+    // The second map is a valid plan too; with plain JSON parsing it silently won.
+    let text = good.replace(r#""provenance""#, r#""physical_to_logical_map":[[3,2,1,0]],"provenance""#);
+    let e = plan_file::from_json(Path::new("p.json"), &text).unwrap_err().to_string();
+    assert!(e.contains("p.json:2") && e.contains("physical_to_logical_map") && e.contains("twice"), "{e}");
+    // Keys repeated in different objects are fine.
+    let nested = good.replace(r#""seed":0"#, r#""seed":0,"parameters":{"seed":"1"}"#);
+    assert!(plan_file::from_json(Path::new("p.json"), &nested).is_ok());
+}
