@@ -292,18 +292,18 @@ fn homes_per_request(
             }
         }
     }
-    let mut taken: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    // Requests given to each GPU of each family's group so far.
+    let mut given: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     let mut homes = HashMap::new();
     for name in &order {
-        let (family, counts, _) = &score[name];
+        let (family, served, _) = &score[name];
         let gpus = &groups[family];
-        let taken = taken.entry(family.as_str()).or_insert_with(|| vec![0; gpus.len()]);
-        let assigned: usize = taken.iter().sum();
-        let cap = ((assigned + 1) as f64 * 1.25 / gpus.len() as f64).ceil() as usize;
+        let given = given.entry(family.as_str()).or_insert_with(|| vec![0; gpus.len()]);
+        let cap = ((given.iter().sum::<usize>() + 1) as f64 * 1.25 / gpus.len() as f64).ceil() as usize;
         let mut ranked: Vec<usize> = (0..gpus.len()).collect();
-        ranked.sort_by_key(|&i| (std::cmp::Reverse(counts[i]), i));
-        let i = ranked.iter().copied().find(|&i| taken[i] < cap).unwrap_or(ranked[0]);
-        taken[i] += 1;
+        ranked.sort_by_key(|&i| (std::cmp::Reverse(served[i]), i));
+        let i = ranked.iter().copied().find(|&i| given[i] < cap).unwrap_or(ranked[0]);
+        given[i] += 1;
         homes.insert(name.clone(), gpus[i]);
     }
     homes
