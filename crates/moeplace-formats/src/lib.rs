@@ -16,6 +16,7 @@
 //! - [`read_ahead`]: decoding trace batches on a thread of their own.
 //! - [`export`]: plans in serving engines' formats, and readers for them.
 //! - [`report_html`]: the self-contained HTML report of `eval --report`.
+//! - [`writer`]: writing a trace in any writable format, chosen by name or extension.
 //!
 //! The schemas are documented in docs/FORMATS.md.
 
@@ -34,6 +35,7 @@ pub mod read_ahead;
 pub mod report_html;
 pub mod sglang;
 pub mod stats_file;
+pub mod writer;
 
 pub use detect::{open_trace, ReadOptions, TraceFormat, TraceReader};
 pub use error::FormatError;

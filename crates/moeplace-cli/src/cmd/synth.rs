@@ -1,14 +1,13 @@
 //! `moeplace synth`: write a synthetic multi-task routing trace (docs/SYNTH.md).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use moeplace_core::stats::{ProfileOptions, Statistics, StatisticsBuilder};
 use moeplace_core::synth::{self, LengthDist, SynthConfig, PRESETS};
 use moeplace_core::trace::{ModelShape, TokenBatch};
-use moeplace_formats::jsonl::JsonlWriter;
-use moeplace_formats::parquet::ParquetWriter;
-use moeplace_formats::{stats_file, TraceFormat};
+use moeplace_formats::stats_file;
+use moeplace_formats::writer::{output_format, TraceWriter};
 
 /// Write a synthetic routing trace with the structure real multi-task traces have:
 /// skewed expert load, family-specific and generic experts, co-activation clusters,
@@ -83,18 +82,6 @@ pub struct Args {
     compare: bool,
 }
 
-fn output_format(path: &Path, to: Option<&str>) -> Result<TraceFormat> {
-    if let Some(t) = to {
-        return TraceFormat::parse(t).ok_or_else(|| anyhow::anyhow!("unknown output format {t:?}"));
-    }
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("jsonl") => Ok(TraceFormat::Jsonl),
-        Some("parquet") => Ok(TraceFormat::Parquet),
-        Some("npz") => Ok(TraceFormat::Npz),
-        _ => bail!("{}: cannot tell the output format from the name; use --to jsonl|parquet|npz", path.display()),
-    }
-}
-
 /// The configuration the options describe.
 fn build_config(args: &Args) -> Result<(SynthConfig, Option<Statistics>)> {
     let shape = match (args.layers, args.experts, args.top_k) {
@@ -164,35 +151,12 @@ pub fn run(args: Args) -> Result<()> {
         }
         Ok(())
     };
-    let stream = synth::generate(&config, args.seed)?;
-    match format {
-        TraceFormat::Jsonl => {
-            let mut w = JsonlWriter::create(&args.output, shape)?;
-            for b in stream {
-                each(&b)?;
-                w.write_batch(&b)?;
-            }
-            w.finish()?;
-        }
-        TraceFormat::Parquet => {
-            let mut w = ParquetWriter::create(&args.output, shape)?;
-            for b in stream {
-                each(&b)?;
-                w.write_batch(&b)?;
-            }
-            w.finish()?;
-        }
-        TraceFormat::Npz => {
-            // NumPy archives are written whole: the trace is held in memory.
-            let mut batches = Vec::new();
-            for b in stream {
-                each(&b)?;
-                batches.push(b);
-            }
-            moeplace_formats::npz::write_npz(&args.output, shape, &batches)?;
-        }
-        other => bail!("writing {} traces is not available", other.name()),
+    let mut w = TraceWriter::create(&args.output, format, shape)?;
+    for b in synth::generate(&config, args.seed)? {
+        each(&b)?;
+        w.write_batch(b)?;
     }
+    w.finish()?;
     eprintln!("wrote {tokens} synthetic tokens ({shape}) to {}", args.output.display());
     if let (Some(real), Some(synth_stats)) = (real, stats) {
         if real.shape() != shape {
