@@ -2,20 +2,13 @@
 //! naming the file, the line (or row, or JSON key) and what is wrong.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
 use moeplace_core::trace::TokenBatch;
 use moeplace_formats::detect::{ReadOptions, TraceReader};
 use moeplace_formats::esft::EsftReader;
 use moeplace_formats::jsonl::JsonlReader;
-use moeplace_formats::parquet::ParquetReader;
 use moeplace_formats::sglang::SglangReader;
 use moeplace_formats::{cluster_file, npz, plan_file, stats_file};
-use parquet::arrow::ArrowWriter;
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -138,74 +131,6 @@ fn npz_missing_file_is_reported_as_missing_not_empty() {
     assert!(e.contains("absent.npz") && !e.contains("empty file"), "{e}");
 }
 
-/// A Parquet trace (2 layers x top-2 of 4 experts) whose `experts` and optional
-/// `gate_weights` columns are given as they are, `position` as Int64.
-fn write_parquet(path: &Path, positions: Vec<i64>, experts: Int64Array, weights: Option<Float32Array>) {
-    write_parquet_of(path, Arc::new(Int64Array::from(positions)), Arc::new(experts), weights);
-}
-
-/// Same, with the `position` column and the `experts` items of any type.
-fn write_parquet_of(path: &Path, positions: ArrayRef, experts: ArrayRef, weights: Option<Float32Array>) {
-    let rows = positions.len();
-    let item = Arc::new(Field::new("item", experts.data_type().clone(), true));
-    let witem = Arc::new(Field::new("item", DataType::Float32, true));
-    let mut fields = vec![
-        Field::new("request", DataType::Utf8, false),
-        Field::new("position", positions.data_type().clone(), false),
-        Field::new("experts", DataType::FixedSizeList(item.clone(), 4), false),
-    ];
-    let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values((0..rows).map(|_| "r0"))),
-        positions,
-        Arc::new(FixedSizeListArray::try_new(item, 4, experts, None).unwrap()),
-    ];
-    if let Some(w) = weights {
-        fields.push(Field::new("gate_weights", DataType::FixedSizeList(witem.clone(), 4), false));
-        cols.push(Arc::new(FixedSizeListArray::try_new(witem, 4, Arc::new(w), None).unwrap()));
-    }
-    let schema = Arc::new(Schema::new(fields));
-    let kv = [
-        ("moeplace.format", "moeplace-trace"),
-        ("moeplace.version", "1"),
-        ("moeplace.layers", "2"),
-        ("moeplace.experts", "4"),
-        ("moeplace.top_k", "2"),
-    ]
-    .map(|(k, v)| KeyValue::new(k.to_string(), v.to_string()));
-    let props = WriterProperties::builder().set_key_value_metadata(Some(kv.to_vec())).build();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema.clone(), Some(props)).unwrap();
-    w.write(&RecordBatch::try_new(schema, cols).unwrap()).unwrap();
-    w.close().unwrap();
-}
-
-#[test]
-fn parquet_negative_or_huge_values_are_named_not_called_null() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = || vec![0, 1, 2, 3];
-    let p = dir.path().join("neg.parquet");
-    write_parquet(&p, vec![0, 1], Int64Array::from([good(), vec![0, 1, -1, 3]].concat()), None);
-    let e = read_all(ParquetReader::open(&p, 16).unwrap()).unwrap_err();
-    assert!(e.contains("neg.parquet: row 1") && e.contains("-1") && !e.contains("null"), "{e}");
-    let p = dir.path().join("big.parquet");
-    write_parquet(&p, vec![0, 1], Int64Array::from([good(), vec![0, 1, 70000, 3]].concat()), None);
-    let e = read_all(ParquetReader::open(&p, 16).unwrap()).unwrap_err();
-    assert!(e.contains("big.parquet: row 1") && e.contains("70000") && !e.contains("null"), "{e}");
-    let p = dir.path().join("pos.parquet");
-    write_parquet(&p, vec![0, -5], Int64Array::from([good(), good()].concat()), None);
-    let e = read_all(ParquetReader::open(&p, 16).unwrap()).unwrap_err();
-    assert!(e.contains("pos.parquet: row 1") && e.contains("-5") && !e.contains("null"), "{e}");
-}
-
-#[test]
-fn parquet_null_gate_weight_is_refused_not_read_as_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("w.parquet");
-    let w = Float32Array::from(vec![Some(0.5), Some(0.5), Some(0.5), Some(0.5), Some(0.5), None, Some(0.5), Some(0.5)]);
-    write_parquet(&p, vec![0, 1], Int64Array::from(vec![0, 1, 2, 3, 0, 1, 2, 3]), Some(w));
-    let e = read_all(ParquetReader::open(&p, 16).unwrap()).unwrap_err();
-    assert!(e.contains("w.parquet: row 1") && e.contains("gate_weights"), "{e}");
-}
-
 #[test]
 fn statistics_sampled_token_with_an_expert_twice_is_refused() {
     let text = r#"{"format":"moeplace-stats","version":1,"layers":1,"experts":2,"top_k":2,"pairs":false,
@@ -239,22 +164,6 @@ fn jsonl_with_a_huge_batch_size_reads_without_reserving_it() {
     let p = write(dir.path(), "t.jsonl", &format!("{header}\n{token}\n"));
     let batches = read_all(JsonlReader::open(&p, 1_000_000_000_000_000_000).unwrap()).unwrap();
     assert_eq!(batches.iter().map(TokenBatch::len).sum::<usize>(), 1);
-}
-
-#[test]
-fn parquet_float_ids_or_positions_are_refused_not_truncated() {
-    // Floats were cast to integers: expert id 1.7 read as 1, position 1.5 as 1.
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("fid.parquet");
-    let ids = Float64Array::from(vec![0.0, 1.0, 2.0, 3.0, 0.0, 1.7, 2.0, 3.0]);
-    write_parquet_of(&p, Arc::new(Int64Array::from(vec![0, 1])), Arc::new(ids), None);
-    let e = read_all(ParquetReader::open(&p, 16).unwrap()).unwrap_err();
-    assert!(e.contains("fid.parquet: column experts") && e.contains("integers"), "{e}");
-    let p = dir.path().join("fpos.parquet");
-    let ids = Int64Array::from(vec![0, 1, 2, 3, 0, 1, 2, 3]);
-    write_parquet_of(&p, Arc::new(Float64Array::from(vec![0.0, 1.5])), Arc::new(ids), None);
-    let e = read_all(ParquetReader::open(&p, 16).unwrap()).unwrap_err();
-    assert!(e.contains("fpos.parquet: column position") && e.contains("integers"), "{e}");
 }
 
 #[test]

@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, FixedSizeListArray, RecordBatch, StringArray, UInt16Array, UInt32Array};
+use arrow::array::{
+    ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray, UInt16Array,
+    UInt32Array,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use moeplace_core::trace::{ModelShape, Phase, TokenBatch, TokenRef};
 use moeplace_formats::parquet::{ParquetReader, ParquetWriter};
@@ -37,6 +40,12 @@ fn write_list_file(path: &Path, experts_name: &str, width: usize, ids: &[Vec<u16
         Arc::new(UInt32Array::from_iter_values((0..rows as u32).map(|i| i % 3))),
         Arc::new(experts),
     ];
+    write_columns(path, schema, cols, version);
+}
+
+/// Writes one record batch with the trace metadata of a 2-layer, 4-expert, top-2
+/// model (file format `version`).
+fn write_columns(path: &Path, schema: Arc<Schema>, cols: Vec<ArrayRef>, version: &str) {
     let kv = [
         ("moeplace.format", "moeplace-trace"),
         ("moeplace.version", version),
@@ -124,4 +133,76 @@ fn bad_files_name_the_file_and_the_row_or_column() {
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
     let err = read_all(&cut).expect_err("truncated");
     assert!(err.contains("cut.parquet"), "{err}");
+}
+
+/// A Parquet trace (2 layers x top-2 of 4 experts) whose `experts` and optional
+/// `gate_weights` columns are given as they are, `position` as Int64.
+fn write_parquet(path: &Path, positions: Vec<i64>, experts: Int64Array, weights: Option<Float32Array>) {
+    write_parquet_of(path, Arc::new(Int64Array::from(positions)), Arc::new(experts), weights);
+}
+
+/// Same, with the `position` column and the `experts` items of any type.
+fn write_parquet_of(path: &Path, positions: ArrayRef, experts: ArrayRef, weights: Option<Float32Array>) {
+    let rows = positions.len();
+    let item = Arc::new(Field::new("item", experts.data_type().clone(), true));
+    let witem = Arc::new(Field::new("item", DataType::Float32, true));
+    let mut fields = vec![
+        Field::new("request", DataType::Utf8, false),
+        Field::new("position", positions.data_type().clone(), false),
+        Field::new("experts", DataType::FixedSizeList(item.clone(), 4), false),
+    ];
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values((0..rows).map(|_| "r0"))),
+        positions,
+        Arc::new(FixedSizeListArray::try_new(item, 4, experts, None).unwrap()),
+    ];
+    if let Some(w) = weights {
+        fields.push(Field::new("gate_weights", DataType::FixedSizeList(witem.clone(), 4), false));
+        cols.push(Arc::new(FixedSizeListArray::try_new(witem, 4, Arc::new(w), None).unwrap()));
+    }
+    write_columns(path, Arc::new(Schema::new(fields)), cols, "1");
+}
+
+#[test]
+fn parquet_negative_or_huge_values_are_named_not_called_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = || vec![0, 1, 2, 3];
+    let p = dir.path().join("neg.parquet");
+    write_parquet(&p, vec![0, 1], Int64Array::from([good(), vec![0, 1, -1, 3]].concat()), None);
+    let e = read_all(&p).unwrap_err();
+    assert!(e.contains("neg.parquet: row 1") && e.contains("-1") && !e.contains("null"), "{e}");
+    let p = dir.path().join("big.parquet");
+    write_parquet(&p, vec![0, 1], Int64Array::from([good(), vec![0, 1, 70000, 3]].concat()), None);
+    let e = read_all(&p).unwrap_err();
+    assert!(e.contains("big.parquet: row 1") && e.contains("70000") && !e.contains("null"), "{e}");
+    let p = dir.path().join("pos.parquet");
+    write_parquet(&p, vec![0, -5], Int64Array::from([good(), good()].concat()), None);
+    let e = read_all(&p).unwrap_err();
+    assert!(e.contains("pos.parquet: row 1") && e.contains("-5") && !e.contains("null"), "{e}");
+}
+
+#[test]
+fn parquet_null_gate_weight_is_refused_not_read_as_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("w.parquet");
+    let w = Float32Array::from(vec![Some(0.5), Some(0.5), Some(0.5), Some(0.5), Some(0.5), None, Some(0.5), Some(0.5)]);
+    write_parquet(&p, vec![0, 1], Int64Array::from(vec![0, 1, 2, 3, 0, 1, 2, 3]), Some(w));
+    let e = read_all(&p).unwrap_err();
+    assert!(e.contains("w.parquet: row 1") && e.contains("gate_weights"), "{e}");
+}
+
+#[test]
+fn parquet_float_ids_or_positions_are_refused_not_truncated() {
+    // Floats were cast to integers: expert id 1.7 read as 1, position 1.5 as 1.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("fid.parquet");
+    let ids = Float64Array::from(vec![0.0, 1.0, 2.0, 3.0, 0.0, 1.7, 2.0, 3.0]);
+    write_parquet_of(&p, Arc::new(Int64Array::from(vec![0, 1])), Arc::new(ids), None);
+    let e = read_all(&p).unwrap_err();
+    assert!(e.contains("fid.parquet: column experts") && e.contains("integers"), "{e}");
+    let p = dir.path().join("fpos.parquet");
+    let ids = Int64Array::from(vec![0, 1, 2, 3, 0, 1, 2, 3]);
+    write_parquet_of(&p, Arc::new(Float64Array::from(vec![0.0, 1.5])), Arc::new(ids), None);
+    let e = read_all(&p).unwrap_err();
+    assert!(e.contains("fpos.parquet: column position") && e.contains("integers"), "{e}");
 }
