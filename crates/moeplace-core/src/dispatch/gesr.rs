@@ -23,8 +23,9 @@
 //!    Jain 0.991, the ablation table of `moeplace experiment tacg`; `join_nodes`);
 //! 5. the least loaded candidate (ties: the lower slot).
 //!
-//! Picks with one copy (or with a copy at home) are fixed first, so a later pick can
-//! still join a GPU an earlier pick must use.
+//! Picks with one copy are fixed first, so a later pick can still join a GPU an
+//! earlier pick must use. (A copy at home is not forced: it too must be within the
+//! tolerance.)
 //!
 //! Recent load: at serving time, [`DecayedLoad`] keeps the exponentially decayed
 //! average of picks served per GPU (`avg = decay * avg + (1 - decay) * served` per
@@ -33,7 +34,7 @@
 //! per GPU in the current replay chunk (`dispatch` module documentation), so the
 //! replay uses that window in place of the decayed average.
 
-use super::{sends_to_node, DispatchContext, Dispatcher, PENDING};
+use super::{fix_forced, sends_to_node, DispatchContext, Dispatcher, PENDING};
 
 /// The `gesr` dispatcher; `theta` is the load tolerance.
 pub struct Gesr {
@@ -112,24 +113,14 @@ impl Dispatcher for Gesr {
     }
 
     fn about(&self) -> &'static str {
-        "copies within 15% of the least loaded: home GPU, else a GPU already sent to, else home node, else a node already sent to, else least loaded"
+        "copies within 15% of the least loaded (or of the mean): home GPU, else a GPU already sent to, else home node, else a node already sent to, else least loaded"
     }
 
     fn dispatch(&self, ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]) {
-        let home = ctx.home as u32;
-        let mut pending = false;
-        for (o, &e) in out.iter_mut().zip(picks) {
-            let reps = ctx.replicas.gpus(ctx.layer, e as usize);
-            *o = if reps.len() == 1 {
-                reps[0]
-            } else {
-                pending = true;
-                PENDING
-            };
-        }
-        if !pending {
+        if !fix_forced(ctx, picks, out, false) {
             return;
         }
+        let home = ctx.home as u32;
         let mean = if self.mean_reference {
             ctx.loads.iter().sum::<u64>() as f64 / ctx.loads.len().max(1) as f64
         } else {

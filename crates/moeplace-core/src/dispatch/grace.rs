@@ -54,7 +54,7 @@ impl Dispatcher for Grace {
     }
 
     fn dispatch(&self, ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]) {
-        if !fix_forced(ctx, picks, out) {
+        if !fix_forced(ctx, picks, out, true) {
             return;
         }
         let base = mix(ctx.token_key ^ ((ctx.layer as u64) << 48));

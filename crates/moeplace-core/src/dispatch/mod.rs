@@ -92,16 +92,18 @@ pub struct DispatchContext<'a> {
 /// Marks a pick not yet given a GPU in the dispatchers that decide in two passes.
 pub(crate) const PENDING: u32 = u32::MAX;
 
-/// First pass of `nearest` and `grace`: a pick with one copy, or with a copy on the
-/// home GPU, takes it; the others are marked [`PENDING`]. Returns whether any is.
-pub(crate) fn fix_forced(ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]) -> bool {
+/// First pass of the two-pass dispatchers: a pick with one copy takes it, and with
+/// `home_first` (`nearest`, `grace`) so does a pick with a copy on the home GPU
+/// (`gesr` weighs that copy's load first); the others are marked [`PENDING`].
+/// Returns whether any is.
+pub(crate) fn fix_forced(ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32], home_first: bool) -> bool {
     let home = ctx.home as u32;
     let mut pending = false;
     for (o, &e) in out.iter_mut().zip(picks) {
         let reps = ctx.replicas.gpus(ctx.layer, e as usize);
         *o = if reps.len() == 1 {
             reps[0]
-        } else if reps.contains(&home) {
+        } else if home_first && reps.contains(&home) {
             home
         } else {
             pending = true;

@@ -27,7 +27,7 @@ impl Dispatcher for Nearest {
     }
 
     fn dispatch(&self, ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]) {
-        if !fix_forced(ctx, picks, out) {
+        if !fix_forced(ctx, picks, out, true) {
             return;
         }
         for i in 0..out.len() {

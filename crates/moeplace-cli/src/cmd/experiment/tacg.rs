@@ -216,38 +216,44 @@ fn ablation_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
         p.0.insert(k.into(), v.into());
         p
     };
-    let full = params_for("tacg+gesr", user);
     let mut both = with("alpha", "0");
     both.0.insert("eta".into(), "0".into());
     let gesr = Gesr { theta: s.theta, ..Gesr::default() };
     let paper = Gesr { theta: s.theta, mean_reference: false, ..Gesr::default() };
     let no_join = Gesr { theta: s.theta, join_nodes: false, ..Gesr::default() };
     let robust_label = format!("shift-robust (robust={ROBUST})");
-    let cases: Vec<(&str, usize, Params, &dyn Dispatcher)> = vec![
-        ("tacg+gesr (full)", 5, full.clone(), &gesr),
-        ("without task-modulated graph (alpha=0)", 5, with("alpha", "0"), &gesr),
-        ("without task preference (eta=0)", 5, with("eta", "0"), &gesr),
-        ("without either (alpha=0, eta=0)", 5, both, &gesr),
-        ("without replication (4 slots per GPU)", 4, full.clone(), &gesr),
-        ("gesr with the paper's tolerance (least loaded copy only)", 5, full.clone(), &paper),
-        ("gesr without the step to a node the token already crosses to", 5, full.clone(), &no_join),
-        ("replicas served by nearest instead of gesr", 5, full, &Nearest),
-        (&robust_label, 5, robust_params(user, ROBUST), &gesr),
+    // The full plan is made once; the rows that change only the dispatcher or the
+    // homes replay it (`None` below).
+    let (full, cluster, _) = plan(&s.stats, "tacg+gesr", 5, &params_for("tacg+gesr", user))?;
+    let groups = full.family_gpus.as_ref().context("tacg+gesr wrote no family GPUs")?;
+    // (label, a plan of its own: slots per GPU and parameters, dispatcher)
+    type Case<'a> = (&'a str, Option<(usize, Params)>, &'a dyn Dispatcher);
+    let cases: Vec<Case<'_>> = vec![
+        ("tacg+gesr (full)", None, &gesr),
+        ("without task-modulated graph (alpha=0)", Some((5, with("alpha", "0"))), &gesr),
+        ("without task preference (eta=0)", Some((5, with("eta", "0"))), &gesr),
+        ("without either (alpha=0, eta=0)", Some((5, both)), &gesr),
+        ("without replication (4 slots per GPU)", Some((4, params_for("tacg+gesr", user))), &gesr),
+        ("gesr with the paper's tolerance (least loaded copy only)", None, &paper),
+        ("gesr without the step to a node the token already crosses to", None, &no_join),
+        ("replicas served by nearest instead of gesr", None, &Nearest),
+        (&robust_label, Some((5, robust_params(user, ROBUST))), &gesr),
     ];
-    for (label, slots, p, d) in cases {
-        let o = run_one(&s.stats, &s.test, "tacg+gesr", slots, true, &p, d)?;
-        row(out, label, &o.result, &s.baseline, lpt_ref);
+    for (label, variant, d) in cases {
+        let r = match variant {
+            Some((slots, p)) => run_one(&s.stats, &s.test, "tacg+gesr", slots, true, &p, d)?.result,
+            None => simulate(&s.test, &full.placement, &cluster, d, &HomePolicy::Family(groups.clone()))?,
+        };
+        row(out, label, &r, &s.baseline, lpt_ref);
     }
     // Which GPU of the family's node a request lives on: chosen per request instead of
     // round-robin (a question the targets raise: can the home GPU itself serve more?).
-    let (o, cluster, _) = plan(&s.stats, "tacg+gesr", 5, &params_for("tacg+gesr", user))?;
-    let groups = o.family_gpus.as_ref().context("tacg+gesr wrote no family GPUs")?;
     for (label, prefix) in [
         (format!("homes per request in the family's GPUs, from its first {PREFIX_TOKENS} tokens"), Some(PREFIX_TOKENS)),
         ("homes per request in the family's GPUs, from all its tokens (oracle)".to_string(), None),
     ] {
-        let homes = HomePolicy::Request(homes_per_request(&s.test, &o.placement, groups, prefix));
-        let r = simulate(&s.test, &o.placement, &cluster, &gesr, &homes)?;
+        let homes = HomePolicy::Request(homes_per_request(&s.test, &full.placement, groups, prefix));
+        let r = simulate(&s.test, &full.placement, &cluster, &gesr, &homes)?;
         row(out, &label, &r, &s.baseline, lpt_ref);
     }
     out.push('\n');
