@@ -67,33 +67,41 @@ fn experiment_tacg_prints_tables() {
     let Some(data) = shared_data() else { return };
     let esft = data.join("esft-deepseek-v2-lite");
     let out = moeplace_ok(&["experiment", "tacg", "--data", esft.to_str().unwrap(), "--no-budget"]);
-    for heading in ["### Held-out ESFT", "### Ablations", "### Distribution shift"] {
+    for heading in ["### Held-out ESFT", "### Ablations", "### Distribution shift", "### Shift known in advance"] {
         assert!(out.contains(heading), "{heading} missing:\n{out}");
     }
+    let section = |heading: &str| out.split(heading).nth(1).unwrap().split("###").next().unwrap().to_string();
+    let (shifted, oracle_table) = (section("### Distribution shift"), section("### Shift known in advance"));
     assert!(out.contains("| tacg+gesr | 5 | family |"));
     assert_eq!(out.matches("| homes per request in the family's GPUs").count(), 2, "{out}");
-    // The shift-robust plan keeps Jain >= 0.98 under all eight shifts (docs/TACG.md).
-    let robust: Vec<f64> = out
-        .lines()
-        .filter(|l| l.contains("| tacg+gesr robust="))
-        .map(|l| l.split('|').nth(6).unwrap().trim().parse().unwrap())
-        .collect();
-    assert_eq!(robust.len(), 8, "{out}");
-    assert!(robust.iter().all(|&j| j >= 0.98), "{robust:?}");
-    // Under every shift the shifted family's node is nearer its fair share of the load
-    // with the shift-robust plan than with the default one (last column).
-    let node_load = |placer: &str| -> Vec<f64> {
-        out.lines()
+    // A numeric column of the rows of `placer` (named in column `at`) of a table.
+    let column = |table: &str, at: usize, placer: &str, column: usize| -> Vec<f64> {
+        table
+            .lines()
             .filter(|l| l.contains(" at 70% |") || l.contains(" absent |"))
-            .filter(|l| l.split('|').nth(3).unwrap().trim() == placer)
-            .map(|l| l.split('|').nth(9).unwrap().trim().trim_end_matches('x').parse().unwrap())
+            .filter(|l| l.split('|').nth(at).unwrap().trim() == placer)
+            .map(|l| l.split('|').nth(column).unwrap().trim().trim_end_matches('x').parse().unwrap())
             .collect()
     };
-    let (default, robust) = (node_load("tacg+gesr"), node_load("tacg+gesr robust=0.75"));
+    // The two shift-robust plans keep Jain >= 0.98 under all eight shifts (docs/TACG.md).
+    for placer in ["tacg+gesr robust=0.75", "tacg+gesr robust=2 locality=0.5"] {
+        let jain = column(&shifted, 3, placer, 6);
+        assert_eq!(jain.len(), 8, "{out}");
+        assert!(jain.iter().all(|&j| j >= 0.98), "{placer}: {jain:?}");
+    }
+    // Under every shift the shifted family's node is nearer its fair share of the load
+    // with the shift-robust plan than with the default one (last column).
+    let (default, robust) = (column(&shifted, 3, "tacg+gesr", 9), column(&shifted, 3, "tacg+gesr robust=0.75", 9));
     assert_eq!(default.len(), 8, "{out}");
     for (d, r) in default.iter().zip(&robust) {
         assert!((r - 1.0).abs() < (d - 1.0).abs(), "default {default:?}, robust {robust:?}");
     }
+    // coact planned from each shifted stream itself balances that stream better than
+    // coact planned from the even calibration mix.
+    let (even, oracle) = (column(&shifted, 3, "coact", 6), column(&oracle_table, 2, "coact", 6));
+    assert_eq!(oracle.len(), 8, "{oracle_table}");
+    assert!(even.iter().zip(&oracle).all(|(e, o)| o > e), "even mix {even:?}, oracle {oracle:?}");
+    assert!(out.contains("Largest remote-node cut at Jain >= 0.98: intent at 70% "), "{out}");
 }
 
 /// `plan` says what the token-level refinement did, and says so when the statistics

@@ -44,8 +44,8 @@
 //!    balanced for any blend of them: the calibration mix says nothing about
 //!    tomorrow's. The price is locality: a family's experts can no longer crowd into
 //!    its own group. On held-out ESFT (`moeplace experiment tacg`, shift table),
-//!    `tacg+gesr` with R = 0.75 keeps Jain at 0.987 or more under every shift, where
-//!    R = 0 falls to 0.923, at a remote-node cut of 24 to 27% instead of 28 to 35%
+//!    `tacg+gesr` with R = 0.75 keeps Jain at 0.985 or more under every shift, where
+//!    R = 0 falls to 0.890, at a remote-node cut of 24 to 27% instead of 28 to 35%
 //!    (docs/TACG.md).
 //!
 //! Parameters (`--param`): `alpha` (0.25; 0 = no task-modulated graph), `temperature`
@@ -96,7 +96,7 @@ pub(crate) fn tacg_params() -> Vec<ParamDoc> {
             name: "robust",
             default: "0",
             about: "weight of each family's own load balance, for traffic whose family mix may shift \
-                    (0.75 kept Jain >= 0.987 under the ESFT shifts; docs/TACG.md)",
+                    (0.75 kept Jain >= 0.985 under the ESFT shifts; docs/TACG.md)",
         },
     ];
     [&own[..], &PARTITION_DOCS[..], &REFINE_DOCS[..]].concat()
