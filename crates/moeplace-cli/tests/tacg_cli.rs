@@ -84,7 +84,7 @@ fn experiment_tacg_prints_tables() {
             .collect()
     };
     // The two shift-robust plans keep Jain >= 0.98 under all eight shifts (docs/TACG.md).
-    for placer in ["tacg+gesr robust=0.75", "tacg+gesr robust=2 locality=0.5"] {
+    for placer in ["tacg+gesr robust=0.75", "tacg+gesr robust=3 locality=0.5"] {
         let jain = column(&shifted, 3, placer, 6);
         assert_eq!(jain.len(), 8, "{out}");
         assert!(jain.iter().all(|&j| j >= 0.98), "{placer}: {jain:?}");

@@ -19,8 +19,8 @@
 //!    loaded" may choose; it is still within the load tolerance);
 //! 4. a copy on a node the token already sends to (ours too: the token crosses to
 //!    that node anyway, so a hierarchical all-to-all adds no inter-node send; on
-//!    held-out ESFT this raises tacg+gesr's remote-node cut from 29.7% to 32.2% at
-//!    Jain 0.991, the ablation table of `moeplace experiment tacg`; `join_nodes`);
+//!    held-out ESFT this raises tacg+gesr's remote-node cut from 30.3% to 33.1% at
+//!    Jain 0.993, the ablation table of `moeplace experiment tacg`; `join_nodes`);
 //! 5. the least loaded candidate (ties: the lower slot).
 //!
 //! Picks with one copy are fixed first, so a later pick can still join a GPU an

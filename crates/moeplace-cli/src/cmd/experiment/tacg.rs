@@ -431,7 +431,7 @@ const ROBUST: f64 = 0.75;
 /// The (`robust`, `locality`) pair of the `--tune` sweep whose least remote-node cut
 /// over the calibration shifts is largest among those whose least Jain there stays at
 /// 0.98 or more (docs/TACG.md).
-const TRADE: [f64; 2] = [2.0, 0.5];
+const TRADE: [f64; 2] = [3.0, 0.5];
 
 /// The user's tacg+gesr parameters with `robust` set.
 fn robust_params(user: &Params, robust: f64) -> Params {
@@ -600,8 +600,46 @@ fn tune(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<
             r.jain
         ));
     }
+    out.push_str(&tune_pay(calib, stats, user, theta)?);
     out.push_str(&tune_robust(calib, stats, user, theta)?);
     print_stdout(&out)
+}
+
+/// The `pay` x `pay_by_load` sweep of `--tune`: on the calibration requests, and with
+/// plans made from each calibration stream with one family at 70% replayed on that
+/// stream (how a plan made from a skewed mix balances that mix).
+fn tune_pay(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<String> {
+    let base = baseline(calib)?;
+    let skewed: Vec<(Trace, Statistics)> = shift_streams(calib, &stats.families())
+        .into_iter()
+        .filter(|(_, label, _)| label.ends_with("at 70%"))
+        .map(|(_, _, t)| profile(&t).map(|st| (t, st)))
+        .collect::<Result<_>>()?;
+    let mut out = String::from(
+        "\n#### pay, pay_by_load\n\n\
+         | pay_by_load | pay | remote GPUs cut % | remote nodes cut % | Jain | planned on a 70% mix: least Jain |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    let gesr = Gesr { theta, ..Gesr::default() };
+    for by_load in ["true", "false"] {
+        for pay in ["0.75", "1", "1.25", "1.5", "2", "3"] {
+            let mut p = params_for("tacg+gesr", user);
+            p.0.insert("pay".into(), pay.into());
+            p.0.insert("pay_by_load".into(), by_load.into());
+            let r = run_one(stats, calib, "tacg+gesr", 5, true, &p, &gesr)?.result;
+            let mut least = f64::INFINITY;
+            for (t, st) in &skewed {
+                least = least.min(run_one(st, t, "tacg+gesr", 5, true, &p, &gesr)?.result.jain);
+            }
+            out.push_str(&format!(
+                "| {by_load} | {pay} | {:.1} | {:.1} | {:.4} | {least:.4} |\n",
+                cut_percent(r.remote_gpus, base.remote_gpus).unwrap_or(0.0),
+                cut_percent(r.remote_nodes, base.remote_nodes).unwrap_or(0.0),
+                r.jain
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The `robust` x `locality` sweep of `--tune`: the calibration requests as they are and under the
