@@ -655,7 +655,9 @@ fn tune_robust(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> 
          | robust | locality | remote nodes cut % | Jain | shifts: least remote nodes cut % | shifts: least Jain |\n\
          |---:|---:|---:|---:|---:|---:|\n",
     );
-    let grid = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0].into_iter().flat_map(|r| [0.0, 0.25, 0.5].map(|l| (r, l)));
+    let grid = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+        .into_iter()
+        .flat_map(|r| [0.0, 0.25, 0.5, 0.75].map(|l| (r, l)));
     for (robust, locality) in grid {
         let mut p = robust_params(user, robust);
         p.0.insert("locality".into(), locality.to_string());
