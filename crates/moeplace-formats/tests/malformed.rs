@@ -21,6 +21,10 @@ fn read_all(reader: impl TraceReader) -> Result<Vec<TokenBatch>, String> {
     reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
 }
 
+/// A JSONL trace header (2 layers, 4 experts, top-2) and one token of it.
+const HEADER: &str = r#"{"format":"moeplace-trace","version":1,"layers":2,"experts":4,"top_k":2}"#;
+const TOKEN: &str = r#"{"request":"r0","position":0,"experts":[[0,1],[2,3]]}"#;
+
 #[test]
 fn jsonl_header_with_absurd_layer_count_is_refused_at_line_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,9 +163,7 @@ fn esft_last_line_cut_inside_a_number_is_refused() {
 fn jsonl_with_a_huge_batch_size_reads_without_reserving_it() {
     // --batch-tokens 10^18 once made the first batch reserve 10^18 tokens and abort.
     let dir = tempfile::tempdir().unwrap();
-    let header = r#"{"format":"moeplace-trace","version":1,"layers":2,"experts":4,"top_k":2}"#;
-    let token = r#"{"request":"r0","position":0,"experts":[[0,1],[2,3]]}"#;
-    let p = write(dir.path(), "t.jsonl", &format!("{header}\n{token}\n"));
+    let p = write(dir.path(), "t.jsonl", &format!("{HEADER}\n{TOKEN}\n"));
     let batches = read_all(JsonlReader::open(&p, 1_000_000_000_000_000_000).unwrap()).unwrap();
     assert_eq!(batches.iter().map(TokenBatch::len).sum::<usize>(), 1);
 }
@@ -190,9 +192,7 @@ fn statistics_entries_given_twice_are_refused_not_overwritten() {
 fn jsonl_token_without_position_is_refused() {
     // FORMATS.md makes `position` required; a missing one was read as 0.
     let dir = tempfile::tempdir().unwrap();
-    let header = r#"{"format":"moeplace-trace","version":1,"layers":2,"experts":4,"top_k":2}"#;
-    let token = r#"{"request":"r0","position":0,"experts":[[0,1],[2,3]]}"#;
-    let p = write(dir.path(), "nopos.jsonl", &format!("{header}\n{token}\n{}\n", token.replace("\"position\":0,", "")));
+    let p = write(dir.path(), "nopos.jsonl", &format!("{HEADER}\n{TOKEN}\n{}\n", TOKEN.replace("\"position\":0,", "")));
     let e = read_all(JsonlReader::open(&p, 16).unwrap()).unwrap_err();
     assert!(e.contains("nopos.jsonl:3:") && e.contains("position"), "{e}");
 }
@@ -201,9 +201,7 @@ fn jsonl_token_without_position_is_refused() {
 fn experts_or_top_k_options_that_disagree_with_the_trace_are_refused() {
     // --experts/--top-k were ignored without a word by formats that record the shape.
     let dir = tempfile::tempdir().unwrap();
-    let header = r#"{"format":"moeplace-trace","version":1,"layers":2,"experts":4,"top_k":2}"#;
-    let token = r#"{"request":"r0","position":0,"experts":[[0,1],[2,3]]}"#;
-    let p = write(dir.path(), "t.jsonl", &format!("{header}\n{token}\n"));
+    let p = write(dir.path(), "t.jsonl", &format!("{HEADER}\n{TOKEN}\n"));
     let opts = |experts, top_k| ReadOptions { experts, top_k, ..ReadOptions::default() };
     let e = moeplace_formats::open_trace(&p, &opts(Some(8), None)).err().expect("refused").to_string();
     assert!(e.contains("t.jsonl") && e.contains("--experts") && e.contains('8'), "{e}");

@@ -213,13 +213,8 @@ fn ablation_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     let lpt_ref = lpt(&s.test_lengths, GPUS);
     out.push_str("### Ablations of tacg+gesr (5 slots per GPU, homes by family)\n\n");
     header(out, "variant");
-    let with = |k: &str, v: &str| {
-        let mut p = params_for("tacg+gesr", user);
-        p.0.insert(k.into(), v.into());
-        p
-    };
-    let mut both = with("alpha", "0");
-    both.0.insert("eta".into(), "0".into());
+    let with = |k: &str, v: &str| gesr_params(user, &[(k, v)]);
+    let both = gesr_params(user, &[("alpha", "0"), ("eta", "0")]);
     let gesr = Gesr { theta: s.theta, ..Gesr::default() };
     let paper = Gesr { theta: s.theta, mean_reference: false, ..Gesr::default() };
     let no_join = Gesr { theta: s.theta, join_nodes: false, ..Gesr::default() };
@@ -239,7 +234,7 @@ fn ablation_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
         ("gesr with the paper's tolerance (least loaded copy only)", None, &paper),
         ("gesr without the step to a node the token already crosses to", None, &no_join),
         ("replicas served by nearest instead of gesr", None, &Nearest),
-        (&robust_label, Some((5, robust_params(user, ROBUST))), &gesr),
+        (&robust_label, Some((5, with("robust", ROBUST))), &gesr),
     ];
     for (label, variant, d) in cases {
         let r = match variant {
@@ -390,11 +385,10 @@ fn shift_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
         let (o, c, _) = plan(&s.stats, placer, 5, &params_for(placer, user))?;
         plans.push((placer.to_string(), placer, o, c));
     }
-    let robust = robust_params(user, ROBUST);
+    let robust = gesr_params(user, &[("robust", ROBUST)]);
     let (o, c, _) = plan(&s.stats, "tacg+gesr", 5, &robust)?;
     plans.push((format!("tacg+gesr robust={ROBUST}"), "tacg+gesr", o, c));
-    let mut traded = robust_params(user, TRADE[0]);
-    traded.0.insert("locality".into(), TRADE[1].to_string());
+    let traded = gesr_params(user, &[("robust", TRADE[0]), ("locality", TRADE[1])]);
     let (o, c, _) = plan(&s.stats, "tacg+gesr", 5, &traded)?;
     plans.push((format!("tacg+gesr robust={} locality={}", TRADE[0], TRADE[1]), "tacg+gesr", o, c));
     for (family, label, stream) in shift_streams(&s.test, &s.stats.families()) {
@@ -426,17 +420,17 @@ fn shift_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
 /// The `robust` setting the shift rows and the ablation show: the smallest of the
 /// `--tune` sweep whose calibration shifts keep Jain 0.005 above the 0.98 goal (no
 /// value reaches 0.01 above; docs/TACG.md).
-const ROBUST: f64 = 0.75;
+const ROBUST: &str = "0.75";
 
 /// The (`robust`, `locality`) pair of the `--tune` sweep whose least remote-node cut
 /// over the calibration shifts is largest among those whose least Jain there stays at
 /// 0.98 or more (docs/TACG.md).
-const TRADE: [f64; 2] = [3.0, 0.5];
+const TRADE: [&str; 2] = ["3", "0.5"];
 
-/// The user's tacg+gesr parameters with `robust` set.
-fn robust_params(user: &Params, robust: f64) -> Params {
+/// The user's tacg+gesr parameters with the `set` ones set (or replaced).
+fn gesr_params(user: &Params, set: &[(&str, &str)]) -> Params {
     let mut p = params_for("tacg+gesr", user);
-    p.0.insert("robust".into(), robust.to_string());
+    p.0.extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     p
 }
 
@@ -496,19 +490,13 @@ fn known_shift_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
             let (o, c, _) = plan(&stats, placer, 5, &params_for(placer, user))?;
             rows.push((placer.to_string(), "nearest", replay_plan(&stream, placer, &o, &c, s.theta)?));
         }
-        let with = |pairs: &[(&str, &str)]| {
-            let mut p = params_for("tacg+gesr", user);
-            p.0.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            p
-        };
-        let (robust, trade) = (ROBUST.to_string(), TRADE.map(|x| x.to_string()));
         for pairs in [
             &[][..],
             &[("locality", "0.25")][..],
-            &[("robust", robust.as_str())][..],
-            &[("robust", trade[0].as_str()), ("locality", trade[1].as_str())][..],
+            &[("robust", ROBUST)][..],
+            &[("robust", TRADE[0]), ("locality", TRADE[1])][..],
         ] {
-            let (o, c, _) = plan(&stats, "tacg+gesr", 5, &with(pairs))?;
+            let (o, c, _) = plan(&stats, "tacg+gesr", 5, &gesr_params(user, pairs))?;
             let name = pairs.iter().fold("tacg+gesr".to_string(), |n, (k, v)| format!("{n} {k}={v}"));
             rows.push((name, "gesr", replay_plan(&stream, "tacg+gesr", &o, &c, s.theta)?));
         }
@@ -578,10 +566,7 @@ fn tune(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<
     for balance in ["1", "2", "4", "8", "16"] {
         for alpha in ["0", "0.25", "0.5", "0.75"] {
             for eta in ["0.5", "1", "2"] {
-                let mut p = params_for("tacg+gesr", user);
-                p.0.insert("balance".into(), balance.into());
-                p.0.insert("alpha".into(), alpha.into());
-                p.0.insert("eta".into(), eta.into());
+                let p = gesr_params(user, &[("balance", balance), ("alpha", alpha), ("eta", eta)]);
                 let o = run_one(stats, calib, "tacg+gesr", 5, true, &p, &Gesr { theta, ..Gesr::default() })?;
                 rows.push((balance, alpha, eta, o.result));
             }
@@ -623,9 +608,7 @@ fn tune_pay(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Res
     let gesr = Gesr { theta, ..Gesr::default() };
     for by_load in ["true", "false"] {
         for pay in ["0.75", "1", "1.25", "1.5", "2", "3"] {
-            let mut p = params_for("tacg+gesr", user);
-            p.0.insert("pay".into(), pay.into());
-            p.0.insert("pay_by_load".into(), by_load.into());
+            let p = gesr_params(user, &[("pay", pay), ("pay_by_load", by_load)]);
             let r = run_one(stats, calib, "tacg+gesr", 5, true, &p, &gesr)?.result;
             let mut least = f64::INFINITY;
             for (t, st) in &skewed {
@@ -659,8 +642,7 @@ fn tune_robust(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> 
         .into_iter()
         .flat_map(|r| [0.0, 0.25, 0.5, 0.75].map(|l| (r, l)));
     for (robust, locality) in grid {
-        let mut p = robust_params(user, robust);
-        p.0.insert("locality".into(), locality.to_string());
+        let p = gesr_params(user, &[("robust", &robust.to_string()), ("locality", &locality.to_string())]);
         let (o, c, _) = plan(stats, "tacg+gesr", 5, &p)?;
         let even = replay_plan(calib, "tacg+gesr", &o, &c, theta)?;
         let (mut least_cut, mut least_jain) = (f64::INFINITY, f64::INFINITY);
