@@ -212,6 +212,37 @@ fn plan_refuses_a_previous_plan_of_another_layout() {
 }
 
 #[test]
+fn plan_refuses_a_bad_family_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let other = GOOD.replace("\"r0\"", "\"r1\"").replace("\"a\"", "\"b\"");
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n{other}\n"));
+    let out = d.join("p.json");
+    let plan = |share: &str| {
+        let args =
+            ["plan", "--placer", "linear", "--trace", trace.to_str().unwrap(), "--gpus", "2", "--family-share", share];
+        let o = moeplace(&[&args[..], &["-o", out.to_str().unwrap()]].concat());
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    for (share, what) in [
+        ("c=0.5", "family \"c\" is not in the statistics (families: a, b)"),
+        ("a", "expected FAMILY=SHARE"),
+        ("a=lots", "\"lots\" is not a number"),
+        ("a=1.5", "must be a number from 0 to 1"),
+        ("a=-0.1", "must be a number from 0 to 1"),
+    ] {
+        let (code, err) = plan(share);
+        assert_eq!(code, Some(1), "{share}: {err}");
+        assert!(err.contains(what) && !err.contains("panicked"), "{share}: expected {what:?} in {err}");
+        assert!(!out.exists(), "{share}: no plan written");
+    }
+    let (code, err) = plan("a=0.25");
+    assert_eq!(code, Some(0), "{err}");
+    let notes = std::fs::read_to_string(&out).unwrap();
+    assert!(notes.contains("\"family_share_a\":0.25"), "{notes}");
+}
+
+#[test]
 fn eval_report_layer_without_report_is_refused() {
     // It was accepted and did nothing.
     let dir = tempfile::tempdir().unwrap();

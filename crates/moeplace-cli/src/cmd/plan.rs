@@ -1,5 +1,6 @@
 //! `moeplace plan`: statistics (or a trace) + cluster -> a plan file.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +27,8 @@ use crate::input::{profile_inputs, read_statistics, TraceArgs};
 ///       --slots-per-gpu 17 -o rr.json
 ///   moeplace plan --placer eplb --stats sglang_logical_count.json --top-k 8 \
 ///       --gpus 32 --nodes 4 --slots-per-gpu 9 --groups 8 -o eplb.json
+///   moeplace plan --placer tacg+gesr --stats calib.json --gpus 16 --nodes 4 \
+///       --slots-per-gpu 5 --family-share law=0.7 -o law-surge.json
 ///
 /// --stats also takes engine counts: an SGLang `{"logical_count": ...}` JSON file or a
 /// TensorRT-LLM expert statistics folder (these do not record top-k: pass --top-k).
@@ -57,6 +60,14 @@ pub struct Args {
     /// Seed for placers that draw random numbers.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Plan for another family mix than the calibration one, FAMILY=SHARE (repeatable;
+    /// shares of all tokens, 0 for a family that is gone). The statistics are
+    /// re-weighted so that each listed family sends its share; families not listed
+    /// split the rest in their calibration proportions. Use it when request counters
+    /// show the mix has moved: no new traces are needed (docs/TACG.md, "Re-planned for
+    /// the shifted mix").
+    #[arg(long = "family-share", value_name = "FAMILY=SHARE")]
+    family_shares: Vec<String>,
     /// The plan deployed now, for placers that limit expert moves.
     #[arg(long, value_name = "PLAN.json")]
     previous: Option<PathBuf>,
@@ -119,8 +130,27 @@ pub fn make_plan(
     })
 }
 
+/// Parses `--family-share` values (FAMILY=SHARE, each family once).
+fn parse_family_shares(values: &[String]) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for v in values {
+        let (family, share) =
+            v.split_once('=').with_context(|| format!("--family-share {v:?}: expected FAMILY=SHARE, e.g. law=0.7"))?;
+        let share: f64 =
+            share.trim().parse().map_err(|_| anyhow::anyhow!("--family-share {v:?}: {share:?} is not a number"))?;
+        if out.insert(family.trim().to_string(), share).is_some() {
+            bail!("--family-share: family {:?} given twice", family.trim());
+        }
+    }
+    Ok(out)
+}
+
 pub fn run(args: Args) -> Result<()> {
-    let stats = calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace)?;
+    let shares = parse_family_shares(&args.family_shares)?;
+    let mut stats = calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace)?;
+    if !shares.is_empty() {
+        stats = stats.with_family_shares(&shares).context("--family-share")?;
+    }
     let shape = stats.shape();
     let cluster = args.cluster.resolve(shape.experts)?;
     let mut params = Params::parse(args.params.iter().map(String::as_str))?;
@@ -158,7 +188,9 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => moeplace_formats::engine_counts::read_engine_counts(p).transpose()?,
         None => None,
     };
-    let plan = make_plan(&args.placer, &stats, step_loads.as_ref(), &cluster, &params, args.seed, previous.as_ref())?;
+    let mut plan =
+        make_plan(&args.placer, &stats, step_loads.as_ref(), &cluster, &params, args.seed, previous.as_ref())?;
+    plan.notes.extend(shares.iter().map(|(f, s)| (format!("family_share_{f}"), *s)));
     plan_file::write(&args.output, &plan)?;
     let p = &plan.placement;
     let f = balance_figures(p, &stats.loads(|_| true));

@@ -17,11 +17,13 @@
 //! exact way (a bottom-k sample by token hash).
 
 mod count;
+mod mix;
 mod sample;
 
 use std::collections::BTreeMap;
 
 pub use count::StatisticsBuilder;
+pub use mix::MixError;
 pub use sample::{token_hash, SampledToken, TokenSample, DEFAULT_TOKEN_SAMPLE};
 
 use crate::trace::{ModelShape, Phase, ShapeError, TokenBatch};
