@@ -93,6 +93,25 @@ fn plan_for_another_family_mix() {
     let no_intent = groups(&["intent=0"]);
     assert!(!no_intent.contains_key("intent") && no_intent.len() == 3, "{no_intent:?}");
     assert_eq!(no_intent.values().sum::<usize>(), 16);
+
+    // Re-planned with the deployed plan given, `stay` moves fewer slots.
+    let deployed = dir.path().join("deployed.json");
+    let base = ["plan", "--placer", "tacg+gesr", "--trace", esft.to_str().unwrap(), "--gpus", "16", "--nodes", "4"];
+    moeplace_ok(&[&base[..], &["--slots-per-gpu", "5", "-o", deployed.to_str().unwrap()]].concat());
+    let moves = |stay: &str| -> usize {
+        let out = dir.path().join(format!("stay-{stay}.json"));
+        let stay = format!("stay={stay}");
+        let args = ["--slots-per-gpu", "5", "--family-share", "law=0.7", "--param", &stay, "--previous"];
+        let o = common::moeplace(
+            &[&base[..], &args[..], &[deployed.to_str().unwrap(), "-o", out.to_str().unwrap()]].concat(),
+        );
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        let tail = err.split(" slot moves from the previous plan").next().unwrap();
+        tail.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("no move count in {err}"))
+    };
+    let (fresh, kept) = (moves("0"), moves("1"));
+    assert!(kept < fresh, "stay=1 moved {kept} slots, stay=0 {fresh}");
 }
 
 #[test]
@@ -143,6 +162,15 @@ fn experiment_tacg_prints_tables() {
     assert_eq!(cut.len(), 8, "{replanned}");
     assert!(cut.iter().all(|&c| c >= 30.0) && jain.iter().all(|&j| j >= 0.98), "cut {cut:?}, Jain {jain:?}");
     assert!(out.contains("Largest remote-node cut at Jain >= 0.98: intent at 70% "), "{out}");
+    // Re-planned with the deployed plan given, more `stay` moves fewer slots.
+    let fewer = section("### Re-planned with fewer moves");
+    let moved: Vec<f64> = fewer
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| stay"))
+        .map(|l| l.split('|').nth(2).unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(moved.len(), 6, "{fewer}");
+    assert!(moved.windows(2).all(|w| w[1] < w[0]), "{moved:?}");
 }
 
 /// `plan` says what the token-level refinement did, and says so when the statistics

@@ -237,14 +237,18 @@ pub fn notes(out: &mut BTreeMap<String, f64>, layers: impl Iterator<Item = Refin
 /// Refines one layer's GPU lists (`lists[g]`: the experts in GPU g's slots) in place.
 /// `loads[0][e]` is expert e's calibration load, further entries its load under other
 /// traffic mixes (each held to the same limits); `layer` selects the sample's picks.
+/// Experts with `fixed[e]` true stay where they are (they still count in the
+/// objective); an empty `fixed` fixes none.
 pub fn refine_layer(
     lists: &mut [Vec<usize>],
     cluster: &Cluster,
     tokens: &SampledLayer<'_>,
     loads: &[&[f64]],
+    fixed: &[bool],
     options: &RefineOptions,
 ) -> RefineOutcome {
     let mut s = State::new(lists, cluster, tokens, loads, options);
+    s.fixed = (0..s.experts).map(|x| fixed.get(x).copied().unwrap_or(false)).collect();
     let before = s.objective();
     let mut swaps = 0;
     for _ in 0..options.passes {
@@ -291,6 +295,8 @@ struct State {
     nodes: usize,
     node_of: Vec<usize>,
     movable: Vec<bool>,
+    /// Movable experts that may not be swapped (they still count in the objective).
+    fixed: Vec<bool>,
     gpu_of: Vec<usize>,
     /// Sampled tokens picking each movable expert.
     tokens_of: Vec<Vec<u32>>,
@@ -378,6 +384,7 @@ impl State {
             gpus,
             nodes,
             node_of,
+            fixed: vec![false; movable.len()],
             movable,
             gpu_of,
             tokens_of,
@@ -595,10 +602,10 @@ impl State {
         // gain[x * g + to]: cost change of moving x to `to` alone.
         let mut gain = vec![0.0; e * g];
         let paths = self.paths();
-        for x in (0..e).filter(|&x| self.movable[x]) {
+        for x in (0..e).filter(|&x| self.movable[x] && !self.fixed[x]) {
             gain[x * g..(x + 1) * g].copy_from_slice(&self.move_deltas(x, &paths));
         }
-        let movable: Vec<usize> = (0..e).filter(|&x| self.movable[x]).collect();
+        let movable: Vec<usize> = (0..e).filter(|&x| self.movable[x] && !self.fixed[x]).collect();
         let mut candidates: Vec<(f64, usize, usize)> = Vec::new();
         let mut squares = self.squares();
         for (ia, &a) in movable.iter().enumerate() {
@@ -662,6 +669,7 @@ mod tests {
             &cluster,
             &SampledLayer { sample: &s, layer: 0, top_k: 2, homes: &TokenHomes::uniform(&cluster) },
             &[&[1.0; 4]],
+            &[],
             &RefineOptions::default(),
         );
         assert!(out.after < out.before, "{out:?}");
@@ -688,10 +696,10 @@ mod tests {
         let pooled = [1.0; 4];
         let family = [1.0, 1.0, 0.0, 0.0];
         let mut lists = vec![vec![0, 2], vec![1, 3]];
-        let out = refine_layer(&mut lists, &cluster, &tokens, &[&pooled, &family], &RefineOptions::default());
+        let out = refine_layer(&mut lists, &cluster, &tokens, &[&pooled, &family], &[], &RefineOptions::default());
         assert_eq!(out.swaps, 0);
         assert_eq!(lists, vec![vec![0, 2], vec![1, 3]]);
-        let out = refine_layer(&mut lists, &cluster, &tokens, &[&pooled], &RefineOptions::default());
+        let out = refine_layer(&mut lists, &cluster, &tokens, &[&pooled], &[], &RefineOptions::default());
         assert!(out.swaps > 0, "{out:?}");
     }
 
@@ -708,6 +716,7 @@ mod tests {
             &cluster,
             &SampledLayer { sample: &s, layer: 0, top_k: 2, homes: &TokenHomes::uniform(&cluster) },
             &[&load],
+            &[],
             &RefineOptions::default(),
         );
         assert_eq!(out.swaps, 0);
@@ -718,6 +727,7 @@ mod tests {
             &cluster,
             &SampledLayer { sample: &s, layer: 0, top_k: 2, homes: &TokenHomes::uniform(&cluster) },
             &[&load],
+            &[],
             &RefineOptions { slack: 1.0, ..Default::default() },
         );
         assert!(out.swaps > 0 && out.after < out.before);
@@ -808,7 +818,7 @@ mod props {
                     prop_assert!((d - want).abs() < 1e-9, "x {} to {}: {} vs {}", x, to, d, want);
                 }
             }
-            let out = refine_layer(&mut lists, &cluster, &tokens, &[&load], &RefineOptions::default());
+            let out = refine_layer(&mut lists, &cluster, &tokens, &[&load], &[], &RefineOptions::default());
             prop_assert!(out.after <= out.before + 1e-9);
             prop_assert_eq!(lists.iter().map(Vec::len).collect::<Vec<_>>(), sizes);
             let mut after_sorted: Vec<usize> = lists.iter().flatten().copied().collect();

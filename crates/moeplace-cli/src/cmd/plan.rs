@@ -68,7 +68,8 @@ pub struct Args {
     /// the shifted mix").
     #[arg(long = "family-share", value_name = "FAMILY=SHARE")]
     family_shares: Vec<String>,
-    /// The plan deployed now, for placers that limit expert moves.
+    /// The plan deployed now, for placers that limit expert moves: `balance` (with
+    /// `--param move_slack`), and `coact`, `tacg`, `tacg+gesr` (with `--param stay`).
     #[arg(long, value_name = "PLAN.json")]
     previous: Option<PathBuf>,
     /// Where to write the plan.

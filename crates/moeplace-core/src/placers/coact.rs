@@ -35,6 +35,13 @@
 //! - `balance=B` (default 8, chosen with `moeplace experiment tacg --tune` on the ESFT
 //!   calibration requests): weight of the load-spread term.
 //! - `passes=N` (default 30): the most swap passes per partition.
+//! - `stay=S` (default 0; needs the deployed plan, `plan --previous`): re-planning
+//!   keeps copies in place. A copy on a GPU that held its expert in the deployed plan
+//!   earns `bias = S * mean copy load` (the mean of `load(i)`), so the partition
+//!   moves a copy only where that saves more sends or balance than S average copies'
+//!   worth; `tacg`'s token-level refinement then leaves such copies where they are.
+//!   Slots inside a GPU follow the deployed plan, so its slot-by-slot comparison
+//!   counts only real moves (ours).
 
 use std::collections::BTreeMap;
 
@@ -62,6 +69,14 @@ pub(crate) const PARTITION_DOCS: [ParamDoc; 2] = [
     },
     ParamDoc { name: "passes", default: "30", about: "most swap passes of the partition" },
 ];
+
+/// `stay`, shared by the grouping placers that keep experts in place when re-planning.
+pub(crate) const STAY_DOC: ParamDoc = ParamDoc {
+    name: "stay",
+    default: "0",
+    about: "with plan --previous: worth of keeping a copy on a GPU that held its expert, in mean copy loads \
+            (0: place afresh)",
+};
 
 /// Parameters of the token-level refinement ([`crate::refine`]) that `tacg`,
 /// `tacg+gesr` and `grace` accept.
@@ -113,7 +128,7 @@ impl Placer for Coact {
     }
 
     fn params(&self) -> Vec<ParamDoc> {
-        PARTITION_DOCS.to_vec()
+        [&PARTITION_DOCS[..], &[STAY_DOC]].concat()
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
@@ -124,14 +139,18 @@ impl Placer for Coact {
             passes: input.params.usize("passes", DEFAULT_PASSES)?,
             eta: 0.0,
             robust: 0.0,
+            stay: stay(input)?,
         };
         let stats = needs_pairs(input, self.name())?;
+        let previous = previous_lists(input)?;
         let models = LayerModel::pooled(stats);
         let lists: Vec<Vec<Vec<usize>>> = models
             .par_iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(l, m)| {
                 let items = hottest_copies(m, input.cluster.slots(), input.cluster.gpus, false);
-                solve_layer(m, &items, input.cluster, &[], &knobs)
+                let kept = previous.as_ref().map(|p| p[l].as_slice());
+                solve_layer(m, &items, input.cluster, &[], kept, &knobs)
             })
             .collect::<Result<_, _>>()?;
         let placement = to_placement(input, &lists)?;
@@ -150,6 +169,42 @@ pub(crate) fn needs_pairs<'a>(input: &PlacerInput<'a>, placer: &str) -> Result<&
     }
 }
 
+/// The `stay` parameter; above 0 it needs the deployed plan to keep copies in.
+pub(crate) fn stay(input: &PlacerInput<'_>) -> Result<f64, PlaceError> {
+    let stay = input.params.f64("stay", 0.0)?;
+    if !(stay >= 0.0 && stay.is_finite()) {
+        return Err(PlaceError::BadParam(format!("stay={stay} must be a non-negative number")));
+    }
+    if stay > 0.0 && input.previous.is_none() {
+        return Err(PlaceError::BadParam(format!(
+            "stay={stay} keeps copies where the deployed plan has them: give that plan (plan --previous)"
+        )));
+    }
+    Ok(stay)
+}
+
+/// The previous plan's experts per layer and GPU, when there is one; it must be for
+/// the same model shape and GPUs.
+pub(crate) fn previous_lists(input: &PlacerInput<'_>) -> Result<Option<Vec<Vec<Vec<usize>>>>, PlaceError> {
+    let Some(prev) = input.previous else { return Ok(None) };
+    if prev.layers() != input.shape.layers || prev.experts() != input.shape.experts || prev.gpus() != input.cluster.gpus
+    {
+        return Err(PlaceError::BadParam(format!(
+            "the previous plan has {} layers x {} experts on {} GPUs; this plan is for {} x {} on {}",
+            prev.layers(),
+            prev.experts(),
+            prev.gpus(),
+            input.shape.layers,
+            input.shape.experts,
+            input.cluster.gpus
+        )));
+    }
+    let lists = (0..prev.layers())
+        .map(|l| (0..prev.gpus()).map(|g| prev.gpu_experts(l, g).iter().map(|&x| x as usize).collect()).collect())
+        .collect();
+    Ok(Some(lists))
+}
+
 /// The partition's knobs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Knobs {
@@ -160,6 +215,9 @@ pub(crate) struct Knobs {
     /// Weight of each family's own load spread, relative to `balance` (0: only the
     /// calibration mix is balanced).
     pub robust: f64,
+    /// Worth of keeping a copy on a GPU that held its expert in the previous plan, in
+    /// mean copy loads (0: the previous plan is ignored).
+    pub stay: f64,
 }
 
 /// One layer's per-family rates (see the module documentation).
@@ -256,13 +314,15 @@ pub(crate) fn even_items(m: &LayerModel, copies: &[usize]) -> Vec<Item> {
 }
 
 /// Partitions one layer's items onto the cluster's GPUs (exact slot counts);
-/// `groups[f]` are family f's GPUs (empty: no home affinity). Returns the experts of
-/// every GPU, sorted.
+/// `groups[f]` are family f's GPUs (empty: no home affinity); `kept[g]` the experts
+/// GPU g held in the previous plan (drawn back there with `knobs.stay`). Returns the
+/// experts of every GPU, sorted.
 pub(crate) fn solve_layer(
     m: &LayerModel,
     items: &[Item],
     cluster: &Cluster,
     groups: &[Vec<usize>],
+    kept: Option<&[Vec<usize>]>,
     knobs: &Knobs,
 ) -> Result<Vec<Vec<usize>>, PlaceError> {
     let n = items.len();
@@ -290,11 +350,20 @@ pub(crate) fn solve_layer(
     }
     let load: Vec<f64> =
         items.iter().map(|it| (0..f).map(|fam| it.route[fam] * m.pi[fam] * m.u[fam][it.expert]).sum()).collect();
-    let bias = if groups.is_empty() {
+    let kept = kept.filter(|_| knobs.stay > 0.0);
+    let bias = if groups.is_empty() && kept.is_none() {
         None
     } else {
         let mut b = vec![0.0; n * g];
+        // Keeping a copy in place is worth `stay` mean copy loads (sends saved per
+        // calibration token, like the other terms).
+        let bonus = knobs.stay * load.iter().sum::<f64>() / n.max(1) as f64;
         for (i, it) in items.iter().enumerate() {
+            for (gpu, held) in kept.into_iter().flatten().enumerate() {
+                if held.contains(&it.expert) {
+                    b[i * g + gpu] += bonus;
+                }
+            }
             for (fam, gpus) in groups.iter().enumerate() {
                 let v = knobs.eta * it.route[fam] * m.pi[fam] * m.u[fam][it.expert] / gpus.len().max(1) as f64;
                 for &gpu in gpus {
@@ -347,16 +416,101 @@ pub(crate) fn solve_layer(
 
 /// The placement of per-layer GPU lists.
 pub(crate) fn to_placement(input: &PlacerInput<'_>, lists: &[Vec<Vec<usize>>]) -> Result<Placement, PlaceError> {
-    let rows: Vec<Vec<i64>> = lists.iter().map(|layer| layer.iter().flatten().map(|&e| e as i64).collect()).collect();
+    let rows: Vec<Vec<i64>> = lists
+        .iter()
+        .enumerate()
+        .map(|(l, layer)| {
+            let gpus = layer.iter().enumerate();
+            gpus.flat_map(|(g, list)| {
+                match input.previous.filter(|p| p.layers() == lists.len() && p.gpus() == layer.len()) {
+                    Some(prev) => in_previous_slots(list, prev.gpu_experts(l, g)),
+                    None => list.clone(),
+                }
+            })
+            .map(|e| e as i64)
+            .collect()
+        })
+        .collect();
     Ok(Placement::with_slots(input.shape.experts, input.cluster.gpus, input.cluster.slots(), rows)?)
+}
+
+/// A GPU's experts in slot order: each expert the GPU held before keeps its old slot
+/// (so that a plan file's slot-by-slot comparison counts only real moves); the others
+/// fill the free slots in order.
+fn in_previous_slots(list: &[usize], before: &[u32]) -> Vec<usize> {
+    let mut out: Vec<Option<usize>> = vec![None; list.len()];
+    let mut rest = Vec::new();
+    for &x in list {
+        match before.iter().position(|&y| y as usize == x).filter(|&i| i < list.len()) {
+            Some(i) => out[i] = Some(x),
+            None => rest.push(x),
+        }
+    }
+    let mut rest = rest.into_iter();
+    out.into_iter().map(|x| x.or_else(|| rest.next()).expect("as many experts as slots")).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::placement::Placement;
     use crate::placers::{by_name, Params};
     use crate::stats::ProfileOptions;
     use crate::trace::{ModelShape, TokenBatch, TokenRef};
+
+    #[test]
+    fn kept_experts_keep_their_slots() {
+        assert_eq!(in_previous_slots(&[1, 2, 3], &[3, 9, 1]), vec![3, 2, 1]);
+        assert_eq!(in_previous_slots(&[4, 5], &[7, 8]), vec![4, 5]);
+        // A previous GPU with more slots: experts past the new count move up.
+        assert_eq!(in_previous_slots(&[6, 7], &[1, 2, 7]), vec![6, 7]);
+    }
+
+    /// Planned from other statistics, `stay` keeps more copies where the previous
+    /// plan had them; without a previous plan it is refused.
+    #[test]
+    fn stay_keeps_copies_in_place() {
+        let shape = ModelShape::new(1, 8, 2).unwrap();
+        let stats_of = |pairs: &[[u16; 2]]| {
+            let mut b = TokenBatch::new(shape);
+            for (t, ids) in pairs.iter().cycle().take(80).enumerate() {
+                let t = TokenRef {
+                    request: "r",
+                    family: None,
+                    phase: None,
+                    position: t as u32,
+                    experts: ids,
+                    gate_weights: None,
+                };
+                b.push(t).unwrap();
+            }
+            Statistics::from_batches(shape, ProfileOptions::default(), &[b]).unwrap()
+        };
+        let before = stats_of(&[[0, 1], [2, 3], [4, 5], [6, 7]]);
+        let after = stats_of(&[[0, 7], [1, 6], [2, 5], [3, 4]]);
+        let cluster = Cluster::new(2, 4, 2).unwrap();
+        let run = |stats: &Statistics, previous: Option<&Placement>, stay: &str| {
+            let params = Params::parse([format!("stay={stay}").as_str()]).unwrap();
+            let loads = stats.loads(|_| true);
+            let input = PlacerInput {
+                shape,
+                cluster: &cluster,
+                loads: &loads,
+                stats: Some(stats),
+                previous,
+                params: &params,
+                seed: 0,
+            };
+            by_name("coact").unwrap().place(&input).map(|o| o.placement)
+        };
+        let deployed = run(&before, None, "0").unwrap();
+        let fresh = run(&after, Some(&deployed), "0").unwrap();
+        let kept = run(&after, Some(&deployed), "100").unwrap();
+        assert!(fresh.moves_from(&deployed) > 0);
+        assert_eq!(kept.moves_from(&deployed), 0);
+        let err = run(&after, None, "1").unwrap_err();
+        assert!(err.to_string().contains("plan --previous"), "{err}");
+    }
 
     /// Experts {0,2,4,6} always fire together, as do {1,3,5,7}; coact puts each set
     /// on one GPU, and every expert keeps a copy.

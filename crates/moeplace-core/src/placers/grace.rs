@@ -330,7 +330,7 @@ impl Placer for Grace {
                 let mut refined = RefineOutcome::default();
                 if let Some(options) = &refine_options {
                     let load: Vec<f64> = (0..m.experts).map(|x| m.load(x)).collect();
-                    refined = refine_layer(&mut lists, c, &tokens, &[&load], options);
+                    refined = refine_layer(&mut lists, c, &tokens, &[&load], &[], options);
                 }
                 Ok((lists, r, hot, refined))
             })

@@ -50,7 +50,8 @@
 //!
 //! Parameters (`--param`): `alpha` (0.25; 0 = no task-modulated graph), `temperature`
 //! (0.5), `eta` (1; 0 = no task preference), `balance` (8), `passes` (30), `robust`
-//! (0), and the refinement's `refine` (true), `node_weight` (1), `gpu_weight` (1).
+//! (0), `stay` (0; with `plan --previous`, see `coact`), and the refinement's
+//! `refine` (true), `node_weight` (1), `gpu_weight` (1).
 //!
 //! How the defaults were chosen: `moeplace experiment tacg --tune` replays a grid of
 //! `balance` x `alpha` x `eta` for `tacg+gesr` on the ESFT calibration requests only
@@ -64,8 +65,8 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use super::coact::{
-    hottest_copies, needs_pairs, refine_options, refine_skipped, solve_layer, to_placement, Knobs, LayerModel,
-    DEFAULT_BALANCE, DEFAULT_PASSES, PARTITION_DOCS, REFINE_DOCS,
+    hottest_copies, needs_pairs, previous_lists, refine_options, refine_skipped, solve_layer, to_placement, Knobs,
+    LayerModel, DEFAULT_BALANCE, DEFAULT_PASSES, PARTITION_DOCS, REFINE_DOCS, STAY_DOC,
 };
 use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
 use crate::refine::{refine_layer, RefineOptions, RefineOutcome, SampledLayer, TokenHomes};
@@ -99,7 +100,7 @@ pub(crate) fn tacg_params() -> Vec<ParamDoc> {
                     (0.75 kept Jain >= 0.985 under the ESFT shifts; docs/TACG.md)",
         },
     ];
-    [&own[..], &PARTITION_DOCS[..], &REFINE_DOCS[..]].concat()
+    [&own[..], &PARTITION_DOCS[..], &[STAY_DOC], &REFINE_DOCS[..]].concat()
 }
 
 impl Placer for Tacg {
@@ -125,7 +126,7 @@ impl Placer for Tacg {
             .enumerate()
             .map(|(layer, m)| {
                 let items = hottest_copies(m, input.cluster.slots(), input.cluster.gpus, fm.knobs.robust > 0.0);
-                let mut lists = solve_layer(m, &items, input.cluster, &fm.groups, &fm.knobs)?;
+                let mut lists = solve_layer(m, &items, input.cluster, &fm.groups, fm.kept(layer), &fm.knobs)?;
                 let refined = fm.refine(input, layer, m, &mut lists);
                 Ok((lists, refined))
             })
@@ -154,6 +155,8 @@ pub(crate) struct FamilyModel {
     homes: TokenHomes,
     /// Asked for but no token sample to run on.
     refine_skipped: bool,
+    /// The previous plan's experts per layer and GPU (with `stay` > 0 only).
+    previous: Option<Vec<Vec<Vec<usize>>>>,
 }
 
 impl FamilyModel {
@@ -173,6 +176,7 @@ impl FamilyModel {
             passes: params.usize("passes", DEFAULT_PASSES)?,
             eta: params.f64("eta", DEFAULT_ETA)?,
             robust: params.f64("robust", DEFAULT_ROBUST)?,
+            stay: super::coact::stay(input)?,
         };
         if knobs.robust < 0.0 {
             return Err(PlaceError::BadParam(format!("robust={} must not be negative", knobs.robust)));
@@ -190,7 +194,8 @@ impl FamilyModel {
         let refine = refine_options(params, stats)?;
         let homes = TokenHomes::by_family(input.cluster, &family_gpus(&families, &groups));
         let refine_skipped = refine_skipped(params, stats)?;
-        Ok(FamilyModel { families, layers, pref, groups, knobs, refine, homes, refine_skipped })
+        let previous = if knobs.stay > 0.0 { previous_lists(input)? } else { None };
+        Ok(FamilyModel { families, layers, pref, groups, knobs, refine, homes, refine_skipped, previous })
     }
 
     /// One layer of the token sample with family homes, and the layer's expert loads.
@@ -222,7 +227,19 @@ impl FamilyModel {
         if self.knobs.robust > 0.0 {
             loads.extend(m.u.iter().map(Vec::as_slice));
         }
-        refine_layer(lists, input.cluster, &tokens, &loads, options)
+        // Experts the partition kept where the previous plan had them stay there.
+        let mut fixed = vec![false; m.experts];
+        for (gpu, held) in self.kept(layer).into_iter().flatten().enumerate() {
+            for &x in held.iter().filter(|x| lists[gpu].contains(x)) {
+                fixed[x] = true;
+            }
+        }
+        refine_layer(lists, input.cluster, &tokens, &loads, &fixed, options)
+    }
+
+    /// The previous plan's experts per GPU in `layer`, when plans keep experts in place.
+    pub fn kept(&self, layer: usize) -> Option<&[Vec<usize>]> {
+        self.previous.as_ref().map(|p| p[layer].as_slice())
     }
 
     /// Up to `budget` locality copies ([`crate::refine::locality_copies`]) in the free

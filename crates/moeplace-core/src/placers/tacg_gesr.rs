@@ -148,7 +148,7 @@ impl Placer for TacgGesr {
                     generic_items(m, &scores, slots, input.cluster.gpus, rule)
                 };
                 let replicated = items.iter().filter(|it| it.pin.is_some()).count();
-                let mut lists = solve_layer(m, &items, &reduced, &fm.groups, &fm.knobs)?;
+                let mut lists = solve_layer(m, &items, &reduced, &fm.groups, fm.kept(layer), &fm.knobs)?;
                 if held > 0 {
                     fm.locality_copies(input, layer, m, &mut lists, held);
                     fill_hottest(m, full, &mut lists);
