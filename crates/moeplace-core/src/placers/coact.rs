@@ -142,7 +142,7 @@ impl Placer for Coact {
             stay: stay(input)?,
         };
         let stats = needs_pairs(input, self.name())?;
-        let previous = previous_lists(input)?;
+        let previous = if knobs.stay > 0.0 { previous_lists(input)? } else { None };
         let models = LayerModel::pooled(stats);
         let lists: Vec<Vec<Vec<usize>>> = models
             .par_iter()
