@@ -529,13 +529,15 @@ fn replan_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
          Each plan is made from the calibration statistics re-weighted to the shift's family shares (`plan \
          --family-share`); its family groups are sized to those shares. It is replayed on the shifted held-out \
          stream, as in the shift table.\n\n\
-         | shift | placer | dispatcher | remote GPUs cut % | remote nodes cut % | Jain |\n|---|---|---|---:|---:|---:|\n",
+         | shift | placer | dispatcher | remote GPUs cut % | remote nodes cut % | Jain | home max/mean | \
+         vs longest-first |\n|---|---|---|---:|---:|---:|---:|---:|\n",
     );
     let families = s.stats.families();
     let mut best = Vec::new();
     let mut chosen = (f64::INFINITY, f64::INFINITY);
     for (shift, stream) in shift_streams(&s.test, &families) {
         let base = baseline(&stream)?;
+        let lpt_ref = lpt(&request_lengths(&stream), GPUS);
         let stats = s.stats.with_family_shares(&shift.shares(&families))?;
         let mut rows: Vec<(String, &str, SimResult)> = Vec::new();
         for placer in ["coact", "tacg"] {
@@ -552,10 +554,12 @@ fn replan_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
         for (name, dname, r) in &rows {
             let nodes = cut(r.remote_nodes, base.remote_nodes);
             out.push_str(&format!(
-                "| {} | {name} | {dname} | {:.1} | {nodes:.1} | {:.4} |\n",
+                "| {} | {name} | {dname} | {:.1} | {nodes:.1} | {:.4} | {:.3} | {:.3}x |\n",
                 shift.label,
                 cut(r.remote_gpus, base.remote_gpus),
-                r.jain
+                r.jain,
+                r.home_max_over_mean,
+                r.home_max_over_mean / lpt_ref
             ));
             if r.jain >= 0.98 && top.as_ref().is_none_or(|t| nodes > t.0) {
                 top = Some((nodes, format!("{name}, {dname}")));
