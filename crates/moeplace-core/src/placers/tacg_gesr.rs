@@ -18,11 +18,13 @@
 //! experiment tacg --tune`). The paper does not say when a group pays; we weigh usage
 //! by traffic share so that the group of a family with a tenth of the traffic does
 //! not take a slot for a copy that would serve little while the dominant family's
-//! copies run hot: with `pay_by_load=false` (demand `u_f(e)` alone) a plan made from
-//! a held-out mix with one family at 70% balances that very mix to Jain 0.956-0.980,
-//! by load to 0.987-0.993 (docs/TACG.md). An expert with at least two paying groups gets one copy per paying
-//! group (all but one of them new copies, while the R = S - E redundant slots last;
-//! when fewer are left, the groups with the highest demand get them), each copy pinned to its group and serving that family's picks; the other
+//! copies run hot: re-planned for a mix with one family at 70% (`plan
+//! --family-share`) and replayed on held-out traffic of that mix, plans reach Jain
+//! 0.987-0.989 by load and 0.963-0.977 with `pay_by_load=false` (demand `u_f(e)`
+//! alone; docs/TACG.md). An expert with at least two paying groups gets one copy per
+//! paying group (all but one of them new copies, while the R = S - E redundant slots
+//! last; when fewer are left, the groups with the highest demand get them), each copy
+//! pinned to its group and serving that family's picks; the other
 //! families' picks of e are shared evenly by its copies. The partition (see `coact`)
 //! then chooses the GPU of every copy inside its group by co-activation affinity and
 //! balance, and places every other expert as `tacg` does. Redundant slots left over
@@ -51,7 +53,7 @@
 //! copy.
 //!
 //! Parameters (`--param`): those of `tacg` (`alpha`, `temperature`, `eta`, `balance`,
-//! `passes`, `robust`, `refine`, `node_weight`, `gpu_weight`) and `lambda1` (1),
+//! `passes`, `robust`, `stay`, `refine`, `node_weight`, `gpu_weight`) and `lambda1` (1),
 //! `lambda2` (1), `pay` (1.5), `pay_by_load` (true), `locality` (0).
 
 use rayon::prelude::*;

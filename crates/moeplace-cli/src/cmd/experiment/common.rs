@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use moeplace_core::cluster::Cluster;
 use moeplace_core::dispatch::{Dispatcher, Gesr, Grace, Nearest, Primary};
+use moeplace_core::placement::Placement;
 use moeplace_core::placers::{by_name, Params, PlacerInput, PlacerOutput};
 use moeplace_core::simulate::{simulate, HomePolicy, SimResult};
 use moeplace_core::stats::{ProfileOptions, Statistics};
@@ -118,6 +119,17 @@ pub(super) fn plan(
     cluster: &Cluster,
     params: &Params,
 ) -> Result<(PlacerOutput, f64)> {
+    plan_from(stats, placer, cluster, params, None)
+}
+
+/// [`plan`] with the deployed plan given (`plan --previous`).
+pub(super) fn plan_from(
+    stats: &Statistics,
+    placer: &str,
+    cluster: &Cluster,
+    params: &Params,
+    previous: Option<&Placement>,
+) -> Result<(PlacerOutput, f64)> {
     let p = by_name(placer).with_context(|| format!("placer {placer} is registered"))?;
     let loads = stats.loads(|_| true);
     let start = Instant::now();
@@ -127,7 +139,7 @@ pub(super) fn plan(
             cluster,
             loads: &loads,
             stats: Some(stats),
-            previous: None,
+            previous,
             params,
             seed: 0,
         })

@@ -481,6 +481,27 @@ impl Shift {
     }
 }
 
+/// One shift of a stream, for re-planning: the calibration statistics re-weighted to
+/// its shares, the shifted stream and the baseline on it.
+struct Replan {
+    shift: Shift,
+    stats: Statistics,
+    stream: Trace,
+    base: SimResult,
+}
+
+/// [`Replan`] inputs for the eight shifts of `stream`, from `stats`.
+fn replans(stream: &Trace, stats: &Statistics) -> Result<Vec<Replan>> {
+    let families = stats.families();
+    let mut out = Vec::new();
+    for (shift, stream) in shift_streams(stream, &families) {
+        let base = baseline(&stream)?;
+        let stats = stats.with_family_shares(&shift.shares(&families))?;
+        out.push(Replan { shift, stats, stream, base });
+    }
+    Ok(out)
+}
+
 /// The shifted streams of a held-out (or calibration) stream, with their shifts.
 fn shift_streams(stream: &Trace, families: &[String]) -> Vec<(Shift, Trace)> {
     Shift::all(families)
@@ -532,13 +553,10 @@ fn replan_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
          | shift | placer | dispatcher | remote GPUs cut % | remote nodes cut % | Jain | home max/mean | \
          vs longest-first |\n|---|---|---|---:|---:|---:|---:|---:|\n",
     );
-    let families = s.stats.families();
     let mut best = Vec::new();
     let mut chosen = (f64::INFINITY, f64::INFINITY);
-    for (shift, stream) in shift_streams(&s.test, &families) {
-        let base = baseline(&stream)?;
+    for Replan { shift, stats, stream, base } in replans(&s.test, &s.stats)? {
         let lpt_ref = lpt(&request_lengths(&stream), GPUS);
-        let stats = s.stats.with_family_shares(&shift.shares(&families))?;
         let mut rows: Vec<(String, &str, SimResult)> = Vec::new();
         for placer in ["coact", "tacg"] {
             let (o, c, _) = plan(&stats, placer, 5, &params_for(placer, user))?;
@@ -602,29 +620,14 @@ fn stay_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
          |---:|---:|---:|---:|---:|\n",
         REPLAN[0], REPLAN[1]
     ));
-    let families = s.stats.families();
     let (deployed, cluster, _) = plan(&s.stats, "tacg+gesr", 5, &params_for("tacg+gesr", user))?;
-    let mut shifts: Vec<(Statistics, Trace, SimResult)> = Vec::new();
-    for (shift, t) in shift_streams(&s.test, &families) {
-        let base = baseline(&t)?;
-        shifts.push((s.stats.with_family_shares(&shift.shares(&families))?, t, base));
-    }
+    let shifts = replans(&s.test, &s.stats)?;
     let slots = (deployed.placement.layers() * deployed.placement.slots()) as f64;
     for stay in ["0", "0.5", "1", "2", "4", "8"] {
         let params = gesr_params(user, &[("robust", REPLAN[0]), ("locality", REPLAN[1]), ("stay", stay)]);
         let (mut moved, mut most, mut least_cut, mut least_jain) = (0.0, 0.0f64, f64::INFINITY, f64::INFINITY);
-        for (stats, stream, base) in &shifts {
-            let loads = stats.loads(|_| true);
-            let input = moeplace_core::placers::PlacerInput {
-                shape: stats.shape(),
-                cluster: &cluster,
-                loads: &loads,
-                stats: Some(stats),
-                previous: Some(&deployed.placement),
-                params: &params,
-                seed: 0,
-            };
-            let o = by_name("tacg+gesr").expect("registered").place(&input)?;
+        for Replan { stats, stream, base, .. } in &shifts {
+            let (o, _) = common::plan_from(stats, "tacg+gesr", &cluster, &params, Some(&deployed.placement))?;
             let m = o.placement.moves_from(&deployed.placement) as f64 / slots * 100.0;
             moved += m / shifts.len() as f64;
             most = most.max(m);
@@ -781,12 +784,7 @@ fn tune_robust(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> 
 /// shifts, a plan made from the calibration statistics re-weighted to the shift's
 /// family shares, replayed on the calibration requests reshaped into that shift.
 fn tune_replan(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<String> {
-    let families = stats.families();
-    let mut shifts: Vec<(Statistics, Trace, SimResult)> = Vec::new();
-    for (shift, t) in shift_streams(calib, &families) {
-        let base = baseline(&t)?;
-        shifts.push((stats.with_family_shares(&shift.shares(&families))?, t, base));
-    }
+    let shifts = replans(calib, stats)?;
     let mut out = String::from(
         "\n#### robust x locality when re-planning for each shift (plans from re-weighted calibration statistics)\n\n\
          | robust | locality | shifts: least remote nodes cut % | shifts: least Jain |\n|---:|---:|---:|---:|\n",
@@ -795,10 +793,10 @@ fn tune_replan(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> 
     for (robust, locality) in grid {
         let p = gesr_params(user, &[("robust", &robust.to_string()), ("locality", &locality.to_string())]);
         let (mut least_cut, mut least_jain) = (f64::INFINITY, f64::INFINITY);
-        for (st, t, b) in &shifts {
-            let (o, c, _) = plan(st, "tacg+gesr", 5, &p)?;
-            let r = replay_plan(t, "tacg+gesr", &o, &c, theta)?;
-            least_cut = least_cut.min(cut_percent(r.remote_nodes, b.remote_nodes).unwrap_or(0.0));
+        for Replan { stats, stream, base, .. } in &shifts {
+            let (o, c, _) = plan(stats, "tacg+gesr", 5, &p)?;
+            let r = replay_plan(stream, "tacg+gesr", &o, &c, theta)?;
+            least_cut = least_cut.min(cut_percent(r.remote_nodes, base.remote_nodes).unwrap_or(0.0));
             least_jain = least_jain.min(r.jain);
         }
         out.push_str(&format!("| {robust} | {locality} | {least_cut:.1} | {least_jain:.4} |\n"));
