@@ -171,6 +171,23 @@ fn experiment_tacg_prints_tables() {
         .collect();
     assert_eq!(moved.len(), 6, "{fewer}");
     assert!(moved.windows(2).all(|w| w[1] < w[0]), "{moved:?}");
+    // At every operating point of coact (one per dispatcher) some tacg+gesr dispatcher
+    // is at least as balanced and cuts remote nodes more (the issue's "beats coact on
+    // remote nodes at equal or better Jain").
+    let trade = section("### Locality against balance");
+    let pairs: Vec<Vec<String>> = trade
+        .split("At equal or better Jain")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| coact dispatcher"))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    assert_eq!(pairs.len(), 9, "{trade}");
+    for p in &pairs {
+        let num = |i: usize| p[i].parse::<f64>().unwrap_or_else(|_| panic!("{p:?}"));
+        assert!(num(5) > num(2) && num(6) >= num(3), "{p:?}");
+    }
 }
 
 /// `plan` says what the token-level refinement did, and says so when the statistics

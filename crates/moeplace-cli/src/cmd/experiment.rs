@@ -51,10 +51,13 @@ enum What {
     ///
     /// Tables: (1) linear, coact, eplb, balance, tacg, tacg+gesr at 4 and 5 slots per
     /// GPU with homes round-robin and by family; (2) ablations of tacg+gesr; (3)
-    /// distribution shift (one family at 70% of the held-out tokens, one family
-    /// absent); (4) calibration budget (tokens per family). Cuts are against the
-    /// baseline of DESIGN.md (linear, no replicas, primary copy, homes round-robin)
-    /// on the same held-out stream.
+    /// locality against balance (coact and tacg+gesr under dispatchers from nearest to
+    /// gesr with no tolerance, compared at equal Jain); (4) distribution shift (one
+    /// family at 70% of the held-out tokens, one family absent; plans from the even
+    /// mix); (5) re-planned for each shift's family mix; (6) re-planned with fewer
+    /// moves (`plan --previous`, `stay`); (7) calibration budget (tokens per family).
+    /// Cuts are against the baseline of DESIGN.md (linear, no replicas, primary copy,
+    /// homes round-robin) on the same held-out stream.
     Tacg(TacgArgs),
     /// GRACE-MoE (docs/GRACE.md): grace against linear, eplb, balance, coact and
     /// tacg+gesr with flat and hierarchical communication, on the held-out ESFT

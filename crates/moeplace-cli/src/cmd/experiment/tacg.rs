@@ -104,6 +104,7 @@ pub(super) fn tacg(args: TacgArgs) -> Result<()> {
     ));
     main_table(&setup, &user, &mut out)?;
     ablation_table(&setup, &user, &mut out)?;
+    tradeoff_table(&setup, &user, &mut out)?;
     shift_table(&setup, &user, &mut out)?;
     replan_table(&setup, &user, &mut out)?;
     stay_table(&setup, &user, &mut out)?;
@@ -254,6 +255,59 @@ fn ablation_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
         let homes = HomePolicy::Request(homes_per_request(&s.test, &full.placement, groups, prefix));
         let r = simulate(&s.test, &full.placement, &cluster, &gesr, &homes)?;
         row(out, &label, &r, &s.baseline, lpt_ref);
+    }
+    out.push('\n');
+    Ok(())
+}
+
+/// Tolerances of the gesr dispatcher in the trade-off table, loosest first.
+const TRADEOFF_THETAS: [f64; 7] = [1.0, 0.5, 0.3, 0.15, 0.1, 0.05, 0.0];
+
+/// Locality against balance: `coact` (homes round-robin, it has no family groups) and
+/// `tacg+gesr` (homes by family), each planned once and replayed under dispatchers
+/// from the most local (`nearest`) to the most balancing (gesr with a zero tolerance),
+/// so that the two are compared at equal Jain rather than at one setting each.
+fn tradeoff_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
+    let lpt_ref = lpt(&s.test_lengths, GPUS);
+    out.push_str(
+        "### Locality against balance (5 slots per GPU; coact homes round-robin, tacg+gesr homes by family)\n\n",
+    );
+    header(out, "placer | dispatcher");
+    let mut rows: Vec<(&str, String, SimResult)> = Vec::new();
+    for placer in ["coact", "tacg+gesr"] {
+        let (plan_out, cluster, _) = plan(&s.stats, placer, 5, &params_for(placer, user))?;
+        let homes = match (placer, &plan_out.family_gpus) {
+            ("tacg+gesr", Some(f)) => HomePolicy::Family(f.clone()),
+            _ => HomePolicy::RoundRobin,
+        };
+        let mut dispatchers: Vec<(String, Box<dyn Dispatcher>)> = vec![("nearest".into(), Box::new(Nearest))];
+        for theta in TRADEOFF_THETAS {
+            dispatchers.push((format!("gesr theta={theta}"), Box::new(Gesr { theta, ..Gesr::default() })));
+        }
+        let paper = Gesr { theta: s.theta, mean_reference: false, ..Gesr::default() };
+        dispatchers.push((format!("gesr theta={}, least loaded copy only", s.theta), Box::new(paper)));
+        for (label, d) in dispatchers {
+            let r = simulate(&s.test, &plan_out.placement, &cluster, d.as_ref(), &homes)?;
+            row(out, &format!("{placer} | {label}"), &r, &s.baseline, lpt_ref);
+            rows.push((placer, label, r));
+        }
+    }
+    // For every coact row, the tacg+gesr row with the largest remote-node cut at equal
+    // or better Jain.
+    out.push_str(
+        "\nAt equal or better Jain: each coact row against the tacg+gesr row that cuts remote nodes most among \
+         those at least as balanced.\n\n| coact dispatcher | remote nodes cut % | Jain | tacg+gesr dispatcher | \
+         remote nodes cut % | Jain |\n|---|---:|---:|---|---:|---:|\n",
+    );
+    let cut = |r: &SimResult| cut_percent(r.remote_nodes, s.baseline.remote_nodes).unwrap_or(0.0);
+    for (_, label, c) in rows.iter().filter(|(p, _, _)| *p == "coact") {
+        let best = rows
+            .iter()
+            .filter(|(p, _, r)| *p == "tacg+gesr" && r.jain >= c.jain)
+            .max_by(|a, b| cut(&a.2).total_cmp(&cut(&b.2)));
+        let theirs = best
+            .map_or("none as balanced | - | -".to_string(), |(_, l, t)| format!("{l} | {:.1} | {:.4}", cut(t), t.jain));
+        out.push_str(&format!("| {label} | {:.1} | {:.4} | {theirs} |\n", cut(c), c.jain));
     }
     out.push('\n');
     Ok(())
