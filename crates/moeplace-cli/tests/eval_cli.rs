@@ -134,40 +134,16 @@ fn esft_linear_eval_matches_a_plain_implementation() {
     let esft = data.join("esft-deepseek-v2-lite");
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("linear.json");
-    let out = moeplace(&[
-        "plan",
-        "--placer",
-        "linear",
-        "--trace",
-        esft.to_str().unwrap(),
-        "--gpus",
-        "16",
-        "--nodes",
-        "4",
-        "--slots-per-gpu",
-        "4",
-        "-o",
-        plan.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan_linear = |to: &std::path::Path| {
+        let (esft, to) = (esft.to_str().unwrap(), to.to_str().unwrap());
+        let args = ["plan", "--placer", "linear", "--trace", esft, "--gpus", "16", "--nodes", "4"];
+        let out = moeplace(&[&args[..], &["--slots-per-gpu", "4", "-o", to]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    plan_linear(&plan);
     // The same inputs give a byte-identical plan.
     let again = dir.path().join("again.json");
-    let out = moeplace(&[
-        "plan",
-        "--placer",
-        "linear",
-        "--trace",
-        esft.to_str().unwrap(),
-        "--gpus",
-        "16",
-        "--nodes",
-        "4",
-        "--slots-per-gpu",
-        "4",
-        "-o",
-        again.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    plan_linear(&again);
     assert_eq!(std::fs::read(&plan).unwrap(), std::fs::read(&again).unwrap());
     let out = moeplace(&[
         "eval",

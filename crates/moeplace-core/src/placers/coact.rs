@@ -527,18 +527,19 @@ mod tests {
         let cluster = Cluster::new(2, 2, 5).unwrap();
         let loads = stats.loads(|_| true);
         let params = Params::default();
-        let out = by_name("coact")
-            .unwrap()
-            .place(&PlacerInput {
+        let place = |cluster: &Cluster| {
+            let input = PlacerInput {
                 shape,
-                cluster: &cluster,
+                cluster,
                 loads: &loads,
                 stats: Some(&stats),
                 previous: None,
                 params: &params,
                 seed: 0,
-            })
-            .unwrap();
+            };
+            by_name("coact").unwrap().place(&input).unwrap()
+        };
+        let out = place(&cluster);
         let p = &out.placement;
         let g0: Vec<u32> = p.gpu_experts(0, 0).to_vec();
         let evens = g0.iter().filter(|&&e| e % 2 == 0).count();
@@ -546,18 +547,7 @@ mod tests {
         assert_eq!(p.logcnt()[0].iter().sum::<usize>(), 10);
         // Unequal slot counts: 11 slots on 2 GPUs (5 and 6), filled exactly.
         let cluster = Cluster::new(2, 2, 5).unwrap().with_slots(11).unwrap();
-        let out = by_name("coact")
-            .unwrap()
-            .place(&PlacerInput {
-                shape,
-                cluster: &cluster,
-                loads: &loads,
-                stats: Some(&stats),
-                previous: None,
-                params: &params,
-                seed: 0,
-            })
-            .unwrap();
+        let out = place(&cluster);
         assert_eq!(out.placement.gpu_experts(0, 0).len(), 5);
         assert_eq!(out.placement.gpu_experts(0, 1).len(), 6);
     }
