@@ -52,7 +52,9 @@ enum What {
     /// Tables: (1) linear, coact, eplb, balance, tacg, tacg+gesr at 4 and 5 slots per
     /// GPU with homes round-robin and by family; (2) ablations of tacg+gesr; (3)
     /// distribution shift (one family at 70% of the held-out tokens, one family
-    /// absent); (4) calibration budget (tokens per family). Cuts are against the
+    /// absent); (4) the same shifts re-planned for the shifted mix (`plan
+    /// --family-share`); (5) re-planned with fewer moves (`plan --previous` with
+    /// `stay`); (6) calibration budget (tokens per family). Cuts are against the
     /// baseline of DESIGN.md (linear, no replicas, primary copy, homes round-robin)
     /// on the same held-out stream.
     Tacg(TacgArgs),
