@@ -13,7 +13,7 @@ pub struct ClusterArgs {
     /// GPUs per node unless given.
     #[arg(long, value_name = "G")]
     pub gpus: Option<usize>,
-    /// Nodes the GPUs are spread over (default 1; with --preset, required).
+    /// Nodes the GPUs are spread over (default 1, with or without --preset).
     #[arg(long, value_name = "N")]
     pub nodes: Option<usize>,
     /// Expert slots per GPU per layer (default: no redundant slots). Redundant slots

@@ -15,11 +15,13 @@ pub struct TraceArgs {
     /// Trace format, instead of guessing from the path: jsonl, parquet, npz, esft, sglang.
     #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
     pub format: Option<TraceFormat>,
-    /// Experts per layer, for formats that do not record it (ESFT logs default to 64,
-    /// DeepSeek-V2-Lite).
+    /// Experts per layer, for formats that do not record it: ESFT logs (default 64,
+    /// DeepSeek-V2-Lite) and NumPy traces without `num_experts`.
     #[arg(long, value_name = "E")]
     pub experts: Option<usize>,
-    /// Experts per token per layer, for formats that do not record it (ESFT: 6).
+    /// Experts per token per layer, for inputs that do not record it: ESFT logs
+    /// (default 6) and engine counts (SGLang `logical_count`, TensorRT-LLM statistics),
+    /// which need it.
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
     /// Tokens per batch while streaming (memory bound).

@@ -13,8 +13,9 @@ use moeplace_formats::{open_trace, ReadOptions, TraceFormat};
 
 use crate::input::print_stdout;
 
-/// Measure throughput on synthetic traces (no downloads; results vary with the
-/// machine). Use a release build: `cargo run --release -- bench profile`.
+/// Measure the speed and quality figures the docs quote, mostly on synthetic traces
+/// (`balance` also reads the shared data folder; results vary with the machine). Use
+/// a release build: `cargo run --release -- bench profile`.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]

@@ -10,7 +10,7 @@ use crate::input::{byte_progress, TraceArgs};
 /// Convert a routing trace between formats, streaming (memory stays bounded).
 /// The output format follows the output's extension (.jsonl, .parquet, .npz) or --to.
 ///
-/// Example:
+/// Examples:
 ///   moeplace convert traces/esft esft.jsonl
 ///   moeplace convert trace.jsonl trace.parquet
 #[derive(clap::Args)]
@@ -22,7 +22,7 @@ pub struct Args {
     output: PathBuf,
     #[command(flatten)]
     trace: TraceArgs,
-    /// Output format (default: from the output's extension).
+    /// Output format: jsonl, parquet or npz (default: from the output's extension).
     #[arg(long, value_name = "FORMAT")]
     to: Option<String>,
 }

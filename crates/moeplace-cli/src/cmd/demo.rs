@@ -32,15 +32,16 @@ pub struct Args {
     /// Seed of the workload and of the placers.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// GPUs (4 nodes).
-    #[arg(long, default_value_t = 16)]
+    /// GPUs, in 4 nodes (a multiple of 4).
+    #[arg(long, value_name = "G", default_value_t = 16)]
     gpus: usize,
-    /// Slots per GPU (64 experts: 4 is no replicas, 5 adds one replica per GPU).
-    #[arg(long, default_value_t = 5)]
+    /// Expert slots per GPU per layer. The workload has 32 experts per layer, so
+    /// G x S - 32 slots hold replicas (on 16 GPUs: 2 is no replicas, 5 gives 48).
+    #[arg(long, value_name = "S", default_value_t = 5)]
     slots_per_gpu: usize,
     /// Replica choice per token pick (primary, random, nearest, grace, gesr; `moeplace
     /// placers` describes them).
-    #[arg(long, default_value = "nearest")]
+    #[arg(long, value_name = "NAME", default_value = "nearest")]
     dispatcher: String,
     /// Where to write the HTML report.
     #[arg(long, value_name = "OUT.html", default_value = "moeplace-demo.html")]

@@ -70,7 +70,7 @@ pub struct Args {
 /// The link flags of `eval` (the layout comes from each plan).
 #[derive(clap::Args)]
 pub struct LinkArgs {
-    /// Link figures of a named machine (h100, a100-eth).
+    /// Link figures of a named machine (h100, a100-eth; default: h100's links).
     #[arg(long, value_name = "NAME", conflicts_with = "cluster")]
     preset: Option<String>,
     /// A cluster TOML file whose layout matches the plans.

@@ -54,7 +54,7 @@ enum What {
     /// locality against balance (coact and tacg+gesr under dispatchers from nearest to
     /// gesr with no tolerance, compared at equal Jain); (4) distribution shift (one
     /// family at 70% of the held-out tokens, one family absent; plans from the even
-    /// mix); (5) re-planned for each shift's family mix; (6) re-planned with fewer
+    /// mix); (5) the same shifts re-planned for the shifted mix (`plan --family-share`); (6) re-planned with fewer
     /// moves (`plan --previous`, `stay`); (7) calibration budget (tokens per family).
     /// Cuts are against the baseline of DESIGN.md (linear, no replicas, primary copy,
     /// homes round-robin) on the same held-out stream.

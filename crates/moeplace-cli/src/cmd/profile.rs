@@ -13,8 +13,10 @@ use crate::input::{print_stdout, profile_inputs, TraceArgs};
 /// families use experts, co-activation structure, generic experts and (with prefill
 /// and decode) how well a request's prefill predicts its decode.
 ///
-/// Inputs may be traces (JSONL, Parquet, NPZ, an ESFT log folder, an SGLang trace)
-/// or statistics files from an earlier `profile -o`; all are added up.
+/// Inputs may be traces (JSONL, Parquet, NPZ, an ESFT log folder, an SGLang trace),
+/// statistics files from an earlier `profile -o`, or engine counts (an SGLang
+/// `logical_count` JSON file, a TensorRT-LLM statistics folder; loads only, give
+/// --top-k); all are added up.
 ///
 /// Examples:
 ///   moeplace profile traces/esft --json
@@ -22,7 +24,7 @@ use crate::input::{print_stdout, profile_inputs, TraceArgs};
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// Traces or statistics files to profile together.
+    /// Traces, statistics files or engine counts to profile together.
     #[arg(required = true, value_name = "TRACE")]
     inputs: Vec<PathBuf>,
     #[command(flatten)]

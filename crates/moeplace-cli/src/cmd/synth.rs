@@ -32,7 +32,7 @@ use moeplace_formats::writer::{output_format, TraceWriter};
 pub struct Args {
     /// The trace to write (.jsonl, .parquet or .npz).
     output: PathBuf,
-    /// Output format (default: from the output's extension).
+    /// Output format: jsonl, parquet or npz (default: from the output's extension).
     #[arg(long, value_name = "FORMAT")]
     to: Option<String>,
     /// A built-in model shape (default deepseek-v2-lite when no shape is given).
@@ -67,7 +67,7 @@ pub struct Args {
     seed: u64,
     /// Seed of the model's structure (popularity, family experts, clusters); keep it
     /// to get calibration and test streams of one model from two --seed values.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
     structure_seed: u64,
     /// Fit the generator to these statistics (from `moeplace profile -o`).
     #[arg(long, value_name = "STATS")]

@@ -21,32 +21,32 @@ pub(super) struct RequestsArgs {
     /// message, when absent).
     #[arg(long, default_value = "../shared/data", value_name = "DIR")]
     data: PathBuf,
-    /// Model preset of the synthetic workload.
-    #[arg(long, default_value = "deepseek-v2-lite")]
+    /// Model preset of the synthetic workload (the `synth --preset` names).
+    #[arg(long, value_name = "NAME", default_value = "deepseek-v2-lite")]
     synth_preset: String,
     /// Requests of the synthetic workload (0: no synthetic experiment).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, value_name = "N", default_value_t = 5000)]
     synth_requests: usize,
     /// Prefill lengths of the synthetic requests (N, MIN..MAX or lognormal:MEDIAN:SIGMA).
-    #[arg(long, default_value = "lognormal:128:0.6")]
+    #[arg(long, value_name = "DIST", default_value = "lognormal:128:0.6")]
     prefill_len: String,
-    /// Decode lengths of the synthetic requests.
-    #[arg(long, default_value = "lognormal:128:0.6")]
+    /// Decode lengths of the synthetic requests (same forms as --prefill-len).
+    #[arg(long, value_name = "DIST", default_value = "lognormal:128:0.6")]
     decode_len: String,
     /// Family mix of the synthetic requests (name=weight,...; default: the
     /// generator's four families).
     #[arg(long)]
     families: Option<String>,
     /// Synthetic knob `family_experts`: fraction of a layer's experts each family
-    /// prefers (default: the generator's).
-    #[arg(long)]
+    /// prefers (default: the generator's, 0.1).
+    #[arg(long, value_name = "F")]
     family_experts: Option<f64>,
     /// Synthetic knob `family_boost`: popularity multiplier of a family's preferred
-    /// experts (default: the generator's).
-    #[arg(long)]
+    /// experts (default: the generator's, 4).
+    #[arg(long, value_name = "X")]
     family_boost: Option<f64>,
-    /// Decode workers.
-    #[arg(long, default_value_t = 16)]
+    /// Decode workers of the decode-routing experiment.
+    #[arg(long, value_name = "N", default_value_t = 16)]
     workers: usize,
     /// ELDR band of the main comparison.
     #[arg(long, default_value_t = 0.1)]
