@@ -256,3 +256,14 @@ fn eval_report_layer_without_report_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--report"), "{err}");
 }
+
+#[test]
+fn a_request_changing_family_between_consecutive_tokens_is_refused() {
+    // Only a change of request was checked: the second token was counted under
+    // family b while the request kept family a.
+    let dir = tempfile::tempdir().unwrap();
+    let other = GOOD.replace("\"a\"", "\"b\"").replace("\"position\":0", "\"position\":1");
+    let p = write(dir.path(), "t.jsonl", &format!("{HEADER}\n{GOOD}\n{other}\n"));
+    let err = profile_fails(&p);
+    assert!(err.contains("t.jsonl") && err.contains("\"r0\"") && err.contains("family \"b\""), "{err}");
+}

@@ -311,7 +311,9 @@ impl Statistics {
     fn add_request_vectors(&mut self, batch: &TokenBatch) -> Result<(), ShapeError> {
         let (l, e, k) = (self.shape.layers, self.shape.experts, self.shape.top_k);
         let ids = batch.expert_ids();
-        let mut last: Option<(u32, Option<Phase>)> = None;
+        // The family is part of the key: a request whose family changes between two
+        // consecutive tokens must be caught, not counted under its first family.
+        let mut last = None;
         let mut current: Option<&mut Vec<u32>> = None;
         let mut current_tokens: Option<&mut u64> = None;
         // Tokens of one request usually come together: look the request up only when
@@ -319,22 +321,25 @@ impl Statistics {
         for t in 0..batch.len() {
             let r = batch.request_indices()[t];
             let p = batch.phases()[t];
-            if last != Some((r, p)) {
+            let f = batch.family_indices()[t];
+            if last != Some((r, p, f)) {
                 let name = &batch.request_names()[r as usize];
-                let family = batch.family_indices()[t].map(|f| batch.family_names()[f as usize].clone());
+                let family = f.map(|f| batch.family_names()[f as usize].clone());
                 let entry = self
                     .requests
                     .entry(name.clone())
                     .or_insert_with(|| RequestActivation { family: family.clone(), ..Default::default() });
                 if entry.family != family {
+                    let show = |f: &Option<String>| f.as_ref().map_or("(none)".to_string(), |f| format!("{f:?}"));
                     return Err(ShapeError::BadShape(format!(
-                        "request {name:?} has tokens of family {:?} and of family {:?}",
-                        entry.family, family
+                        "request {name:?} has tokens of family {} and of family {}",
+                        show(&entry.family),
+                        show(&family)
                     )));
                 }
                 current = Some(entry.by_phase.entry(p).or_insert_with(|| written_zeros(l * e)));
                 current_tokens = Some(entry.tokens.entry(p).or_insert(0));
-                last = Some((r, p));
+                last = Some((r, p, f));
             }
             let v = current.as_deref_mut().expect("set above");
             *current_tokens.as_deref_mut().expect("set above") += 1;
