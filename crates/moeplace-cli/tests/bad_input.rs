@@ -267,3 +267,21 @@ fn a_request_changing_family_between_consecutive_tokens_is_refused() {
     let err = profile_fails(&p);
     assert!(err.contains("t.jsonl") && err.contains("\"r0\"") && err.contains("family \"b\""), "{err}");
 }
+
+#[test]
+fn esft_errors_name_the_file_of_the_layer_at_fault() {
+    // A repeated expert or a bad weight in layer file 2 was reported in file 1.
+    let dir = tempfile::tempdir().unwrap();
+    let fam = dir.path().join("law");
+    std::fs::create_dir(&fam).unwrap();
+    let good = "1\t2\t3\t4\t5\t6\t\t0.1\t0.1\t0.1\t0.1\t0.1\t0.1\n";
+    write(&fam, "expert_weights_1.txt", good);
+    write(&fam, "expert_weights_2.txt", good);
+    write(&fam, "expert_weights_3.txt", "1\t1\t3\t4\t5\t6\t\t0.1\t0.1\t0.1\t0.1\t0.1\t0.1\n");
+    let err = profile_fails(dir.path());
+    assert!(err.contains("expert_weights_3.txt:1:") && err.contains("appears twice"), "{err}");
+    write(&fam, "expert_weights_3.txt", good);
+    write(&fam, "expert_weights_2.txt", "1\t2\t3\t4\t5\t6\t\t0.1\tinf\t0.1\t0.1\t0.1\t0.1\n");
+    let err = profile_fails(dir.path());
+    assert!(err.contains("expert_weights_2.txt:1:") && err.contains("not a finite number"), "{err}");
+}
