@@ -257,6 +257,15 @@ fn eval_report_layer_without_report_is_refused() {
     assert!(!out.status.success() && err.contains("--report"), "{err}");
 }
 
+/// Runs `moeplace args`, checks a clean failure (exit 1, no panic) and returns stderr.
+fn fails(args: &[&str]) -> String {
+    let out = moeplace(args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: expected exit 1, stderr: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: panic: {err}");
+    err
+}
+
 #[test]
 fn a_request_changing_family_between_consecutive_tokens_is_refused() {
     // Only a change of request was checked: the second token was counted under
@@ -284,4 +293,49 @@ fn esft_errors_name_the_file_of_the_layer_at_fault() {
     write(&fam, "expert_weights_2.txt", "1\t2\t3\t4\t5\t6\t\t0.1\tinf\t0.1\t0.1\t0.1\t0.1\n");
     let err = profile_fails(dir.path());
     assert!(err.contains("expert_weights_2.txt:1:") && err.contains("not a finite number"), "{err}");
+}
+
+/// A version 1 `.npy` file of little-endian int32 with `shape` in its header and
+/// `values` as its data.
+fn npy(shape: &str, values: &[i32]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '<i4', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    out
+}
+
+#[test]
+fn numpy_arrays_with_less_data_than_their_header_announces_are_refused() {
+    // The reader allocated what the header announced: a corrupt shape aborted the
+    // process on memory; a short array was called "not an integer array".
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let ids = [0, 1, 2, 3, 1, 2, 3, 0];
+    let good = d.join("good.npy");
+    std::fs::write(&good, npy("(2, 2, 2)", &ids)).unwrap();
+    assert!(moeplace(&["profile", &s(&good), "--experts", "4"]).status.success());
+    for (name, shape, values) in [("huge.npy", "(2000000000, 2, 2)", &ids[..]), ("short.npy", "(2, 2, 2)", &ids[..6])] {
+        let p = d.join(name);
+        std::fs::write(&p, npy(shape, values)).unwrap();
+        let err = fails(&["profile", &s(&p), "--experts", "4"]);
+        assert!(err.contains(name) && err.contains("topk_ids") && err.contains("truncated or corrupt"), "{err}");
+    }
+    // An archive whose array header claims more tokens than it holds (same length
+    // of text, so the archive itself stays valid).
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{}\n", vec![GOOD; 200].join("\n")));
+    let npz = d.join("t.npz");
+    assert!(moeplace(&["convert", &s(&trace), &s(&npz)]).status.success());
+    let mut bytes = std::fs::read(&npz).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"(200, ").expect("the token count in a header");
+    bytes[at + 1..at + 4].copy_from_slice(b"999");
+    std::fs::write(&npz, &bytes).unwrap();
+    let err = fails(&["profile", &s(&npz)]);
+    assert!(err.contains("t.npz") && err.contains("truncated or corrupt"), "{err}");
 }
