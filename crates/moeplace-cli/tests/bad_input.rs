@@ -339,3 +339,40 @@ fn numpy_arrays_with_less_data_than_their_header_announces_are_refused() {
     let err = fails(&["profile", &s(&npz)]);
     assert!(err.contains("t.npz") && err.contains("truncated or corrupt"), "{err}");
 }
+
+#[test]
+fn negative_placer_weights_are_refused() {
+    // They were taken as given: a negative load-spread weight rewards imbalance, and
+    // cluster-homes turned a negative slack into 0 without a word.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let other = GOOD.replace("\"r0\"", "\"r1\"").replace("\"a\"", "\"b\"").replace("[0,1]", "[1,2]");
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n{other}\n"));
+    let out = d.join("p.json");
+    for (placer, param) in [
+        ("coact", "balance=-1"),
+        ("grace", "balance=-0.5"),
+        ("tacg", "eta=-1"),
+        ("tacg+gesr", "lambda1=-1"),
+        ("tacg+gesr", "lambda2=-2"),
+        ("tacg+gesr", "pay=-1"),
+        ("cluster-homes", "slack=-1"),
+    ] {
+        let err = fails(&[
+            "plan",
+            "--placer",
+            placer,
+            "--trace",
+            trace.to_str().unwrap(),
+            "--gpus",
+            "2",
+            "--param",
+            param,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        let key = param.split('=').next().unwrap();
+        assert!(err.contains(key) && err.contains("must not be negative"), "{placer} {param}: {err}");
+        assert!(!out.exists(), "{placer} {param}: no plan written");
+    }
+}
