@@ -376,3 +376,41 @@ fn negative_placer_weights_are_refused() {
         assert!(!out.exists(), "{placer} {param}: no plan written");
     }
 }
+
+#[test]
+fn shape_flags_that_contradict_statistics_are_refused() {
+    // --experts and --top-k were ignored for statistics files and engine counts,
+    // while trace readers refuse a value the file contradicts.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
+    let stats = d.join("s.json");
+    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
+    let err = fails(&["profile", &s(&stats), "--experts", "8"]);
+    assert!(err.contains("s.json") && err.contains("--experts"), "{err}");
+    let out = s(&d.join("p.json"));
+    let err = fails(&["plan", "--placer", "linear", "--stats", &s(&stats), "--top-k", "3", "--gpus", "2", "-o", &out]);
+    assert!(err.contains("s.json") && err.contains("--top-k"), "{err}");
+    let lc = write(d, "lc.json", r#"{"logical_count": [[4, 2, 2, 0], [1, 1, 3, 3]]}"#);
+    let err = fails(&["profile", &s(&lc), "--top-k", "2", "--experts", "8"]);
+    assert!(err.contains("lc.json") && err.contains("--experts"), "{err}");
+}
+
+#[test]
+fn engine_counts_that_are_all_zero_or_too_large_are_refused() {
+    // All zeros gave a plan "perfectly balanced" on no load; 1e30 saturated to u64
+    // and the token count wrapped around.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, text, what) in [
+        ("zero.json", r#"{"logical_count": [[0, 0, 0, 0], [0, 0, 0, 0]]}"#, "every count is zero"),
+        ("big.json", r#"{"logical_count": [[1e30, 2, 2, 0], [1, 1, 3, 3]]}"#, "more than 2^53"),
+    ] {
+        let p = write(d, name, text);
+        let out = d.join("p.json");
+        let (p, out) = (p.to_str().unwrap(), out.to_str().unwrap());
+        let err = fails(&["plan", "--placer", "eplb", "--stats", p, "--top-k", "2", "--gpus", "2", "-o", out]);
+        assert!(err.contains(name) && err.contains(what), "{err}");
+    }
+}
