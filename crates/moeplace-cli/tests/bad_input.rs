@@ -414,3 +414,30 @@ fn engine_counts_that_are_all_zero_or_too_large_are_refused() {
         assert!(err.contains(name) && err.contains(what), "{err}");
     }
 }
+
+#[test]
+fn statistics_whose_counts_no_trace_could_give_are_refused() {
+    // Hand-edited counts (loads, pairs or tokens changed alone) were read as they
+    // were, and a file without tokens was profiled and planned from.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
+    let stats = d.join("s.json");
+    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
+    let text = std::fs::read_to_string(&stats).unwrap();
+    assert!(text.contains("\"tokens\":1,\"load\":[[1,1,0,0],[0,0,1,1]]"), "{text}");
+    for (name, from, to, what) in [
+        ("load.json", "\"load\":[[1,1,0,0]", "\"load\":[[1,5,0,0]", "expert loads sum to 6"),
+        ("tokens.json", "\"tokens\":1,\"load\"", "\"tokens\":3,\"load\"", "3 tokens of top-2"),
+        ("coact.json", "\"coact\":[[0,0,1,1]", "\"coact\":[[0,0,1,7]", "co-activation counts sum to 7"),
+    ] {
+        let p = write(d, name, &text.replacen(from, to, 1));
+        let err = fails(&["profile", &s(&p)]);
+        assert!(err.contains(name) && err.contains(what), "{name}: {err}");
+    }
+    let empty = text.split("\"groups\"").next().unwrap().to_string() + "\"groups\":[],\"requests\":[]}";
+    let p = write(d, "empty.json", &empty);
+    let err = fails(&["profile", &s(&p)]);
+    assert!(err.contains("empty.json") && err.contains("no tokens"), "{err}");
+}
