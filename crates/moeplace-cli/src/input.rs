@@ -109,6 +109,13 @@ pub fn profile_inputs(inputs: &[PathBuf], args: &TraceArgs, options: ProfileOpti
 /// Reads a whole trace into memory (for commands that split or replay it).
 #[allow(dead_code)]
 pub fn read_trace(path: &Path, args: &TraceArgs) -> Result<Trace> {
+    // A statistics file would otherwise be refused as a malformed JSONL header.
+    if is_stats_file(path) {
+        bail!(
+            "{}: this is a statistics file (moeplace profile -o); replaying needs the trace itself, token by token",
+            path.display()
+        );
+    }
     let mut reader = args.open(path)?;
     let shape: ModelShape = reader.shape();
     let mut trace = Trace::new(shape);

@@ -441,3 +441,31 @@ fn statistics_whose_counts_no_trace_could_give_are_refused() {
     let err = fails(&["profile", &s(&p)]);
     assert!(err.contains("empty.json") && err.contains("no tokens"), "{err}");
 }
+
+#[test]
+fn other_files_given_as_plans_or_traces_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
+    let stats = d.join("s.json");
+    let plan = d.join("p.json");
+    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
+    assert!(moeplace(&["plan", "--placer", "linear", "--trace", &s(&trace), "--gpus", "2", "-o", &s(&plan)])
+        .status
+        .success());
+    // Was "experts: unknown key in a plan file".
+    let err = fails(&["export", &s(&stats), "--to", "sglang", "-o", &s(&d.join("x.json"))]);
+    assert!(err.contains("s.json") && err.contains("\"moeplace-stats\" is not \"moeplace-plan\""), "{err}");
+    let empty = write(d, "empty.json", "");
+    let err = fails(&["export", &s(&empty), "--to", "sglang", "-o", &s(&d.join("x.json"))]);
+    assert!(err.contains("empty.json") && err.contains("empty file"), "{err}");
+    // Was a complaint about the JSONL header's field `pairs`.
+    let err = fails(&["eval", "--trace", &s(&stats), "--plan", &s(&plan)]);
+    assert!(err.contains("s.json") && err.contains("statistics file"), "{err}");
+    // The plan is named by its path (was its file stem).
+    let wide = HEADER.replace("\"experts\":4", "\"experts\":8");
+    let other = write(d, "t8.jsonl", &format!("{wide}\n{GOOD}\n"));
+    let err = fails(&["eval", "--trace", &s(&other), "--plan", &s(&plan)]);
+    assert!(err.contains(&s(&plan)) && err.contains("t8.jsonl"), "{err}");
+}
