@@ -469,3 +469,36 @@ fn other_files_given_as_plans_or_traces_are_named() {
     let err = fails(&["eval", "--trace", &s(&other), "--plan", &s(&plan)]);
     assert!(err.contains(&s(&plan)) && err.contains("t8.jsonl"), "{err}");
 }
+
+#[test]
+fn empty_traces_are_not_written() {
+    // synth --requests 0 and convert of a trace without tokens wrote files that
+    // every reader refuses.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = d.join("o.parquet");
+    let shape = ["--layers", "2", "--experts", "4", "--top-k", "2"];
+    for n in [["--requests", "0"], ["--tokens", "0"]] {
+        let err = fails(&[&["synth"][..], &shape, &n, &[&s(&out)]].concat());
+        assert!(err.contains("the workload would be empty"), "{err}");
+        assert!(!out.exists());
+    }
+    let empty = write(d, "h.jsonl", &format!("{HEADER}\n"));
+    let err = fails(&["convert", &s(&empty), &s(&out)]);
+    assert!(err.contains("h.jsonl") && err.contains("no tokens"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(d).unwrap().count(), 1, "no temporary file left");
+}
+
+#[test]
+fn bench_refuses_zero_counts_that_make_empty_tables() {
+    // --decisions 0 printed "inf" microseconds; --step-tokens 0 a per-step table of
+    // perfect balance on no load.
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("absent");
+    let err = fails(&["bench", "requests", "--requests", "10", "--decisions", "0"]);
+    assert!(err.contains("--decisions"), "{err}");
+    let err = fails(&["bench", "balance", "--data", absent.to_str().unwrap(), "--step-tokens", "0"]);
+    assert!(err.contains("--step-tokens"), "{err}");
+}
