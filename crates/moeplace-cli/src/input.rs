@@ -79,7 +79,9 @@ pub fn profile_inputs(inputs: &[PathBuf], args: &TraceArgs, options: ProfileOpti
     let mut acc: Option<Statistics> = None;
     for path in inputs {
         let stats = if is_stats_file(path) {
-            stats_file::read(path)?
+            let stats = stats_file::read(path)?;
+            check_shape_flags(path, stats.shape(), args)?;
+            stats
         } else if let Some(stats) = engine_statistics(path, args) {
             stats?
         } else {
@@ -109,6 +111,13 @@ pub fn profile_inputs(inputs: &[PathBuf], args: &TraceArgs, options: ProfileOpti
 /// Reads a whole trace into memory (for commands that split or replay it).
 #[allow(dead_code)]
 pub fn read_trace(path: &Path, args: &TraceArgs) -> Result<Trace> {
+    // A statistics file would otherwise be refused as a malformed JSONL header.
+    if is_stats_file(path) {
+        bail!(
+            "{}: this is a statistics file (moeplace profile -o); replaying needs the trace itself, token by token",
+            path.display()
+        );
+    }
     let mut reader = args.open(path)?;
     let shape: ModelShape = reader.shape();
     let mut trace = Trace::new(shape);
@@ -147,6 +156,7 @@ pub fn engine_statistics(path: &Path, args: &TraceArgs) -> Option<Result<Statist
             format!("{}: engine counts do not record top-k; pass --top-k (e.g. 8 for DeepSeek-V3)", path.display())
         })?;
         let shape = ModelShape::new(loads.layers, loads.experts, k).with_context(|| path.display().to_string())?;
+        check_shape_flags(path, shape, args)?;
         let total: Vec<u64> = loads.total().iter().map(|x| x.round() as u64).collect();
         Statistics::from_loads(shape, total, None).with_context(|| path.display().to_string())
     })())
@@ -156,6 +166,24 @@ pub fn engine_statistics(path: &Path, args: &TraceArgs) -> Option<Result<Statist
 pub fn read_statistics(path: &Path, args: &TraceArgs) -> Result<Statistics> {
     match engine_statistics(path, args) {
         Some(s) => s,
-        None => Ok(stats_file::read(path)?),
+        None => {
+            let stats = stats_file::read(path)?;
+            check_shape_flags(path, stats.shape(), args)?;
+            Ok(stats)
+        }
     }
+}
+
+/// Statistics record E and k (engine counts record E): a different `--experts` or
+/// `--top-k` is refused, as the trace readers refuse it, rather than ignored.
+fn check_shape_flags(path: &Path, shape: ModelShape, args: &TraceArgs) -> Result<()> {
+    for (flag, given, recorded) in [("--experts", args.experts, shape.experts), ("--top-k", args.top_k, shape.top_k)] {
+        if let Some(given) = given.filter(|&g| g != recorded) {
+            bail!(
+                "{}: the statistics record {recorded} for {flag} but {given} was given; drop {flag} or fix it",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }

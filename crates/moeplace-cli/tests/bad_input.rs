@@ -256,3 +256,249 @@ fn eval_report_layer_without_report_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--report"), "{err}");
 }
+
+/// Runs `moeplace args`, checks a clean failure (exit 1, no panic) and returns stderr.
+fn fails(args: &[&str]) -> String {
+    let out = moeplace(args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: expected exit 1, stderr: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: panic: {err}");
+    err
+}
+
+#[test]
+fn a_request_changing_family_between_consecutive_tokens_is_refused() {
+    // Only a change of request was checked: the second token was counted under
+    // family b while the request kept family a.
+    let dir = tempfile::tempdir().unwrap();
+    let other = GOOD.replace("\"a\"", "\"b\"").replace("\"position\":0", "\"position\":1");
+    let p = write(dir.path(), "t.jsonl", &format!("{HEADER}\n{GOOD}\n{other}\n"));
+    let err = profile_fails(&p);
+    assert!(err.contains("t.jsonl") && err.contains("\"r0\"") && err.contains("family \"b\""), "{err}");
+}
+
+#[test]
+fn esft_errors_name_the_file_of_the_layer_at_fault() {
+    // A repeated expert or a bad weight in layer file 2 was reported in file 1.
+    let dir = tempfile::tempdir().unwrap();
+    let fam = dir.path().join("law");
+    std::fs::create_dir(&fam).unwrap();
+    let good = "1\t2\t3\t4\t5\t6\t\t0.1\t0.1\t0.1\t0.1\t0.1\t0.1\n";
+    write(&fam, "expert_weights_1.txt", good);
+    write(&fam, "expert_weights_2.txt", good);
+    write(&fam, "expert_weights_3.txt", "1\t1\t3\t4\t5\t6\t\t0.1\t0.1\t0.1\t0.1\t0.1\t0.1\n");
+    let err = profile_fails(dir.path());
+    assert!(err.contains("expert_weights_3.txt:1:") && err.contains("appears twice"), "{err}");
+    write(&fam, "expert_weights_3.txt", good);
+    write(&fam, "expert_weights_2.txt", "1\t2\t3\t4\t5\t6\t\t0.1\tinf\t0.1\t0.1\t0.1\t0.1\n");
+    let err = profile_fails(dir.path());
+    assert!(err.contains("expert_weights_2.txt:1:") && err.contains("not a finite number"), "{err}");
+}
+
+/// A version 1 `.npy` file of little-endian int32 with `shape` in its header and
+/// `values` as its data.
+fn npy(shape: &str, values: &[i32]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '<i4', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    out
+}
+
+#[test]
+fn numpy_arrays_with_less_data_than_their_header_announces_are_refused() {
+    // The reader allocated what the header announced: a corrupt shape aborted the
+    // process on memory; a short array was called "not an integer array".
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let ids = [0, 1, 2, 3, 1, 2, 3, 0];
+    let good = d.join("good.npy");
+    std::fs::write(&good, npy("(2, 2, 2)", &ids)).unwrap();
+    assert!(moeplace(&["profile", &s(&good), "--experts", "4"]).status.success());
+    for (name, shape, values) in [("huge.npy", "(2000000000, 2, 2)", &ids[..]), ("short.npy", "(2, 2, 2)", &ids[..6])] {
+        let p = d.join(name);
+        std::fs::write(&p, npy(shape, values)).unwrap();
+        let err = fails(&["profile", &s(&p), "--experts", "4"]);
+        assert!(err.contains(name) && err.contains("topk_ids") && err.contains("truncated or corrupt"), "{err}");
+    }
+    // An archive whose array header claims more tokens than it holds (same length
+    // of text, so the archive itself stays valid).
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{}\n", vec![GOOD; 200].join("\n")));
+    let npz = d.join("t.npz");
+    assert!(moeplace(&["convert", &s(&trace), &s(&npz)]).status.success());
+    let mut bytes = std::fs::read(&npz).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"(200, ").expect("the token count in a header");
+    bytes[at + 1..at + 4].copy_from_slice(b"999");
+    std::fs::write(&npz, &bytes).unwrap();
+    let err = fails(&["profile", &s(&npz)]);
+    assert!(err.contains("t.npz") && err.contains("truncated or corrupt"), "{err}");
+}
+
+#[test]
+fn negative_placer_weights_are_refused() {
+    // They were taken as given: a negative load-spread weight rewards imbalance, and
+    // cluster-homes turned a negative slack into 0 without a word.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let other = GOOD.replace("\"r0\"", "\"r1\"").replace("\"a\"", "\"b\"").replace("[0,1]", "[1,2]");
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n{other}\n"));
+    let out = d.join("p.json");
+    for (placer, param) in [
+        ("coact", "balance=-1"),
+        ("grace", "balance=-0.5"),
+        ("tacg", "eta=-1"),
+        ("tacg+gesr", "lambda1=-1"),
+        ("tacg+gesr", "lambda2=-2"),
+        ("tacg+gesr", "pay=-1"),
+        ("cluster-homes", "slack=-1"),
+    ] {
+        let err = fails(&[
+            "plan",
+            "--placer",
+            placer,
+            "--trace",
+            trace.to_str().unwrap(),
+            "--gpus",
+            "2",
+            "--param",
+            param,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        let key = param.split('=').next().unwrap();
+        assert!(err.contains(key) && err.contains("must not be negative"), "{placer} {param}: {err}");
+        assert!(!out.exists(), "{placer} {param}: no plan written");
+    }
+}
+
+#[test]
+fn shape_flags_that_contradict_statistics_are_refused() {
+    // --experts and --top-k were ignored for statistics files and engine counts,
+    // while trace readers refuse a value the file contradicts.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
+    let stats = d.join("s.json");
+    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
+    let err = fails(&["profile", &s(&stats), "--experts", "8"]);
+    assert!(err.contains("s.json") && err.contains("--experts"), "{err}");
+    let out = s(&d.join("p.json"));
+    let err = fails(&["plan", "--placer", "linear", "--stats", &s(&stats), "--top-k", "3", "--gpus", "2", "-o", &out]);
+    assert!(err.contains("s.json") && err.contains("--top-k"), "{err}");
+    let lc = write(d, "lc.json", r#"{"logical_count": [[4, 2, 2, 0], [1, 1, 3, 3]]}"#);
+    let err = fails(&["profile", &s(&lc), "--top-k", "2", "--experts", "8"]);
+    assert!(err.contains("lc.json") && err.contains("--experts"), "{err}");
+}
+
+#[test]
+fn engine_counts_that_are_all_zero_or_too_large_are_refused() {
+    // All zeros gave a plan "perfectly balanced" on no load; 1e30 saturated to u64
+    // and the token count wrapped around.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, text, what) in [
+        ("zero.json", r#"{"logical_count": [[0, 0, 0, 0], [0, 0, 0, 0]]}"#, "every count is zero"),
+        ("big.json", r#"{"logical_count": [[1e30, 2, 2, 0], [1, 1, 3, 3]]}"#, "more than 2^53"),
+    ] {
+        let p = write(d, name, text);
+        let out = d.join("p.json");
+        let (p, out) = (p.to_str().unwrap(), out.to_str().unwrap());
+        let err = fails(&["plan", "--placer", "eplb", "--stats", p, "--top-k", "2", "--gpus", "2", "-o", out]);
+        assert!(err.contains(name) && err.contains(what), "{err}");
+    }
+}
+
+#[test]
+fn statistics_whose_counts_no_trace_could_give_are_refused() {
+    // Hand-edited counts (loads, pairs or tokens changed alone) were read as they
+    // were, and a file without tokens was profiled and planned from.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
+    let stats = d.join("s.json");
+    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
+    let text = std::fs::read_to_string(&stats).unwrap();
+    assert!(text.contains("\"tokens\":1,\"load\":[[1,1,0,0],[0,0,1,1]]"), "{text}");
+    for (name, from, to, what) in [
+        ("load.json", "\"load\":[[1,1,0,0]", "\"load\":[[1,5,0,0]", "expert loads sum to 6"),
+        ("tokens.json", "\"tokens\":1,\"load\"", "\"tokens\":3,\"load\"", "3 tokens of top-2"),
+        ("coact.json", "\"coact\":[[0,0,1,1]", "\"coact\":[[0,0,1,7]", "co-activation counts sum to 7"),
+    ] {
+        let p = write(d, name, &text.replacen(from, to, 1));
+        let err = fails(&["profile", &s(&p)]);
+        assert!(err.contains(name) && err.contains(what), "{name}: {err}");
+    }
+    let empty = text.split("\"groups\"").next().unwrap().to_string() + "\"groups\":[],\"requests\":[]}";
+    let p = write(d, "empty.json", &empty);
+    let err = fails(&["profile", &s(&p)]);
+    assert!(err.contains("empty.json") && err.contains("no tokens"), "{err}");
+}
+
+#[test]
+fn other_files_given_as_plans_or_traces_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
+    let stats = d.join("s.json");
+    let plan = d.join("p.json");
+    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
+    assert!(moeplace(&["plan", "--placer", "linear", "--trace", &s(&trace), "--gpus", "2", "-o", &s(&plan)])
+        .status
+        .success());
+    // Was "experts: unknown key in a plan file".
+    let err = fails(&["export", &s(&stats), "--to", "sglang", "-o", &s(&d.join("x.json"))]);
+    assert!(err.contains("s.json") && err.contains("\"moeplace-stats\" is not \"moeplace-plan\""), "{err}");
+    let empty = write(d, "empty.json", "");
+    let err = fails(&["export", &s(&empty), "--to", "sglang", "-o", &s(&d.join("x.json"))]);
+    assert!(err.contains("empty.json") && err.contains("empty file"), "{err}");
+    // Was a complaint about the JSONL header's field `pairs`.
+    let err = fails(&["eval", "--trace", &s(&stats), "--plan", &s(&plan)]);
+    assert!(err.contains("s.json") && err.contains("statistics file"), "{err}");
+    // The plan is named by its path (was its file stem).
+    let wide = HEADER.replace("\"experts\":4", "\"experts\":8");
+    let other = write(d, "t8.jsonl", &format!("{wide}\n{GOOD}\n"));
+    let err = fails(&["eval", "--trace", &s(&other), "--plan", &s(&plan)]);
+    assert!(err.contains(&s(&plan)) && err.contains("t8.jsonl"), "{err}");
+}
+
+#[test]
+fn empty_traces_are_not_written() {
+    // synth --requests 0 and convert of a trace without tokens wrote files that
+    // every reader refuses.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = d.join("o.parquet");
+    let shape = ["--layers", "2", "--experts", "4", "--top-k", "2"];
+    for n in [["--requests", "0"], ["--tokens", "0"]] {
+        let err = fails(&[&["synth"][..], &shape, &n, &[&s(&out)]].concat());
+        assert!(err.contains("the workload would be empty"), "{err}");
+        assert!(!out.exists());
+    }
+    let empty = write(d, "h.jsonl", &format!("{HEADER}\n"));
+    let err = fails(&["convert", &s(&empty), &s(&out)]);
+    assert!(err.contains("h.jsonl") && err.contains("no tokens"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(d).unwrap().count(), 1, "no temporary file left");
+}
+
+#[test]
+fn bench_refuses_zero_counts_that_make_empty_tables() {
+    // --decisions 0 printed "inf" microseconds; --step-tokens 0 a per-step table of
+    // perfect balance on no load.
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("absent");
+    let err = fails(&["bench", "requests", "--requests", "10", "--decisions", "0"]);
+    assert!(err.contains("--decisions"), "{err}");
+    let err = fails(&["bench", "balance", "--data", absent.to_str().unwrap(), "--step-tokens", "0"]);
+    assert!(err.contains("--step-tokens"), "{err}");
+}

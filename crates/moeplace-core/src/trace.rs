@@ -129,6 +129,20 @@ pub enum ShapeError {
     InToken { token: usize, error: Box<ShapeError> },
 }
 
+impl ShapeError {
+    /// The MoE layer the error is about, when it is about one (readers that keep a
+    /// file per layer name that layer's file).
+    pub fn layer(&self) -> Option<usize> {
+        match self {
+            ShapeError::ExpertOutOfRange { layer, .. }
+            | ShapeError::DuplicateExpert { layer, .. }
+            | ShapeError::BadWeight { layer, .. } => Some(*layer),
+            ShapeError::InToken { error, .. } => error.layer(),
+            _ => None,
+        }
+    }
+}
+
 /// One token's record, borrowed from a batch.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenRef<'a> {

@@ -34,11 +34,18 @@ impl AtomicFile {
 
     /// Flushes, syncs and renames the file into place.
     pub fn commit(mut self) -> Result<(), FormatError> {
-        let mut w = self.writer.take().expect("commit once");
-        w.flush().map_err(|e| FormatError::io(&self.target, e))?;
-        let f = w.into_inner().map_err(|e| FormatError::io(&self.target, e.into_error()))?;
-        f.sync_all().map_err(|e| FormatError::io(&self.target, e))?;
-        std::fs::rename(&self.temp, &self.target).map_err(|e| FormatError::io(&self.target, e))?;
+        let w = self.writer.take().expect("commit once");
+        let done = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .and_then(|_| std::fs::rename(&self.temp, &self.target));
+        if let Err(e) = done {
+            // The writer is taken, so Drop no longer removes the temporary file
+            // (e.g. when the target is a folder and the rename fails).
+            let _ = std::fs::remove_file(&self.temp);
+            return Err(FormatError::io(&self.target, e));
+        }
         Ok(())
     }
 }
@@ -56,4 +63,20 @@ pub fn write_bytes(target: &Path, bytes: &[u8]) -> Result<(), FormatError> {
     let mut f = AtomicFile::create(target)?;
     f.writer().write_all(bytes).map_err(|e| FormatError::io(target, e))?;
     f.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_rename_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out");
+        std::fs::create_dir(&target).unwrap();
+        let e = write_bytes(&target, b"x").unwrap_err().to_string();
+        assert!(e.contains("out"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("out")], "only the folder remains");
+    }
 }

@@ -66,7 +66,7 @@ impl TraceFormat {
                 let f = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
                 let mut first = String::new();
                 let mut r = BufReader::new(f).take(1 << 20);
-                r.read_line(&mut first).map_err(|e| FormatError::io(path, e))?;
+                r.read_line(&mut first).map_err(|e| FormatError::line(path, 1, e.to_string()))?;
                 if first.contains("simllm-preplay-trace") {
                     Ok(TraceFormat::Sglang)
                 } else {

@@ -180,11 +180,35 @@ pub fn read_trtllm(dir: &Path) -> Result<ExpertLoads, FormatError> {
 
 /// Reads engine counts from `path` if it is one of the supported dumps.
 pub fn read_engine_counts(path: &Path) -> Option<Result<ExpertLoads, FormatError>> {
-    if is_sglang_logical_count(path) {
-        Some(read_sglang_logical_count(path))
+    let loads = if is_sglang_logical_count(path) {
+        read_sglang_logical_count(path)
     } else if is_trtllm_dir(path) {
-        Some(read_trtllm(path))
+        read_trtllm(path)
     } else {
-        None
+        return None;
+    };
+    Some(loads.and_then(|l| check_totals(path, l)))
+}
+
+/// Most picks one layer may count over all steps: 2^53, up to which f64 counts
+/// exactly (statistics keep them as u64 sums, which larger values would overflow).
+const MAX_LAYER_COUNT: f64 = 9_007_199_254_740_992.0;
+
+/// Refuses counts that are all zero (there is no load to plan from; every plan would
+/// look perfectly balanced) or too large to count exactly.
+fn check_totals(path: &Path, loads: ExpertLoads) -> Result<ExpertLoads, FormatError> {
+    let total = loads.total();
+    for (layer, row) in total.chunks(loads.experts).enumerate() {
+        let sum: f64 = row.iter().sum();
+        if sum > MAX_LAYER_COUNT {
+            return Err(FormatError::file(
+                path,
+                format!("layer {layer}: the counts sum to {sum}, more than 2^53 (not exact as counts)"),
+            ));
+        }
     }
+    if total.iter().all(|&x| x == 0.0) {
+        return Err(FormatError::file(path, "every count is zero: there is no load to profile or plan from"));
+    }
+    Ok(loads)
 }

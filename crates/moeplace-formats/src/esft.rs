@@ -291,7 +291,11 @@ impl EsftReader {
                     experts: &ids,
                     gate_weights: all_w.then_some(&ws[..]),
                 })
-                .map_err(|e| FormatError::line(&fam.files[0].0, line_no, e.to_string()))?;
+                .map_err(|e| {
+                    // Name the file of the layer at fault (file i + 1 is MoE layer i).
+                    let file = &fam.files[e.layer().unwrap_or(0).min(l_count - 1)].0;
+                    FormatError::line(file, line_no, e.to_string())
+                })?;
         }
         self.seq += 1;
         Ok(true)

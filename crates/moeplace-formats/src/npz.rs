@@ -65,6 +65,71 @@ struct Arrays {
     family_names: Option<Vec<String>>,
 }
 
+/// What a `.npy` header announces: the offset of its data and the bytes of data
+/// (shape product x item size); `None` when this cannot tell (the npy reader then
+/// says what is wrong).
+fn npy_announced(head: &[u8]) -> Option<(u128, u128)> {
+    if head.get(..6)? != b"\x93NUMPY" {
+        return None;
+    }
+    let (len, start): (usize, usize) = match head.get(6)? {
+        1 => (u16::from_le_bytes(head.get(8..10)?.try_into().ok()?) as usize, 10),
+        _ => (u32::from_le_bytes(head.get(8..12)?.try_into().ok()?) as usize, 12),
+    };
+    let text = std::str::from_utf8(head.get(start..start.checked_add(len)?)?).ok()?;
+    let descr = text.split("'descr':").nth(1)?.trim_start().strip_prefix('\'')?.split('\'').next()?;
+    let item: u128 = descr.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().ok()?;
+    let dims = text.split("'shape':").nth(1)?.trim_start().strip_prefix('(')?.split(')').next()?;
+    let mut n: u128 = 1;
+    for d in dims.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        n = n.checked_mul(d.parse().ok()?)?;
+    }
+    Some(((start + len) as u128, n.checked_mul(item)?))
+}
+
+/// Refuses an array whose header announces more data than there is: the npy reader
+/// allocates what the header says before reading, so a cut or corrupt file would
+/// otherwise abort on memory or fail with a misleading dtype message.
+fn check_announced(path: &Path, name: &str, head: &[u8], available: u64) -> Result<(), FormatError> {
+    match npy_announced(head) {
+        Some((offset, data)) if offset + data > u128::from(available) => Err(FormatError::new(
+            path,
+            Location::Part(format!("array {name}")),
+            format!(
+                "truncated or corrupt: its header announces {data} bytes of data, there are {}",
+                u128::from(available).saturating_sub(offset)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks every entry of an `.npz` archive before it is read: stored (not
+/// compressed) and holding the data its header announces.
+fn check_npz_entries(path: &Path) -> Result<(), FormatError> {
+    use std::io::Read;
+    let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let mut zip =
+        zip::ZipArchive::new(file).map_err(|e| FormatError::file(path, format!("not a NumPy .npz archive: {e}")))?;
+    for i in 0..zip.len() {
+        // Raw: opening a compressed entry the plain way already fails, without naming it.
+        let entry = zip.by_index_raw(i).map_err(|e| FormatError::file(path, e.to_string()))?;
+        let name = entry.name().strip_suffix(".npy").unwrap_or(entry.name()).to_string();
+        if entry.compression() != zip::CompressionMethod::Stored {
+            return Err(FormatError::new(
+                path,
+                Location::Part(format!("array {name}")),
+                "compressed archives (np.savez_compressed) are not supported; save with np.savez",
+            ));
+        }
+        let size = entry.size();
+        let mut head = Vec::new();
+        entry.take(1 << 17).read_to_end(&mut head).map_err(|e| FormatError::io(path, e))?;
+        check_announced(path, &name, &head, size)?;
+    }
+    Ok(())
+}
+
 fn load(path: &Path) -> Result<Arrays, FormatError> {
     let part = |name: &str, m: String| FormatError::new(path, Location::Part(format!("array {name}")), m);
     let is_npy = path.extension().map(|e| e.eq_ignore_ascii_case("npy")).unwrap_or(false);
@@ -73,6 +138,7 @@ fn load(path: &Path) -> Result<Arrays, FormatError> {
     }
     if is_npy {
         let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
+        check_announced(path, "topk_ids", &bytes, bytes.len() as u64)?;
         let topk = read_any_int!(|T| ArrayD::<T>::read_npy(&bytes[..]))
             .map_err(|e| part("topk_ids", format!("not an integer array: {e}")))?;
         return Ok(Arrays {
@@ -87,6 +153,7 @@ fn load(path: &Path) -> Result<Arrays, FormatError> {
             family_names: None,
         });
     }
+    check_npz_entries(path)?;
     let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
     let mut npz =
         NpzReader::new(file).map_err(|e| FormatError::file(path, format!("not a NumPy .npz archive: {e}")))?;

@@ -228,10 +228,18 @@ impl<'de> serde::de::Visitor<'de> for NoDuplicateKeysVisitor {
 
 /// Parses and validates plan text (`path` names it in errors).
 pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
+    if text.trim().is_empty() {
+        return Err(FormatError::file(path, "empty file: expected a moeplace plan (JSON)"));
+    }
     let v: Value = serde_json::from_str::<NoDuplicateKeys>(text)
         .map_err(|e| FormatError::line(path, e.line() as u64, format!("not valid JSON: {e}")))?
         .0;
     let obj = v.as_object().ok_or_else(|| FormatError::file(path, "a plan is a JSON object"))?;
+    // The format first: another moeplace file (statistics, a trace) is named as such
+    // rather than by its first key a plan does not have.
+    if let Some(other) = v.get("format").and_then(Value::as_str).filter(|&f| f != FORMAT_NAME) {
+        return Err(part(path, "format", format!("{other:?} is not {FORMAT_NAME:?}; is this a plan file?")));
+    }
     const KNOWN: &[&str] = &[
         "format",
         "version",
@@ -317,7 +325,10 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
             .to_string(),
         parameters: serde_json::from_value(pv.get("parameters").cloned().unwrap_or(Value::Object(Default::default())))
             .map_err(|e| part(path, "provenance", format!("`parameters` must map names to strings: {e}")))?,
-        seed: pv.get("seed").and_then(Value::as_u64).ok_or_else(|| part(path, "provenance", "`seed` missing"))?,
+        seed: pv
+            .get("seed")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| part(path, "provenance", "`seed` missing or not a non-negative integer"))?,
         // Optional (plans written by hand may lack it), but a string when present.
         input_digest: match pv.get("input_digest") {
             None | Some(Value::Null) => String::new(),

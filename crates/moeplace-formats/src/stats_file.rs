@@ -291,6 +291,11 @@ pub fn from_json(path: &Path, text: &str) -> Result<Statistics, FormatError> {
     }
     let stats = Statistics::from_parts(shape, repr.pairs, repr.request_vectors, groups, requests)
         .map_err(|e| FormatError::file(path, e.to_string()))?;
+    // Profiling refuses a trace without tokens; statistics without any would plan
+    // from nothing.
+    if stats.groups().values().all(|g| g.tokens == 0) {
+        return Err(FormatError::file(path, "the statistics hold no tokens"));
+    }
     let Some(sample) = repr.token_sample else { return Ok(stats) };
     let tokens = sample
         .tokens

@@ -500,7 +500,11 @@ fn bench_balance(a: BalanceArgs) -> Result<()> {
     use moeplace_core::placement::Placement;
     use moeplace_core::trace::ModelShape;
 
-    anyhow::ensure!(a.tokens > 0 && a.repeat > 0, "--tokens and --repeat must be positive");
+    // Zero-token steps gave a per-step table of perfect balance on no load.
+    anyhow::ensure!(
+        a.tokens > 0 && a.repeat > 0 && a.step_tokens > 0,
+        "--tokens, --repeat and --step-tokens must be positive"
+    );
     let (cases, skipped) = balance_cases(&a)?;
     let mut out = format!("bench balance: {} threads, solve time best of {}\n", rayon::current_num_threads(), a.repeat);
     out.push_str(
@@ -686,6 +690,9 @@ fn bench_requests(a: RequestsBenchArgs) -> Result<()> {
     use moeplace_core::requests::router::{Eldr, Router};
     use moeplace_core::requests::signature::{Signature, SignatureModel, SignatureOptions};
     use moeplace_core::synth::LengthDist;
+
+    // With no decision timed the table showed "inf" microseconds per decision.
+    anyhow::ensure!(a.decisions > 0 && a.workers > 0, "--decisions and --workers must be positive");
 
     let mut sc = SynthConfig::preset("deepseek-v3")?;
     sc.requests = a.requests;

@@ -39,8 +39,13 @@ pub fn run(args: Args) -> Result<()> {
         w.write_batch(b)?;
         pb.set_position(reader.progress().0);
     }
-    w.finish()?;
     pb.finish_and_clear();
+    // The readers refuse a trace without tokens; dropping the writer unfinished
+    // leaves no output.
+    if tokens == 0 {
+        anyhow::bail!("{}: the trace holds no tokens; nothing written", args.input.display());
+    }
+    w.finish()?;
     eprintln!("wrote {tokens} tokens to {}", args.output.display());
     Ok(())
 }

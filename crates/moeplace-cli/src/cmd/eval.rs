@@ -98,13 +98,15 @@ pub fn run(args: Args) -> Result<()> {
         plans.push((label, plan));
     }
     let trace = read_trace(&args.trace_path, &args.trace)?;
-    for (label, plan) in &plans {
+    for ((_, plan), path) in plans.iter().zip(&args.plans) {
         let p = &plan.placement;
         if p.layers() != trace.shape.layers || p.experts() != trace.shape.experts {
             anyhow::bail!(
-                "plan {label} is for {} layers x {} experts but the trace is {}",
+                "{}: the plan is for {} layers x {} experts but the trace {} is {}",
+                path.display(),
                 p.layers(),
                 p.experts(),
+                args.trace_path.display(),
                 trace.shape
             );
         }

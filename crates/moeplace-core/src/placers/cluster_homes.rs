@@ -377,7 +377,7 @@ impl Placer for ClusterHomesPlacer {
         let opts = ClusterHomesOptions {
             groups: p.usize("groups", 0)?,
             balanced: p.bool("balanced", true)?,
-            slack: p.f64("slack", 0.25)?.max(0.0),
+            slack: p.non_negative("slack", 0.25)?,
             seed: input.seed,
             ..ClusterHomesOptions::default()
         };

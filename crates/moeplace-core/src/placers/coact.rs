@@ -135,7 +135,7 @@ impl Placer for Coact {
         input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
         let knobs = Knobs {
-            balance: input.params.f64("balance", DEFAULT_BALANCE)?,
+            balance: input.params.non_negative("balance", DEFAULT_BALANCE)?,
             passes: input.params.usize("passes", DEFAULT_PASSES)?,
             eta: 0.0,
             robust: 0.0,

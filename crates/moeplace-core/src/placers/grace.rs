@@ -284,7 +284,7 @@ impl Placer for Grace {
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
-        let balance = input.params.f64("balance", DEFAULT_BALANCE)?;
+        let balance = input.params.non_negative("balance", DEFAULT_BALANCE)?;
         let passes = input.params.usize("passes", DEFAULT_PASSES)?;
         let fixed_r = match input.params.0.get("r") {
             Some(_) => Some(input.params.f64("r", 0.0)?)

@@ -57,6 +57,16 @@ impl Params {
         }
     }
 
+    /// A weight or threshold that must not be negative, or `default` when absent: a
+    /// negative one would turn what it weighs around rather than be refused.
+    pub fn non_negative(&self, key: &str, default: f64) -> Result<f64, PlaceError> {
+        let x = self.f64(key, default)?;
+        if x < 0.0 {
+            return Err(PlaceError::BadParam(format!("parameter {key}={x} must not be negative")));
+        }
+        Ok(x)
+    }
+
     /// An integer parameter, or `default` when absent.
     pub fn usize(&self, key: &str, default: usize) -> Result<usize, PlaceError> {
         match self.0.get(key) {

@@ -172,9 +172,9 @@ impl FamilyModel {
             return Err(PlaceError::BadParam(format!("temperature={temperature} must be positive")));
         }
         let knobs = Knobs {
-            balance: params.f64("balance", DEFAULT_BALANCE)?,
+            balance: params.non_negative("balance", DEFAULT_BALANCE)?,
             passes: params.usize("passes", DEFAULT_PASSES)?,
-            eta: params.f64("eta", DEFAULT_ETA)?,
+            eta: params.non_negative("eta", DEFAULT_ETA)?,
             robust: params.f64("robust", DEFAULT_ROBUST)?,
             stay: super::coact::stay(input)?,
         };

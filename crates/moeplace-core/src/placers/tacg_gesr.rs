@@ -110,9 +110,9 @@ impl Placer for TacgGesr {
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
-        let lambda1 = input.params.f64("lambda1", 1.0)?;
-        let lambda2 = input.params.f64("lambda2", 1.0)?;
-        let pay = input.params.f64("pay", DEFAULT_PAY)?;
+        let lambda1 = input.params.non_negative("lambda1", 1.0)?;
+        let lambda2 = input.params.non_negative("lambda2", 1.0)?;
+        let pay = input.params.non_negative("pay", DEFAULT_PAY)?;
         let by_load = input.params.bool("pay_by_load", true)?;
         let locality = input.params.f64("locality", DEFAULT_LOCALITY)?;
         if !(0.0..=1.0).contains(&locality) {

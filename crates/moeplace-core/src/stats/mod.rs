@@ -111,6 +111,65 @@ fn advise_huge_pages(ptr: *mut u8, len: usize) {
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_ptr: *mut u8, _len: usize) {}
 
+/// Every token picks k distinct experts per layer, so counted statistics sum to fixed
+/// multiples of their tokens at every layer: loads to k, pairs to k(k-1)/2,
+/// transitions to k^2, a request's counts to k. Loads-only statistics (engine counts)
+/// have no exact token count and are not checked. Catches hand-edited or mixed-up
+/// files whose counts no trace could give.
+fn check_sums(
+    shape: ModelShape,
+    pairs: bool,
+    groups: &BTreeMap<GroupKey, GroupStats>,
+    requests: &BTreeMap<String, RequestActivation>,
+) -> Result<(), ShapeError> {
+    if !pairs {
+        return Ok(());
+    }
+    let (l, e, k) = (shape.layers, shape.experts, shape.top_k as u128);
+    let sum = |v: &[u64]| v.iter().map(|&x| u128::from(x)).sum::<u128>();
+    let pc = pair_count(e);
+    let none = || "(none)".to_string();
+    for (key, g) in groups {
+        let t = u128::from(g.tokens);
+        let family = key.family.as_ref().map_or_else(none, |f| format!("{f:?}"));
+        let phase = key.phase.map_or_else(none, |p| p.to_string());
+        for layer in 0..l {
+            let tables = [
+                ("expert loads", sum(&g.load[layer * e..(layer + 1) * e]), t * k),
+                ("co-activation counts", sum(&g.coact[layer * pc..(layer + 1) * pc]), t * k * (k - 1) / 2),
+            ];
+            let transitions = (layer + 1 < l)
+                .then(|| ("transition counts", sum(&g.transitions[layer * e * e..(layer + 1) * e * e]), t * k * k));
+            for (what, found, expected) in tables.into_iter().chain(transitions) {
+                if found != expected {
+                    return Err(ShapeError::BadShape(format!(
+                        "group of family {family}, phase {phase}, layer {layer}: {what} sum to {found}, but {} \
+                         tokens of top-{k} give {expected}",
+                        g.tokens
+                    )));
+                }
+            }
+        }
+    }
+    for (id, r) in requests {
+        for (phase, v) in &r.by_phase {
+            let t = u128::from(r.tokens.get(phase).copied().unwrap_or(0));
+            for layer in 0..l {
+                let found: u128 = v[layer * e..(layer + 1) * e].iter().map(|&x| u128::from(x)).sum();
+                if found != t * k {
+                    return Err(ShapeError::BadShape(format!(
+                        "request {id:?}, phase {}, layer {layer}: counts sum to {found}, but {t} tokens of top-{k} \
+                         give {}",
+                        phase.map_or_else(none, |p| p.to_string()),
+                        t * k
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn add_into(a: &mut [u64], b: &[u64]) {
     debug_assert_eq!(a.len(), b.len());
     a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
@@ -236,6 +295,7 @@ impl Statistics {
                 return Err(ShapeError::BadShape(format!("request {id:?}: activation vector does not match {shape}")));
             }
         }
+        check_sums(shape, pairs, &groups, &requests)?;
         Ok(Statistics { shape, pairs, request_vectors, groups, requests, sample: TokenSample::new(0) })
     }
 
@@ -311,7 +371,9 @@ impl Statistics {
     fn add_request_vectors(&mut self, batch: &TokenBatch) -> Result<(), ShapeError> {
         let (l, e, k) = (self.shape.layers, self.shape.experts, self.shape.top_k);
         let ids = batch.expert_ids();
-        let mut last: Option<(u32, Option<Phase>)> = None;
+        // The family is part of the key: a request whose family changes between two
+        // consecutive tokens must be caught, not counted under its first family.
+        let mut last = None;
         let mut current: Option<&mut Vec<u32>> = None;
         let mut current_tokens: Option<&mut u64> = None;
         // Tokens of one request usually come together: look the request up only when
@@ -319,22 +381,25 @@ impl Statistics {
         for t in 0..batch.len() {
             let r = batch.request_indices()[t];
             let p = batch.phases()[t];
-            if last != Some((r, p)) {
+            let f = batch.family_indices()[t];
+            if last != Some((r, p, f)) {
                 let name = &batch.request_names()[r as usize];
-                let family = batch.family_indices()[t].map(|f| batch.family_names()[f as usize].clone());
+                let family = f.map(|f| batch.family_names()[f as usize].clone());
                 let entry = self
                     .requests
                     .entry(name.clone())
                     .or_insert_with(|| RequestActivation { family: family.clone(), ..Default::default() });
                 if entry.family != family {
+                    let show = |f: &Option<String>| f.as_ref().map_or("(none)".to_string(), |f| format!("{f:?}"));
                     return Err(ShapeError::BadShape(format!(
-                        "request {name:?} has tokens of family {:?} and of family {:?}",
-                        entry.family, family
+                        "request {name:?} has tokens of family {} and of family {}",
+                        show(&entry.family),
+                        show(&family)
                     )));
                 }
                 current = Some(entry.by_phase.entry(p).or_insert_with(|| written_zeros(l * e)));
                 current_tokens = Some(entry.tokens.entry(p).or_insert(0));
-                last = Some((r, p));
+                last = Some((r, p, f));
             }
             let v = current.as_deref_mut().expect("set above");
             *current_tokens.as_deref_mut().expect("set above") += 1;

@@ -510,6 +510,14 @@ impl SynthConfig {
         if always_zero(&self.prefill_len) && always_zero(&self.decode_len) {
             return Err(SynthError::BadWorkload("prefill and decode lengths are both always 0: no tokens".into()));
         }
+        // An empty trace is refused by every reader: refuse it before writing one.
+        match self.tokens {
+            Some(0) => return Err(SynthError::BadWorkload("0 tokens asked for: the workload would be empty".into())),
+            None if self.requests == 0 => {
+                return Err(SynthError::BadWorkload("0 requests asked for: the workload would be empty".into()))
+            }
+            _ => {}
+        }
         if self.families.is_empty() {
             return Err(SynthError::NoFamilies);
         }
