@@ -182,11 +182,8 @@ fn plan_refuses_a_previous_plan_of_another_layout() {
     // first slots only.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
-    let stats = d.join("s.json");
+    let (_, stats) = profiled(d);
     let (a, b) = (d.join("a.json"), d.join("b.json"));
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
     assert!(moeplace(&["plan", "--placer", "linear", "--stats", &s(&stats), "--gpus", "2", "-o", &s(&a)])
         .status
         .success());
@@ -249,12 +246,24 @@ fn eval_report_layer_without_report_is_refused() {
     let d = dir.path();
     let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
     let plan = d.join("p.json");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
     let out = moeplace(&["plan", "--placer", "linear", "--trace", &s(&trace), "--gpus", "2", "-o", &s(&plan)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = moeplace(&["eval", "--trace", &s(&trace), "--plan", &s(&plan), "--report-layer", "0"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--report"), "{err}");
+}
+
+/// A path as a command-line argument.
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// Writes a one-token trace `t.jsonl` in `d` and profiles it into `s.json`.
+fn profiled(d: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
+    let stats = d.join("s.json");
+    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
+    (trace, stats)
 }
 
 /// Runs `moeplace args`, checks a clean failure (exit 1, no panic) and returns stderr.
@@ -316,7 +325,6 @@ fn numpy_arrays_with_less_data_than_their_header_announces_are_refused() {
     // process on memory; a short array was called "not an integer array".
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let s = |p: &Path| p.to_str().unwrap().to_string();
     let ids = [0, 1, 2, 3, 1, 2, 3, 0];
     let good = d.join("good.npy");
     std::fs::write(&good, npy("(2, 2, 2)", &ids)).unwrap();
@@ -383,10 +391,7 @@ fn shape_flags_that_contradict_statistics_are_refused() {
     // while trace readers refuse a value the file contradicts.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
-    let stats = d.join("s.json");
-    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
+    let (_, stats) = profiled(d);
     let err = fails(&["profile", &s(&stats), "--experts", "8"]);
     assert!(err.contains("s.json") && err.contains("--experts"), "{err}");
     let out = s(&d.join("p.json"));
@@ -421,10 +426,7 @@ fn statistics_whose_counts_no_trace_could_give_are_refused() {
     // were, and a file without tokens was profiled and planned from.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
-    let stats = d.join("s.json");
-    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
+    let (_, stats) = profiled(d);
     let text = std::fs::read_to_string(&stats).unwrap();
     assert!(text.contains("\"tokens\":1,\"load\":[[1,1,0,0],[0,0,1,1]]"), "{text}");
     for (name, from, to, what) in [
@@ -446,11 +448,8 @@ fn statistics_whose_counts_no_trace_could_give_are_refused() {
 fn other_files_given_as_plans_or_traces_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n"));
-    let stats = d.join("s.json");
+    let (trace, stats) = profiled(d);
     let plan = d.join("p.json");
-    assert!(moeplace(&["profile", &s(&trace), "-o", &s(&stats)]).status.success());
     assert!(moeplace(&["plan", "--placer", "linear", "--trace", &s(&trace), "--gpus", "2", "-o", &s(&plan)])
         .status
         .success());
@@ -476,7 +475,6 @@ fn empty_traces_are_not_written() {
     // every reader refuses.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let s = |p: &Path| p.to_str().unwrap().to_string();
     let out = d.join("o.parquet");
     let shape = ["--layers", "2", "--experts", "4", "--top-k", "2"];
     for n in [["--requests", "0"], ["--tokens", "0"]] {
