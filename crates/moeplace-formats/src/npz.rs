@@ -15,6 +15,8 @@
 //! - `positions` [tokens] integers (default: index within the request);
 //! - `gate_weights` [tokens, layers, k] float32 or float64.
 //!
+//! Other arrays are refused.
+//!
 //! NumPy archives are not streamable: the arrays are loaded whole, then handed out
 //! in batches. Convert large traces to Parquet for bounded memory.
 
@@ -52,6 +54,19 @@ macro_rules! read_any_int {
         )*
     };
 }
+
+/// The arrays of a NumPy trace; any other is refused.
+const ARRAYS: [&str; 9] = [
+    "topk_ids",
+    "num_experts",
+    "request_ids",
+    "families",
+    "request_names",
+    "family_names",
+    "phases",
+    "positions",
+    "gate_weights",
+];
 
 struct Arrays {
     topk: ArrayD<i64>,
@@ -160,6 +175,11 @@ fn load(path: &Path) -> Result<Arrays, FormatError> {
     let names = npz.names().map_err(|e| FormatError::file(path, e.to_string()))?;
     if !names.iter().any(|n| n == "topk_ids") {
         return Err(part("topk_ids", format!("missing (arrays are: {})", names.join(", "))));
+    }
+    // As JSONL refuses unknown fields: a misspelt optional array would otherwise be
+    // dropped silently (e.g. `gate_weight`: a trace without gate weights).
+    if let Some(other) = names.iter().find(|n| !ARRAYS.contains(&n.as_str())) {
+        return Err(part(other, format!("unknown array (a NumPy trace holds: {})", ARRAYS.join(", "))));
     }
     let mut ints = |name: &str| -> Result<Option<ArrayD<i64>>, FormatError> {
         if !names.iter().any(|n| n == name) {

@@ -128,6 +128,20 @@ fn sglang_token_index_beyond_a_position_is_refused() {
 }
 
 #[test]
+fn npz_array_the_format_does_not_know_is_refused() {
+    // A misspelt `gate_weights` was skipped: the trace read as one without weights.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.npz");
+    let mut w = ndarray_npy::NpzWriter::new(std::fs::File::create(&p).unwrap());
+    let ids = ndarray::Array3::<i64>::from_shape_vec((1, 2, 2), vec![0, 1, 2, 3]).unwrap();
+    w.add_array("topk_ids", &ids).unwrap();
+    w.add_array("gate_weight", &ndarray::Array3::<f32>::from_elem((1, 2, 2), 0.5)).unwrap();
+    w.finish().unwrap();
+    let e = npz::NumpyReader::open(&p, Some(4), 16).err().expect("refused").to_string();
+    assert!(e.contains("t.npz") && e.contains("array gate_weight") && e.contains("gate_weights"), "{e}");
+}
+
+#[test]
 fn npz_missing_file_is_reported_as_missing_not_empty() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("absent.npz");
