@@ -6,8 +6,9 @@
 //! - TensorRT-LLM: a folder with `meta_info.json` and `rank<r>.safetensors` files
 //!   whose tensors are named `<iteration>_<layer>`, each a 1-D count per expert. Counts
 //!   are summed over ranks; iterations become steps (in increasing order) and layer
-//!   ids are mapped, in increasing order, to MoE layers 0..L-1. `meta_info.json` is
-//!   checked to be a JSON object; when it gives `num_experts` the tensors must match.
+//!   ids are mapped, in increasing order, to MoE layers 0..L-1; every iteration must
+//!   have every layer. `meta_info.json` is checked to be a JSON object; when it gives
+//!   `num_experts` the tensors must match.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -168,10 +169,24 @@ pub fn read_trtllm(dir: &Path) -> Result<ExpertLoads, FormatError> {
     let mut steps = Vec::with_capacity(iters.len());
     for it in &iters {
         let mut flat = vec![0.0; layers.len() * e];
+        let mut present = 0;
         for (&(i, l), v) in sums.range((*it, i64::MIN)..=(*it, i64::MAX)) {
             debug_assert_eq!(i, *it);
             let li = layer_index[&l];
             flat[li * e..(li + 1) * e].copy_from_slice(v);
+            present += 1;
+        }
+        // Every forward pass of a recorded iteration goes through every MoE layer, so
+        // a missing pair means a lost or cut file, not a layer without tokens; zeros
+        // would read as a perfectly idle layer. Ranks may hold different layers
+        // (pipeline stages), so the check is on the sum over ranks.
+        if present != layers.len() {
+            let missing = layers.iter().find(|&&l| !sums.contains_key(&(*it, l))).expect("one is missing");
+            return Err(FormatError::new(
+                dir,
+                Location::Part(format!("tensor {it}_{missing}")),
+                format!("missing: no rank file has iteration {it} of layer {missing} (other iterations have it)"),
+            ));
         }
         steps.push(flat);
     }

@@ -57,3 +57,18 @@ fn trtllm_statistics_sum_over_ranks_and_keep_iterations() {
     let e = read_trtllm(dir.path()).unwrap_err().to_string();
     assert!(e.contains("rank2.safetensors") && e.contains("12_3"), "{e}");
 }
+
+#[test]
+fn trtllm_statistics_missing_an_iteration_of_a_layer_are_refused() {
+    // The missing (iteration, layer) was filled with zeros: an idle layer that step.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("meta_info.json"), r#"{"num_experts": 3}"#).unwrap();
+    write_rank(
+        &dir.path().join("rank0.safetensors"),
+        &[("10_3", vec![1, 2, 3]), ("10_5", vec![0, 0, 1]), ("11_3", vec![5, 0, 0])],
+    );
+    write_rank(&dir.path().join("rank1.safetensors"), &[("10_3", vec![1, 1, 1])]);
+    let e = read_trtllm(dir.path()).unwrap_err().to_string();
+    let name = dir.path().file_name().unwrap().to_string_lossy().into_owned();
+    assert!(e.contains(&name) && e.contains("11_5") && e.contains("iteration 11 of layer 5"), "{e}");
+}
