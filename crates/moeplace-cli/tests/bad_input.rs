@@ -500,3 +500,28 @@ fn bench_refuses_zero_counts_that_make_empty_tables() {
     let err = fails(&["bench", "balance", "--data", absent.to_str().unwrap(), "--step-tokens", "0"]);
     assert!(err.contains("--step-tokens"), "{err}");
 }
+
+#[test]
+fn eplb_and_balance_name_a_zero_groups_parameter() {
+    // The message listed EPLB's inner sizes ("at least one expert, replica, group,
+    // node and GPU") without naming the parameter.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, stats) = profiled(dir.path());
+    let out = s(&dir.path().join("p.json"));
+    for placer in ["eplb", "balance"] {
+        let err = fails(&[
+            "plan",
+            "--placer",
+            placer,
+            "--stats",
+            &s(&stats),
+            "--gpus",
+            "2",
+            "--param",
+            "groups=0",
+            "-o",
+            &out,
+        ]);
+        assert!(err.contains("groups=0") && err.contains("at least 1"), "{placer}: {err}");
+    }
+}

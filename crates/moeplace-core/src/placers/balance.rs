@@ -621,7 +621,7 @@ impl Placer for Balance {
         params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
         let c = input.cluster;
-        let groups = params.usize("groups", 1)?;
+        let groups = super::eplb::groups_param(params)?;
         let hierarchical = params.bool("hierarchical", false)?;
         let enumerate = params.usize("enumerate", 3000)?;
         let move_slack = params.f64("move_slack", 0.0)?;
@@ -635,7 +635,7 @@ impl Placer for Balance {
         if move_slack < 0.0 {
             return Err(PlaceError::BadParam(format!("move_slack={move_slack} must be at least 0")));
         }
-        if hierarchical && (groups == 0 || !groups.is_multiple_of(c.nodes)) {
+        if hierarchical && !groups.is_multiple_of(c.nodes) {
             return Err(PlaceError::BadParam(format!(
                 "hierarchical=true needs groups divisible by the {} nodes (got groups={groups})",
                 c.nodes

@@ -46,7 +46,7 @@
 
 use rayon::prelude::*;
 
-use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, ParamDoc, Params, PlaceError, Placer, PlacerInput, PlacerOutput};
 
 /// `groups`, shared with `balance`.
 pub(crate) const GROUPS_DOC: ParamDoc = ParamDoc {
@@ -56,6 +56,16 @@ pub(crate) const GROUPS_DOC: ParamDoc = ParamDoc {
             the hierarchical policy (groups packed onto nodes)",
 };
 use crate::placement::Placement;
+
+/// The `groups` parameter, shared with `balance`; checked here so that the message
+/// names the parameter rather than EPLB's inner sizes.
+pub(crate) fn groups_param(params: &Params) -> Result<usize, PlaceError> {
+    let groups = params.usize("groups", 1)?;
+    if groups == 0 {
+        return Err(PlaceError::BadParam("parameter groups=0 must be at least 1".into()));
+    }
+    Ok(groups)
+}
 
 /// DeepSeek EPLB's outputs. `phy2log[l][slot]` is the expert in each slot;
 /// `log2phy[l][e]` lists expert e's slots by replica rank, padded with -1 to the largest
@@ -385,7 +395,7 @@ impl Placer for Eplb {
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
-        let groups = input.params.usize("groups", 1)?;
+        let groups = groups_param(input.params)?;
         let c = input.cluster;
         let loads: Vec<Vec<f64>> = (0..input.loads.layers).map(|l| input.loads.layer_total(l)).collect();
         let arrays = rebalance_experts(&loads, c.slots(), groups, c.nodes, c.gpus)?;
