@@ -9,6 +9,7 @@ mod cluster_args;
 mod cmd;
 mod evaluate;
 mod input;
+mod output;
 
 /// Plan where Mixture-of-Experts experts live, which get replicas and where requests
 /// are served, from your own routing traces; then prove the plan on held-out traffic.

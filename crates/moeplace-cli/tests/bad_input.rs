@@ -525,3 +525,45 @@ fn eplb_and_balance_name_a_zero_groups_parameter() {
         assert!(err.contains("groups=0") && err.contains("at least 1"), "{placer}: {err}");
     }
 }
+
+#[test]
+fn outputs_into_a_missing_folder_are_refused_before_the_work() {
+    // eval --report replayed the whole trace (and printed its table) before the
+    // write failed; convert and synth to .npz read or generated everything first.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (trace, stats) = profiled(d);
+    let plan = s(&d.join("p.json"));
+    assert!(moeplace(&["plan", "--placer", "linear", "--stats", &s(&stats), "--gpus", "2", "-o", &plan])
+        .status
+        .success());
+    let missing = d.join("absent");
+    // Words T, S, P are the trace, statistics and plan; OUT/x is x in the missing folder.
+    let cases = [
+        "eval --trace T --plan P --report OUT/r.html",
+        "plan --placer linear --stats S --gpus 2 -o OUT/q.json",
+        "export P --to sglang -o OUT/e.json",
+        "merge S S -o OUT/m.json",
+        "convert T OUT/c.npz",
+        "synth --layers 2 --experts 4 --top-k 2 --requests 2 OUT/y.npz",
+        "profile T -o OUT/s.json",
+        "demo --report OUT/d.html",
+    ];
+    let cases = cases.map(|c| {
+        let word = |w: &str| match w {
+            "T" => s(&trace),
+            "S" => s(&stats),
+            "P" => plan.clone(),
+            w => w.strip_prefix("OUT/").map(|name| s(&missing.join(name))).unwrap_or_else(|| w.to_string()),
+        };
+        c.split_whitespace().map(word).collect::<Vec<String>>()
+    });
+    for args in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = moeplace(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&s(&missing)) && err.contains("does not exist"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: worked before refusing: {}", String::from_utf8_lossy(&out.stdout));
+    }
+}

@@ -17,6 +17,7 @@ use moeplace_core::trace::Trace;
 
 use crate::cmd::plan::make_plan;
 use crate::evaluate::{evaluate, write_report, Homes};
+use crate::output::check_output;
 
 /// Run moeplace end to end on a synthetic multi-task workload (4 task families with
 /// their own favourite experts plus a few generic experts every family uses):
@@ -74,6 +75,7 @@ pub fn split_calibration(trace: &Trace) -> (Trace, Trace) {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    check_output(&args.report)?;
     let trace = synthesize_workload(args.seed);
     let (calib, test) = split_calibration(&trace);
     let stats = Statistics::from_batches(trace.shape, ProfileOptions::default(), &calib.batches)?;

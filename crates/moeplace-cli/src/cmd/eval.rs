@@ -9,6 +9,7 @@ use moeplace_formats::plan_file;
 use crate::cluster_args::ClusterArgs;
 use crate::evaluate::{evaluate, write_report, Homes};
 use crate::input::{read_trace, TraceArgs};
+use crate::output::check_output;
 
 /// Replay a held-out trace (never the calibration tokens) against one or more plans
 /// and print one table: every plan side by side with the baseline (linear placement,
@@ -90,6 +91,9 @@ pub fn run(args: Args) -> Result<()> {
             anyhow::anyhow!("unknown dispatcher {:?} (known: {})", name, dispatch::names().join(", "))
         })?,
     };
+    if let Some(path) = &args.report {
+        check_output(path)?;
+    }
     let mut plans = Vec::new();
     for p in &args.plans {
         let plan = plan_file::read(p)?;

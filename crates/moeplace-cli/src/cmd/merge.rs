@@ -23,6 +23,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    crate::output::check_output(&args.output)?;
     let mut acc = stats_file::read(&args.inputs[0])?;
     for p in &args.inputs[1..] {
         let s = stats_file::read(p)?;

@@ -147,6 +147,7 @@ fn parse_family_shares(values: &[String]) -> Result<BTreeMap<String, f64>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    crate::output::check_output(&args.output)?;
     let shares = parse_family_shares(&args.family_shares)?;
     let mut stats = calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace)?;
     if !shares.is_empty() {

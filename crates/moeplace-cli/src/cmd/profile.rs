@@ -48,6 +48,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let options = ProfileOptions { request_vectors: !args.no_request_vectors, token_sample: args.token_sample };
+    if let Some(out) = &args.output {
+        crate::output::check_output(out)?;
+    }
     let stats = profile_inputs(&args.inputs, &args.trace, options)?;
     if let Some(out) = &args.output {
         stats_file::write(out, &stats)?;

@@ -138,6 +138,7 @@ fn build_config(args: &Args) -> Result<(SynthConfig, Option<Statistics>)> {
 
 pub fn run(args: Args) -> Result<()> {
     let format = output_format(&args.output, args.to.as_deref())?;
+    crate::output::check_output(&args.output)?;
     let (config, real) = build_config(&args)?;
     let shape = config.shape;
     let mut stats = args
