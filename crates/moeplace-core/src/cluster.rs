@@ -42,6 +42,9 @@ pub struct Cluster {
 pub const DEEPSEEK_V3_HIDDEN: usize = 7168;
 /// DeepSeek-V3's routed-expert intermediate size.
 pub const DEEPSEEK_V3_EXPERT_INTERMEDIATE: usize = 2048;
+/// Most bytes of one token's activation a cluster may give (`hidden_size x
+/// bytes_per_element`): 16 MiB, a thousand times DeepSeek-V3's; more is a typo.
+pub const MAX_TOKEN_BYTES: usize = 1 << 24;
 
 /// Named machine types with explicit link figures.
 ///
@@ -177,6 +180,18 @@ impl Cluster {
         }
         if self.hidden_size == 0 || self.bytes_per_element == 0 {
             return Err(ClusterError("hidden size and bytes per element must be at least 1".into()));
+        }
+        // Their product is a token's bytes on every link; one that overflows (or is
+        // beyond any model) wraps or saturates the byte counts and time estimates.
+        match self.hidden_size.checked_mul(self.bytes_per_element) {
+            Some(b) if b <= MAX_TOKEN_BYTES => {}
+            _ => {
+                return Err(ClusterError(format!(
+                    "hidden_size = {} x bytes_per_element = {} is more than {MAX_TOKEN_BYTES} bytes per token \
+                     (16 MiB; DeepSeek-V3's is 14336)",
+                    self.hidden_size, self.bytes_per_element
+                )))
+            }
         }
         for (name, v) in [
             ("intra-node bandwidth", self.intra_node_gbps),

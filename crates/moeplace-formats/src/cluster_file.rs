@@ -16,6 +16,7 @@
 //! gpu_tflops = 400.0
 //! ```
 //! Without a preset, unspecified links are the `h100` preset's and `gpus` is required.
+//! `hidden_size x bytes_per_element` is at most 16 MiB (`Cluster::validate`).
 //! Unknown keys are refused (typos must not pass silently).
 
 use std::path::Path;

@@ -103,6 +103,18 @@ fn cluster_file_with_overflowing_slot_count_is_refused() {
     assert!(e.contains("c.toml") && e.contains("too large"), "{e}");
 }
 
+#[test]
+fn cluster_file_whose_token_size_overflows_or_is_absurd_is_refused() {
+    // hidden_size x bytes_per_element wrapped around (or gave days per step).
+    let parse =
+        |extra: &str| cluster_file::parse(Path::new("c.toml"), &format!("nodes = 1\ngpus = 8\nslots = 8\n{extra}"));
+    for extra in ["hidden_size = 9000000000000000000\n", "hidden_size = 100000000\n", "bytes_per_element = 4096\n"] {
+        let e = parse(extra).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("hidden_size") && e.contains("bytes_per_element"), "{extra}: {e}");
+    }
+    assert!(parse("hidden_size = 16384\nbytes_per_element = 4\n").is_ok());
+}
+
 const SGLANG_HEADER: &str = r#"{"row_type":"header","schema":"simllm-preplay-trace-v2","provenance":{"expert_count":4,"top_k":2,"moe_layer_indices":[0]}}"#;
 
 fn sglang_row(phase: &str, token_index: u64) -> String {
