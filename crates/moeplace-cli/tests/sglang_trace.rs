@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{moeplace_ok, shared_data};
+use common::{moeplace, moeplace_ok, shared_data};
 
 #[test]
 fn sglang_trace_reads_with_phases_and_correlation() {
@@ -20,4 +20,21 @@ fn sglang_trace_reads_with_phases_and_correlation() {
     assert!(c > -1.0 && c < 1.0);
     let text = moeplace_ok(&["profile", trace.to_str().unwrap()]);
     assert!(text.contains("prefill-decode corr."), "{text}");
+}
+
+#[test]
+fn sglang_trace_cut_before_its_footer_is_refused() {
+    // The recorded trace ends with a footer; cut at a row boundary before it, the
+    // trace read as a complete one with fewer tokens.
+    let Some(data) = shared_data() else { return };
+    let text = std::fs::read_to_string(data.join("sglang-granite/routing-trace.jsonl")).unwrap();
+    assert!(text.lines().last().unwrap().contains(r#""row_type":"footer""#));
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.jsonl");
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&cut, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    let out = moeplace(&["profile", cut.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cut.jsonl") && err.contains("truncated: no footer"), "{err}");
 }

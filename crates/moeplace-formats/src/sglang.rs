@@ -8,7 +8,8 @@
 //! - `observed-dispatch`: one token: `request_id`, `phase` (prefill/decode),
 //!   `token_index`, and `routing`: a list of `{layer_index, expert_ids}`, one per MoE
 //!   layer;
-//! - `kv-event` and `footer`: not routing; a footer's dispatch counts are checked.
+//! - `kv-event`: not routing;
+//! - `footer` (last line, required): not routing; its dispatch counts are checked.
 //!
 //! Position: a prefill token's `token_index`; a decode token comes after the prompt,
 //! at prompt length + `token_index` (the prompt length is known once the request row
@@ -286,6 +287,16 @@ impl Iterator for SglangReader {
             match self.reader.read_line(&mut self.buf) {
                 Ok(0) => {
                     self.done = true;
+                    // The recorder ends every trace with a footer (it holds the row
+                    // counts); a trace cut at a row boundary otherwise reads as a
+                    // shorter, complete one.
+                    if !self.footer_seen {
+                        return Some(Err(FormatError::line(
+                            &self.path,
+                            self.line_no,
+                            "truncated: no footer (a complete trace ends with a `footer` row)",
+                        )));
+                    }
                     break;
                 }
                 Ok(n) => self.bytes_read += n as u64,

@@ -237,6 +237,19 @@ fn experts_or_top_k_options_that_disagree_with_the_trace_are_refused() {
 }
 
 #[test]
+fn sglang_trace_without_its_footer_is_refused_as_truncated() {
+    // A trace cut at a row boundary read as a shorter, complete one.
+    let dir = tempfile::tempdir().unwrap();
+    let rows = format!("{SGLANG_HEADER}\n{}\n{}\n", sglang_row("prefill", 0), sglang_row("prefill", 1));
+    let p = write(dir.path(), "cut.jsonl", &rows);
+    let e = read_all(SglangReader::open(&p, 16).unwrap()).unwrap_err();
+    assert!(e.contains("cut.jsonl:3:") && e.contains("truncated: no footer"), "{e}");
+    let footer = r#"{"row_type":"footer","prefill_dispatch_count":2,"decode_dispatch_count":0}"#;
+    let p = write(dir.path(), "whole.jsonl", &format!("{rows}{footer}\n"));
+    assert_eq!(read_all(SglangReader::open(&p, 16).unwrap()).unwrap()[0].len(), 2);
+}
+
+#[test]
 fn sglang_request_row_with_wrong_types_is_refused() {
     // A non-list prompt read as length 0 (moving every decode position), a non-text
     // family as no family.
