@@ -567,3 +567,29 @@ fn outputs_into_a_missing_folder_are_refused_before_the_work() {
         assert!(out.stdout.is_empty(), "{args:?}: worked before refusing: {}", String::from_utf8_lossy(&out.stdout));
     }
 }
+
+#[test]
+fn synth_runs_profiled_together_need_their_own_request_prefixes() {
+    // Two runs named their requests alike, so profiling them together refused a clash
+    // of families (or, with the same family, added two unrelated requests into one).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shape = ["--layers", "2", "--experts", "8", "--top-k", "2", "--tokens", "500"];
+    let run = |name: &str, seed: &str, prefix: Option<&str>| {
+        let out = d.join(name);
+        let mut args = vec!["synth"];
+        args.extend(shape);
+        args.extend(["--seed", seed]);
+        args.extend(prefix.map(|p| ["--request-prefix", p]).into_iter().flatten());
+        let out_s = s(&out);
+        args.push(&out_s);
+        assert!(moeplace(&args).status.success());
+        s(&out)
+    };
+    let (a, b, c) = (run("a.jsonl", "1", None), run("b.jsonl", "2", None), run("c.jsonl", "2", Some("other-")));
+    assert!(std::fs::read_to_string(&c).unwrap().contains("\"request\":\"other-0\""));
+    let err = fails(&["profile", &a, &b]);
+    assert!(err.contains("req-0"), "{err}");
+    let out = moeplace(&["profile", &a, &c]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -7,7 +7,10 @@ use moeplace_formats::stats_file;
 
 /// Add statistics files (from `moeplace profile -o`) into one. Statistics are sums,
 /// so merging the statistics of shards equals profiling all shards at once, byte for
-/// byte.
+/// byte. A request id names one request across the files: its counts add up, and
+/// an id with a different family in two files is refused. Two `synth` runs name
+/// their requests alike (req-0, req-1, ...) unless given their own
+/// `--request-prefix`.
 ///
 /// Example:
 ///   moeplace merge shard0.json shard1.json -o all.json

@@ -69,6 +69,10 @@ pub struct Args {
     /// to get calibration and test streams of one model from two --seed values.
     #[arg(long, value_name = "SEED", default_value_t = 0)]
     structure_seed: u64,
+    /// Request ids are PREFIX0, PREFIX1, ...: give traces you will profile or merge
+    /// together prefixes of their own (statistics add up requests that share an id).
+    #[arg(long, value_name = "PREFIX", default_value = "req-")]
+    request_prefix: String,
     /// Fit the generator to these statistics (from `moeplace profile -o`).
     #[arg(long, value_name = "STATS")]
     fit: Option<PathBuf>,
@@ -110,6 +114,7 @@ fn build_config(args: &Args) -> Result<(SynthConfig, Option<Statistics>)> {
         }
     };
     config.structure_seed = args.structure_seed;
+    config.request_prefix = args.request_prefix.clone();
     if let Some(n) = args.requests {
         config.requests = n;
         config.tokens = None;

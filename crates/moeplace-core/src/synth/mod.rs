@@ -455,6 +455,10 @@ pub struct SynthConfig {
     pub batch_tokens: usize,
     /// Exact tables from [`fit()`]; used while `shape` equals the fitted shape.
     pub profile: Option<Arc<FittedProfile>>,
+    /// Request ids are `<request_prefix><index>` (default `req-`): traces to be
+    /// profiled or merged together need prefixes of their own, since statistics add
+    /// up the counts of requests that share an id.
+    pub request_prefix: String,
 }
 
 impl SynthConfig {
@@ -473,6 +477,7 @@ impl SynthConfig {
             structure_seed: 0,
             batch_tokens: 16384,
             profile: None,
+            request_prefix: "req-".to_string(),
         })
     }
 

@@ -305,7 +305,8 @@ pub struct SynthStream {
 }
 
 /// Generates the workload of `config` with traffic seed `seed`: batches of about
-/// `config.batch_tokens` tokens, each holding whole requests, named `req-<index>`.
+/// `config.batch_tokens` tokens, each holding whole requests, named
+/// `<config.request_prefix><index>`.
 /// Fails only on invalid parameters (checked before anything is generated).
 pub fn generate(config: &SynthConfig, seed: u64) -> Result<SynthStream, SynthError> {
     let model = Model::compile(config)?;
@@ -357,7 +358,7 @@ impl Iterator for SynthStream {
         let ids: Vec<Vec<u16>> = plans.par_iter().map(|p| request_tokens(model, seed, p)).collect();
         let total = planned as usize;
         let mut c = BatchColumns {
-            request_names: plans.iter().map(|p| format!("req-{}", p.index)).collect(),
+            request_names: plans.iter().map(|p| format!("{}{}", self.config.request_prefix, p.index)).collect(),
             family_names: self.family_names.clone(),
             request: Vec::with_capacity(total),
             family: Vec::with_capacity(total),
