@@ -624,16 +624,13 @@ impl Placer for Balance {
         let groups = super::eplb::groups_param(params)?;
         let hierarchical = params.bool("hierarchical", false)?;
         let enumerate = params.usize("enumerate", 3000)?;
-        let move_slack = params.f64("move_slack", 0.0)?;
+        let move_slack = params.non_negative("move_slack", 0.0)?;
         let per_step = params.bool("per_step", false)?;
         let sweeps = params.usize("per_step_sweeps", 8)?;
         if per_step && input.loads.steps.len() < 2 {
             return Err(PlaceError::BadParam(
                 "per_step=true needs loads with several steps ([steps, layers, experts]); these have one".into(),
             ));
-        }
-        if move_slack < 0.0 {
-            return Err(PlaceError::BadParam(format!("move_slack={move_slack} must be at least 0")));
         }
         if hierarchical && !groups.is_multiple_of(c.nodes) {
             return Err(PlaceError::BadParam(format!(
@@ -874,7 +871,7 @@ mod tests {
         }
         assert!(last < moves0, "a large slack must save moves ({last} vs {moves0})");
         let placed = place_loads(&Balance, &loads, &cluster, &["move_slack=-1"], Some(&deployed));
-        assert!(placed.unwrap_err().to_string().contains("at least 0"));
+        assert!(placed.unwrap_err().to_string().contains("move_slack=-1 must not be negative"));
     }
 
     #[test]

@@ -109,11 +109,8 @@ pub(crate) fn refine_options(
     if !params.bool("refine", true)? || stats.token_sample().is_empty() {
         return Ok(None);
     }
-    let node_weight = params.f64("node_weight", 1.0)?;
-    let gpu_weight = params.f64("gpu_weight", 1.0)?;
-    if node_weight < 0.0 || gpu_weight < 0.0 {
-        return Err(PlaceError::BadParam("node_weight and gpu_weight must not be negative".into()));
-    }
+    let node_weight = params.non_negative("node_weight", 1.0)?;
+    let gpu_weight = params.non_negative("gpu_weight", 1.0)?;
     let passes = params.usize("refine_passes", crate::refine::RefineOptions::default().passes)?;
     Ok(Some(crate::refine::RefineOptions { node_weight, gpu_weight, passes, ..Default::default() }))
 }
@@ -171,10 +168,7 @@ pub(crate) fn needs_pairs<'a>(input: &PlacerInput<'a>, placer: &str) -> Result<&
 
 /// The `stay` parameter; above 0 it needs the deployed plan to keep copies in.
 pub(crate) fn stay(input: &PlacerInput<'_>) -> Result<f64, PlaceError> {
-    let stay = input.params.f64("stay", 0.0)?;
-    if !(stay >= 0.0 && stay.is_finite()) {
-        return Err(PlaceError::BadParam(format!("stay={stay} must be a non-negative number")));
-    }
+    let stay = input.params.non_negative("stay", 0.0)?;
     if stay > 0.0 && input.previous.is_none() {
         return Err(PlaceError::BadParam(format!(
             "stay={stay} keeps copies where the deployed plan has them: give that plan (plan --previous)"

@@ -286,13 +286,7 @@ impl Placer for Grace {
         check_fits(input.shape, input.cluster)?;
         let balance = input.params.non_negative("balance", DEFAULT_BALANCE)?;
         let passes = input.params.usize("passes", DEFAULT_PASSES)?;
-        let fixed_r = match input.params.0.get("r") {
-            Some(_) => Some(input.params.f64("r", 0.0)?)
-                .filter(|r| *r >= 0.0)
-                .map(Some)
-                .ok_or_else(|| PlaceError::BadParam("parameter r must be at least 0".into()))?,
-            None => None,
-        };
+        let fixed_r = input.params.0.contains_key("r").then(|| input.params.non_negative("r", 0.0)).transpose()?;
         let fixed = match input.params.0.get("replication").map(String::as_str) {
             None | Some("dynamic") => false,
             Some("fixed") => true,

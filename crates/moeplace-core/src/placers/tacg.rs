@@ -175,12 +175,9 @@ impl FamilyModel {
             balance: params.non_negative("balance", DEFAULT_BALANCE)?,
             passes: params.usize("passes", DEFAULT_PASSES)?,
             eta: params.non_negative("eta", DEFAULT_ETA)?,
-            robust: params.f64("robust", DEFAULT_ROBUST)?,
+            robust: params.non_negative("robust", DEFAULT_ROBUST)?,
             stay: super::coact::stay(input)?,
         };
-        if knobs.robust < 0.0 {
-            return Err(PlaceError::BadParam(format!("robust={} must not be negative", knobs.robust)));
-        }
         let families = stats.families();
         if families.len() < 2 {
             return Err(PlaceError::Unsupported(format!(

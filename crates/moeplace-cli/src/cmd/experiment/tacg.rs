@@ -57,6 +57,9 @@ struct Setup {
     /// Tokens per held-out request, for the longest-first packing reference.
     test_lengths: Vec<u64>,
     theta: f64,
+    /// The full tacg+gesr plan (5 slots per GPU, the user's parameters), made once for
+    /// the rows that replay it under other dispatchers or homes.
+    full: (PlacerOutput, Cluster),
 }
 
 pub(super) fn tacg(args: TacgArgs) -> Result<()> {
@@ -80,7 +83,9 @@ pub(super) fn tacg(args: TacgArgs) -> Result<()> {
     if args.tune {
         return tune(&calib, &stats, &user, args.theta);
     }
+    let (full, cluster, _) = plan(&stats, "tacg+gesr", 5, &params_for("tacg+gesr", &user))?;
     let setup = Setup {
+        full: (full, cluster),
         baseline: baseline(&test)?,
         test_lengths: request_lengths(&test),
         calib,
@@ -222,9 +227,9 @@ fn ablation_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     let paper = Gesr { theta: s.theta, mean_reference: false, ..Gesr::default() };
     let no_join = Gesr { theta: s.theta, join_nodes: false, ..Gesr::default() };
     let robust_label = format!("shift-robust (robust={ROBUST})");
-    // The full plan is made once; the rows that change only the dispatcher or the
-    // homes replay it (`None` below).
-    let (full, cluster, _) = plan(&s.stats, "tacg+gesr", 5, &params_for("tacg+gesr", user))?;
+    // The rows that change only the dispatcher or the homes replay the full plan
+    // (`None` below).
+    let (full, cluster) = &s.full;
     let groups = full.family_gpus.as_ref().context("tacg+gesr wrote no family GPUs")?;
     // (label, a plan of its own: slots per GPU and parameters, dispatcher)
     type Case<'a> = (&'a str, Option<(usize, Params)>, &'a dyn Dispatcher);
@@ -242,7 +247,7 @@ fn ablation_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     for (label, variant, d) in cases {
         let r = match variant {
             Some((slots, p)) => run_one(&s.stats, &s.test, "tacg+gesr", slots, true, &p, d)?.result,
-            None => simulate(&s.test, &full.placement, &cluster, d, &HomePolicy::Family(groups.clone()))?,
+            None => simulate(&s.test, &full.placement, cluster, d, &HomePolicy::Family(groups.clone()))?,
         };
         row(out, label, &r, &s.baseline, lpt_ref);
     }
@@ -253,7 +258,7 @@ fn ablation_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
         ("homes per request in the family's GPUs, from all its tokens (oracle)".to_string(), None),
     ] {
         let homes = HomePolicy::Request(homes_per_request(&s.test, &full.placement, groups, prefix));
-        let r = simulate(&s.test, &full.placement, &cluster, &gesr, &homes)?;
+        let r = simulate(&s.test, &full.placement, cluster, &gesr, &homes)?;
         row(out, &label, &r, &s.baseline, lpt_ref);
     }
     out.push('\n');
@@ -274,8 +279,8 @@ fn tradeoff_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     );
     header(out, "placer | dispatcher");
     let mut rows: Vec<(&str, String, SimResult)> = Vec::new();
-    for placer in ["coact", "tacg+gesr"] {
-        let (plan_out, cluster, _) = plan(&s.stats, placer, 5, &params_for(placer, user))?;
+    let (coact, coact_cluster, _) = plan(&s.stats, "coact", 5, &params_for("coact", user))?;
+    for (placer, (plan_out, cluster)) in [("coact", (&coact, &coact_cluster)), ("tacg+gesr", (&s.full.0, &s.full.1))] {
         let homes = match (placer, &plan_out.family_gpus) {
             ("tacg+gesr", Some(f)) => HomePolicy::Family(f.clone()),
             _ => HomePolicy::RoundRobin,
@@ -287,7 +292,7 @@ fn tradeoff_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
         let paper = Gesr { theta: s.theta, mean_reference: false, ..Gesr::default() };
         dispatchers.push((format!("gesr theta={}, least loaded copy only", s.theta), Box::new(paper)));
         for (label, d) in dispatchers {
-            let r = simulate(&s.test, &plan_out.placement, &cluster, d.as_ref(), &homes)?;
+            let r = simulate(&s.test, &plan_out.placement, cluster, d.as_ref(), &homes)?;
             row(out, &format!("{placer} | {label}"), &r, &s.baseline, lpt_ref);
             rows.push((placer, label, r));
         }
@@ -437,10 +442,11 @@ fn shift_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
          |---|---:|---|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut plans = Vec::new();
-    for placer in ["coact", "tacg", "tacg+gesr"] {
+    for placer in ["coact", "tacg"] {
         let (o, c, _) = plan(&s.stats, placer, 5, &params_for(placer, user))?;
         plans.push((placer.to_string(), placer, o, c));
     }
+    plans.push(("tacg+gesr".to_string(), "tacg+gesr", s.full.0.clone(), s.full.1.clone()));
     let robust = gesr_params(user, &[("robust", ROBUST)]);
     let (o, c, _) = plan(&s.stats, "tacg+gesr", 5, &robust)?;
     plans.push((format!("tacg+gesr robust={ROBUST}"), "tacg+gesr", o, c));
@@ -674,18 +680,18 @@ fn stay_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
          |---:|---:|---:|---:|---:|\n",
         REPLAN[0], REPLAN[1]
     ));
-    let (deployed, cluster, _) = plan(&s.stats, "tacg+gesr", 5, &params_for("tacg+gesr", user))?;
+    let (deployed, cluster) = &s.full;
     let shifts = replans(&s.test, &s.stats)?;
     let slots = (deployed.placement.layers() * deployed.placement.slots()) as f64;
     for stay in ["0", "0.5", "1", "2", "4", "8"] {
         let params = gesr_params(user, &[("robust", REPLAN[0]), ("locality", REPLAN[1]), ("stay", stay)]);
         let (mut moved, mut most, mut least_cut, mut least_jain) = (0.0, 0.0f64, f64::INFINITY, f64::INFINITY);
         for Replan { stats, stream, base, .. } in &shifts {
-            let (o, _) = common::plan_from(stats, "tacg+gesr", &cluster, &params, Some(&deployed.placement))?;
+            let (o, _) = common::plan_from(stats, "tacg+gesr", cluster, &params, Some(&deployed.placement))?;
             let m = o.placement.moves_from(&deployed.placement) as f64 / slots * 100.0;
             moved += m / shifts.len() as f64;
             most = most.max(m);
-            let r = replay_plan(stream, "tacg+gesr", &o, &cluster, s.theta)?;
+            let r = replay_plan(stream, "tacg+gesr", &o, cluster, s.theta)?;
             least_cut = least_cut.min(cut_percent(r.remote_nodes, base.remote_nodes).unwrap_or(0.0));
             least_jain = least_jain.min(r.jain);
         }
