@@ -170,6 +170,49 @@ fn check_sums(
     Ok(())
 }
 
+/// Tokens a statistics file may hold: each counter (an expert's load, a pair, a
+/// transition) counts at most one per token and layer, so no counter wraps while the
+/// total of tokens fits in 64 bits (a request's 32-bit counts, while its tokens fit
+/// in 32). Checked on reading and before merging.
+const MAX_TOKENS: u64 = u64::MAX;
+
+/// Requests' tokens belong to the groups of their family and phase: per (family,
+/// phase) they sum to at most that group's tokens (tokens without a request id count
+/// in the group only). Totals stay within [`MAX_TOKENS`] and a request's tokens
+/// within its 32-bit counters. Catches statistics files mixed up by hand.
+fn check_totals(
+    groups: &BTreeMap<GroupKey, GroupStats>,
+    requests: &BTreeMap<String, RequestActivation>,
+) -> Result<(), ShapeError> {
+    let total: u128 = groups.values().map(|g| u128::from(g.tokens)).sum();
+    if total > u128::from(MAX_TOKENS) {
+        return Err(ShapeError::BadShape(format!("{total} tokens in all: more than the 64-bit counters hold")));
+    }
+    let mut by_group: BTreeMap<GroupKey, u128> = BTreeMap::new();
+    for (id, r) in requests {
+        for (phase, &t) in &r.tokens {
+            if t > u64::from(u32::MAX) {
+                return Err(ShapeError::BadShape(format!(
+                    "request {id:?}: {t} tokens, more than its 32-bit activation counts hold"
+                )));
+            }
+            let key = GroupKey { family: r.family.clone(), phase: *phase };
+            *by_group.entry(key).or_insert(0) += u128::from(t);
+        }
+    }
+    for (key, t) in by_group {
+        let in_group = groups.get(&key).map_or(0, |g| g.tokens);
+        if t > u128::from(in_group) {
+            return Err(ShapeError::BadShape(format!(
+                "requests of family {}, phase {} hold {t} tokens, but that group has {in_group}",
+                key.family.as_ref().map_or_else(|| "(none)".to_string(), |f| format!("{f:?}")),
+                key.phase.map_or_else(|| "(none)".to_string(), |p| p.to_string()),
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn add_into(a: &mut [u64], b: &[u64]) {
     debug_assert_eq!(a.len(), b.len());
     a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
@@ -196,6 +239,8 @@ pub enum MergeError {
     RequestsMismatch,
     #[error("request {request:?} has family {a:?} in one input and {b:?} in another")]
     FamilyConflict { request: String, a: Option<String>, b: Option<String> },
+    #[error("together the inputs hold more tokens than the statistics' counters can count")]
+    TooManyTokens,
 }
 
 /// What to collect while profiling.
@@ -296,6 +341,7 @@ impl Statistics {
             }
         }
         check_sums(shape, pairs, &groups, &requests)?;
+        check_totals(&groups, &requests)?;
         Ok(Statistics { shape, pairs, request_vectors, groups, requests, sample: TokenSample::new(0) })
     }
 
@@ -425,8 +471,16 @@ impl Statistics {
         if other.request_vectors != self.request_vectors {
             return Err(MergeError::RequestsMismatch);
         }
+        if u128::from(self.tokens()) + u128::from(other.tokens()) > u128::from(MAX_TOKENS) {
+            return Err(MergeError::TooManyTokens);
+        }
         for (id, r) in &other.requests {
             if let Some(mine) = self.requests.get(id) {
+                for (phase, &t) in &r.tokens {
+                    if mine.tokens.get(phase).copied().unwrap_or(0) + t > u64::from(u32::MAX) {
+                        return Err(MergeError::TooManyTokens);
+                    }
+                }
                 if mine.family != r.family {
                     return Err(MergeError::FamilyConflict {
                         request: id.clone(),
@@ -583,5 +637,41 @@ mod tests {
         assert_eq!(g.transitions.iter().sum::<u64>(), 4);
         let r = &s.requests()["r"];
         assert_eq!(r.by_phase[&Some(Phase::Prefill)], vec![0, 1, 0, 1, 1, 0, 1, 0]);
+    }
+
+    /// Statistics of one token of request "r" (family law, prefill), with the request
+    /// claiming `request_tokens` tokens and its counts scaled to match.
+    fn one_request(request_tokens: u64) -> Result<Statistics, ShapeError> {
+        let shape = ModelShape::new(1, 2, 1).unwrap();
+        let key = GroupKey { family: Some("law".into()), phase: Some(Phase::Prefill) };
+        let groups =
+            BTreeMap::from([(key, GroupStats { tokens: 1, load: vec![1, 0], coact: vec![], transitions: vec![] })]);
+        let request = RequestActivation {
+            family: Some("law".into()),
+            by_phase: BTreeMap::from([(Some(Phase::Prefill), vec![request_tokens as u32, 0])]),
+            tokens: BTreeMap::from([(Some(Phase::Prefill), request_tokens)]),
+        };
+        Statistics::from_parts(shape, false, true, groups, BTreeMap::from([("r".to_string(), request)]))
+    }
+
+    #[test]
+    fn requests_hold_no_more_tokens_than_their_group() {
+        assert!(one_request(1).is_ok());
+        let err = one_request(2).unwrap_err().to_string();
+        assert!(err.contains("requests of family \"law\", phase prefill hold 2 tokens, but that group has 1"), "{err}");
+    }
+
+    #[test]
+    fn merging_refuses_counts_that_would_wrap() {
+        let shape = ModelShape::new(1, 2, 1).unwrap();
+        let huge = || {
+            let g =
+                GroupStats { tokens: u64::MAX - 1, load: vec![u64::MAX - 1, 0], coact: vec![], transitions: vec![] };
+            let key = GroupKey { family: None, phase: None };
+            Statistics::from_parts(shape, false, false, BTreeMap::from([(key, g)]), BTreeMap::new()).unwrap()
+        };
+        let mut a = huge();
+        assert_eq!(a.merge(&huge()), Err(MergeError::TooManyTokens));
+        assert_eq!(a, huge(), "a refused merge leaves the statistics unchanged");
     }
 }
