@@ -9,7 +9,7 @@
 //!   sum_{i<j, b(i)=b(j)} w(i,j)                          internal affinity
 //! + sum_i bias(i, b(i))                                  affinity to fixed terminals
 //! - balance * (C / L) * sum_p L_p^2 / cap_p              load spread
-//! - (sb / D) * sum_d (C / L_d) * sum_p L_pd^2 / cap_p     spread under other mixes
+//! - sum_d sb_d * (C / L_d) * sum_p L_pd^2 / cap_p       spread under other mixes
 //! ```
 //!
 //! where `L_p` is the summed load of bin p, `cap_p` its capacity, `L` the total load and
@@ -21,7 +21,7 @@
 //!
 //! The last term is optional ([`ScenarioLoads`]): the items' loads under D other
 //! traffic mixes (for example each task family's traffic alone), `L_pd` bin p's load
-//! under mix d, `sb` their weight. A partition balanced under every mix stays balanced
+//! under mix d, `sb_d` its weight. A partition balanced under every mix stays balanced
 //! under any blend of them, which the calibration mix alone does not promise.
 //!
 //! Method (the papers use spectral or METIS starts; we chose a greedy start because it
@@ -59,13 +59,13 @@ pub struct Problem<'a> {
     pub scenarios: Option<ScenarioLoads<'a>>,
 }
 
-/// Item loads under `dims` other traffic mixes, `load[i * dims + d]`, whose spread
-/// terms weigh `balance / dims` each (module documentation).
+/// Item loads under `dims` other traffic mixes, `load[i * dims + d]`, and the weight
+/// `weights[d]` of each mix's spread term (module documentation).
 #[derive(Clone, Copy, Debug)]
 pub struct ScenarioLoads<'a> {
     pub dims: usize,
     pub load: &'a [f64],
-    pub balance: f64,
+    pub weights: &'a [f64],
 }
 
 /// Why a problem cannot be solved.
@@ -104,6 +104,7 @@ impl Problem<'_> {
         }
         if let Some(s) = self.scenarios {
             shape("scenario load", s.load.len(), n * s.dims)?;
+            shape("scenario weights", s.weights.len(), s.dims)?;
         }
         Ok(())
     }
@@ -235,7 +236,7 @@ pub fn objective(p: &Problem<'_>, bin: &[usize]) -> f64 {
     if let Some(s) = p.scenarios {
         for d in 0..s.dims {
             let total: f64 = (0..n).map(|i| s.load[i * s.dims + d]).sum();
-            v -= s.balance / s.dims as f64 * scale(p, total) * squares(&|i| s.load[i * s.dims + d]);
+            v -= s.weights[d] * scale(p, total) * squares(&|i| s.load[i * s.dims + d]);
         }
     }
     v
@@ -265,7 +266,7 @@ struct State<'a> {
     scale: f64,
     /// Per bin and mix, `[b * dims + d]` (empty without scenarios).
     scenario_loads: Vec<f64>,
-    /// Per mix: `(sb / D) * C / L_d`.
+    /// Per mix: `sb_d * C / L_d`.
     scenario_scale: Vec<f64>,
 }
 
@@ -285,9 +286,7 @@ impl<'a> State<'a> {
             scale: scale(p, p.load.iter().sum()),
             scenario_loads: p.scenarios.map_or(Vec::new(), |s| vec![0.0; bins * s.dims]),
             scenario_scale: p.scenarios.map_or(Vec::new(), |s| {
-                (0..s.dims)
-                    .map(|d| s.balance / s.dims as f64 * scale(p, (0..p.n).map(|i| s.load[i * s.dims + d]).sum()))
-                    .collect()
+                (0..s.dims).map(|d| s.weights[d] * scale(p, (0..p.n).map(|i| s.load[i * s.dims + d]).sum())).collect()
             }),
         }
     }
@@ -576,14 +575,19 @@ mod tests {
         let plain = Problem { balance: 1.0, ..problem(n, &w, &load, &[2, 2]) };
         let b = partition(&plain).unwrap();
         assert_eq!((b[0] == b[1], b[2] == b[3]), (true, true), "{b:?}");
-        let robust = Problem { scenarios: Some(ScenarioLoads { dims: 2, load: &mix, balance: 4.0 }), ..plain };
+        let robust = Problem { scenarios: Some(ScenarioLoads { dims: 2, load: &mix, weights: &[2.0, 2.0] }), ..plain };
         let b = partition(&robust).unwrap();
         assert!(b[0] != b[1] && b[2] != b[3], "{b:?}");
         assert!(objective(&robust, &b) > objective(&robust, &[0, 0, 1, 1]));
-        let bad = Problem { scenarios: Some(ScenarioLoads { dims: 3, load: &mix, balance: 1.0 }), ..plain };
+        let bad = Problem { scenarios: Some(ScenarioLoads { dims: 3, load: &mix, weights: &[1.0; 3] }), ..plain };
         assert_eq!(
             partition(&bad).unwrap_err(),
             PartitionError::Shape { what: "scenario load", found: 8, expected: 12 }
+        );
+        let unweighted = Problem { scenarios: Some(ScenarioLoads { dims: 2, load: &mix, weights: &[1.0] }), ..plain };
+        assert_eq!(
+            partition(&unweighted).unwrap_err(),
+            PartitionError::Shape { what: "scenario weights", found: 1, expected: 2 }
         );
     }
 
@@ -623,7 +627,8 @@ mod tests {
             // can be filled with distinct classes).
             let class: Vec<u32> = (0..n).map(|i: usize| i.saturating_sub(1) as u32).collect();
             let mix: Vec<f64> = (0..n * dims).map(|_| rnd()).collect();
-            let scenarios = (dims > 0).then_some(ScenarioLoads { dims, load: &mix, balance });
+            let weights = vec![balance / dims.max(1) as f64; dims];
+            let scenarios = (dims > 0).then_some(ScenarioLoads { dims, load: &mix, weights: &weights });
             let p = Problem { n, weight: &w, load: &load, bias: None, class: Some(&class), caps: &caps, balance, max_passes: 10, scenarios };
             let node_of: Vec<usize> = (0..caps.len()).map(|b| b * nodes / caps.len()).collect();
             for out in [partition(&p).unwrap(), partition_hierarchical(&p, &node_of).unwrap()] {

@@ -124,7 +124,7 @@ proptest! {
         let shape = ModelShape::new(layers, experts, top_k).unwrap();
         let cluster = Cluster::new(nodes, gpus, 1).unwrap().with_slots(slots).unwrap();
         let stats = statistics(shape, 60 + (seed % 60) as usize, seed);
-        let variants: [(&str, &[&str]); 10] = [
+        let variants: [(&str, &[&str]); 12] = [
             ("grace", &[]),
             ("grace", &["replication=fixed"]),
             ("grace", &["refine=false"]),
@@ -135,6 +135,8 @@ proptest! {
             ("tacg+gesr", &["locality=0.5"]),
             ("tacg", &["robust=0.5"]),
             ("tacg+gesr", &["robust=0.75", "locality=0.5"]),
+            ("tacg+gesr", &["resample=1"]),
+            ("tacg", &["resample=0.5", "folds=3", "robust=0.5"]),
         ];
         for (placer, params) in variants {
             let out = place(placer, &stats, &cluster, params);

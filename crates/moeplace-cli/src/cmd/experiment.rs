@@ -52,10 +52,13 @@ enum What {
     /// Tables: (1) linear, coact, eplb, balance, tacg, tacg+gesr at 4 and 5 slots per
     /// GPU with homes round-robin and by family; (2) ablations of tacg+gesr; (3)
     /// locality against balance (coact and tacg+gesr under dispatchers from nearest to
-    /// gesr with no tolerance, compared at equal Jain); (4) distribution shift (one
-    /// family at 70% of the held-out tokens, one family absent; plans from the even
-    /// mix); (5) the same shifts re-planned for the shifted mix (`plan --family-share`); (6) re-planned with fewer
-    /// moves (`plan --previous`, `stay`); (7) calibration budget (tokens per family).
+    /// gesr with no tolerance, compared at equal Jain); (4) balance on unseen requests
+    /// (the default plan on its own calibration requests and on held-out ones; then
+    /// `resample` with a wider gesr tolerance); (5) distribution shift (one family at
+    /// 70% of the held-out tokens, one family absent; plans from the even mix); (6) the
+    /// same shifts re-planned for the shifted mix (`plan --family-share`); (7)
+    /// re-planned with fewer moves (`plan --previous`, `stay`); (8) calibration budget
+    /// (tokens per family).
     /// Cuts are against the baseline of DESIGN.md (linear, no replicas, primary copy,
     /// homes round-robin) on the same held-out stream.
     Tacg(TacgArgs),

@@ -23,7 +23,8 @@
 //! expert sits on the GPU where the token lives. The partition maximises
 //! `sum w + sum bias - balance * spread` (see [`crate::partition`]); with the
 //! family-aware placers' `robust` knob, also minus the spreads of each family's own
-//! load `sum_f r_i(f) u_f(e_i)`.
+//! load `sum_f r_i(f) u_f(e_i)`, and with their `resample` knob the spreads of each
+//! fold of the calibration requests ([`LayerModel::folds`]).
 //!
 //! `coact` has one pooled "family", no groups, and fills redundant slots with extra
 //! copies of the hottest experts (each slot to the expert of highest load per copy,
@@ -136,6 +137,7 @@ impl Placer for Coact {
             passes: input.params.usize("passes", DEFAULT_PASSES)?,
             eta: 0.0,
             robust: 0.0,
+            resample: 0.0,
             stay: stay(input)?,
         };
         let stats = needs_pairs(input, self.name())?;
@@ -212,6 +214,9 @@ pub(crate) struct Knobs {
     /// Worth of keeping a copy on a GPU that held its expert in the previous plan, in
     /// mean copy loads (0: the previous plan is ignored).
     pub stay: f64,
+    /// Weight of the load spreads of the calibration requests' folds
+    /// ([`LayerModel::folds`]), relative to `balance` (0: none).
+    pub resample: f64,
 }
 
 /// One layer's per-family rates (see the module documentation).
@@ -226,6 +231,11 @@ pub(crate) struct LayerModel {
     pub c: Vec<Vec<f64>>,
     /// Task modulation `m[pair_index]` (empty: 1 everywhere).
     pub m: Vec<f64>,
+    /// `folds[k][f][e]`: picks of e by family f's requests of calibration fold k, per
+    /// token of the fold (empty: no folds). Each fold is a sample of requests like a
+    /// held-out stream; how loads differ between folds is how they will differ on
+    /// new requests.
+    pub folds: Vec<Vec<Vec<f64>>>,
 }
 
 impl LayerModel {
@@ -242,6 +252,7 @@ impl LayerModel {
                 u: vec![g.load[l * e..(l + 1) * e].iter().map(|&x| x as f64 / t).collect()],
                 c: vec![g.coact[l * pc..(l + 1) * pc].iter().map(|&x| x as f64 / t).collect()],
                 m: Vec::new(),
+                folds: Vec::new(),
             })
             .collect()
     }
@@ -377,17 +388,25 @@ pub(crate) fn solve_layer(
     let class: Vec<u32> = items.iter().map(|it| it.expert as u32).collect();
     let caps: Vec<usize> = (0..g).map(|gpu| cluster.gpu_slot_count(gpu)).collect();
     let node_of: Vec<usize> = (0..g).map(|gpu| cluster.node_of(gpu)).collect();
-    // Each family's traffic alone as a mix of its own (`robust` > 0, module docs).
-    let scenario_load: Vec<f64> = if knobs.robust > 0.0 && f > 1 {
-        items.iter().flat_map(|it| (0..f).map(|fam| it.route[fam] * m.u[fam][it.expert])).collect()
-    } else {
-        Vec::new()
-    };
-    let scenarios = (!scenario_load.is_empty()).then(|| ScenarioLoads {
-        dims: f,
-        load: &scenario_load,
-        balance: knobs.robust * knobs.balance,
-    });
+    // Each family's traffic alone as a mix of its own (`robust` > 0), and each fold of
+    // the calibration requests (`resample` > 0); module docs.
+    let mut mixes: Vec<Vec<f64>> = Vec::new();
+    let mut weights = Vec::new();
+    if knobs.robust > 0.0 && f > 1 {
+        for fam in 0..f {
+            mixes.push(items.iter().map(|it| it.route[fam] * m.u[fam][it.expert]).collect());
+            weights.push(knobs.robust * knobs.balance / f as f64);
+        }
+    }
+    if knobs.resample > 0.0 && !m.folds.is_empty() {
+        for fold in &m.folds {
+            mixes.push(items.iter().map(|it| (0..f).map(|fam| it.route[fam] * fold[fam][it.expert]).sum()).collect());
+            weights.push(knobs.resample * knobs.balance / m.folds.len() as f64);
+        }
+    }
+    let dims = mixes.len();
+    let scenario_load: Vec<f64> = (0..n).flat_map(|i| mixes.iter().map(move |mix| mix[i])).collect();
+    let scenarios = (dims > 0).then(|| ScenarioLoads { dims, load: &scenario_load, weights: &weights });
     let p = Problem {
         n,
         weight: &weight,

@@ -373,6 +373,7 @@ mod tests {
             u: vec![vec![10.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.25]],
             c: vec![vec![0.0; 28]],
             m: Vec::new(),
+            folds: Vec::new(),
         };
         let cluster = Cluster::new(2, 4, 3).unwrap();
         let start: Vec<Vec<usize>> = vec![vec![0, 7], vec![1, 6], vec![2, 5], vec![3, 4]];

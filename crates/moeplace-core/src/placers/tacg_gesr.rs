@@ -53,7 +53,8 @@
 //! copy.
 //!
 //! Parameters (`--param`): those of `tacg` (`alpha`, `temperature`, `eta`, `balance`,
-//! `passes`, `robust`, `stay`, `refine`, `node_weight`, `gpu_weight`) and `lambda1` (1),
+//! `passes`, `robust`, `resample`, `folds`, `stay`, `refine`, `node_weight`,
+//! `gpu_weight`) and `lambda1` (1),
 //! `lambda2` (1), `pay` (1.5), `pay_by_load` (true), `locality` (0).
 
 use rayon::prelude::*;
@@ -331,6 +332,7 @@ mod tests {
             u: vec![vec![1.0, 1.0, 0.0, 0.0], vec![1.0, 0.0, 0.5, 0.5]],
             c: vec![vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0], vec![0.0, 0.5, 0.5, 0.0, 0.0, 0.5]],
             m: Vec::new(),
+            folds: Vec::new(),
         }
     }
 

@@ -95,10 +95,12 @@ pub(super) fn split(trace: &Trace) -> (Trace, Trace) {
     )
 }
 
+/// Statistics of `trace` as `moeplace profile` keeps them (with per-request
+/// activation vectors, which `resample` plans need).
 pub(super) fn profile(trace: &Trace) -> Result<Statistics> {
     Ok(Statistics::from_batches(
         trace.shape,
-        ProfileOptions { request_vectors: false, ..Default::default() },
+        ProfileOptions { request_vectors: true, ..Default::default() },
         &trace.batches,
     )?)
 }
