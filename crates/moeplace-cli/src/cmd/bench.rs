@@ -57,8 +57,9 @@ enum What {
     /// Co-activation placers and the gesr dispatcher at DeepSeek-V3 shape (58 layers x
     /// 256 experts, top-8; synthetic four-family statistics): plan time of coact, tacg
     /// and tacg+gesr for 64 GPUs in 8 nodes with 288 slots (32 redundant: 4 or 5 per GPU),
-    /// and the cost of one replica decision (ns per token-expert pick) of gesr and
-    /// nearest on the tacg+gesr plan. docs/TACG.md quotes this.
+    /// and the cost of one replica decision (ns per token-expert pick) of gesr (with
+    /// and without free first) and nearest on the tacg+gesr plan. docs/TACG.md quotes
+    /// this.
     Tacg(TacgBenchArgs),
 }
 
@@ -759,11 +760,8 @@ fn bench_tacg(a: TacgBenchArgs) -> Result<()> {
     let mut config = SynthConfig::preset("deepseek-v3")?;
     config.tokens = Some(a.tokens);
     let batches = synth::generate_all(&config, 1)?;
-    let stats = Statistics::from_batches(
-        config.shape,
-        ProfileOptions { request_vectors: false, ..Default::default() },
-        &batches,
-    )?;
+    // With per-request vectors, as `profile` keeps them (`--param resample=S` needs them).
+    let stats = Statistics::from_batches(config.shape, ProfileOptions::default(), &batches)?;
     let shape = stats.shape();
     let cluster = Cluster::new(8, 64, 4)?.with_slots(a.slots)?;
     let loads = stats.loads(|_| true);
@@ -808,14 +806,18 @@ fn bench_tacg(a: TacgBenchArgs) -> Result<()> {
     let trace = benchmark_trace(shape, a.dispatch_tokens, 500, 2);
     let ids = trace.batches[0].expert_ids();
     let k = shape.top_k;
-    out.push_str("\ndispatcher  ns per pick  (one thread; picks with several copies in this plan: ");
+    out.push_str("\ndispatcher      ns per pick  (one thread; picks with several copies in this plan: ");
     let multi = (0..shape.layers)
         .map(|l| (0..shape.experts).filter(|&e| table.gpus(l, e).len() > 1).count())
         .sum::<usize>() as f64
         / (shape.layers * shape.experts) as f64;
     out.push_str(&format!("{:.1}% of experts)\n", 100.0 * multi));
-    let dispatchers: [(&str, Box<dyn Dispatcher>); 2] =
-        [("gesr", Box::new(Gesr::default())), ("nearest", Box::new(Nearest))];
+    let free_first = Gesr { free_first: true, ..Gesr::default() };
+    let dispatchers: [(&str, Box<dyn Dispatcher>); 3] = [
+        ("gesr", Box::new(Gesr::default())),
+        ("gesr free first", Box::new(free_first)),
+        ("nearest", Box::new(Nearest)),
+    ];
     for (name, d) in dispatchers {
         let mut best = f64::INFINITY;
         let mut sink = 0u64;
@@ -847,7 +849,7 @@ fn bench_tacg(a: TacgBenchArgs) -> Result<()> {
             sink += running.iter().sum::<u64>();
         }
         let picks = (a.dispatch_tokens * shape.layers * k) as f64;
-        out.push_str(&format!("{name:<11} {:>11.1}\n", best * 1e9 / picks));
+        out.push_str(&format!("{name:<15} {:>11.1}\n", best * 1e9 / picks));
         std::hint::black_box(sink);
     }
     print_stdout(&out)

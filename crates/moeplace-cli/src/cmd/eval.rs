@@ -51,6 +51,12 @@ pub struct Args {
     /// least loaded copy (or the mean GPU load) are candidates.
     #[arg(long, value_name = "THETA", default_value_t = dispatch::gesr_default_theta())]
     gesr_theta: f64,
+    /// gesr: above the reference load, send a pick to a copy the token reaches anyway
+    /// (a GPU it already sends to, a node it already crosses to) before a busier home
+    /// copy; with a wider --gesr-theta (0.75 on ESFT with `--param resample=0.5`
+    /// plans, docs/TACG.md).
+    #[arg(long)]
+    gesr_free_first: bool,
     /// Seed of the random dispatcher.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -85,8 +91,16 @@ pub fn run(args: Args) -> Result<()> {
         "--gesr-theta {} must be a non-negative number",
         args.gesr_theta
     );
+    anyhow::ensure!(
+        !args.gesr_free_first || args.dispatcher == "gesr",
+        "--gesr-free-first is a rule of the gesr dispatcher; add --dispatcher gesr"
+    );
     let d: Box<dyn dispatch::Dispatcher> = match args.dispatcher.as_str() {
-        "gesr" => Box::new(dispatch::Gesr { theta: args.gesr_theta, ..dispatch::Gesr::default() }),
+        "gesr" => Box::new(dispatch::Gesr {
+            theta: args.gesr_theta,
+            free_first: args.gesr_free_first,
+            ..dispatch::Gesr::default()
+        }),
         name => dispatch::by_name(name, args.seed).ok_or_else(|| {
             anyhow::anyhow!("unknown dispatcher {:?} (known: {})", name, dispatch::names().join(", "))
         })?,

@@ -320,18 +320,21 @@ fn tradeoff_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     Ok(())
 }
 
-/// The `resample` weight and gesr tolerance `--tune` chose for requests a plan has
-/// not seen (its resample sweep on calibration halves: the largest remote-node cut
-/// whose least Jain reached 0.99).
+/// The setting `--tune` chose for requests a plan has not seen (its last sweep, on
+/// calibration halves: the largest remote-node cut whose least Jain reached 0.99):
+/// `resample`, gesr tolerance and `free_first`; and the best it found without
+/// `free_first`.
 const UNSEEN_RESAMPLE: &str = "0.5";
-const UNSEEN_THETA: f64 = 0.4;
+const UNSEEN_THETA: f64 = 0.75;
+const UNSEEN_THETA_NOT_FREE_FIRST: f64 = 0.4;
 /// The tolerance at which the default plan's held-out Jain comes down to 0.99: a
 /// comparison at equal balance, read off the held-out replay (not a choice).
 const DEFAULT_AT_099: f64 = 0.25;
 
 /// Balance on requests the plan has not seen: the default tacg+gesr plan replayed on
 /// its own calibration requests and on the held-out ones, then planned with
-/// `resample` and served with a wider tolerance (the setting `--tune` chose).
+/// `resample` and served with wider tolerances, with and without gesr's
+/// `free_first` (the settings `--tune` chose).
 fn unseen_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     out.push_str("### Balance on unseen requests (tacg+gesr, 5 slots per GPU, homes by family)\n\n");
     header(out, "plan | dispatcher | replayed on");
@@ -340,19 +343,25 @@ fn unseen_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     let (resampled, cluster, _) = plan(&s.stats, "tacg+gesr", 5, &gesr_params(user, &[("resample", UNSEEN_RESAMPLE)]))?;
     let default = (&s.full.0, &s.full.1, "default".to_string());
     let chosen = (&resampled, &cluster, format!("resample={UNSEEN_RESAMPLE}"));
+    let gesr = |theta: f64, free_first: bool| Some(Gesr { theta, free_first, ..Gesr::default() });
     let rows = [
         (&default, None, &calib),
         (&default, None, &test),
-        (&default, Some(s.theta), &calib),
-        (&default, Some(s.theta), &test),
-        (&default, Some(DEFAULT_AT_099), &test),
-        (&default, Some(UNSEEN_THETA), &test),
-        (&chosen, Some(s.theta), &test),
-        (&chosen, Some(UNSEEN_THETA), &test),
+        (&default, gesr(s.theta, false), &calib),
+        (&default, gesr(s.theta, false), &test),
+        (&default, gesr(DEFAULT_AT_099, false), &test),
+        (&default, gesr(UNSEEN_THETA_NOT_FREE_FIRST, false), &test),
+        (&chosen, gesr(s.theta, false), &test),
+        (&chosen, gesr(UNSEEN_THETA_NOT_FREE_FIRST, false), &test),
+        (&default, gesr(UNSEEN_THETA, true), &test),
+        (&chosen, gesr(UNSEEN_THETA, true), &test),
     ];
-    for ((o, c, name), theta, (stream, base, lpt_ref, on)) in rows {
-        let (r, dispatcher) = match theta {
-            Some(theta) => (replay_plan(stream, "tacg+gesr", o, c, theta)?, format!("gesr theta={theta}")),
+    for ((o, c, name), gesr, (stream, base, lpt_ref, on)) in rows {
+        let (r, dispatcher) = match gesr {
+            Some(g) => {
+                let free = if g.free_first { ", free first" } else { "" };
+                (replay_gesr(stream, o, c, &g)?, format!("gesr theta={}{free}", g.theta))
+            }
             None => {
                 let groups = o.family_gpus.clone().context("tacg+gesr wrote no family GPUs")?;
                 (simulate(stream, &o.placement, c, &Nearest, &HomePolicy::Family(groups))?, "nearest".to_string())
@@ -912,38 +921,58 @@ fn tune_replan(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> 
 }
 
 /// The `resample` values and gesr tolerances `--tune` tries for requests the plan has
-/// not seen.
+/// not seen, each with and without gesr's `free_first`.
 const RESAMPLE_GRID: [&str; 4] = ["0", "0.5", "1", "2"];
 const THETA_GRID: [f64; 6] = [0.15, 0.2, 0.3, 0.4, 0.5, 0.75];
 
-/// The `resample` x gesr tolerance sweep of `--tune`, out of sample inside the
-/// calibration requests: they are split again as the experiment splits the trace
-/// (even and odd ordinals within each family), a plan is made from one half and
+/// Replays a plan with its family homes under a gesr dispatcher.
+fn replay_gesr(stream: &Trace, o: &PlacerOutput, c: &Cluster, gesr: &Gesr) -> Result<SimResult> {
+    let groups = o.family_gpus.clone().context("tacg+gesr wrote no family GPUs")?;
+    Ok(simulate(stream, &o.placement, c, gesr, &HomePolicy::Family(groups))?)
+}
+
+/// The `resample` x gesr tolerance x `free_first` sweep of `--tune`, out of sample
+/// inside the calibration requests: they are split again as the experiment splits the
+/// trace (even and odd ordinals within each family), a plan is made from one half and
 /// replayed on the other, both ways round. Balance on requests a plan has not seen is
-/// what `resample` is for, so an in-sample replay could not choose it.
+/// what `resample` is for, so an in-sample replay could not choose it. The last line
+/// names the setting chosen: the largest mean remote-node cut whose least Jain is at
+/// least 0.99.
 fn tune_resample(calib: &Trace, user: &Params) -> Result<String> {
     let (a, b) = split(calib);
     let halves = [(profile(&a)?, b.clone(), baseline(&b)?), (profile(&b)?, a.clone(), baseline(&a)?)];
     let mut out = String::from(
-        "\n#### resample x gesr tolerance (calibration requests split in two: planned on one half, replayed on the \
-         other, both ways)\n\n\
-         | resample | theta | remote nodes cut % (mean) | remote GPUs cut % (mean) | least Jain |\n\
-         |---:|---:|---:|---:|---:|\n",
+        "\n#### resample x gesr tolerance x free first (calibration requests split in two: planned on one half, \
+         replayed on the other, both ways)\n\n\
+         | resample | theta | free first | remote nodes cut % (mean) | remote GPUs cut % (mean) | least Jain |\n\
+         |---:|---:|---|---:|---:|---:|\n",
     );
+    let mut best: Option<(f64, String)> = None;
     for resample in RESAMPLE_GRID {
         let p = gesr_params(user, &[("resample", resample)]);
         let plans: Vec<_> = halves.iter().map(|(st, _, _)| plan(st, "tacg+gesr", 5, &p)).collect::<Result<_>>()?;
-        for theta in THETA_GRID {
-            let (mut nodes, mut gpus, mut least) = (0.0, 0.0, f64::INFINITY);
-            for ((o, c, _), (_, other, base)) in plans.iter().zip(&halves) {
-                let r = replay_plan(other, "tacg+gesr", o, c, theta)?;
-                nodes += cut_percent(r.remote_nodes, base.remote_nodes).unwrap_or(0.0) / 2.0;
-                gpus += cut_percent(r.remote_gpus, base.remote_gpus).unwrap_or(0.0) / 2.0;
-                least = least.min(r.jain);
+        for free_first in [false, true] {
+            for theta in THETA_GRID {
+                let gesr = Gesr { theta, free_first, ..Gesr::default() };
+                let (mut nodes, mut gpus, mut least) = (0.0, 0.0, f64::INFINITY);
+                for ((o, c, _), (_, other, base)) in plans.iter().zip(&halves) {
+                    let r = replay_gesr(other, o, c, &gesr)?;
+                    nodes += cut_percent(r.remote_nodes, base.remote_nodes).unwrap_or(0.0) / 2.0;
+                    gpus += cut_percent(r.remote_gpus, base.remote_gpus).unwrap_or(0.0) / 2.0;
+                    least = least.min(r.jain);
+                }
+                let label = format!("{resample} | {theta} | {}", if free_first { "yes" } else { "no" });
+                out.push_str(&format!("| {label} | {nodes:.1} | {gpus:.1} | {least:.4} |\n"));
+                if least >= 0.99 && best.as_ref().is_none_or(|(cut, _)| nodes > *cut) {
+                    best = Some((nodes, label));
+                }
             }
-            out.push_str(&format!("| {resample} | {theta} | {nodes:.1} | {gpus:.1} | {least:.4} |\n"));
         }
     }
+    let chosen = best.map_or("none keeps Jain >= 0.99".to_string(), |(cut, label)| {
+        format!("resample | theta | free first = {label} ({cut:.1}% mean remote-node cut)")
+    });
+    out.push_str(&format!("\nChosen (largest mean remote-node cut with least Jain >= 0.99): {chosen}.\n"));
     Ok(out)
 }
 
