@@ -54,8 +54,9 @@ enum What {
     /// locality against balance (coact and tacg+gesr under dispatchers from nearest to
     /// gesr with no tolerance, compared at equal Jain); (4) balance on unseen requests
     /// (the default plan on its own calibration requests and on held-out ones; then
-    /// `resample` with a wider gesr tolerance); (5) distribution shift (one family at
-    /// 70% of the held-out tokens, one family absent; plans from the even mix); (6) the
+    /// `resample` with wider gesr tolerances, with and without gesr's free first); (5)
+    /// distribution shift (one family at 70% of the held-out tokens, one family absent;
+    /// plans from the even mix, one served with free first); (6) the
     /// same shifts re-planned for the shifted mix (`plan --family-share`); (7)
     /// re-planned with fewer moves (`plan --previous`, `stay`); (8) calibration budget
     /// (tokens per family).
