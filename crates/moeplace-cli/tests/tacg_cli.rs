@@ -61,6 +61,17 @@ fn tacg_gesr_plan_carries_family_gpus_and_eval_uses_them() {
     let out =
         common::moeplace(&["eval", "--trace", esft_s, "--plan", plan_s, "--dispatcher", "gesr", "--gesr-theta=-1"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--gesr-theta"));
+    // Free first (`--gesr-free-first`) sends the picks that leave a busy home-node copy
+    // to nodes the tokens cross anyway: fewer remote nodes at the same tolerance.
+    let free = {
+        let args = ["eval", "--trace", esft_s, "--plan", plan_s, "--homes", "family", "--dispatcher", "gesr"];
+        let out = moeplace_ok(&[&args[..], &["--gesr-theta=0.15", "--gesr-free-first", "--json"]].concat());
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["plans"][0].clone()
+    };
+    assert!(free["remote_nodes"].as_f64().unwrap() < fam["remote_nodes"].as_f64().unwrap());
+    // It is a rule of gesr only.
+    let out = common::moeplace(&["eval", "--trace", esft_s, "--plan", plan_s, "--gesr-free-first"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("add --dispatcher gesr"));
 }
 
 /// `plan --family-share` plans for another family mix: the groups follow the shares,

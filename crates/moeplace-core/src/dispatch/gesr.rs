@@ -25,8 +25,9 @@
 //!
 //! With `free_first` (ours, off by default; `eval --gesr-free-first`), a copy at
 //! home or on the home node keeps its place in that order only while its load is at
-//! most the reference (`max(min, mean)`, no tolerance); above it, it comes after the
-//! copies the token reaches anyway (steps 2 and 4), still within the tolerance. Load
+//! most the reference (`max(min, mean)` plus one pick, no tolerance); above it, it
+//! comes after the copies the token reaches anyway (steps 2 and 4), still within the
+//! tolerance. Load
 //! then leaves a busy copy first through picks whose diversion adds no inter-node
 //! send. On held-out ESFT, a `resample=0.5` plan served with tolerance 0.75 and
 //! `free_first` (all three chosen on calibration halves by `moeplace experiment tacg
@@ -36,7 +37,7 @@
 //! `robust=1 locality=0.75` plan served with `free_first` at tolerance 0.15 keeps
 //! 30.1% or more of remote-node cut in every shift, where the plain rule's best
 //! setting keeps 26.0% (docs/TACG.md, "Distribution shift").
-
+//!
 //! Picks with one copy are fixed first, so a later pick can still join a GPU an
 //! earlier pick must use. (A copy at home is not forced: it too must be within the
 //! tolerance.)
