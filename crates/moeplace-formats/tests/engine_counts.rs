@@ -39,14 +39,21 @@ fn write_rank(path: &std::path::Path, tensors: &[(&str, Vec<i64>)]) {
     safetensors::serialize_to_file(&views, &None, path).unwrap();
 }
 
-#[test]
-fn trtllm_statistics_sum_over_ranks_and_keep_iterations() {
+/// A TensorRT-LLM statistics folder of 3 experts with rank 0's dump: iteration 10 of
+/// layers 3 and 5, iteration 11 of layer 3.
+fn three_experts_rank0() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("meta_info.json"), r#"{"num_experts": 3}"#).unwrap();
     write_rank(
         &dir.path().join("rank0.safetensors"),
         &[("10_3", vec![1, 2, 3]), ("10_5", vec![0, 0, 1]), ("11_3", vec![5, 0, 0])],
     );
+    dir
+}
+
+#[test]
+fn trtllm_statistics_sum_over_ranks_and_keep_iterations() {
+    let dir = three_experts_rank0();
     write_rank(&dir.path().join("rank1.safetensors"), &[("10_3", vec![1, 1, 1]), ("11_5", vec![0, 7, 0])]);
     let l = read_trtllm(dir.path()).unwrap();
     assert_eq!((l.layers, l.experts, l.steps.len()), (2, 3, 2));
@@ -61,12 +68,7 @@ fn trtllm_statistics_sum_over_ranks_and_keep_iterations() {
 #[test]
 fn trtllm_statistics_missing_an_iteration_of_a_layer_are_refused() {
     // The missing (iteration, layer) was filled with zeros: an idle layer that step.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("meta_info.json"), r#"{"num_experts": 3}"#).unwrap();
-    write_rank(
-        &dir.path().join("rank0.safetensors"),
-        &[("10_3", vec![1, 2, 3]), ("10_5", vec![0, 0, 1]), ("11_3", vec![5, 0, 0])],
-    );
+    let dir = three_experts_rank0();
     write_rank(&dir.path().join("rank1.safetensors"), &[("10_3", vec![1, 1, 1])]);
     let e = read_trtllm(dir.path()).unwrap_err().to_string();
     let name = dir.path().file_name().unwrap().to_string_lossy().into_owned();

@@ -361,12 +361,9 @@ fn unseen_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
         let (r, dispatcher) = match gesr {
             Some(g) => {
                 let free = if g.free_first { ", free first" } else { "" };
-                (replay_gesr(stream, o, c, &g)?, format!("gesr theta={}{free}", g.theta))
+                (replay(stream, o, c, &g)?, format!("gesr theta={}{free}", g.theta))
             }
-            None => {
-                let groups = o.family_gpus.clone().context("tacg+gesr wrote no family GPUs")?;
-                (simulate(stream, &o.placement, c, &Nearest, &HomePolicy::Family(groups))?, "nearest".to_string())
-            }
+            None => (replay(stream, o, c, &Nearest)?, "nearest".to_string()),
         };
         row(out, &format!("{name} | {dispatcher} | {on}"), &r, base, *lpt_ref);
     }
@@ -518,8 +515,7 @@ fn shift_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
         let base = baseline(&stream)?;
         let lpt_ref = lpt(&request_lengths(&stream), GPUS);
         for (name, o, c, d) in &plans {
-            let homes = o.family_gpus.clone().map_or(HomePolicy::RoundRobin, HomePolicy::Family);
-            let r = simulate(&stream, &o.placement, c, d.as_ref(), &homes)?;
+            let r = replay(&stream, o, c, d.as_ref())?;
             let cut = |a: f64, b: f64| cut_percent(a, b).map_or("-".to_string(), |c| format!("{c:.1}"));
             let node_load = o
                 .family_gpus
@@ -654,14 +650,16 @@ fn load_over_fair(r: &SimResult, gpus: &[usize]) -> f64 {
     ratios.iter().sum::<f64>() / ratios.len().max(1) as f64
 }
 
-/// Replays a plan with its family homes (round-robin without) and its dispatcher.
+/// Replays a plan with its family homes (round-robin without) and its placer's
+/// dispatcher.
 fn replay_plan(stream: &Trace, placer: &str, o: &PlacerOutput, c: &Cluster, theta: f64) -> Result<SimResult> {
-    let homes = match &o.family_gpus {
-        Some(g) => HomePolicy::Family(g.clone()),
-        None => HomePolicy::RoundRobin,
-    };
-    let d = dispatcher_for(placer, theta);
-    Ok(simulate(stream, &o.placement, c, d.as_ref(), &homes)?)
+    replay(stream, o, c, dispatcher_for(placer, theta).as_ref())
+}
+
+/// Replays a plan with its family homes (round-robin without) under `dispatcher`.
+fn replay(stream: &Trace, o: &PlacerOutput, c: &Cluster, dispatcher: &dyn Dispatcher) -> Result<SimResult> {
+    let homes = o.family_gpus.clone().map_or(HomePolicy::RoundRobin, HomePolicy::Family);
+    Ok(simulate(stream, &o.placement, c, dispatcher, &homes)?)
 }
 
 /// Plans made for each shift's family mix from the calibration requests (re-weighted
@@ -931,7 +929,7 @@ fn tune_robust_free_first(calib: &Trace, stats: &Statistics, user: &Params) -> R
                 let gesr = Gesr { theta, free_first: true, ..Gesr::default() };
                 let (mut least_cut, mut least_jain) = (f64::INFINITY, f64::INFINITY);
                 for (t, b) in &streams {
-                    let r = replay_gesr(t, &o, &c, &gesr)?;
+                    let r = replay(t, &o, &c, &gesr)?;
                     least_cut = least_cut.min(cut_percent(r.remote_nodes, b.remote_nodes).unwrap_or(0.0));
                     least_jain = least_jain.min(r.jain);
                 }
@@ -974,12 +972,6 @@ fn tune_replan(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> 
 const RESAMPLE_GRID: [&str; 4] = ["0", "0.5", "1", "2"];
 const THETA_GRID: [f64; 6] = [0.15, 0.2, 0.3, 0.4, 0.5, 0.75];
 
-/// Replays a plan with its family homes under a gesr dispatcher.
-fn replay_gesr(stream: &Trace, o: &PlacerOutput, c: &Cluster, gesr: &Gesr) -> Result<SimResult> {
-    let groups = o.family_gpus.clone().context("tacg+gesr wrote no family GPUs")?;
-    Ok(simulate(stream, &o.placement, c, gesr, &HomePolicy::Family(groups))?)
-}
-
 /// The `resample` x gesr tolerance x `free_first` sweep of `--tune`, out of sample
 /// inside the calibration requests: they are split again as the experiment splits the
 /// trace (even and odd ordinals within each family), a plan is made from one half and
@@ -989,7 +981,7 @@ fn replay_gesr(stream: &Trace, o: &PlacerOutput, c: &Cluster, gesr: &Gesr) -> Re
 /// least 0.99.
 fn tune_resample(calib: &Trace, user: &Params) -> Result<String> {
     let (a, b) = split(calib);
-    let halves = [(profile(&a)?, b.clone(), baseline(&b)?), (profile(&b)?, a.clone(), baseline(&a)?)];
+    let halves = [(profile(&a)?, &b, baseline(&b)?), (profile(&b)?, &a, baseline(&a)?)];
     let mut out = String::from(
         "\n#### resample x gesr tolerance x free first (calibration requests split in two: planned on one half, \
          replayed on the other, both ways)\n\n\
@@ -1005,7 +997,7 @@ fn tune_resample(calib: &Trace, user: &Params) -> Result<String> {
                 let gesr = Gesr { theta, free_first, ..Gesr::default() };
                 let (mut nodes, mut gpus, mut least) = (0.0, 0.0, f64::INFINITY);
                 for ((o, c, _), (_, other, base)) in plans.iter().zip(&halves) {
-                    let r = replay_gesr(other, o, c, &gesr)?;
+                    let r = replay(other, o, c, &gesr)?;
                     nodes += cut_percent(r.remote_nodes, base.remote_nodes).unwrap_or(0.0) / 2.0;
                     gpus += cut_percent(r.remote_gpus, base.remote_gpus).unwrap_or(0.0) / 2.0;
                     least = least.min(r.jain);
