@@ -149,22 +149,22 @@ fn experiment_tacg_prints_tables() {
             .collect()
     };
     // The two shift-robust plans keep Jain >= 0.98 under all eight shifts (docs/TACG.md).
-    for placer in ["tacg+gesr robust=0.75", "tacg+gesr robust=3 locality=0.5"] {
+    for placer in ["tacg+gesr robust=0.75", "tacg+gesr robust=0.5 locality=0.25"] {
         let jain = column(&shifted, 3, placer, 6);
         assert_eq!(jain.len(), 8, "{out}");
         assert!(jain.iter().all(|&j| j >= 0.98), "{placer}: {jain:?}");
     }
     // Served with gesr's free first at the setting --tune chose on the calibration
-    // shifts, the plan from the even mix cuts remote nodes by 30% or more under every
-    // held-out shift, more than the best plain-gesr setting in its worst shift, and
-    // stays within 0.005 of the 0.98 Jain goal (docs/TACG.md: two shifts fall short).
-    let free_first = "tacg+gesr robust=1 locality=0.75, theta=0.15 free first";
+    // shifts, the plan from the even mix keeps Jain >= 0.98 and cuts remote nodes by
+    // 30% or more under every held-out shift, more than the plain-gesr setting in its
+    // worst shift (the issue's shift targets; docs/TACG.md).
+    let free_first = "tacg+gesr robust=0.75 locality=0.75, theta=0.2 free first";
     let (cut, jain) = (column(&shifted, 3, free_first, 5), column(&shifted, 3, free_first, 6));
     assert_eq!(cut.len(), 8, "{shifted}");
     let plain_worst =
-        column(&shifted, 3, "tacg+gesr robust=3 locality=0.5", 5).into_iter().fold(f64::INFINITY, f64::min);
+        column(&shifted, 3, "tacg+gesr robust=0.5 locality=0.25", 5).into_iter().fold(f64::INFINITY, f64::min);
     assert!(cut.iter().all(|&c| c >= 30.0 && c > plain_worst), "cut {cut:?}, plain worst {plain_worst}");
-    assert!(jain.iter().all(|&j| j >= 0.975), "Jain {jain:?}");
+    assert!(jain.iter().all(|&j| j >= 0.98), "Jain {jain:?}");
     // Under every shift the shifted family's node is nearer its fair share of the load
     // with the shift-robust plan than with the default one (last column).
     let (default, robust) = (column(&shifted, 3, "tacg+gesr", 9), column(&shifted, 3, "tacg+gesr robust=0.75", 9));
@@ -194,10 +194,11 @@ fn experiment_tacg_prints_tables() {
     assert_eq!(moved.len(), 6, "{fewer}");
     assert!(moved.windows(2).all(|w| w[1] < w[0]), "{moved:?}");
     // The default plan is less balanced on requests it has not seen than on its own
-    // calibration requests; planned with `resample` and served with the wider
-    // tolerances --tune chose (with and without gesr's free first), it keeps Jain >=
-    // 0.99 on the held-out requests and cuts remote nodes more than the default plan
-    // and rule, most with free first.
+    // calibration requests. At a wide tolerance, free first keeps the default plan's
+    // remote-node cut and balances far better than the plain rule; with the plan
+    // settings --tune ranked first and second on calibration halves it cuts remote
+    // nodes by 40% or more on the held-out requests (docs/TACG.md: the second keeps
+    // Jain >= 0.99, the first falls just short).
     let unseen = section("### Balance on unseen requests");
     let figures = |label: &str| -> (f64, f64) {
         let line = unseen.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{label}:\n{unseen}"));
@@ -207,11 +208,12 @@ fn experiment_tacg_prints_tables() {
     let (_, in_sample) = figures("| default | nearest | calibration (in sample) |");
     let (_, held_out) = figures("| default | nearest | held out |");
     assert!(in_sample > held_out, "{unseen}");
-    let (default_cut, _) = figures("| default | gesr theta=0.15 | held out |");
-    let (cut, jain) = figures("| resample=0.5 | gesr theta=0.4 | held out |");
-    assert!(jain >= 0.99 && cut > default_cut, "{unseen}");
-    let (free_cut, free_jain) = figures("| resample=0.5 | gesr theta=0.75, free first | held out |");
-    assert!(free_jain >= 0.99 && free_cut > cut, "{unseen}");
+    let (plain_cut, plain_jain) = figures("| default | gesr theta=1.5 | held out |");
+    let (free_cut, free_jain) = figures("| default | gesr theta=1.5, free first | held out |");
+    assert!(free_cut >= plain_cut && free_jain > plain_jain + 0.005, "{unseen}");
+    let (first_cut, _) = figures("| locality=0.25 alpha=0 | gesr theta=1.5, free first | held out |");
+    let (second_cut, second_jain) = figures("| locality=0.125 alpha=0 | gesr theta=1.5, free first | held out |");
+    assert!(first_cut > second_cut && second_cut >= 40.0 && second_jain >= 0.99, "{unseen}");
     // At every operating point of coact (one per dispatcher) some tacg+gesr dispatcher
     // is at least as balanced and cuts remote nodes more (the issue's "beats coact on
     // remote nodes at equal or better Jain").

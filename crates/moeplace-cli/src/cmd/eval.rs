@@ -51,10 +51,11 @@ pub struct Args {
     /// least loaded copy (or the mean GPU load) are candidates.
     #[arg(long, value_name = "THETA", default_value_t = dispatch::gesr_default_theta())]
     gesr_theta: f64,
-    /// gesr: above the reference load, send a pick to a copy the token reaches anyway
-    /// (a GPU it already sends to, a node it already crosses to) before a busier home
-    /// copy; with a wider --gesr-theta (0.75 on ESFT with `--param resample=0.5`
-    /// plans, docs/TACG.md).
+    /// gesr: choose by cost tiers, least loaded first: a copy the token reaches at no
+    /// new send (home, a GPU it already sends to), then one at no new inter-node send
+    /// (home node, a node it already crosses to), each while not above the reference
+    /// load, then the busier ones; with a wider --gesr-theta (1.5 on ESFT with
+    /// `--param alpha=0 --param locality=0.125` plans, docs/TACG.md).
     #[arg(long)]
     gesr_free_first: bool,
     /// Seed of the random dispatcher.

@@ -54,7 +54,8 @@ enum What {
     /// locality against balance (coact and tacg+gesr under dispatchers from nearest to
     /// gesr with no tolerance, compared at equal Jain); (4) balance on unseen requests
     /// (the default plan on its own calibration requests and on held-out ones; then
-    /// `resample` with wider gesr tolerances, with and without gesr's free first); (5)
+    /// at a wide gesr tolerance with and without gesr's free first, and the plans
+    /// `--tune` chose); (5)
     /// distribution shift (one family at 70% of the held-out tokens, one family absent;
     /// plans from the even mix, one served with free first); (6) the
     /// same shifts re-planned for the shifted mix (`plan --family-share`); (7)

@@ -19,24 +19,33 @@
 //!    loaded" may choose; it is still within the load tolerance);
 //! 4. a copy on a node the token already sends to (ours too: the token crosses to
 //!    that node anyway, so a hierarchical all-to-all adds no inter-node send; on
-//!    held-out ESFT this raises tacg+gesr's remote-node cut from 30.3% to 33.1% at
-//!    Jain 0.993, the ablation table of `moeplace experiment tacg`; `join_nodes`);
+//!    held-out ESFT this raises tacg+gesr's remote-node cut from 30.3% to 33.2% at
+//!    Jain 0.994, the ablation table of `moeplace experiment tacg`; `join_nodes`);
 //! 5. the least loaded candidate (ties: the lower slot).
 //!
-//! With `free_first` (ours, off by default; `eval --gesr-free-first`), a copy at
-//! home or on the home node keeps its place in that order only while its load is at
-//! most the reference (`max(min, mean)` plus one pick, no tolerance); above it, it
-//! comes after the copies the token reaches anyway (steps 2 and 4), still within the
-//! tolerance. Load
-//! then leaves a busy copy first through picks whose diversion adds no inter-node
-//! send. On held-out ESFT, a `resample=0.5` plan served with tolerance 0.75 and
-//! `free_first` (all three chosen on calibration halves by `moeplace experiment tacg
-//! --tune`) cuts remote nodes by 37.8% at Jain 0.9908; without `free_first` the best
-//! setting found there cuts 36.1% at 0.9902, and the default plan and rule 33.1% at
-//! 0.9927 (docs/TACG.md, "Balance on unseen requests"). Under the family-mix shifts a
-//! `robust=1 locality=0.75` plan served with `free_first` at tolerance 0.15 keeps
-//! 30.1% or more of remote-node cut in every shift, where the plain rule's best
-//! setting keeps 26.0% (docs/TACG.md, "Distribution shift").
+//! Where a step has several candidates, the least loaded of them (ties: the lower
+//! slot). The paper leaves this open; taking the first copy in slot order instead
+//! piles a step's picks onto one GPU until the tolerance stops them, which cost
+//! held-out ESFT 0.001 to 0.002 of Jain at the default tolerance and more at wide ones.
+//!
+//! With `free_first` (ours, off by default; `eval --gesr-free-first`) the steps become
+//! tiers by what the pick costs: free (home, or a GPU the token already sends to: no
+//! new send) and local (the home node, or a node the token already crosses to: a new
+//! send inside a node, no new inter-node send), each represented by its least loaded
+//! candidate. The free one is taken while its load is at most the reference
+//! (`max(min, mean)` plus one pick, no tolerance), else the local one under the same
+//! condition, else the free one, else the local one (within the tolerance), else the
+//! least loaded. A busy home copy then sheds picks first to copies the token reaches
+//! anyway, and a copy the token already sends to takes a pick from a busier home GPU,
+//! both at no inter-node cost: balance improves at the same remote-node cut, and the
+//! wider tolerance or more local plan it allows buys the cut. On held-out ESFT, at
+//! tolerance 1.5, the default plan keeps its 38.6% remote-node cut and Jain rises from
+//! 0.985 to 0.994 (`moeplace experiment tacg`, "Balance on unseen requests"). It pays
+//! with remote GPUs (sends inside a node): 26.0% cut instead of 30.3%. Plans made with
+//! `alpha=0` and `locality=0.125` served this way cut remote nodes by 40.0% at Jain
+//! 0.993, with `locality=0.25` by 41.0% at 0.989; and a `robust=0.75 locality=0.75`
+//! plan from the even mix, served at tolerance 0.2, keeps Jain >= 0.98 and a
+//! remote-node cut of 32% or more under every family-mix shift (docs/TACG.md).
 //!
 //! Picks with one copy are fixed first, so a later pick can still join a GPU an
 //! earlier pick must use. (A copy at home is not forced: it too must be within the
@@ -60,8 +69,9 @@ pub struct Gesr {
     /// Whether step 4 (a copy on a node the token already sends to) is taken
     /// (default true; false for the ablation).
     pub join_nodes: bool,
-    /// Whether copies the token reaches anyway come before home copies loaded above
-    /// the reference (default false; module documentation).
+    /// Whether the steps become cost tiers in which a busy home or home-node copy
+    /// comes after the copies the token reaches anyway (default false; module
+    /// documentation).
     pub free_first: bool,
 }
 
@@ -102,38 +112,49 @@ impl Gesr {
         }
         let reference = if self.mean_reference { min.max(mean) } else { min };
         let limit = (1.0 + self.theta) * reference + 1.0;
+        // The least loaded candidate of each step (ties: the lower slot), with its load.
         let (mut at_home, mut visited, mut near, mut joined) = (None, None, None, None);
+        let keep = |step: &mut Option<(u32, f64)>, g: u32, l: f64| {
+            if step.is_none_or(|(_, best)| l < best) {
+                *step = Some((g, l));
+            }
+        };
         for &g in replicas {
-            if load(g) > limit {
+            let l = load(g);
+            if l > limit {
                 continue;
             }
             if g == home {
                 if !self.free_first {
                     return g;
                 }
-                at_home = Some(g);
+                at_home = Some((g, l));
                 continue;
             }
-            if visited.is_none() && chosen.contains(&g) {
-                visited = Some(g);
+            if chosen.contains(&g) {
+                keep(&mut visited, g, l);
             }
             let node = node_of[g as usize];
-            if near.is_none() && node == home_node {
-                near = Some(g);
+            if node == home_node {
+                keep(&mut near, g, l);
             }
-            if self.join_nodes && joined.is_none() && sends_to_node(chosen, node_of, node) {
-                joined = Some(g);
+            if self.join_nodes && sends_to_node(chosen, node_of, node) {
+                keep(&mut joined, g, l);
             }
         }
         if self.free_first {
-            // The usual order, but a home or home-node copy above the reference load
-            // comes after the copies the token reaches anyway.
-            let cool = |g: &u32| load(*g) <= reference + 1.0;
-            if let Some(g) = at_home.filter(cool).or(visited).or(near.filter(cool)).or(joined) {
-                return g;
-            }
+            // Tiers by cost: no new send (home, a GPU already sent to), then no new
+            // inter-node send (home node, a node already crossed to); a cheaper tier
+            // while its least loaded copy is at most the reference.
+            let lesser = |a: Option<(u32, f64)>, b: Option<(u32, f64)>| match (a, b) {
+                (Some(x), Some(y)) => Some(if y.1 < x.1 { y } else { x }),
+                (x, y) => x.or(y),
+            };
+            let (free, local) = (lesser(at_home, visited), lesser(near, joined));
+            let cool = |c: &(u32, f64)| c.1 <= reference + 1.0;
+            return free.filter(cool).or(local.filter(cool)).or(free).or(local).map_or(least, |c| c.0);
         }
-        at_home.or(visited).or(near).or(joined).unwrap_or(least)
+        visited.or(near).or(joined).map_or(least, |c| c.0)
     }
 }
 
@@ -143,7 +164,7 @@ impl Dispatcher for Gesr {
     }
 
     fn about(&self) -> &'static str {
-        "copies within 15% of the least loaded (or of the mean): home GPU, else a GPU already sent to, else home node, else a node already sent to, else least loaded"
+        "copies within 15% of the least loaded (or of the mean): home GPU, else a GPU already sent to, else home node, else a node already sent to, else least loaded (the least loaded copy of each step)"
     }
 
     fn dispatch(&self, ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]) {
@@ -247,6 +268,23 @@ mod tests {
         assert_eq!(free.choose(&[0, 2], 0, 0, &nodes, &[3], 10.0, warm_home), 0);
         // Nothing reached anyway: the busy home copy, within the tolerance.
         assert_eq!(free.choose(&[0, 2], 0, 0, &nodes, &[], 10.0, busy_home), 0);
+        // A GPU the token already sends to costs no more than home: the less loaded.
+        let light_visited = with([10.0, 8.0, 10.0, 10.0]);
+        assert_eq!(Gesr::default().choose(&[0, 1], 0, 0, &nodes, &[1], 10.0, light_visited), 0);
+        assert_eq!(free.choose(&[0, 1], 0, 0, &nodes, &[1], 10.0, light_visited), 1);
+    }
+
+    #[test]
+    fn takes_the_least_loaded_copy_of_a_step() {
+        // 2 nodes: {0,1,2}, {3,4,5}. Home 0 holds no copy; two copies on the home node
+        // and two on node 1, which the token already sends to (GPU 5).
+        let nodes = [0, 0, 0, 1, 1, 1];
+        let loads = [10.0, 12.0, 9.0, 10.0, 10.0, 10.0];
+        let l = |x: u32| loads[x as usize];
+        for g in [Gesr::default(), Gesr { free_first: true, ..Gesr::default() }] {
+            assert_eq!(g.choose(&[1, 2], 0, 0, &nodes, &[5], 10.0, l), 2);
+            assert_eq!(g.choose(&[3, 4], 0, 0, &nodes, &[5], 10.0, |x| if x == 3 { 11.0 } else { 10.0 }), 4);
+        }
     }
 
     #[test]

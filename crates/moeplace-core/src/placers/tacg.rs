@@ -44,8 +44,8 @@
 //!    balanced for any blend of them: the calibration mix says nothing about
 //!    tomorrow's. The price is locality: a family's experts can no longer crowd into
 //!    its own group. On held-out ESFT (`moeplace experiment tacg`, shift table),
-//!    `tacg+gesr` with R = 0.75 keeps Jain at 0.985 or more under every shift, where
-//!    R = 0 falls to 0.908, at a remote-node cut of 24 to 27% instead of 28 to 35%
+//!    `tacg+gesr` with R = 0.75 keeps Jain at 0.990 or more under every shift, where
+//!    R = 0 falls to 0.911, at a remote-node cut of 24 to 27% instead of 28 to 35%
 //!    (docs/TACG.md).
 //!
 //! 8. balance on unseen requests (ours, off by default): with `resample=S` > 0 each
@@ -60,16 +60,15 @@
 //!    default plan served by `nearest` has Jain 0.9904 on its calibration requests and
 //!    0.9835 on the held-out ones at the same remote-node cut. Each fold is a smaller
 //!    sample of the requests; a plan balanced on every fold stays balanced on new
-//!    requests too, which leaves the dispatcher room for a wider tolerance:
-//!    `resample=0.5` served by gesr with tolerance 0.4 cuts remote nodes by 36.1% at
-//!    Jain 0.9902 on the held-out requests, and with tolerance 0.75 and gesr's
-//!    `free_first` by 37.8% at 0.9908 (each chosen on halves of the calibration
-//!    requests, `moeplace experiment tacg --tune`), where the default plan and rule
-//!    cut 33.1% at 0.9927, and the default plan at those two tolerances falls to Jain
-//!    0.9875 and 0.9887 (docs/TACG.md, "Balance on unseen requests"). Needs per-request
-//!    statistics (`profile` keeps them unless `--no-request-vectors`). Four folds is
-//!    our choice, not tuned: with `--param folds=2` or `8` the same table gives 36.2%
-//!    at Jain 0.9892 and 36.0% at 0.9896.
+//!    requests too, which leaves the dispatcher room for a wider tolerance. With gesr
+//!    taking the first copy of a step, `resample=0.5` at tolerance 0.4 cut remote
+//!    nodes by 36.1% at Jain 0.9902 on the held-out requests where the default plan
+//!    fell to Jain 0.9875; since gesr takes the least loaded copy of a step and
+//!    `free_first` balances at no inter-node cost, the calibration halves of `moeplace
+//!    experiment tacg --tune` no longer choose it (it costs more locality than the
+//!    balance it adds is worth; docs/TACG.md, "Balance on unseen requests"). Kept for
+//!    dispatchers that balance less. Needs per-request statistics (`profile` keeps
+//!    them unless `--no-request-vectors`). Four folds is our choice, not tuned.
 //!
 //! Parameters (`--param`): `alpha` (0.25; 0 = no task-modulated graph), `temperature`
 //! (0.5), `eta` (1; 0 = no task preference), `balance` (8), `passes` (30), `robust`

@@ -41,9 +41,12 @@
 //! by [`crate::refine::locality_copies`] with each family's tokens homed on its group
 //! (the copy that makes the most sampled tokens node-local first); slots those leave
 //! take copies of the hottest experts. On held-out ESFT (16 GPUs, 5 slots per GPU,
-//! family homes) F = 0.25 / 0.5 / 1 raise the remote-node cut from 33.1% to 34.1 /
-//! 35.0 / 35.0% but lower Jain from 0.993 to 0.989 / 0.984 / 0.982, below the 0.99
-//! this placer aims at, so the default stays 0 (docs/TACG.md).
+//! family homes) F = 0.25 / 0.5 / 1 raise the remote-node cut under gesr's default
+//! rule from 33.2% to 34.1 / 35.0 / 35.0% but lower Jain from 0.994 to 0.990 / 0.985
+//! / 0.983, so the default stays 0. Served with gesr's `free_first` at tolerance 1.5,
+//! which keeps the balance the copies cost, plans with `alpha=0` and F = 0.125 / 0.25
+//! cut 40.0% at Jain 0.993 and 41.0% at 0.989 (chosen on calibration halves by
+//! `moeplace experiment tacg --tune`; docs/TACG.md).
 //!
 //! Shift robustness (`robust` > 0, `tacg`'s step 7): no pinned generic copies; the
 //! redundant slots hold unpinned copies of the experts hottest for any single family.

@@ -29,9 +29,9 @@ pub(super) struct TacgArgs {
     /// pay; robust x locality under the eight shifts, planned from the even mix, also
     /// with gesr's free first at several tolerances, and re-planned for each shift's
     /// mix) replayed on the calibration requests themselves (5 slots per GPU, homes by
-    /// family), and resample x gesr tolerance x free first planned on one half of the
-    /// calibration requests and replayed on the other, to choose settings without
-    /// looking at the held-out requests.
+    /// family), and resample x locality x alpha x gesr tolerance and free first planned
+    /// on one half of the calibration requests and replayed on the other, to choose
+    /// settings without looking at the held-out requests.
     #[arg(long)]
     tune: bool,
     /// Leave out the calibration-budget table (the slowest).
@@ -321,41 +321,41 @@ fn tradeoff_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     Ok(())
 }
 
-/// The setting `--tune` chose for requests a plan has not seen (its last sweep, on
-/// calibration halves: the largest remote-node cut whose least Jain reached 0.99):
-/// `resample`, gesr tolerance and `free_first`; and the best it found without
-/// `free_first`.
-const UNSEEN_RESAMPLE: &str = "0.5";
-const UNSEEN_THETA: f64 = 0.75;
-const UNSEEN_THETA_NOT_FREE_FIRST: f64 = 0.4;
-/// The tolerance at which the default plan's held-out Jain comes down to 0.99: a
-/// comparison at equal balance, read off the held-out replay (not a choice).
-const DEFAULT_AT_099: f64 = 0.25;
+/// The settings `--tune` ranks first and second for requests a plan has not seen (its
+/// last sweep, on calibration halves: the largest remote-node cut whose least Jain
+/// reached 0.99), as plan parameters and gesr (tolerance, `free_first`), and the first
+/// without `free_first`.
+const UNSEEN_CHOSEN: (&[(&str, &str)], (f64, bool)) = (&[("locality", "0.25"), ("alpha", "0")], (1.5, true));
+const UNSEEN_SECOND: (&[(&str, &str)], (f64, bool)) = (&[("locality", "0.125"), ("alpha", "0")], (1.5, true));
+const UNSEEN_NOT_FREE_FIRST: (&[(&str, &str)], (f64, bool)) = (&[("alpha", "0")], (1.5, false));
 
 /// Balance on requests the plan has not seen: the default tacg+gesr plan replayed on
-/// its own calibration requests and on the held-out ones, then planned with
-/// `resample` and served with wider tolerances, with and without gesr's
-/// `free_first` (the settings `--tune` chose).
+/// its own calibration requests and on the held-out ones, then served with a wide
+/// tolerance and gesr's `free_first`, then the settings `--tune` chose.
 fn unseen_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     out.push_str("### Balance on unseen requests (tacg+gesr, 5 slots per GPU, homes by family)\n\n");
     header(out, "plan | dispatcher | replayed on");
     let calib = (&s.calib, baseline(&s.calib)?, lpt(&request_lengths(&s.calib), GPUS), "calibration (in sample)");
     let test = (&s.test, s.baseline.clone(), lpt(&s.test_lengths, GPUS), "held out");
-    let (resampled, cluster, _) = plan(&s.stats, "tacg+gesr", 5, &gesr_params(user, &[("resample", UNSEEN_RESAMPLE)]))?;
-    let default = (&s.full.0, &s.full.1, "default".to_string());
-    let chosen = (&resampled, &cluster, format!("resample={UNSEEN_RESAMPLE}"));
-    let gesr = |theta: f64, free_first: bool| Some(Gesr { theta, free_first, ..Gesr::default() });
+    let default = (s.full.0.clone(), s.full.1.clone(), "default".to_string());
+    let planned = |set: &[(&str, &str)]| -> Result<(PlacerOutput, Cluster, String)> {
+        let (o, c, _) = plan(&s.stats, "tacg+gesr", 5, &gesr_params(user, set))?;
+        Ok((o, c, set.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")))
+    };
+    let [chosen, second, not_free] =
+        [UNSEEN_CHOSEN, UNSEEN_SECOND, UNSEEN_NOT_FREE_FIRST].map(|(set, gesr)| planned(set).map(|p| (p, gesr)));
+    let (chosen, second, not_free) = (chosen?, second?, not_free?);
+    let gesr = |(theta, free_first): (f64, bool)| Some(Gesr { theta, free_first, ..Gesr::default() });
     let rows = [
         (&default, None, &calib),
         (&default, None, &test),
-        (&default, gesr(s.theta, false), &calib),
-        (&default, gesr(s.theta, false), &test),
-        (&default, gesr(DEFAULT_AT_099, false), &test),
-        (&default, gesr(UNSEEN_THETA_NOT_FREE_FIRST, false), &test),
-        (&chosen, gesr(s.theta, false), &test),
-        (&chosen, gesr(UNSEEN_THETA_NOT_FREE_FIRST, false), &test),
-        (&default, gesr(UNSEEN_THETA, true), &test),
-        (&chosen, gesr(UNSEEN_THETA, true), &test),
+        (&default, gesr((s.theta, false)), &calib),
+        (&default, gesr((s.theta, false)), &test),
+        (&default, gesr(not_free.1), &test),
+        (&default, gesr(chosen.1), &test),
+        (&not_free.0, gesr(not_free.1), &test),
+        (&chosen.0, gesr(chosen.1), &test),
+        (&second.0, gesr(second.1), &test),
     ];
     for ((o, c, name), gesr, (stream, base, lpt_ref, on)) in rows {
         let (r, dispatcher) = match gesr {
@@ -538,18 +538,18 @@ fn shift_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
 }
 
 /// The `robust` setting the shift rows and the ablation show: the smallest of the
-/// `--tune` sweep whose calibration shifts keep Jain 0.005 above the 0.98 goal (no
-/// value reaches 0.01 above; docs/TACG.md).
+/// `--tune` sweep whose calibration shifts keep Jain 0.005 above the 0.98 goal
+/// (docs/TACG.md).
 const ROBUST: &str = "0.75";
 
 /// The (`robust`, `locality`) pair of the `--tune` sweep whose least remote-node cut
 /// over the calibration shifts is largest among those whose least Jain there stays at
 /// 0.98 or more (docs/TACG.md).
-const TRADE: [&str; 2] = ["3", "0.5"];
+const TRADE: [&str; 2] = ["0.5", "0.25"];
 
 /// The (`robust`, `locality`, gesr tolerance) chosen by the same rule when served with
 /// gesr's `free_first` (`--tune`, its free-first shift sweep).
-const TRADE_FREE_FIRST: (&str, &str, f64) = ("1", "0.75", 0.15);
+const TRADE_FREE_FIRST: (&str, &str, f64) = ("0.75", "0.75", 0.2);
 
 /// The (`robust`, `locality`) pair for plans re-made for a known family mix: of the
 /// `--tune` re-plan sweep, the pair with the largest least remote-node cut over the
@@ -832,7 +832,7 @@ fn tune(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<
     out.push_str(&tune_robust(calib, stats, user, theta)?);
     out.push_str(&tune_robust_free_first(calib, stats, user)?);
     out.push_str(&tune_replan(calib, stats, user, theta)?);
-    out.push_str(&tune_resample(calib, user)?);
+    out.push_str(&tune_unseen(calib, user)?);
     print_stdout(&out)
 }
 
@@ -967,48 +967,58 @@ fn tune_replan(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> 
     Ok(out)
 }
 
-/// The `resample` values and gesr tolerances `--tune` tries for requests the plan has
-/// not seen, each with and without gesr's `free_first`.
-const RESAMPLE_GRID: [&str; 4] = ["0", "0.5", "1", "2"];
-const THETA_GRID: [f64; 6] = [0.15, 0.2, 0.3, 0.4, 0.5, 0.75];
+/// The plan settings `--tune` tries for requests the plan has not seen, and the gesr
+/// settings (tolerance, `free_first`) each is served with.
+const RESAMPLE_GRID: [&str; 3] = ["0", "0.5", "1"];
+const LOCALITY_GRID: [&str; 4] = ["0", "0.125", "0.25", "0.375"];
+const ALPHA_GRID: [&str; 2] = ["0", "0.25"];
+const UNSEEN_GESR: [(f64, bool); 4] = [(0.15, false), (1.5, false), (0.15, true), (1.5, true)];
 
-/// The `resample` x gesr tolerance x `free_first` sweep of `--tune`, out of sample
-/// inside the calibration requests: they are split again as the experiment splits the
-/// trace (even and odd ordinals within each family), a plan is made from one half and
-/// replayed on the other, both ways round. Balance on requests a plan has not seen is
-/// what `resample` is for, so an in-sample replay could not choose it. The last line
-/// names the setting chosen: the largest mean remote-node cut whose least Jain is at
-/// least 0.99.
-fn tune_resample(calib: &Trace, user: &Params) -> Result<String> {
+/// The `resample` x `locality` x `alpha` x gesr (tolerance, `free_first`) sweep of
+/// `--tune`, out of sample inside the calibration requests: they are split again as
+/// the experiment splits the trace (even and odd ordinals within each family), a plan
+/// is made from one half and replayed on the other, both ways round. Balance on
+/// requests a plan has not seen is what `resample` is for, so an in-sample replay
+/// could not choose it. The last line names the setting chosen: the largest mean
+/// remote-node cut whose least Jain is at least 0.99.
+fn tune_unseen(calib: &Trace, user: &Params) -> Result<String> {
     let (a, b) = split(calib);
     let halves = [(profile(&a)?, &b, baseline(&b)?), (profile(&b)?, &a, baseline(&a)?)];
-    let mut out = String::from(
-        "\n#### resample x gesr tolerance x free first (calibration requests split in two: planned on one half, \
-         replayed on the other, both ways)\n\n\
-         | resample | theta | free first | remote nodes cut % (mean) | remote GPUs cut % (mean) | least Jain |\n\
-         |---:|---:|---|---:|---:|---:|\n",
+    let served =
+        |(theta, free_first): (f64, bool)| format!("theta={theta}{}", if free_first { ", free first" } else { "" });
+    let mut out = format!(
+        "\n#### resample x locality x alpha x gesr (calibration requests split in two: planned on one half, \
+         replayed on the other, both ways; each cell: mean remote-node cut % / least Jain)\n\n\
+         | resample | locality | alpha | {} |\n|---:|---:|---:|{}\n",
+        UNSEEN_GESR.map(served).join(" | "),
+        "---:|".repeat(UNSEEN_GESR.len())
     );
     let mut choice = Choice::new(0.99);
     for resample in RESAMPLE_GRID {
-        let p = gesr_params(user, &[("resample", resample)]);
-        let plans: Vec<_> = halves.iter().map(|(st, _, _)| plan(st, "tacg+gesr", 5, &p)).collect::<Result<_>>()?;
-        for free_first in [false, true] {
-            for theta in THETA_GRID {
-                let gesr = Gesr { theta, free_first, ..Gesr::default() };
-                let (mut nodes, mut gpus, mut least) = (0.0, 0.0, f64::INFINITY);
-                for ((o, c, _), (_, other, base)) in plans.iter().zip(&halves) {
-                    let r = replay(other, o, c, &gesr)?;
-                    nodes += cut_percent(r.remote_nodes, base.remote_nodes).unwrap_or(0.0) / 2.0;
-                    gpus += cut_percent(r.remote_gpus, base.remote_gpus).unwrap_or(0.0) / 2.0;
-                    least = least.min(r.jain);
+        for locality in LOCALITY_GRID {
+            for alpha in ALPHA_GRID {
+                let p = gesr_params(user, &[("resample", resample), ("locality", locality), ("alpha", alpha)]);
+                let plans: Vec<_> =
+                    halves.iter().map(|(st, _, _)| plan(st, "tacg+gesr", 5, &p)).collect::<Result<_>>()?;
+                let mut line = format!("| {resample} | {locality} | {alpha} |");
+                for (theta, free_first) in UNSEEN_GESR {
+                    let gesr = Gesr { theta, free_first, ..Gesr::default() };
+                    let (mut nodes, mut least) = (0.0, f64::INFINITY);
+                    for ((o, c, _), (_, other, base)) in plans.iter().zip(&halves) {
+                        let r = replay(other, o, c, &gesr)?;
+                        nodes += cut_percent(r.remote_nodes, base.remote_nodes).unwrap_or(0.0) / 2.0;
+                        least = least.min(r.jain);
+                    }
+                    line.push_str(&format!(" {nodes:.1} / {least:.4} |"));
+                    let ff = if free_first { "yes" } else { "no" };
+                    choice.offer(nodes, least, format!("{resample} | {locality} | {alpha} | {theta} | {ff}"));
                 }
-                let label = format!("{resample} | {theta} | {}", if free_first { "yes" } else { "no" });
-                out.push_str(&format!("| {label} | {nodes:.1} | {gpus:.1} | {least:.4} |\n"));
-                choice.offer(nodes, least, label);
+                out.push_str(&line);
+                out.push('\n');
             }
         }
     }
-    out.push_str(&choice.line("resample | theta | free first", "mean"));
+    out.push_str(&choice.line("resample | locality | alpha | theta | free first", "mean"));
     Ok(out)
 }
 
