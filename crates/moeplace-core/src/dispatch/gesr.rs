@@ -25,8 +25,9 @@
 //!
 //! Where a step has several candidates, the least loaded of them (ties: the lower
 //! slot). The paper leaves this open; taking the first copy in slot order instead
-//! piles a step's picks onto one GPU until the tolerance stops them, which cost
-//! held-out ESFT 0.001 to 0.002 of Jain at the default tolerance and more at wide ones.
+//! piles a step's picks onto one GPU until the tolerance stops them, which on
+//! held-out ESFT cost 0.001 of Jain at the default tolerance for tacg+gesr, 0.0025 for
+//! coact, and more at wide tolerances (docs/TACG.md).
 //!
 //! With `free_first` (ours, off by default; `eval --gesr-free-first`) the steps become
 //! tiers by what the pick costs: free (home, or a GPU the token already sends to: no
