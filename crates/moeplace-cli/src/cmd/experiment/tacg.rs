@@ -337,25 +337,27 @@ fn unseen_table(s: &Setup, user: &Params, out: &mut String) -> Result<()> {
     header(out, "plan | dispatcher | replayed on");
     let calib = (&s.calib, baseline(&s.calib)?, lpt(&request_lengths(&s.calib), GPUS), "calibration (in sample)");
     let test = (&s.test, s.baseline.clone(), lpt(&s.test_lengths, GPUS), "held out");
-    let default = (s.full.0.clone(), s.full.1.clone(), "default".to_string());
-    let planned = |set: &[(&str, &str)]| -> Result<(PlacerOutput, Cluster, String)> {
+    let planned = |(set, gesr): (&[(&str, &str)], (f64, bool))| -> Result<_> {
         let (o, c, _) = plan(&s.stats, "tacg+gesr", 5, &gesr_params(user, set))?;
-        Ok((o, c, set.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")))
+        Ok(((o, c, set.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")), gesr))
     };
-    let [chosen, second, not_free] =
-        [UNSEEN_CHOSEN, UNSEEN_SECOND, UNSEEN_NOT_FREE_FIRST].map(|(set, gesr)| planned(set).map(|p| (p, gesr)));
+    let [chosen, second, not_free] = [UNSEEN_CHOSEN, UNSEEN_SECOND, UNSEEN_NOT_FREE_FIRST].map(planned);
     let (chosen, second, not_free) = (chosen?, second?, not_free?);
+    fn named(p: &(PlacerOutput, Cluster, String)) -> (&PlacerOutput, &Cluster, &str) {
+        (&p.0, &p.1, &p.2)
+    }
+    let default = (&s.full.0, &s.full.1, "default");
     let gesr = |(theta, free_first): (f64, bool)| Some(Gesr { theta, free_first, ..Gesr::default() });
     let rows = [
-        (&default, None, &calib),
-        (&default, None, &test),
-        (&default, gesr((s.theta, false)), &calib),
-        (&default, gesr((s.theta, false)), &test),
-        (&default, gesr(not_free.1), &test),
-        (&default, gesr(chosen.1), &test),
-        (&not_free.0, gesr(not_free.1), &test),
-        (&chosen.0, gesr(chosen.1), &test),
-        (&second.0, gesr(second.1), &test),
+        (default, None, &calib),
+        (default, None, &test),
+        (default, gesr((s.theta, false)), &calib),
+        (default, gesr((s.theta, false)), &test),
+        (default, gesr(not_free.1), &test),
+        (default, gesr(chosen.1), &test),
+        (named(&not_free.0), gesr(not_free.1), &test),
+        (named(&chosen.0), gesr(chosen.1), &test),
+        (named(&second.0), gesr(second.1), &test),
     ];
     for ((o, c, name), gesr, (stream, base, lpt_ref, on)) in rows {
         let (r, dispatcher) = match gesr {
