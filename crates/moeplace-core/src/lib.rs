@@ -1,6 +1,7 @@
 //! moeplace-core: the domain of moeplace, with no file formats and no command line.
 //!
 //! - [`trace`]: the trace model (tokens x MoE layers x top-k expert ids) in batches.
+//! - [`model`]: which decoder layers of a model are its MoE layers ([`model::LayerMap`]).
 //! - [`stats`]: statistics that are sums, so shards merge exactly.
 //! - [`report`]: the characterization report computed from statistics.
 //! - [`balance`]: expected GPU loads of a placement, balancedness figures and lower bounds.
@@ -17,6 +18,7 @@
 pub mod balance;
 pub mod cluster;
 pub mod dispatch;
+pub mod model;
 pub mod partition;
 pub mod placement;
 pub mod placers;

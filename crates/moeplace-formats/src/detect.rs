@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
+use moeplace_core::model::LayerMap;
 use moeplace_core::trace::{ModelShape, TokenBatch};
 
 use crate::error::FormatError;
@@ -103,6 +104,11 @@ impl Default for ReadOptions {
 /// A streaming trace reader: the model shape, then batches until the end.
 pub trait TraceReader: Iterator<Item = Result<TokenBatch, FormatError>> + Send {
     fn shape(&self) -> ModelShape;
+    /// The decoder-layer index of each MoE layer, when the file records it (engine
+    /// recordings do); `None` when the file cannot tell.
+    fn layer_map(&self) -> Option<LayerMap> {
+        None
+    }
     /// Bytes read so far and total bytes, for progress bars (approximate).
     fn progress(&self) -> (u64, u64) {
         (0, 0)

@@ -10,6 +10,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use moeplace_core::model::LayerMap;
 use moeplace_core::trace::{ModelShape, TokenBatch};
 
 use crate::detect::TraceReader;
@@ -21,6 +22,7 @@ const DEPTH: usize = 2;
 /// A [`TraceReader`] whose batches are decoded ahead on a background thread.
 pub struct ReadAhead {
     shape: ModelShape,
+    layer_map: Option<LayerMap>,
     /// `None` once dropped (see `Drop`).
     batches: Option<Receiver<Result<TokenBatch, FormatError>>>,
     /// (done, total) of the wrapped reader, updated after each batch it yields.
@@ -31,6 +33,7 @@ pub struct ReadAhead {
 impl ReadAhead {
     pub fn new(mut inner: Box<dyn TraceReader>) -> ReadAhead {
         let shape = inner.shape();
+        let layer_map = inner.layer_map();
         let progress = Arc::new((AtomicU64::new(0), AtomicU64::new(inner.progress().1)));
         let (tx, rx) = sync_channel(DEPTH);
         let shared = Arc::clone(&progress);
@@ -49,7 +52,7 @@ impl ReadAhead {
                 }
             })
             .expect("spawning the reader thread");
-        ReadAhead { shape, batches: Some(rx), progress, thread: Some(thread) }
+        ReadAhead { shape, layer_map, batches: Some(rx), progress, thread: Some(thread) }
     }
 }
 
@@ -86,6 +89,10 @@ impl Drop for ReadAhead {
 impl TraceReader for ReadAhead {
     fn shape(&self) -> ModelShape {
         self.shape
+    }
+
+    fn layer_map(&self) -> Option<LayerMap> {
+        self.layer_map.clone()
     }
 
     fn progress(&self) -> (u64, u64) {
