@@ -96,11 +96,7 @@ impl ClusterArgs {
         if let Some(name) = &self.preset {
             let p = Preset::by_name(name)
                 .ok_or_else(|| anyhow::anyhow!("unknown preset {name:?} (known: {})", Preset::names().join(", ")))?;
-            c.intra_node_gbps = p.intra_node_gbps;
-            c.inter_node_gbps = p.inter_node_gbps;
-            c.intra_node_latency_us = p.intra_node_latency_us;
-            c.inter_node_latency_us = p.inter_node_latency_us;
-            c.gpu_tflops = p.gpu_tflops;
+            c = c.with_links_of(&p);
         }
         Ok(c)
     }

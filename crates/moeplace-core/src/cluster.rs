@@ -165,6 +165,16 @@ impl Cluster {
         Ok(self)
     }
 
+    /// The same layout with the link and compute figures of `preset`.
+    pub fn with_links_of(mut self, preset: &Preset) -> Cluster {
+        self.intra_node_gbps = preset.intra_node_gbps;
+        self.inter_node_gbps = preset.inter_node_gbps;
+        self.intra_node_latency_us = preset.intra_node_latency_us;
+        self.inter_node_latency_us = preset.inter_node_latency_us;
+        self.gpu_tflops = preset.gpu_tflops;
+        self
+    }
+
     pub fn validate(&self) -> Result<(), ClusterError> {
         if self.nodes == 0 || self.gpus == 0 {
             return Err(ClusterError("a cluster needs at least one node and one GPU".into()));

@@ -30,6 +30,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use moeplace_core::placement::Placement;
+use moeplace_core::placers::{Params, PlacerOutput};
+use moeplace_core::stats::Statistics;
 use serde_json::Value;
 
 use crate::atomic;
@@ -56,6 +58,32 @@ pub struct Plan {
     pub family_gpus: Option<BTreeMap<String, Vec<usize>>>,
     pub provenance: Provenance,
     pub notes: BTreeMap<String, f64>,
+}
+
+impl Plan {
+    /// The plan of a placer's output from `stats` on `num_nodes` nodes, with its
+    /// provenance (the digest is of the statistics file text of `stats`).
+    pub fn from_placer(
+        out: PlacerOutput,
+        num_nodes: usize,
+        placer: &str,
+        params: &Params,
+        seed: u64,
+        stats: &Statistics,
+    ) -> Plan {
+        Plan {
+            num_nodes,
+            placement: out.placement,
+            family_gpus: out.family_gpus,
+            provenance: Provenance {
+                placer: placer.to_string(),
+                parameters: params.0.clone(),
+                seed,
+                input_digest: digest(crate::stats_file::to_json(stats).as_bytes()),
+            },
+            notes: out.notes,
+        }
+    }
 }
 
 /// FNV-1a 64-bit digest of `bytes`, as `fnv1a64:<hex>`.

@@ -7,8 +7,7 @@ use anyhow::{bail, Context, Result};
 use moeplace_core::balance::{balance_figures, per_step_max_over_mean};
 use moeplace_core::placers::{by_name, registry, Params, PlacerInput, REFINE_SKIPPED_NOTE};
 use moeplace_core::stats::{ExpertLoads, ProfileOptions, Statistics};
-use moeplace_formats::plan_file::{self, Plan, Provenance};
-use moeplace_formats::stats_file;
+use moeplace_formats::plan_file::{self, Plan};
 
 use crate::cluster_args::ClusterArgs;
 use crate::input::{profile_inputs, read_statistics, TraceArgs};
@@ -117,18 +116,7 @@ pub fn make_plan(
     };
     let input = PlacerInput { shape: stats.shape(), cluster, loads, stats: Some(stats), previous, params, seed };
     let out = p.place(&input).with_context(|| format!("placer {placer}"))?;
-    Ok(Plan {
-        num_nodes: cluster.nodes,
-        placement: out.placement,
-        family_gpus: out.family_gpus,
-        provenance: Provenance {
-            placer: placer.to_string(),
-            parameters: params.0.clone(),
-            seed,
-            input_digest: plan_file::digest(stats_file::to_json(stats).as_bytes()),
-        },
-        notes: out.notes,
-    })
+    Ok(Plan::from_placer(out, cluster.nodes, placer, params, seed, stats))
 }
 
 /// Parses `--family-share` values (FAMILY=SHARE, each family once).

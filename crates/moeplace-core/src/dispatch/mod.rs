@@ -11,15 +11,20 @@
 //! in the current replay chunk (a fixed group of consecutive requests of about
 //! [`crate::simulate::CHUNK_TOKENS`] tokens, like one serving step's batch). Chunks do
 //! not depend on the thread count, so every dispatcher's choices are deterministic.
+//!
+//! [`BatchDispatch`] (`batch.rs`) serves one layer of a batch of tokens at a time,
+//! answering with physical slots: the serving-time entry point for engines.
 
 use crate::placement::Placement;
 
+mod batch;
 mod gesr;
 mod grace;
 mod nearest;
 mod primary;
 mod random;
 
+pub use batch::{BatchDispatch, BatchError};
 pub use gesr::{DecayedLoad, Gesr};
 pub use grace::Grace;
 

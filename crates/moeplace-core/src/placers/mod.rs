@@ -15,6 +15,7 @@ pub mod cluster_homes;
 pub use coact::REFINE_SKIPPED_NOTE;
 mod coact;
 mod eplb;
+pub use eplb::{rebalance_experts, EplbArrays};
 mod grace;
 mod linear;
 mod round_robin;

@@ -1,0 +1,68 @@
+"""plan() with every placer, byte-identical to `moeplace plan`; exports; evaluate."""
+
+import numpy as np
+import pytest
+
+import moeplace
+from test_stats import arrays
+
+
+@pytest.fixture(scope="module")
+def stats():
+    topk, req, fam, ph = arrays(tokens=3000, layers=4, experts=16, k=2, seed=3)
+    return moeplace.Statistics.from_topk(topk, num_experts=16, request_ids=req, families=fam, phases=ph)
+
+
+def test_every_placer_plans_a_valid_placement(stats):
+    names = [p["name"] for p in moeplace.placers()]
+    assert {"linear", "eplb", "balance", "tacg+gesr", "grace"} <= set(names)
+    for name in names:
+        p = moeplace.plan(stats, name, gpus=4, nodes=2, slots_per_gpu=5)
+        m = p.physical_to_logical_map
+        assert m.shape == (4, 20) and p.placer == name
+        for layer in m:
+            assert set(layer) == set(range(16))
+            assert all(len(set(g)) == 5 for g in layer.reshape(4, 5)), name
+
+
+def test_plan_equals_the_cli_plan(tmp_path, stats, cli):
+    stats.save(tmp_path / "s.json")
+    cli("plan", "--placer", "tacg", "--stats", tmp_path / "s.json", "--gpus", "4", "--nodes", "2",
+        "--slots-per-gpu", "5", "--param", "alpha=0.5", "--seed", "3", "-o", tmp_path / "cli.json")
+    p = moeplace.plan(stats, "tacg", gpus=4, nodes=2, slots_per_gpu=5, params={"alpha": 0.5}, seed=3)
+    p.save(tmp_path / "py.json")
+    assert (tmp_path / "py.json").read_bytes() == (tmp_path / "cli.json").read_bytes()
+    assert moeplace.Plan.load(tmp_path / "cli.json") == p
+    assert p.to_dict()["provenance"]["parameters"] == {"alpha": "0.5"}
+
+
+def test_exports_match_the_cli(tmp_path, stats, cli):
+    p = moeplace.plan(stats, "balance", gpus=4, nodes=2, slots_per_gpu=5, params={"groups": 4})
+    p.save(tmp_path / "p.json")
+    for engine in ("sglang", "vllm", "trtllm", "eplb"):
+        cli("export", tmp_path / "p.json", "--to", engine, "-o", tmp_path / f"cli.{engine}")
+        text = p.export(engine, tmp_path / f"py.{engine}")
+        assert text == (tmp_path / f"cli.{engine}").read_text() == (tmp_path / f"py.{engine}").read_text()
+
+
+def test_evaluate_returns_metrics(tmp_path, stats):
+    topk, req, fam, ph = arrays(tokens=900, layers=4, experts=16, k=2, seed=4)
+    np.savez(tmp_path / "test.npz", topk_ids=topk, num_experts=np.int64(16), request_ids=req, families=fam)
+    linear = moeplace.plan(stats, "linear", gpus=4, nodes=2)
+    plan = moeplace.plan(stats, "tacg+gesr", gpus=4, nodes=2, slots_per_gpu=5)
+    base = moeplace.evaluate(tmp_path / "test.npz", linear)
+    m = moeplace.evaluate(tmp_path / "test.npz", plan, dispatcher="gesr", homes="family")
+    assert base["counts"]["tokens"] == m["counts"]["tokens"] == 900
+    assert 0 < m["jain"] <= 1 and len(m["layers"]) == 4
+    assert m["remote_gpus"] >= 0
+
+
+def test_bad_plan_arguments_raise_value_error(stats):
+    with pytest.raises(ValueError, match="unknown placer"):
+        moeplace.plan(stats, "best", gpus=4)
+    with pytest.raises(ValueError, match="no parameter"):
+        moeplace.plan(stats, "linear", gpus=4, params={"alpha": 1})
+    with pytest.raises(ValueError, match="cannot hold"):
+        moeplace.plan(stats, "linear", gpus=2, slots_per_gpu=4)
+    with pytest.raises(ValueError, match="unknown engine"):
+        moeplace.plan(stats, "linear", gpus=4).export("triton")

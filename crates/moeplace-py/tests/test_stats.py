@@ -1,0 +1,126 @@
+"""Statistics from arrays equal the command line's; merges are exact; bad arrays raise."""
+
+import json
+
+import numpy as np
+import pytest
+
+import moeplace
+
+
+def arrays(tokens=3000, layers=4, experts=16, k=2, seed=0):
+    rng = np.random.default_rng(seed)
+    # k distinct experts per token-layer, skewed towards low ids.
+    scores = rng.random((tokens, layers, experts)) * np.linspace(2.0, 1.0, experts)
+    topk = np.argsort(-scores, axis=2)[:, :, :k].astype(np.int64)
+    requests = np.repeat(np.arange(tokens // 30), 30)
+    families = requests % 4
+    phases = (np.arange(tokens) % 30 >= 20).astype(np.int64)
+    return topk, requests, families, phases
+
+
+def test_from_topk_equals_the_cli_on_the_same_trace(tmp_path, cli):
+    topk, req, fam, ph = arrays()
+    np.savez(tmp_path / "t.npz", topk_ids=topk, num_experts=np.int64(16), request_ids=req, families=fam, phases=ph)
+    cli("profile", tmp_path / "t.npz", "-o", tmp_path / "cli.json")
+    s = moeplace.Statistics.from_topk(topk, num_experts=16, request_ids=req, families=fam, phases=ph)
+    s.save(tmp_path / "py.json")
+    assert (tmp_path / "py.json").read_bytes() == (tmp_path / "cli.json").read_bytes()
+    assert s == moeplace.Statistics.load(tmp_path / "cli.json")
+
+
+def test_names_as_strings_equal_named_codes(tmp_path, cli):
+    topk, req, fam, ph = arrays(tokens=600, seed=1)
+    req_names = [f"req-{i}" for i in range(req.max() + 1)]
+    fam_names = ["code", "math", "chat", "law"]
+    np.savez(
+        tmp_path / "t.npz",
+        topk_ids=topk.astype(np.int32),
+        num_experts=np.int64(16),
+        request_ids=req,
+        families=fam,
+        phases=ph,
+        request_names=np.frombuffer(json.dumps(req_names).encode(), np.uint8),
+        family_names=np.frombuffer(json.dumps(fam_names).encode(), np.uint8),
+    )
+    cli("profile", tmp_path / "t.npz", "-o", tmp_path / "cli.json")
+    s = moeplace.Statistics.from_topk(
+        topk.astype(np.int32),
+        num_experts=16,
+        request_ids=np.array(req_names)[req],
+        families=[fam_names[f] for f in fam],
+        phases=np.where(ph == 0, "prefill", "decode"),
+    )
+    s.save(tmp_path / "py.json")
+    assert (tmp_path / "py.json").read_bytes() == (tmp_path / "cli.json").read_bytes()
+    assert sorted(s.families) == sorted(fam_names)
+
+
+def test_shards_merge_to_the_whole_and_files_round_trip(tmp_path):
+    topk, req, fam, ph = arrays(seed=2)
+    whole = moeplace.Statistics.from_topk(topk, num_experts=16, request_ids=req, families=fam, phases=ph)
+    half = 1500  # a request boundary (30 tokens each)
+    parts = [
+        moeplace.Statistics.from_topk(topk[a:b], num_experts=16, request_ids=req[a:b], families=fam[a:b],
+                                      phases=ph[a:b])
+        for a, b in ((0, half), (half, len(req)))
+    ]
+    merged = moeplace.merge(parts)
+    assert merged.to_bytes() == whole.to_bytes()
+    assert moeplace.Statistics.from_bytes(whole.to_bytes()) == whole
+    whole.save(tmp_path / "s.json")
+    assert moeplace.Statistics.load(tmp_path / "s.json") == whole
+    assert whole.tokens == 3000 and whole.shape == (4, 16, 2)
+    assert whole.loads().sum() == 3000 * 4 * 2
+    report = whole.report()
+    assert isinstance(report, dict) and report["tokens"] == 3000
+
+
+def test_read_trace_round_trips_through_from_topk(shared_data):
+    path = shared_data / "sglang-granite" / "routing-trace.jsonl"
+    d = moeplace.read_trace(path)
+    assert d["topk_ids"].dtype == np.uint16 and d["topk_ids"].ndim == 3
+    names = np.array(d["request_names"], dtype=object)
+    fams = np.array(d["family_names"] + [None], dtype=object)
+    phases = np.array(["prefill", "decode", None], dtype=object)
+    s = moeplace.Statistics.from_topk(
+        d["topk_ids"],
+        num_experts=d["num_experts"],
+        request_ids=names[d["request_ids"]],
+        families=fams[d["families"]],
+        phases=phases[d["phases"]],
+        positions=d["positions"],
+    )
+    assert s.to_bytes() == moeplace.profile(path).to_bytes()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.astype(np.float32), "integers"),
+        (lambda t: t[:, 0, :], "3-D"),
+        (lambda t: np.where(t == 3, 16, t), r"topk_ids\[\d+, \d+, \d+\] = 16 is out of range"),
+        (lambda t: np.where(t == 3, -1, t), "out of range"),
+        (lambda t: np.concatenate([t[:, :, :1], t[:, :, :1]], axis=2), "appears twice"),
+    ],
+)
+def test_bad_arrays_raise_value_error(change, message):
+    topk, req, _, _ = arrays(tokens=300)
+    with pytest.raises(ValueError, match=message):
+        moeplace.Statistics.from_topk(change(topk), num_experts=16, request_ids=req)
+
+
+def test_bad_columns_raise_value_error():
+    topk, req, fam, ph = arrays(tokens=300)
+    with pytest.raises(ValueError, match="entries for 300 tokens"):
+        moeplace.Statistics.from_topk(topk, num_experts=16, request_ids=req[:-1])
+    with pytest.raises(ValueError, match="phases"):
+        moeplace.Statistics.from_topk(topk, num_experts=16, phases=ph + 1)
+    with pytest.raises(ValueError, match="None"):
+        moeplace.Statistics.from_topk(topk, num_experts=16, request_ids=[None] * 300)
+    with pytest.raises(ValueError, match="top-k"):
+        moeplace.Statistics.from_topk(topk, num_experts=1)
+    with pytest.raises(ValueError):
+        moeplace.Statistics.load("/nonexistent/stats.json")
+    with pytest.raises(ValueError, match="malformed|not a moeplace|expected"):
+        moeplace.Statistics.from_bytes(b"{not json")
