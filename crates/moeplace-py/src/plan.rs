@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use moeplace_core::cluster::{Cluster, Preset};
 use moeplace_core::placement::Placement;
-use moeplace_core::placers::{self, Params, PlacerInput};
+use moeplace_core::placers::{self as core_placers, Params, PlacerInput};
 use moeplace_core::simulate::{simulate, HomePolicy};
 use moeplace_core::stats::ExpertLoads;
 use moeplace_core::trace::{ModelShape, Trace};
@@ -49,7 +49,7 @@ pub fn rebalance_experts<'py>(
         .detach(|| -> Result<_, String> {
             match method {
                 "eplb" => {
-                    let a = placers::rebalance_experts(&loads, num_replicas, num_groups, num_nodes, num_gpus)
+                    let a = core_placers::rebalance_experts(&loads, num_replicas, num_groups, num_nodes, num_gpus)
                         .map_err(|e| e.to_string())?;
                     let p: Vec<Vec<i64>> = a.phy2log.iter().map(|r| r.iter().map(|&x| x as i64).collect()).collect();
                     let c: Vec<Vec<i64>> = a.logcnt.iter().map(|r| r.iter().map(|&x| x as i64).collect()).collect();
@@ -88,7 +88,7 @@ fn balance_placement(
     let cluster = Cluster::new(nodes, gpus, 1).and_then(|c| c.with_slots(slots)).map_err(|e| e.to_string())?;
     let loads = ExpertLoads::new(layers, experts, vec![loads.concat()]).map_err(|e| e.to_string())?;
     let params = Params([("groups".to_string(), groups.to_string())].into_iter().collect());
-    let placer = placers::by_name("balance").expect("the balance placer is registered");
+    let placer = core_placers::by_name("balance").expect("the balance placer is registered");
     let input =
         PlacerInput { shape, cluster: &cluster, loads: &loads, stats: None, previous: None, params: &params, seed: 0 };
     Ok(placer.place(&input).map_err(|e| e.to_string())?.placement)
@@ -262,8 +262,8 @@ pub fn plan(
     let cluster = cluster_of(cluster, preset, nodes, gpus, slots).map_err(value_error)?;
     let params = Params(params.unwrap_or_default());
     let previous = previous.map(|p| p.inner.placement.clone());
-    let p = placers::by_name(placer).ok_or_else(|| {
-        let names: Vec<&str> = placers::registry().iter().map(|p| p.name()).collect();
+    let p = core_placers::by_name(placer).ok_or_else(|| {
+        let names: Vec<&str> = core_placers::registry().iter().map(|p| p.name()).collect();
         value_error(format!("unknown placer {placer:?} (known: {})", names.join(", ")))
     })?;
     let stats = &stats.inner;
@@ -297,7 +297,7 @@ pub fn plan(
 /// Every placer: name, description and parameters (name, default, about).
 #[pyfunction]
 pub fn placers<'py>(py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    placers::registry()
+    core_placers::registry()
         .iter()
         .map(|p| {
             let d = PyDict::new(py);

@@ -1,5 +1,6 @@
 //! Statistics from arrays and from files, and trace files read into arrays.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ use moeplace_core::trace::{BatchColumns, ModelShape, Phase, TokenBatch};
 use moeplace_formats::{open_trace, stats_file, ReadOptions, TraceFormat};
 use numpy::{PyArrayDyn, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 
 use crate::arrays::{elements, shape_of, to_numpy, value_error};
 
@@ -40,6 +41,17 @@ fn code_name(code: i64, names: Option<&[String]>, prefix: &str, what: &str, t: u
             .ok()
             .and_then(|i| n.get(i).cloned())
             .ok_or_else(|| format!("{what}[{t}]: code {code} has no name ({} names given)", n.len())),
+    }
+}
+
+/// An optional per-token column, checked to be 1-D.
+fn column<'a>(a: &'a Option<PyReadonlyArrayDyn<'_, i64>>, name: &str) -> PyResult<Option<Cow<'a, [i64]>>> {
+    match a {
+        None => Ok(None),
+        Some(a) => {
+            shape_of(a, name, 1, "[tokens]")?;
+            Ok(Some(elements(a)))
+        }
     }
 }
 
@@ -325,17 +337,12 @@ impl PyStatistics {
         let dims = shape_of(&topk_ids, "topk_ids", 3, "[tokens, layers, k]")?;
         let shape = ModelShape::new(dims[1], num_experts, dims[2]).map_err(value_error)?;
         let ids = elements(&topk_ids);
-        let flat = |a: &Option<PyReadonlyArrayDyn<'_, i64>>, name: &str| -> PyResult<_> {
-            match a {
-                None => Ok(None),
-                Some(a) => {
-                    shape_of(a, name, 1, "[tokens]")?;
-                    Ok(Some(elements(a)))
-                }
-            }
-        };
-        let (req, fam, ph, pos) =
-            (flat(&request_ids, "request_ids")?, flat(&families, "families")?, flat(&phases, "phases")?, flat(&positions, "positions")?);
+        let (req, fam, ph, pos) = (
+            column(&request_ids, "request_ids")?,
+            column(&families, "families")?,
+            column(&phases, "phases")?,
+            column(&positions, "positions")?,
+        );
         let columns = Columns {
             requests: req.as_deref(),
             request_names: request_names.as_deref(),
@@ -373,23 +380,25 @@ impl PyStatistics {
     }
 
     /// The statistics file's bytes.
-    fn to_bytes(&self, py: Python<'_>) -> PyResult<Vec<u8>> {
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let inner = &self.inner;
-        py.detach(|| {
-            with_scratch(|p| {
-                stats_file::write(p, inner).map_err(|e| e.to_string())?;
-                std::fs::read(p).map_err(|e| e.to_string())
+        let data = py
+            .detach(|| {
+                with_scratch(|p| {
+                    stats_file::write(p, inner).map_err(|e| e.to_string())?;
+                    std::fs::read(p).map_err(|e| e.to_string())
+                })
             })
-        })
-        .map_err(value_error)
+            .map_err(value_error)?;
+        Ok(PyBytes::new(py, &data))
     }
 
     #[staticmethod]
-    fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<PyStatistics> {
+    fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<PyStatistics> {
         let inner = py
             .detach(|| {
                 with_scratch(|p| {
-                    std::fs::write(p, &data).map_err(|e| e.to_string())?;
+                    std::fs::write(p, data).map_err(|e| e.to_string())?;
                     stats_file::read(p).map_err(|e| e.to_string())
                 })
             })

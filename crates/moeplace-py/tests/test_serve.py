@@ -90,7 +90,7 @@ def test_routers():
     assert jsq.route(none[:3], np.array([2, 0, 1])).tolist() == [1, 1, 2]
     rnd = moeplace.Router("random", 4, seed=3)
     again = moeplace.Router("random", 4, seed=3)
-    assert rnd.route(none, np.zeros(4)).tolist() == again.route(none, np.zeros(4)).tolist()
+    assert rnd.route(none, np.zeros(4, dtype=np.int64)).tolist() == again.route(none, np.zeros(4, dtype=np.int64)).tolist()
     # ELDR: worker 0 ~ dimension 0, worker 1 ~ dimension 1, worker 2 ~ both.
     eldr = moeplace.Router.eldr(np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32), tau=0.0)
     sigs = np.array([[1, 0], [0, 2], [1, 1]], dtype=np.float32)
@@ -98,11 +98,11 @@ def test_routers():
     band = moeplace.Router.eldr(np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32), tau=0.4)
     assert band.route(sigs[:1], np.array([9, 0, 1])).tolist() == [2]
     fitted = moeplace.Router.fit_eldr(np.array([[1, 0.1, 0], [0, 0.1, 1]] * 10, dtype=np.float32), 2, 0.0)
-    a, b = fitted.route(np.array([[1, 0.1, 0], [0, 0.1, 1]], dtype=np.float32), np.zeros(2))
+    a, b = fitted.route(np.array([[1, 0.1, 0], [0, 0.1, 1]], dtype=np.float32), np.zeros(2, dtype=np.int64))
     assert a != b
     with pytest.raises(ValueError, match="loads has 2 entries"):
-        eldr.route(sigs, np.zeros(2))
+        eldr.route(sigs, np.zeros(2, dtype=np.int64))
     with pytest.raises(ValueError, match="not a finite"):
-        eldr.route(np.array([[np.nan, 1]], dtype=np.float32), np.zeros(3))
+        eldr.route(np.array([[np.nan, 1]], dtype=np.float32), np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError, match="router"):
         moeplace.Router("eldr", 3)

@@ -26,6 +26,10 @@ pub enum BatchError {
     Nodes { nodes: usize, gpus: usize },
 }
 
+fn wide<T: Into<i64>>(x: T) -> i64 {
+    x.into()
+}
+
 /// A dispatcher bound to a placement, answering with slots.
 pub struct BatchDispatch {
     dispatcher: Box<dyn Dispatcher>,
@@ -98,12 +102,12 @@ impl BatchDispatch {
         let e = self.experts;
         // Checked before any work: a refused batch leaves `out` untouched.
         if let Some((i, id)) =
-            ids.iter().map(|&x| x.into()).enumerate().find(|&(_, x)| !(0..e as i64).contains(&x))
+            ids.iter().map(|&x| wide(x)).enumerate().find(|&(_, x)| !(0..e as i64).contains(&x))
         {
             return Err(BatchError::Expert { token: i / k, id, experts: e });
         }
         if let Some((t, home)) =
-            homes.iter().map(|&x| x.into()).enumerate().find(|&(_, x)| !(0..gpus as i64).contains(&x))
+            homes.iter().map(|&x| wide(x)).enumerate().find(|&(_, x)| !(0..gpus as i64).contains(&x))
         {
             return Err(BatchError::Home { token: t, home, gpus });
         }
@@ -111,7 +115,7 @@ impl BatchDispatch {
         if let Some(fixed) = &self.fixed {
             let lut = &fixed[base..base + e];
             for (o, &x) in out.iter_mut().zip(ids) {
-                *o = i64::from(lut[x.into() as usize]);
+                *o = i64::from(lut[wide(x) as usize]);
             }
             return Ok(());
         }
@@ -120,9 +124,9 @@ impl BatchDispatch {
         let mut chosen = vec![0u32; k];
         for (t, (row, &home)) in ids.chunks_exact(k).zip(homes).enumerate() {
             for (p, &x) in picks.iter_mut().zip(row) {
-                *p = x.into() as u16;
+                *p = wide(x) as u16;
             }
-            let home = home.into() as usize;
+            let home = wide(home) as usize;
             let ctx = DispatchContext {
                 replicas: &self.table,
                 node_of: &self.node_of,
