@@ -22,7 +22,12 @@ pub fn elements<'a, T: Element + Copy>(a: &'a PyReadonlyArrayDyn<'_, T>) -> Cow<
 }
 
 /// The shape of an array, checked to have `rank` dimensions (`name` in the message).
-pub fn shape_of<T: Element>(a: &PyReadonlyArrayDyn<'_, T>, name: &str, rank: usize, dims: &str) -> PyResult<Vec<usize>> {
+pub fn shape_of<T: Element>(
+    a: &PyReadonlyArrayDyn<'_, T>,
+    name: &str,
+    rank: usize,
+    dims: &str,
+) -> PyResult<Vec<usize>> {
     let shape = a.shape().to_vec();
     if shape.len() != rank {
         return Err(value_error(format!("{name} must be {rank}-D {dims}, got shape {shape:?}")));
@@ -31,7 +36,11 @@ pub fn shape_of<T: Element>(a: &PyReadonlyArrayDyn<'_, T>, name: &str, rank: usi
 }
 
 /// A new NumPy array owning `data` (no copy) with `shape`.
-pub fn to_numpy<'py, T: Element>(py: Python<'py>, shape: &[usize], data: Vec<T>) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+pub fn to_numpy<'py, T: Element>(
+    py: Python<'py>,
+    shape: &[usize],
+    data: Vec<T>,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
     let a = ArrayD::from_shape_vec(IxDyn(shape), data).map_err(value_error)?;
     Ok(a.into_pyarray(py))
 }

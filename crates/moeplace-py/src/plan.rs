@@ -332,7 +332,10 @@ pub fn evaluate(
     let p = &plan.placement;
     let cluster = cluster_of(cluster, preset, plan.num_nodes, p.gpus(), p.slots()).map_err(value_error)?;
     let d = moeplace_core::dispatch::by_name(dispatcher, seed).ok_or_else(|| {
-        value_error(format!("unknown dispatcher {dispatcher:?} (known: {})", moeplace_core::dispatch::names().join(", ")))
+        value_error(format!(
+            "unknown dispatcher {dispatcher:?} (known: {})",
+            moeplace_core::dispatch::names().join(", ")
+        ))
     })?;
     let policy = match (homes.unwrap_or("round-robin"), request_homes) {
         (_, Some(m)) => HomePolicy::Request(m),
@@ -344,9 +347,9 @@ pub fn evaluate(
     };
     let format = match format {
         None => None,
-        Some(f) => Some(
-            moeplace_formats::TraceFormat::parse(f).ok_or_else(|| value_error(format!("unknown format {f:?}")))?,
-        ),
+        Some(f) => {
+            Some(moeplace_formats::TraceFormat::parse(f).ok_or_else(|| value_error(format!("unknown format {f:?}")))?)
+        }
     };
     let opts = ReadOptions { format, batch_tokens: 32768, experts, top_k };
     py.detach(|| -> Result<String, String> {

@@ -70,7 +70,8 @@ fn intern(names: &mut Vec<String>, index: &mut HashMap<String, u32>, name: Strin
 fn count_topk(shape: ModelShape, ids: &[i64], c: &Columns<'_>, options: ProfileOptions) -> Result<Statistics, String> {
     let per = shape.picks_per_token();
     let tokens = ids.len() / per;
-    for (name, col) in [("request_ids", c.requests), ("families", c.families), ("phases", c.phases), ("positions", c.positions)]
+    for (name, col) in
+        [("request_ids", c.requests), ("families", c.families), ("phases", c.phases), ("positions", c.positions)]
     {
         if let Some(col) = col.filter(|v| v.len() != tokens) {
             return Err(format!("{name} has {} entries for {tokens} tokens", col.len()));
@@ -118,7 +119,8 @@ fn count_topk(shape: ModelShape, ids: &[i64], c: &Columns<'_>, options: ProfileO
             let next = counter.entry(r).or_insert(0);
             let position = match c.positions.map(|v| v[t]) {
                 None => *next,
-                Some(p) => u32::try_from(p).map_err(|_| format!("positions[{t}] = {p} is not a 32-bit non-negative integer"))?,
+                Some(p) => u32::try_from(p)
+                    .map_err(|_| format!("positions[{t}] = {p} is not a 32-bit non-negative integer"))?,
             };
             *next += 1;
             b.position.push(position);
@@ -270,11 +272,8 @@ pub fn read_trace<'py>(
             let (mut req_index, mut fam_index) = (HashMap::new(), HashMap::new());
             for batch in &mut reader {
                 let b = batch.map_err(|e| e.to_string())?;
-                let req_codes: Vec<u32> = b
-                    .request_names()
-                    .iter()
-                    .map(|n| intern(&mut c.req_names, &mut req_index, n.clone()))
-                    .collect();
+                let req_codes: Vec<u32> =
+                    b.request_names().iter().map(|n| intern(&mut c.req_names, &mut req_index, n.clone())).collect();
                 let fam_codes: Vec<u32> =
                     b.family_names().iter().map(|n| intern(&mut c.fam_names, &mut fam_index, n.clone())).collect();
                 c.ids.extend_from_slice(b.expert_ids());

@@ -83,7 +83,14 @@ impl BatchDispatch {
 
     /// Writes into `out[t * k + j]` the slot serving pick j of token t at `layer`;
     /// `ids` are `tokens x k` expert ids, `homes` the tokens' home GPUs.
-    pub fn dispatch<I, H>(&self, layer: usize, ids: &[I], k: usize, homes: &[H], out: &mut [i64]) -> Result<(), BatchError>
+    pub fn dispatch<I, H>(
+        &self,
+        layer: usize,
+        ids: &[I],
+        k: usize,
+        homes: &[H],
+        out: &mut [i64],
+    ) -> Result<(), BatchError>
     where
         I: Copy + Into<i64>,
         H: Copy + Into<i64>,
@@ -101,9 +108,7 @@ impl BatchDispatch {
         let gpus = self.node_of.len();
         let e = self.experts;
         // Checked before any work: a refused batch leaves `out` untouched.
-        if let Some((i, id)) =
-            ids.iter().map(|&x| wide(x)).enumerate().find(|&(_, x)| !(0..e as i64).contains(&x))
-        {
+        if let Some((i, id)) = ids.iter().map(|&x| wide(x)).enumerate().find(|&(_, x)| !(0..e as i64).contains(&x)) {
             return Err(BatchError::Expert { token: i / k, id, experts: e });
         }
         if let Some((t, home)) =
@@ -195,10 +200,11 @@ mod tests {
             let name = d.name();
             let b = BatchDispatch::new(&p, 2, d).unwrap();
             let policy = HomePolicy::Request([("r".to_string(), home)].into_iter().collect());
-            let replay = simulate(&tr, &p, &cluster, crate::dispatch::by_name(name, 11).unwrap().as_ref(), &policy)
-                .unwrap();
+            let replay =
+                simulate(&tr, &p, &cluster, crate::dispatch::by_name(name, 11).unwrap().as_ref(), &policy).unwrap();
             for layer in 0..2 {
-                let ids: Vec<i64> = (0..300).flat_map(|t| tr.batches[0].picks(t, layer).to_vec()).map(i64::from).collect();
+                let ids: Vec<i64> =
+                    (0..300).flat_map(|t| tr.batches[0].picks(t, layer).to_vec()).map(i64::from).collect();
                 let mut out = vec![0i64; ids.len()];
                 b.dispatch(layer, &ids, 3, &homes, &mut out).unwrap();
                 let mut load = vec![0u64; 4];
