@@ -2,7 +2,7 @@
 
 - ``rebalance_experts`` at DeepSeek-V3 shape (58 layers x 256 experts, 320 slots,
   8 groups, 8 nodes, 64 GPUs), ``method="eplb"`` and ``"balance"``, against the
-  solve time of the same Rust code without Python (``moeplace bench balance``), and,
+  same solve by the command line on the same loads (``moeplace plan``), and,
   with ``--vllm``, the EPLB implementation inside the vllm package (its wheel is
   downloaded with pip at run time into a temporary folder; it needs torch).
 - The dispatcher's picks per second from Python on batches of 4096 tokens (top-8)
@@ -21,7 +21,6 @@ import importlib.util
 import os
 import pathlib
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -47,23 +46,40 @@ def v3_loads(seed: int = 0) -> np.ndarray:
 
 
 def best_of(f, repeat: int) -> float:
+    """Best CPU time of the process over `repeat` runs: on a shared machine wall time
+    measures the neighbours (the calls run on one thread here)."""
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         f()
-        times.append(time.perf_counter() - t)
+        times.append(time.process_time() - t)
     return min(times)
 
 
-def rust_solve_times(exe: str) -> dict:
-    """Solve times (ms) of the DeepSeek-V3, 64-redundant rows of `moeplace bench balance`."""
-    out = subprocess.run([exe, "bench", "balance", "--repeat", "3"], capture_output=True, text=True, check=True).stdout
-    rows = {}
-    for line in out.splitlines():
-        if "DeepSeek-V3, 64 redundant" in line:
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            rows[cells[3]] = f"{float(cells[-1]):.1f} ms"
-    return rows
+def cli_solve_times(exe: str, w: np.ndarray, repeat: int) -> dict:
+    """CPU time of `moeplace plan` on the same loads (an SGLang `logical_count` file):
+    the Rust solve plus reading the loads and writing the plan, best of `repeat`."""
+    import json
+    import resource
+
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="moeplace-bench-"))
+    (tmp / "loads.json").write_text(json.dumps({"logical_count": w.astype(np.int64).tolist()}))
+    out = {}
+    for placer in ("eplb", "balance"):
+        best = None
+        for _ in range(repeat):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            subprocess.run(
+                [exe, "plan", "--placer", placer, "--stats", str(tmp / "loads.json"), "--top-k", str(TOP_K),
+                 "--gpus", str(GPUS), "--nodes", str(NODES), "--slots", str(SLOTS), "--groups", str(GROUPS),
+                 "-o", str(tmp / "plan.json")],
+                check=True, capture_output=True,
+            )
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+            best = t if best is None else min(best, t)
+        out[placer] = best
+    return out
 
 
 def vllm_eplb():
@@ -103,9 +119,10 @@ def main() -> None:
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
     w = v3_loads()
-    rows = []
+    rows, py = [], {}
     for method in ("eplb", "balance"):
         t = best_of(lambda: moeplace.rebalance_experts(w, SLOTS, GROUPS, NODES, GPUS, method=method), args.repeat)
+        py[method] = t
         rows.append((f"moeplace.rebalance_experts(method={method!r})", f"{t * 1e3:.1f} ms"))
     if args.vllm:
         try:
@@ -117,7 +134,7 @@ def main() -> None:
             rows.append((f"vllm EPLB ({wheel}, torch {torch.__version__})", f"{t * 1e3:.1f} ms"))
         except Exception as e:  # reported, not hidden: the table says why the row is missing
             rows.append(("vllm EPLB", f"not run: {type(e).__name__}: {e}"))
-    rust = rust_solve_times(args.moeplace) if os.path.isfile(args.moeplace) else {}
+    rust = cli_solve_times(args.moeplace, w, args.repeat) if os.path.isfile(args.moeplace) else {}
 
     stats = moeplace.Statistics.from_topk(
         np.argsort(-np.random.default_rng(2).random((2000, LAYERS, EXPERTS)), axis=2)[:, :, :TOP_K],
@@ -133,7 +150,9 @@ def main() -> None:
         "",
         "Written by `python crates/moeplace-py/bench/bench.py`" + (" --vllm" if args.vllm else "") + f" on "
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy "
-        f"{np.__version__}; best of {args.repeat}, one thread (`RAYON_NUM_THREADS=1`).",
+        f"{np.__version__}; best of {args.repeat}, CPU time of one thread (`RAYON_NUM_THREADS=1`); "
+        f"load average {os.getloadavg()[0]:.1f} when written. The wheel: "
+        "`maturin build --profile dev` (dependencies and moeplace at opt-level 2, no LTO).",
         "",
         f"## rebalance_experts at DeepSeek-V3 shape ({LAYERS} x {EXPERTS}, {SLOTS} slots, {GROUPS} groups, "
         f"{NODES} nodes, {GPUS} GPUs)",
@@ -142,12 +161,13 @@ def main() -> None:
         "|---|---|",
         *[f"| {a} | {b} |" for a, b in rows],
         "",
-        "The same solves without Python (`moeplace bench balance`, its own DeepSeek-V3-shaped loads, 64 "
-        "redundant slots):",
+        "The same loads through the command line (`moeplace plan --stats loads.json` with the loads as an "
+        "SGLang `logical_count` file: reading them, the Rust solve, writing the plan; CPU time of the process):",
         "",
-        "| placer | solve time |",
-        "|---|---|",
-        *([f"| {k} | {v} |" for k, v in rust.items()] or ["| (moeplace binary not found: pass --moeplace) | |"]),
+        "| placer | CPU time | Python call / command line |",
+        "|---|---|---|",
+        *([f"| {k} | {v * 1e3:.1f} ms | {py[k] / v:.2f} |" for k, v in rust.items()]
+          or ["| (moeplace binary not found: pass --moeplace) | | |"]),
         "",
         f"## Dispatcher: picks per second from Python, 4096-token batches, top-{TOP_K}",
         "",
