@@ -110,6 +110,18 @@ def test_bad_arrays_raise_value_error(change, message):
         moeplace.Statistics.from_topk(change(topk), num_experts=16, request_ids=req)
 
 
+def test_expert_count_from_a_model_description(tmp_path):
+    topk, req, _, _ = arrays(tokens=300)
+    (tmp_path / "config.json").write_text('{"n_routed_experts": 16, "num_experts_per_tok": 2}')
+    a = moeplace.Statistics.from_topk(topk, model=tmp_path / "config.json", request_ids=req)
+    b = moeplace.Statistics.from_topk(topk, model={"num_local_experts": 16}, request_ids=req)
+    assert a == b == moeplace.Statistics.from_topk(topk, num_experts=16, request_ids=req)
+    with pytest.raises(ValueError, match="n_routed_experts"):
+        moeplace.Statistics.from_topk(topk, model={"hidden_size": 8})
+    with pytest.raises(ValueError, match="num_experts"):
+        moeplace.Statistics.from_topk(topk)
+
+
 def test_bad_columns_raise_value_error():
     topk, req, fam, ph = arrays(tokens=300)
     with pytest.raises(ValueError, match="entries for 300 tokens"):

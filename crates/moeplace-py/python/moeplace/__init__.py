@@ -206,6 +206,27 @@ def _phase_codes(phases: Any) -> Optional[np.ndarray]:
     return table_arr[codes]
 
 
+_EXPERT_KEYS = ("n_routed_experts", "num_experts", "num_local_experts")
+
+
+def _experts_of(num_experts: Optional[int], model: Any) -> int:
+    """The routed expert count: ``num_experts``, or read from a model description."""
+    if num_experts is not None:
+        return int(num_experts)
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            with open(model) as f:
+                model = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"model: {os.fspath(model)}: {e}") from None
+    if isinstance(model, Mapping):
+        for key in _EXPERT_KEYS:
+            if isinstance(model.get(key), int):
+                return int(model[key])
+        raise ValueError(f"model: the description names none of {', '.join(_EXPERT_KEYS)}")
+    raise ValueError("give num_experts=E, or model= a Hugging Face config.json (path or dict)")
+
+
 class Statistics:
     """Mergeable statistics of routing traces, per (family, phase) group and layer:
     tokens, expert loads, co-activation pairs, layer-to-layer transitions, per-request
@@ -226,7 +247,8 @@ class Statistics:
         cls,
         topk_ids: ArrayLike,
         *,
-        num_experts: int,
+        num_experts: Optional[int] = None,
+        model: Any = None,
         request_ids: Optional[ArrayLike] = None,
         families: Optional[ArrayLike] = None,
         phases: Optional[ArrayLike] = None,
@@ -239,7 +261,10 @@ class Statistics:
         Args:
             topk_ids: ``[tokens, layers, k]`` integer expert ids (NumPy or torch CPU),
                 each below ``num_experts``, distinct within a token's layer.
-            num_experts: routed experts per layer (the model's ``n_routed_experts``).
+            num_experts: routed experts per layer.
+            model: instead of ``num_experts``, the model's Hugging Face ``config.json``
+                (a path or the loaded dict): ``n_routed_experts``, ``num_experts`` or
+                ``num_local_experts``.
             request_ids: ``[tokens]`` request of each token: integer codes (request
                 ``r<code>``) or strings. Default: one request.
             families: ``[tokens]`` task family: integer codes (family ``f<code>``,
@@ -265,7 +290,7 @@ class Statistics:
         pos = None if positions is None else _ints(positions, "positions", 1, "[tokens]")
         native = _native.Statistics.from_topk(
             ids,
-            int(num_experts),
+            _experts_of(num_experts, model),
             request_ids=req,
             request_names=req_names,
             families=fam,
