@@ -146,15 +146,16 @@ impl PyRouter {
         if workers == 0 {
             return Err(value_error("workers must be at least 1"));
         }
-        let kind =
-            match kind {
-                "round-robin" => Kind::RoundRobin(RoundRobin::default()),
-                "jsq" => Kind::Jsq(JoinShortestQueue),
-                "random" => Kind::Random(RandomRouter::new(seed)),
-                k => return Err(value_error(format!(
+        let kind = match kind {
+            "round-robin" => Kind::RoundRobin(RoundRobin::default()),
+            "jsq" => Kind::Jsq(JoinShortestQueue),
+            "random" => Kind::Random(RandomRouter::new(seed)),
+            k => {
+                return Err(value_error(format!(
                     "router {k:?} is not \"round-robin\", \"jsq\" or \"random\" (ELDR: Router.eldr or Router.fit_eldr)"
-                ))),
-            };
+                )))
+            }
+        };
         Ok(PyRouter { kind, workers, dims: 0 })
     }
 
