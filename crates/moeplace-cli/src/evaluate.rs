@@ -2,36 +2,122 @@
 //! against several plans and the linear baseline, compute "cut" columns, print the
 //! table, the JSON and the HTML report.
 //!
-//! The baseline (DESIGN.md): the linear placement with no replicas (expert e on GPU
-//! e / (E/G)) and requests dealt round-robin over all GPUs, on the same GPUs and nodes
-//! as the plan, replayed on the same stream. It has exactly E slots; when G does not
-//! divide E, GPU g holds experts [g*E/G, (g+1)*E/G) (counts differ by one).
+//! The baseline and the metrics are the protocol's (`moeplace_core::protocol`).
 
 use anyhow::{Context, Result};
 use moeplace_core::balance::bound_max_over_mean;
 use moeplace_core::cluster::Cluster;
-use moeplace_core::dispatch::{Dispatcher, Primary};
 use moeplace_core::placement::Placement;
-use moeplace_core::placers::{by_name, Params, PlacerInput};
-use moeplace_core::simulate::{cut_percent, simulate, HomePolicy, SimResult};
+use moeplace_core::placers::Params;
+use moeplace_core::protocol::{self, METRICS};
+use moeplace_core::serving::{Homes, Serving};
+use moeplace_core::simulate::{cut_percent, simulate, SimResult};
 use moeplace_core::stats::ExpertLoads;
 use moeplace_core::trace::Trace;
 use moeplace_formats::plan_file::Plan;
 use serde_json::{json, Value};
 
-/// How requests find their home in an evaluation.
+/// `--homes` on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Homes {
+pub enum HomesArg {
     /// Round-robin over all GPUs.
     Rr,
     /// By the plan's family_gpus (plans without it: round-robin).
     Family,
 }
 
+impl From<HomesArg> for Homes {
+    fn from(h: HomesArg) -> Homes {
+        match h {
+            HomesArg::Rr => Homes::RoundRobin,
+            HomesArg::Family => Homes::Family,
+        }
+    }
+}
+
+/// The flags that change how plans are served (`eval`, `demo`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ServingArgs {
+    /// Serve every plan with this dispatcher instead of the one it names: primary,
+    /// random, nearest, grace, gesr (`moeplace placers` describes them).
+    #[arg(long, value_name = "NAME")]
+    pub dispatcher: Option<String>,
+    /// A dispatcher parameter (repeatable), on top of the plan's (e.g. gesr's
+    /// theta=1.5, free_first=true; `moeplace placers` lists them).
+    #[arg(long = "dispatcher-param", value_name = "KEY=VALUE")]
+    pub dispatcher_params: Vec<String>,
+    /// Where requests are served, instead of what each plan says: rr (round-robin
+    /// over all GPUs) or family (by the plan's family_gpus; round-robin for plans or
+    /// families without it).
+    #[arg(long, value_enum)]
+    pub homes: Option<HomesArg>,
+}
+
+impl ServingArgs {
+    pub fn overrides(&self) -> Result<ServingOverride> {
+        let params = Params::parse(self.dispatcher_params.iter().map(String::as_str)).context("--dispatcher-param")?;
+        if let Some(d) = &self.dispatcher {
+            anyhow::ensure!(
+                moeplace_core::dispatch::names().contains(&d.as_str()),
+                "unknown dispatcher {d:?} (known: {})",
+                moeplace_core::dispatch::names().join(", ")
+            );
+        }
+        Ok(ServingOverride { dispatcher: self.dispatcher.clone(), params, homes: self.homes.map(Homes::from) })
+    }
+}
+
+/// What the command line changes in the serving each plan names.
+#[derive(Clone, Debug, Default)]
+pub struct ServingOverride {
+    /// Another dispatcher (its parameters: `params`, else its defaults).
+    pub dispatcher: Option<String>,
+    /// Dispatcher parameters set on top of the plan's (or replacing them with
+    /// `dispatcher`).
+    pub params: Params,
+    pub homes: Option<Homes>,
+}
+
+impl ServingOverride {
+    /// The serving of `plan` with these changes; says on stderr when the plan names
+    /// none (`label` names the plan).
+    pub fn apply(&self, label: &str, plan: &Plan) -> Result<Serving> {
+        let mut s = match &plan.serving {
+            Some(s) => s.clone(),
+            None => {
+                let d = Serving::default();
+                if self.dispatcher.is_none() || self.homes.is_none() {
+                    eprintln!(
+                        "{label}: the plan does not say how it is served (written before plans did); \
+                         serving it with the default: {}",
+                        d.label()
+                    );
+                }
+                d
+            }
+        };
+        if let Some(d) = &self.dispatcher {
+            if *d != s.dispatcher {
+                s.dispatcher = d.clone();
+                s.params = Params::default();
+            }
+        }
+        for (k, v) in &self.params.0 {
+            s.params.0.insert(k.clone(), v.clone());
+        }
+        if let Some(h) = self.homes {
+            s.homes = h;
+        }
+        s.check().with_context(|| format!("serving {label}"))?;
+        Ok(s)
+    }
+}
+
 /// One evaluated plan.
 pub struct Row {
     pub label: String,
     pub placer: String,
+    pub serving: Serving,
     pub placement: Placement,
     pub result: SimResult,
     /// Index into [`Evaluation::baselines`].
@@ -40,61 +126,10 @@ pub struct Row {
 
 pub struct Evaluation {
     pub tokens: usize,
-    pub dispatcher: String,
-    pub homes: Homes,
     pub baselines: Vec<(Cluster, Placement, SimResult)>,
     pub rows: Vec<Row>,
     /// Picks per (layer, expert) of the replayed stream, for the lower bound.
     pub loads: ExpertLoads,
-}
-
-/// The metrics of the JSON output, in table order: (key, label, value getter).
-pub type Getter = fn(&SimResult) -> f64;
-pub const METRICS: &[(&str, &str, Getter)] = &[
-    ("remote_gpus", "remote GPUs / token-layer", |r| r.remote_gpus),
-    ("remote_nodes", "remote nodes / token-layer", |r| r.remote_nodes),
-    ("cross_node_gpus", "cross-node GPUs / token-layer", |r| r.cross_node_gpus),
-    ("remote_hops", "remote hops / token-layer", |r| r.remote_hops),
-    ("jain", "Jain (load)", |r| r.jain),
-    ("balancedness", "balancedness SGLang (mean of mean/max)", |r| r.balancedness),
-    ("balancedness_vllm", "balancedness vLLM (sum mean/sum max)", balancedness_vllm),
-    ("maxvio", "MaxVio (max/mean - 1)", |r| r.maxvio),
-    ("max_over_mean", "max/mean (mean over layers)", |r| r.maxvio + 1.0),
-    ("home_max_over_mean", "home load max/mean", |r| r.home_max_over_mean),
-];
-
-/// vLLM's balancedness: sum over layers of the mean GPU load / sum over layers of the
-/// maximum GPU load (1 when nothing is served).
-fn balancedness_vllm(r: &SimResult) -> f64 {
-    let (mut mean, mut max) = (0.0, 0.0);
-    for l in &r.layers {
-        mean += l.load.iter().sum::<u64>() as f64 / l.load.len().max(1) as f64;
-        max += l.load.iter().copied().max().unwrap_or(0) as f64;
-    }
-    if max > 0.0 {
-        mean / max
-    } else {
-        1.0
-    }
-}
-
-/// The no-replica linear placement for `cluster`'s GPUs.
-pub fn baseline_placement(layers: usize, experts: usize, nodes: usize, gpus: usize) -> Result<(Cluster, Placement)> {
-    let cluster = Cluster::new(nodes, gpus, 1)?.with_slots(experts)?;
-    let shape = moeplace_core::trace::ModelShape::new(layers, experts, 1)?;
-    let loads = ExpertLoads::new(layers, experts, vec![vec![1.0; layers * experts]])?;
-    let params = Params::default();
-    let linear = by_name("linear").context("the linear placer is registered")?;
-    let out = linear.place(&PlacerInput {
-        shape,
-        cluster: &cluster,
-        loads: &loads,
-        stats: None,
-        previous: None,
-        params: &params,
-        seed: 0,
-    })?;
-    Ok((cluster, out.placement))
 }
 
 /// Replays `trace` against every plan (with `links` giving link figures for a plan's
@@ -102,11 +137,10 @@ pub fn baseline_placement(layers: usize, experts: usize, nodes: usize, gpus: usi
 pub fn evaluate(
     trace: &Trace,
     plans: &[(String, Plan)],
-    dispatcher: &dyn Dispatcher,
-    homes: Homes,
+    overrides: &ServingOverride,
+    seed: u64,
     links: &dyn Fn(usize, usize, usize) -> Result<Cluster>,
 ) -> Result<Evaluation> {
-    let shape = trace.shape;
     let mut baselines: Vec<(Cluster, Placement, SimResult)> = Vec::new();
     let mut rows = Vec::new();
     for (label, plan) in plans {
@@ -115,35 +149,25 @@ pub fn evaluate(
         let b = match baselines.iter().position(|(c, _, _)| c.gpus == cluster.gpus && c.nodes == cluster.nodes) {
             Some(i) => i,
             None => {
-                let (mut bc, bp) = baseline_placement(shape.layers, shape.experts, cluster.nodes, cluster.gpus)?;
-                let slots = bc.slots;
-                bc = Cluster { slots, ..cluster.clone() };
-                let r = simulate(trace, &bp, &bc, &Primary, &HomePolicy::RoundRobin).context("baseline replay")?;
-                baselines.push((bc, bp, r));
+                baselines.push(protocol::baseline(trace, &cluster)?);
                 baselines.len() - 1
             }
         };
-        let policy = match (homes, &plan.family_gpus) {
-            (Homes::Family, Some(f)) => HomePolicy::Family(f.clone()),
-            _ => HomePolicy::RoundRobin,
-        };
-        let result = simulate(trace, p, &cluster, dispatcher, &policy).with_context(|| format!("replaying {label}"))?;
+        let serving = overrides.apply(label, plan)?;
+        let dispatcher = serving.dispatcher(seed)?;
+        let policy = serving.home_policy(plan.family_gpus.as_ref());
+        let result =
+            simulate(trace, p, &cluster, dispatcher.as_ref(), &policy).with_context(|| format!("replaying {label}"))?;
         rows.push(Row {
             label: label.clone(),
             placer: plan.provenance.placer.clone(),
+            serving,
             placement: p.clone(),
             result,
             baseline: b,
         });
     }
-    Ok(Evaluation {
-        tokens: trace.tokens(),
-        dispatcher: dispatcher.name().to_string(),
-        homes,
-        baselines,
-        rows,
-        loads: ExpertLoads::from_trace(trace),
-    })
+    Ok(Evaluation { tokens: trace.tokens(), baselines, rows, loads: ExpertLoads::from_trace(trace) })
 }
 
 impl Evaluation {
@@ -172,9 +196,10 @@ impl Evaluation {
             cols.push((row.label.clone(), &row.result, Some(&self.baselines[row.baseline].2)));
         }
         let mut lines: Vec<(String, Vec<String>)> = Vec::new();
-        for (i, (key, label, get)) in METRICS.iter().enumerate() {
-            lines.push((label.to_string(), cols.iter().map(|(_, r, _)| format!("{:.4}", get(r))).collect()));
-            if i < 4 || *key == "maxvio" {
+        for m in METRICS {
+            let get = m.get;
+            lines.push((m.label.to_string(), cols.iter().map(|(_, r, _)| format!("{:.4}", get(r))).collect()));
+            if m.cut {
                 lines.push((
                     "  cut vs baseline %".to_string(),
                     cols.iter()
@@ -221,15 +246,10 @@ impl Evaluation {
         let widths: Vec<usize> = (0..cols.len())
             .map(|c| cols[c].0.len().max(lines.iter().map(|l| l.1[c].len()).max().unwrap_or(0)))
             .collect();
-        let mut s = format!(
-            "{} tokens, dispatcher {}, homes {}\n",
-            self.tokens,
-            self.dispatcher,
-            match self.homes {
-                Homes::Rr => "round-robin",
-                Homes::Family => "by family_gpus",
-            }
-        );
+        let mut s = format!("{} tokens; baseline: primary copies, homes round-robin\n", self.tokens);
+        for row in &self.rows {
+            s.push_str(&format!("{} ({}): served with {}\n", row.label, row.placer, row.serving.label()));
+        }
         s.push_str(&format!("{:w0$}", "metric"));
         for (c, (name, _, _)) in cols.iter().enumerate() {
             s.push_str(&format!("  {:>w$}", name, w = widths[c]));
@@ -249,7 +269,8 @@ impl Evaluation {
     pub fn json(&self) -> Value {
         let metrics = |r: &SimResult, b: Option<&SimResult>| {
             let mut m = serde_json::Map::new();
-            for (key, _, get) in METRICS {
+            for metric in METRICS {
+                let (key, get) = (metric.key, metric.get);
                 m.insert(key.to_string(), json!(get(r)));
                 if let Some(b) = b {
                     m.insert(format!("cut_{key}"), json!(cut_percent(get(r), get(b))));
@@ -277,6 +298,14 @@ impl Evaluation {
                 let mut m = metrics(&row.result, Some(&self.baselines[row.baseline].2));
                 m.insert("plan".into(), json!(row.label));
                 m.insert("placer".into(), json!(row.placer));
+                m.insert(
+                    "serving".into(),
+                    json!({
+                        "dispatcher": row.serving.dispatcher,
+                        "parameters": row.serving.params.0,
+                        "homes": row.serving.homes.name(),
+                    }),
+                );
                 m.insert("baseline".into(), json!(row.baseline));
                 m.insert("bound_max_over_mean".into(), json!(self.bound_max_over_mean(&row.placement)));
                 Value::Object(m)
@@ -295,8 +324,6 @@ impl Evaluation {
             .collect();
         json!({
             "tokens": self.tokens,
-            "dispatcher": self.dispatcher,
-            "homes": match self.homes { Homes::Rr => "rr", Homes::Family => "family" },
             "baselines": baselines,
             "plans": plans,
         })

@@ -29,14 +29,13 @@ enum Command {
     Profile(cmd::profile::Args),
     Merge(cmd::merge::Args),
     Convert(cmd::convert::Args),
-    Bench(cmd::bench::Args),
     Plan(cmd::plan::Args),
     Placers(cmd::placers::Args),
     Eval(cmd::eval::Args),
     Export(cmd::export::Args),
     Demo(cmd::demo::Args),
     Synth(cmd::synth::Args),
-    Experiment(cmd::experiment::Args),
+    Split(cmd::split::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,14 +44,13 @@ fn main() -> ExitCode {
         Command::Profile(a) => cmd::profile::run(a),
         Command::Merge(a) => cmd::merge::run(a),
         Command::Convert(a) => cmd::convert::run(a),
-        Command::Bench(a) => cmd::bench::run(a),
         Command::Plan(a) => cmd::plan::run(a),
         Command::Placers(a) => cmd::placers::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Export(a) => cmd::export::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Synth(a) => cmd::synth::run(a),
-        Command::Experiment(a) => cmd::experiment::run(a),
+        Command::Split(a) => cmd::split::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

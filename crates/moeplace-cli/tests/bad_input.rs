@@ -143,40 +143,6 @@ fn parquet_errors_name_file_and_row() {
 }
 
 #[test]
-fn experiment_tacg_refuses_a_bad_theta_like_eval() {
-    let dir = tempfile::tempdir().unwrap();
-    for theta in ["--theta=-1", "--theta=nan"] {
-        let out = moeplace(&["experiment", "tacg", theta, "--data", dir.path().to_str().unwrap()]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains("--theta") && err.contains("non-negative"), "{theta}: {err}");
-    }
-}
-
-#[test]
-fn experiment_requests_refuses_zero_gpus_and_bad_numbers() {
-    // --gpus 0 once reached a division by zero after the synthetic workload was built;
-    // a NaN --tau or a zero --target-batch ran and printed figures.
-    let dir = tempfile::tempdir().unwrap();
-    let absent = dir.path().join("absent");
-    for (flag, value) in [("--gpus", "0"), ("--tau", "nan"), ("--target-batch", "0")] {
-        let out = moeplace(&[
-            "experiment",
-            "requests",
-            "--data",
-            absent.to_str().unwrap(),
-            "--synth-requests",
-            "40",
-            flag,
-            value,
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flag} {value}: {err}");
-        assert!(err.contains(flag) && !err.contains("panicked"), "{flag} {value}: {err}");
-    }
-}
-
-#[test]
 fn plan_refuses_a_previous_plan_of_another_layout() {
     // It was ignored by `balance`, and the summary counted "slot moves" over the
     // first slots only.

@@ -153,6 +153,7 @@ fn esft_linear_eval_matches_a_plain_implementation() {
         plan.to_str().unwrap(),
         "--homes",
         "rr",
+        "--no-interleave",
         "--json",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

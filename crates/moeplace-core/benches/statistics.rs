@@ -1,7 +1,7 @@
 //! Speed of the statistics kernel (docs/PERFORMANCE.md): DeepSeek-V3-shaped tokens
 //! (58 MoE layers, 256 experts, top-8) already in memory, counted into load,
 //! co-activation and transition statistics per (family, phase, layer). Reading a
-//! file comes on top (see `moeplace bench profile`); this isolates the counting.
+//! file comes on top (see `moeplace-lab bench profile`); this isolates the counting.
 //!
 //! Run: `cargo bench -p moeplace-core --bench statistics`
 

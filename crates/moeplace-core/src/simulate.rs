@@ -633,8 +633,7 @@ fn finish(acc: Acc, cluster: &Cluster, layers: usize, node_of: &[u32]) -> SimRes
 /// A deterministic trace for throughput measurements (not a workload model):
 /// `tokens` tokens in requests of `tokens_per_request`, each token picking top-k
 /// distinct experts per layer with a skew towards low ids (a squared uniform draw),
-/// from a fixed-seed generator. Used by `moeplace bench simulate` and the criterion
-/// bench so both measure the same input.
+/// from a fixed-seed generator. Used by `moeplace-lab bench simulate`.
 pub fn benchmark_trace(shape: ModelShape, tokens: usize, tokens_per_request: usize, seed: u64) -> Trace {
     let mut state = seed ^ 0x5851_F42D_4C95_7F2D;
     let mut next = || {

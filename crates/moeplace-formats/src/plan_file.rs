@@ -12,9 +12,15 @@
 //!   "family_gpus": {"law": [0, 1, 2, 3], ...},            // optional
 //!   "provenance": {"placer": "linear", "parameters": {"k": "v"}, "seed": 0,
 //!                  "input_digest": "fnv1a64:0123456789abcdef"},
+//!   "serving": {"dispatcher": "gesr", "parameters": {"k": "v"},
+//!               "homes": "family"},                         // optional
 //!   "notes": {"name": number, ...}                          // placer's figures
 //! }
 //! ```
+//! `serving` says how the plan is served (`moeplace_core::serving`): the dispatcher,
+//! its parameters and the home policy (`rr` or `family`); `plan` writes the one its
+//! placer declares. Plans without it (written before plans named their serving) are
+//! served with [`Serving::default`].
 //! GPU g owns slots [g*S/G, (g+1)*S/G) of each layer's S slots. `slots_per_gpu` is
 //! written only when G divides S (files from before `num_slots` carry only it).
 //! Every read and every write validates the placement with
@@ -31,6 +37,7 @@ use std::path::Path;
 
 use moeplace_core::placement::Placement;
 use moeplace_core::placers::{Params, PlacerOutput};
+use moeplace_core::serving::{Homes, Serving};
 use moeplace_core::stats::Statistics;
 use serde_json::Value;
 
@@ -58,9 +65,16 @@ pub struct Plan {
     pub family_gpus: Option<BTreeMap<String, Vec<usize>>>,
     pub provenance: Provenance,
     pub notes: BTreeMap<String, f64>,
+    /// How the plan is served; `None` in plans written before plans named it.
+    pub serving: Option<Serving>,
 }
 
 impl Plan {
+    /// How the plan is served: as it says, else [`Serving::default`].
+    pub fn serving_or_default(&self) -> Serving {
+        self.serving.clone().unwrap_or_default()
+    }
+
     /// The plan of a placer's output from `stats` on `num_nodes` nodes, with its
     /// provenance (the digest is of the statistics file text of `stats`).
     pub fn from_placer(
@@ -79,11 +93,18 @@ impl Plan {
                 placer: placer.to_string(),
                 parameters: params.0.clone(),
                 seed,
-                input_digest: digest(crate::stats_file::to_json(stats).as_bytes()),
+                input_digest: input_digest(stats),
             },
             notes: out.notes,
+            serving: moeplace_core::placers::by_name(placer).map(|p| p.serving()),
         }
     }
+}
+
+/// The digest a plan records of its calibration statistics (`eval` compares it with
+/// the replayed trace's, to warn when a plan is judged on its own calibration input).
+pub fn input_digest(stats: &Statistics) -> String {
+    digest(crate::stats_file::to_json(stats).as_bytes())
 }
 
 /// FNV-1a 64-bit digest of `bytes`, as `fnv1a64:<hex>`.
@@ -163,6 +184,13 @@ pub fn to_json(plan: &Plan) -> Result<String, String> {
     let _ = writeln!(s, "    \"seed\": {},", pr.seed);
     let _ = writeln!(s, "    \"input_digest\": {}", js(&pr.input_digest));
     s.push_str("  },\n");
+    if let Some(sv) = &plan.serving {
+        s.push_str("  \"serving\": {\n");
+        let _ = writeln!(s, "    \"dispatcher\": {},", js(&sv.dispatcher));
+        let _ = writeln!(s, "    \"parameters\": {},", serde_json::to_string(&sv.params.0).expect("strings serialise"));
+        let _ = writeln!(s, "    \"homes\": {}", js(sv.homes.name()));
+        s.push_str("  },\n");
+    }
     let _ = writeln!(s, "  \"notes\": {}", serde_json::to_string(&plan.notes).map_err(|e| e.to_string())?);
     s.push_str("}\n");
     Ok(s)
@@ -280,6 +308,7 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
         "physical_to_logical_map",
         "family_gpus",
         "provenance",
+        "serving",
         "notes",
     ];
     if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
@@ -370,9 +399,36 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
         Some(n) => serde_json::from_value(n.clone())
             .map_err(|e| part(path, "notes", format!("expected {{name: number}}: {e}")))?,
     };
-    let plan = Plan { num_nodes: nodes, placement, family_gpus, provenance, notes };
+    let serving = match v.get("serving") {
+        None | Some(Value::Null) => None,
+        Some(sv) => Some(read_serving(path, sv)?),
+    };
+    let plan = Plan { num_nodes: nodes, placement, family_gpus, provenance, notes, serving };
     check(&plan).map_err(|e| FormatError::file(path, e))?;
     Ok(plan)
+}
+
+/// The `serving` object: a known dispatcher taking these parameters, a known home
+/// policy.
+fn read_serving(path: &Path, sv: &Value) -> Result<Serving, FormatError> {
+    let err = |m: String| part(path, "serving", m);
+    let obj = sv.as_object().ok_or_else(|| err("expected {\"dispatcher\": ..., \"homes\": ...}".into()))?;
+    if let Some(k) = obj.keys().find(|k| !["dispatcher", "parameters", "homes"].contains(&k.as_str())) {
+        return Err(err(format!("unknown key {k:?}")));
+    }
+    let dispatcher = sv
+        .get("dispatcher")
+        .and_then(Value::as_str)
+        .ok_or_else(|| err("`dispatcher` missing or not a string".into()))?;
+    let params: BTreeMap<String, String> =
+        serde_json::from_value(sv.get("parameters").cloned().unwrap_or(Value::Object(Default::default())))
+            .map_err(|e| err(format!("`parameters` must map names to strings: {e}")))?;
+    let homes = sv.get("homes").and_then(Value::as_str).ok_or_else(|| err("`homes` missing or not a string".into()))?;
+    let homes =
+        Homes::parse(homes).ok_or_else(|| err(format!("homes {homes:?} is not one of {}", Homes::NAMES.join(", "))))?;
+    let serving = Serving { dispatcher: dispatcher.to_string(), params: Params(params), homes };
+    serving.check().map_err(|e| err(e.to_string()))?;
+    Ok(serving)
 }
 
 #[cfg(test)]
@@ -391,7 +447,25 @@ mod tests {
                 input_digest: digest(b"abc"),
             },
             notes: BTreeMap::from([("bound".into(), 1.5)]),
+            serving: Some(Serving::new("gesr", Homes::Family).with_param("theta", "1.5")),
         }
+    }
+
+    #[test]
+    fn plans_without_serving_still_read_and_bad_serving_is_named() {
+        let mut p = plan();
+        p.serving = None;
+        let text = to_json(&p).unwrap();
+        assert!(!text.contains("serving"));
+        let back = from_json(Path::new("p.json"), &text).unwrap();
+        assert_eq!(back.serving_or_default(), Serving::default());
+        let text = to_json(&plan()).unwrap();
+        let bad = text.replace("\"theta\"", "\"tehta\"");
+        let e = from_json(Path::new("p.json"), &bad).unwrap_err().to_string();
+        assert!(e.contains("serving") && e.contains("tehta"), "{e}");
+        let bad = text.replace("\"homes\": \"family\"", "\"homes\": \"nearby\"");
+        let e = from_json(Path::new("p.json"), &bad).unwrap_err().to_string();
+        assert!(e.contains("nearby"), "{e}");
     }
 
     #[test]

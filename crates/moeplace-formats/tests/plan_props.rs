@@ -91,6 +91,7 @@ proptest! {
                 family_gpus: out.family_gpus,
                 provenance: Provenance { placer: placer.name().into(), parameters: BTreeMap::new(), seed, input_digest: plan_file::digest(b"x") },
                 notes: out.notes,
+                serving: Some(placer.serving()),
             };
             let path = dir.path().join(format!("{}.json", placer.name()));
             plan_file::write(&path, &plan).unwrap();

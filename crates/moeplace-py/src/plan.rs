@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use moeplace_core::cluster::{Cluster, Preset};
 use moeplace_core::placement::Placement;
 use moeplace_core::placers::{self as core_placers, Params, PlacerInput};
+use moeplace_core::serving::{Homes, Serving};
 use moeplace_core::simulate::{simulate, HomePolicy};
 use moeplace_core::stats::ExpertLoads;
 use moeplace_core::trace::{ModelShape, Trace};
@@ -312,13 +313,14 @@ pub fn placers<'py>(py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
 
 /// Replays trace files against a plan; the metrics as JSON text.
 #[pyfunction]
-#[pyo3(signature = (paths, plan, dispatcher="primary", homes=None, request_homes=None, seed=0, format=None, experts=None, top_k=None, preset=None, cluster=None))]
+#[pyo3(signature = (paths, plan, dispatcher=None, dispatcher_params=None, homes=None, request_homes=None, seed=0, format=None, experts=None, top_k=None, preset=None, cluster=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     py: Python<'_>,
     paths: Vec<PathBuf>,
     plan: PyRef<'_, PyPlan>,
-    dispatcher: &str,
+    dispatcher: Option<&str>,
+    dispatcher_params: Option<BTreeMap<String, String>>,
     homes: Option<&str>,
     request_homes: Option<HashMap<String, usize>>,
     seed: u64,
@@ -331,13 +333,18 @@ pub fn evaluate(
     let plan = &plan.inner;
     let p = &plan.placement;
     let cluster = cluster_of(cluster, preset, plan.num_nodes, p.gpus(), p.slots()).map_err(value_error)?;
-    let d = moeplace_core::dispatch::by_name(dispatcher, seed).ok_or_else(|| {
-        value_error(format!(
-            "unknown dispatcher {dispatcher:?} (known: {})",
-            moeplace_core::dispatch::names().join(", ")
-        ))
-    })?;
-    let policy = match (homes.unwrap_or("round-robin"), request_homes) {
+    // The plan's serving, changed by what is given.
+    let mut serving = plan.serving_or_default();
+    if let Some(d) = dispatcher.filter(|d| *d != serving.dispatcher) {
+        serving = Serving { dispatcher: d.to_string(), params: Params::default(), homes: serving.homes };
+    }
+    serving.params.0.extend(dispatcher_params.unwrap_or_default());
+    let d = serving.dispatcher(seed).map_err(value_error)?;
+    let default_homes = match (serving.homes, &plan.family_gpus) {
+        (Homes::Family, Some(_)) => "family",
+        _ => "round-robin",
+    };
+    let policy = match (homes.unwrap_or(default_homes), request_homes) {
         (_, Some(m)) => HomePolicy::Request(m),
         ("round-robin", None) => HomePolicy::RoundRobin,
         ("family", None) => HomePolicy::Family(
@@ -366,7 +373,15 @@ pub fn evaluate(
         }
         let trace = trace.ok_or("no trace given")?;
         let r = simulate(&trace, p, &cluster, d.as_ref(), &policy).map_err(|e| e.to_string())?;
-        serde_json::to_string(&r).map_err(|e| e.to_string())
+        let mut v = serde_json::to_value(&r).map_err(|e| e.to_string())?;
+        // Every figure of the protocol, and how the plan was served.
+        v["balancedness_vllm"] = serde_json::json!(moeplace_core::protocol::balancedness_vllm(&r));
+        v["serving"] = serde_json::json!({
+            "dispatcher": serving.dispatcher,
+            "parameters": serving.params.0,
+            "homes": serving.homes.name(),
+        });
+        serde_json::to_string(&v).map_err(|e| e.to_string())
     })
     .map_err(value_error)
 }

@@ -44,12 +44,17 @@ where
 #[pymethods]
 impl PyDispatcher {
     #[new]
-    #[pyo3(signature = (plan, dispatcher="primary", seed=0))]
-    fn new(plan: PyRef<'_, PyPlan>, dispatcher: &str, seed: u64) -> PyResult<Self> {
-        let d = dispatch::by_name(dispatcher, seed).ok_or_else(|| {
-            value_error(format!("unknown dispatcher {dispatcher:?} (known: {})", dispatch::names().join(", ")))
-        })?;
+    #[pyo3(signature = (plan, dispatcher=None, seed=0))]
+    fn new(plan: PyRef<'_, PyPlan>, dispatcher: Option<&str>, seed: u64) -> PyResult<Self> {
         let p = &plan.inner;
+        // The plan's own serving unless another dispatcher is named.
+        let serving = p.serving_or_default();
+        let d = match dispatcher.filter(|d| *d != serving.dispatcher) {
+            None => serving.dispatcher(seed).map_err(value_error)?,
+            Some(name) => dispatch::by_name(name, seed).ok_or_else(|| {
+                value_error(format!("unknown dispatcher {name:?} (known: {})", dispatch::names().join(", ")))
+            })?,
+        };
         let inner = BatchDispatch::new(&p.placement, p.num_nodes, d).map_err(value_error)?;
         Ok(PyDispatcher { inner, slots: p.placement.slots() })
     }

@@ -8,22 +8,22 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use moeplace_core::cluster::Cluster;
-use moeplace_core::dispatch;
 use moeplace_core::placers::{registry, Params};
 use moeplace_core::stats::{ProfileOptions, Statistics};
 use moeplace_core::trace::Trace;
 
 use crate::cmd::plan::make_plan;
-use crate::evaluate::{evaluate, write_report, Homes};
+use crate::evaluate::{evaluate, write_report, ServingArgs};
 use crate::output::check_output;
 
 /// Run moeplace end to end on a synthetic multi-task workload (4 task families with
 /// their own favourite experts plus a few generic experts every family uses):
 /// calibrate on half of each family's requests, plan with every placer available,
-/// replay the other half against every plan side by side with the linear baseline,
-/// print the table and write the HTML report.
+/// replay the other half against every plan side by side with the linear baseline
+/// (each plan served as its placer says: the table names how), print the table and
+/// write the HTML report.
 ///
 /// Example:
 ///   moeplace demo --report demo.html
@@ -40,10 +40,9 @@ pub struct Args {
     /// G x S - 32 slots hold replicas (on 16 GPUs: 2 is no replicas, 5 gives 48).
     #[arg(long, value_name = "S", default_value_t = 5)]
     slots_per_gpu: usize,
-    /// Replica choice per token pick (primary, random, nearest, grace, gesr; `moeplace
-    /// placers` describes them).
-    #[arg(long, value_name = "NAME", default_value = "nearest")]
-    dispatcher: String,
+    /// How plans are served: each as its placer says unless these change it.
+    #[command(flatten)]
+    serving: ServingArgs,
     /// Where to write the HTML report.
     #[arg(long, value_name = "OUT.html", default_value = "moeplace-demo.html")]
     report: PathBuf,
@@ -76,10 +75,23 @@ pub fn split_calibration(trace: &Trace) -> (Trace, Trace) {
 
 pub fn run(args: Args) -> Result<()> {
     check_output(&args.report)?;
+    let overrides = args.serving.overrides()?;
+    // Everything that can be refused is refused before the workload is generated.
+    let cluster = Cluster::new(4, args.gpus, args.slots_per_gpu).context("demo cluster")?;
+    let experts = moeplace_core::synth::SynthConfig::small_demo().shape.experts;
+    if cluster.slots() < experts {
+        bail!(
+            "--gpus {} x --slots-per-gpu {} = {} slots per layer cannot hold the workload's {experts} experts; \
+             give at least {} slots per GPU",
+            args.gpus,
+            args.slots_per_gpu,
+            cluster.slots(),
+            experts.div_ceil(args.gpus)
+        );
+    }
     let trace = synthesize_workload(args.seed);
     let (calib, test) = split_calibration(&trace);
     let stats = Statistics::from_batches(trace.shape, ProfileOptions::default(), &calib.batches)?;
-    let cluster = Cluster::new(4, args.gpus, args.slots_per_gpu).context("demo cluster")?;
     eprintln!(
         "workload: {} ({} tokens); calibrate on {} tokens, test on {} tokens; {} GPUs in 4 nodes, {}",
         trace.shape,
@@ -96,12 +108,9 @@ pub fn run(args: Args) -> Result<()> {
             Err(e) => eprintln!("skipping placer {}: {e:#}", p.name()),
         }
     }
-    let d = dispatch::by_name(&args.dispatcher, args.seed).ok_or_else(|| {
-        anyhow::anyhow!("unknown dispatcher {:?} (known: {})", args.dispatcher, dispatch::names().join(", "))
-    })?;
     // `s` is a plan's slots per layer (over all its GPUs).
     let layout = |n, g, s| Ok(Cluster::new(n, g, 1)?.with_slots(s)?);
-    let eval = evaluate(&test, &plans, d.as_ref(), Homes::Family, &layout)?;
+    let eval = evaluate(&test, &plans, &overrides, args.seed, &layout)?;
     print!("{}", eval.table());
     write_report(&args.report, &eval, &test, None)?;
     eprintln!("wrote {}", args.report.display());

@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use moeplace_core::dispatch;
+use moeplace_core::protocol;
+use moeplace_core::stats::{ProfileOptions, Statistics};
+use moeplace_core::trace::Trace;
 use moeplace_formats::plan_file;
 
 use crate::cluster_args::ClusterArgs;
-use crate::evaluate::{evaluate, write_report, Homes};
+use crate::evaluate::{evaluate, write_report, ServingArgs};
 use crate::input::{read_trace, TraceArgs};
 use crate::output::check_output;
 
@@ -25,8 +27,12 @@ use crate::output::check_output;
 ///
 /// Examples:
 ///   moeplace eval --trace test.jsonl --plan linear.json --plan grouped.json
-///   moeplace eval --trace test.jsonl --plan p.json --homes family --dispatcher nearest \
-///       --json --report report.html
+///   moeplace eval --trace test.jsonl --plan p.json --homes family --dispatcher gesr \
+///       --dispatcher-param theta=1.5 --json --report report.html
+///
+/// Each plan is served as it says (its `serving`: the dispatcher its placer was made
+/// for, with its parameters, and where requests are served); --dispatcher,
+/// --dispatcher-param and --homes change that for every plan.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -38,26 +44,14 @@ pub struct Args {
     /// A plan file (repeatable; all are shown side by side).
     #[arg(long = "plan", value_name = "PLAN.json", required = true)]
     plans: Vec<PathBuf>,
-    /// Where requests are served: rr (round-robin over all GPUs) or family (by the
-    /// plan's family_gpus; round-robin for plans or families without it).
-    #[arg(long, value_enum, default_value = "rr")]
-    homes: Homes,
-    /// Replica choice per token pick: primary (first copy), random (seeded), nearest
-    /// (home GPU, a GPU already sent to, home node, a node already sent to, least
-    /// loaded), grace, gesr (`moeplace placers` describes them all).
-    #[arg(long, value_name = "NAME", default_value = "nearest")]
-    dispatcher: String,
-    /// Load tolerance of the gesr dispatcher: copies up to this fraction above the
-    /// least loaded copy (or the mean GPU load) are candidates.
-    #[arg(long, value_name = "THETA", default_value_t = dispatch::gesr_default_theta())]
-    gesr_theta: f64,
-    /// gesr: choose by cost tiers, least loaded first: a copy the token reaches at no
-    /// new send (home, a GPU it already sends to), then one at no new inter-node send
-    /// (home node, a node it already crosses to), each while not above the reference
-    /// load, then the busier ones; with a wider --gesr-theta (1.5 on ESFT with
-    /// `--param alpha=0 --param locality=0.125` plans, docs/TACG.md).
+    #[command(flatten)]
+    serving: ServingArgs,
+    /// Replay the trace in its own order. By default whole requests are reordered so
+    /// that families interleave as in a mixed serving stream (logs that list one
+    /// family after another would otherwise fill every replay chunk, the dispatchers'
+    /// load window, with one family).
     #[arg(long)]
-    gesr_free_first: bool,
+    no_interleave: bool,
     /// Seed of the random dispatcher.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -87,25 +81,7 @@ pub struct LinkArgs {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    anyhow::ensure!(
-        args.gesr_theta.is_finite() && args.gesr_theta >= 0.0,
-        "--gesr-theta {} must be a non-negative number",
-        args.gesr_theta
-    );
-    anyhow::ensure!(
-        !args.gesr_free_first || args.dispatcher == "gesr",
-        "--gesr-free-first is a rule of the gesr dispatcher; add --dispatcher gesr"
-    );
-    let d: Box<dyn dispatch::Dispatcher> = match args.dispatcher.as_str() {
-        "gesr" => Box::new(dispatch::Gesr {
-            theta: args.gesr_theta,
-            free_first: args.gesr_free_first,
-            ..dispatch::Gesr::default()
-        }),
-        name => dispatch::by_name(name, args.seed).ok_or_else(|| {
-            anyhow::anyhow!("unknown dispatcher {:?} (known: {})", name, dispatch::names().join(", "))
-        })?,
-    };
+    let overrides = args.serving.overrides()?;
     if let Some(path) = &args.report {
         check_output(path)?;
     }
@@ -130,9 +106,11 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    warn_calibration_input(&trace, &plans)?;
+    let trace = if args.no_interleave { trace } else { protocol::interleave_families(&trace) };
     let links =
         ClusterArgs { preset: args.links.preset.clone(), cluster: args.links.cluster.clone(), ..Default::default() };
-    let eval = evaluate(&trace, &plans, d.as_ref(), args.homes, &|n, g, s| links.for_layout(n, g, s))?;
+    let eval = evaluate(&trace, &plans, &overrides, args.seed, &|n, g, s| links.for_layout(n, g, s))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&eval.json())?);
     } else {
@@ -141,6 +119,26 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.report {
         write_report(path, &eval, &trace, args.report_layer)?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Warns about every plan calibrated on the very trace being replayed: its figures
+/// would flatter it (a plan is judged on held-out requests; `moeplace split`).
+fn warn_calibration_input(trace: &Trace, plans: &[(String, plan_file::Plan)]) -> Result<()> {
+    if plans.iter().all(|(_, p)| p.provenance.input_digest.is_empty()) {
+        return Ok(());
+    }
+    // Profiled as `plan --trace` profiles its input, so equal tokens give equal digests.
+    let stats = Statistics::from_batches(trace.shape, ProfileOptions::default(), &trace.batches)?;
+    let d = plan_file::input_digest(&stats);
+    for (label, plan) in plans {
+        if plan.provenance.input_digest == d {
+            eprintln!(
+                "warning: {label} was calibrated on this very trace; its figures are not held-out figures \
+                 (split the trace by request with `moeplace split`)"
+            );
+        }
     }
     Ok(())
 }

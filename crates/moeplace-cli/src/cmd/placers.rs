@@ -35,6 +35,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut out = String::new();
     for p in chosen {
         out.push_str(&format!("{}: {}\n", p.name(), p.about()));
+        out.push_str(&format!("  served with: {}\n", p.serving().label()));
         let params = p.params();
         if params.is_empty() {
             out.push_str("  (no parameters)\n");
@@ -47,9 +48,13 @@ pub fn run(args: Args) -> Result<()> {
         out.push('\n');
     }
     if args.name.is_none() {
-        out.push_str("Dispatchers (eval --dispatcher NAME):\n");
+        out.push_str("Dispatchers (a plan names its own; eval --dispatcher NAME changes it):\n");
         for d in dispatch::registry(0) {
             out.push_str(&format!("  {:<8} {}\n", d.name(), d.about()));
+            for p in d.params() {
+                let key = format!("{}={}", p.name, p.default);
+                out.push_str(&format!("    --dispatcher-param {key}  {}\n", p.about));
+            }
         }
     }
     print_stdout(&out)

@@ -20,7 +20,7 @@
 //! 4. a copy on a node the token already sends to (ours too: the token crosses to
 //!    that node anyway, so a hierarchical all-to-all adds no inter-node send; on
 //!    held-out ESFT this raises tacg+gesr's remote-node cut from 30.3% to 33.2% at
-//!    Jain 0.994, the ablation table of `moeplace experiment tacg`; `join_nodes`);
+//!    Jain 0.994, the ablation table of `moeplace-lab experiment tacg`; `join_nodes`);
 //! 5. the least loaded candidate (ties: the lower slot).
 //!
 //! Where a step has several candidates, the least loaded of them (ties: the lower
@@ -29,7 +29,7 @@
 //! held-out ESFT cost 0.001 of Jain at the default tolerance for tacg+gesr, 0.0025 for
 //! coact, and more at wide tolerances (docs/TACG.md).
 //!
-//! With `free_first` (ours, off by default; `eval --gesr-free-first`) the steps become
+//! With `free_first` (ours, off by default; `eval --dispatcher-param free_first=true`) the steps become
 //! tiers by what the pick costs: free (home, or a GPU the token already sends to: no
 //! new send) and local (the home node, or a node the token already crosses to: a new
 //! send inside a node, no new inter-node send), each represented by its least loaded
@@ -41,7 +41,7 @@
 //! both at no inter-node cost: balance improves at the same remote-node cut, and the
 //! wider tolerance or more local plan it allows buys the cut. On held-out ESFT, at
 //! tolerance 1.5, the default plan keeps its 38.6% remote-node cut and Jain rises from
-//! 0.985 to 0.994 (`moeplace experiment tacg`, "Balance on unseen requests"). It pays
+//! 0.985 to 0.994 (`moeplace-lab experiment tacg`, "Balance on unseen requests"). It pays
 //! with remote GPUs (sends inside a node): 26.0% cut instead of 30.3%. Plans made with
 //! `alpha=0` and `locality=0.125` served this way cut remote nodes by 40.0% at Jain
 //! 0.993, with `locality=0.25` by 41.0% at 0.989; and a `robust=0.75 locality=0.75`
@@ -60,8 +60,10 @@
 //! replay uses that window in place of the decayed average.
 
 use super::{fix_forced, sends_to_node, DispatchContext, Dispatcher, PENDING};
+use crate::placers::{ParamDoc, Params, PlaceError};
 
 /// The `gesr` dispatcher; `theta` is the load tolerance.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Gesr {
     pub theta: f64,
     /// Whether copies up to `theta` above the mean GPU load are candidates too
@@ -85,7 +87,32 @@ impl Default for Gesr {
     }
 }
 
+/// The parameters `gesr` takes in a plan's serving (the other fields are for the
+/// lab's ablations).
+const PARAMS: &[ParamDoc] = &[
+    ParamDoc {
+        name: "theta",
+        default: "0.15",
+        about: "load tolerance: copies up to this fraction above the reference load (the least loaded copy \
+                or the mean GPU load) are candidates",
+    },
+    ParamDoc {
+        name: "free_first",
+        default: "false",
+        about: "choose by cost tiers, least loaded first: a copy reached at no new send, then one at no new \
+                inter-node send, each while not above the reference load, then the busier ones",
+    },
+];
+
 impl Gesr {
+    /// `gesr` configured from a serving's parameters (declared defaults for absent ones).
+    pub fn from_params(params: &Params) -> Result<Gesr, PlaceError> {
+        let def = |k: &str| crate::serving::declared_default(PARAMS, k);
+        let theta = params.non_negative("theta", def("theta").parse().expect("a number"))?;
+        let free_first = params.bool("free_first", def("free_first") == "true")?;
+        Ok(Gesr { theta, free_first, ..Gesr::default() })
+    }
+
     /// The copy (a GPU among `replicas`, in slot order) a pick goes to; `chosen` are the
     /// GPUs this token already sends to in this layer, `node_of` the node of each GPU,
     /// `load(g)` the recent load of GPU g, `mean` the mean load over all GPUs (ignored
@@ -160,6 +187,10 @@ impl Gesr {
 }
 
 impl Dispatcher for Gesr {
+    fn params(&self) -> Vec<ParamDoc> {
+        PARAMS.to_vec()
+    }
+
     fn name(&self) -> &'static str {
         "gesr"
     }
@@ -212,6 +243,11 @@ impl DecayedLoad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declared_defaults_are_the_default_dispatcher() {
+        assert_eq!(Gesr::from_params(&Params::default()).unwrap(), Gesr::default());
+    }
 
     #[test]
     fn prefers_home_then_visited_then_node_within_tolerance() {

@@ -16,6 +16,7 @@
 //! answering with physical slots: the serving-time entry point for engines.
 
 use crate::placement::Placement;
+use crate::placers::{ParamDoc, Params, PlaceError};
 
 mod batch;
 mod gesr;
@@ -28,7 +29,7 @@ pub use batch::{BatchDispatch, BatchError};
 pub use gesr::{DecayedLoad, Gesr};
 pub use grace::Grace;
 
-/// The `gesr` dispatcher's default load tolerance (for command-line defaults).
+/// The `gesr` dispatcher's default load tolerance.
 pub const fn gesr_default_theta() -> f64 {
     gesr::DEFAULT_THETA
 }
@@ -138,6 +139,11 @@ pub trait Dispatcher: Send + Sync {
     fn always_primary(&self) -> bool {
         false
     }
+    /// The parameters it takes (`--dispatcher-param name=value`, a plan's serving),
+    /// declared once: name, default, what it does.
+    fn params(&self) -> Vec<ParamDoc> {
+        Vec::new()
+    }
 }
 
 /// Every dispatcher (`seed` drives the seeded ones), in the order help lists them.
@@ -148,6 +154,18 @@ pub fn registry(seed: u64) -> Vec<Box<dyn Dispatcher>> {
 /// The dispatcher called `name`.
 pub fn by_name(name: &str, seed: u64) -> Option<Box<dyn Dispatcher>> {
     registry(seed).into_iter().find(|d| d.name() == name)
+}
+
+/// The dispatcher called `name` configured with `params` (only those it declares;
+/// absent ones take their declared default).
+pub fn build(name: &str, params: &Params, seed: u64) -> Result<Box<dyn Dispatcher>, PlaceError> {
+    let d = by_name(name, seed)
+        .ok_or_else(|| PlaceError::BadParam(format!("unknown dispatcher {name:?} (known: {})", names().join(", "))))?;
+    crate::serving::allow_only(name, &d.params(), params)?;
+    match name {
+        "gesr" => Ok(Box::new(Gesr::from_params(params)?)),
+        _ => Ok(d),
+    }
 }
 
 /// Names of every dispatcher.

@@ -342,6 +342,11 @@ fn place_for_clusters(
 pub struct ClusterHomesPlacer;
 
 impl Placer for ClusterHomesPlacer {
+    fn serving(&self) -> crate::serving::Serving {
+        // Its plans give families their GPUs: requests are served there.
+        crate::serving::Serving::new("nearest", crate::serving::Homes::Family)
+    }
+
     fn name(&self) -> &'static str {
         "cluster-homes"
     }

@@ -33,7 +33,7 @@
 //! different GPUs).
 //!
 //! Parameters (`--param`):
-//! - `balance=B` (default 8, chosen with `moeplace experiment tacg --tune` on the ESFT
+//! - `balance=B` (default 8, chosen with `moeplace-lab experiment tacg --tune` on the ESFT
 //!   calibration requests): weight of the load-spread term.
 //! - `passes=N` (default 30): the most swap passes per partition.
 //! - `stay=S` (default 0; needs the deployed plan, `plan --previous`): re-planning
@@ -117,6 +117,11 @@ pub(crate) fn refine_options(
 }
 
 impl Placer for Coact {
+    fn serving(&self) -> crate::serving::Serving {
+        // Its plans give families their GPUs: requests are served there.
+        crate::serving::Serving::new("nearest", crate::serving::Homes::Family)
+    }
+
     fn name(&self) -> &'static str {
         "coact"
     }

@@ -48,7 +48,7 @@
 //! How `locality` was chosen (default 0.25): locality copies concentrate load, so
 //! more of them trade balance for locality. On the ESFT calibration requests (2 nodes
 //! x 4 GPUs, 10 slots per GPU; the calibration column of
-//! `moeplace experiment grace --quick --param locality=F`), shares 0.25 / 0.5 / 0.75 /
+//! `moeplace-lab experiment grace --quick --param locality=F`), shares 0.25 / 0.5 / 0.75 /
 //! 1 cut cross-node sends against linear hierarchical by 22.8 / 23.9 / 24.9 / 26.1% at
 //! Jain 0.989 / 0.986 / 0.984 / 0.982. Replayed on requests the plan did not see, Jain
 //! fell by about 0.007 (0.9864 -> 0.9796 at 0.5, seen on the held-out requests), so we
@@ -251,6 +251,11 @@ struct Locality<'a> {
 }
 
 impl Placer for Grace {
+    fn serving(&self) -> crate::serving::Serving {
+        // Its replicas are placed for grace's topology-aware routing.
+        crate::serving::Serving::new("grace", crate::serving::Homes::RoundRobin)
+    }
+
     fn name(&self) -> &'static str {
         "grace"
     }

@@ -183,6 +183,11 @@ pub trait Placer: Send + Sync {
         Vec::new()
     }
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError>;
+    /// How its plans are served (written into every plan): by default the `nearest`
+    /// dispatcher with requests round-robin.
+    fn serving(&self) -> crate::serving::Serving {
+        crate::serving::Serving::default()
+    }
 }
 
 /// Every placer, in the order tables list them.

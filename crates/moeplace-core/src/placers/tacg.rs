@@ -43,7 +43,7 @@
 //!    not for the calibration mix. A plan balanced for every family alone stays
 //!    balanced for any blend of them: the calibration mix says nothing about
 //!    tomorrow's. The price is locality: a family's experts can no longer crowd into
-//!    its own group. On held-out ESFT (`moeplace experiment tacg`, shift table),
+//!    its own group. On held-out ESFT (`moeplace-lab experiment tacg`, shift table),
 //!    `tacg+gesr` with R = 0.75 keeps Jain at 0.990 or more under every shift, where
 //!    R = 0 falls to 0.911, at a remote-node cut of 24 to 27% instead of 28 to 35%
 //!    (docs/TACG.md).
@@ -75,7 +75,7 @@
 //! (0), `resample` (0), `folds` (4), `stay` (0; with `plan --previous`, see
 //! `coact`), and the refinement's `refine` (true), `node_weight` (1), `gpu_weight` (1).
 //!
-//! How the defaults were chosen: `moeplace experiment tacg --tune` replays a grid of
+//! How the defaults were chosen: `moeplace-lab experiment tacg --tune` replays a grid of
 //! `balance` x `alpha` x `eta` for `tacg+gesr` on the ESFT calibration requests only
 //! (never the held-out ones), at its chosen `pay`; among the settings with Jain >= 0.99
 //! at alpha = 0.25 (the paper's value) the one with the largest remote-node cut was
@@ -136,6 +136,11 @@ pub(crate) fn tacg_params() -> Vec<ParamDoc> {
 }
 
 impl Placer for Tacg {
+    fn serving(&self) -> crate::serving::Serving {
+        // Its plans give families their GPUs: requests are served there.
+        crate::serving::Serving::new("nearest", crate::serving::Homes::Family)
+    }
+
     fn name(&self) -> &'static str {
         "tacg"
     }

@@ -46,7 +46,7 @@
 //! / 0.983, so the default stays 0. Served with gesr's `free_first` at tolerance 1.5,
 //! which keeps the balance the copies cost, plans with `alpha=0` and F = 0.125 / 0.25
 //! cut 40.0% at Jain 0.993 and 41.0% at 0.989 (chosen on calibration halves by
-//! `moeplace experiment tacg --tune`; docs/TACG.md).
+//! `moeplace-lab experiment tacg --tune`; docs/TACG.md).
 //!
 //! Shift robustness (`robust` > 0, `tacg`'s step 7): no pinned generic copies; the
 //! redundant slots hold unpinned copies of the experts hottest for any single family.
@@ -71,6 +71,11 @@ use crate::stats::pair_index;
 pub struct TacgGesr;
 
 impl Placer for TacgGesr {
+    fn serving(&self) -> crate::serving::Serving {
+        // Its replicas are placed for gesr's choice among copies, its families homed.
+        crate::serving::Serving::new("gesr", crate::serving::Homes::Family)
+    }
+
     fn name(&self) -> &'static str {
         "tacg+gesr"
     }

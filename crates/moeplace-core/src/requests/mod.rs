@@ -9,12 +9,10 @@
 //! - [`kmeans`]: plain and size-balanced K-means on any vectors.
 //! - [`router`]: decode routers behind the small [`router::Router`] trait: ELDR,
 //!   round-robin, join-shortest-queue, random.
-//! - [`experiment`]: the calibration/test experiments of docs/REQUESTS.md.
 //! - [`decode_sim`]: a prefill/decode-disaggregated decode simulator with a
 //!   memory-bandwidth time-per-output-token model.
 
 pub mod decode_sim;
-pub mod experiment;
 pub mod kmeans;
 pub mod records;
 pub mod router;

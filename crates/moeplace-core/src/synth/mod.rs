@@ -316,7 +316,7 @@ pub struct Preset {
 }
 
 /// The built-in model shapes (MoE layers, routed experts per layer, top-k).
-/// Decode drifts of the presets, measured with `moeplace bench synth` (prefill/decode
+/// Decode drifts of the presets, measured with `moeplace-lab bench synth` (prefill/decode
 /// correlation about 0.55 for DeepSeek-V3 and 0.68 otherwise, as in the paper).
 const DD_V3: f64 = 1.5;
 const DD_Q: f64 = 1.2;

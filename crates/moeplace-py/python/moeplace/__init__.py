@@ -569,8 +569,9 @@ def evaluate(
     trace: Union[PathLike, Sequence[PathLike]],
     plan: Plan,
     *,
-    dispatcher: str = "primary",
-    homes: Union[str, Mapping[str, int]] = "round-robin",
+    dispatcher: Optional[str] = None,
+    dispatcher_params: Optional[Mapping[str, Any]] = None,
+    homes: Optional[Union[str, Mapping[str, int]]] = None,
     seed: int = 0,
     format: Optional[str] = None,
     experts: Optional[int] = None,
@@ -584,24 +585,34 @@ def evaluate(
         trace: trace file(s), read as ``profile`` reads them.
         plan: the plan.
         dispatcher: the replica choice per pick, one of ``DISPATCHERS``
-            (``primary``, ``random``, ``nearest``, ``grace``, ``gesr``).
+            (``primary``, ``random``, ``nearest``, ``grace``, ``gesr``); by default
+            the one the plan names (its ``serving``, the dispatcher its placer was
+            made for; ``nearest`` for plans that name none).
+        dispatcher_params: the dispatcher's parameters on top of the plan's (e.g.
+            ``{"theta": 1.5, "free_first": True}`` for ``gesr``).
         homes: ``"round-robin"`` (requests dealt over all GPUs), ``"family"`` (the
-            plan's ``family_gpus``) or ``{request: gpu}``.
+            plan's ``family_gpus``) or ``{request: gpu}``; by default what the
+            plan's serving says.
         seed: seed of the ``random`` dispatcher.
         preset, cluster: link figures for the time estimates.
 
     Returns:
         The metrics as a dict: ``remote_gpus``, ``remote_nodes``,
         ``cross_node_gpus``, ``remote_hops`` (per token-layer), ``bytes``,
-        ``jain``, ``balancedness``, ``maxvio``, ``home_max_over_mean``, the time
-        estimates, ``counts`` and per-layer ``layers`` (loads per GPU and more).
+        ``jain``, ``balancedness`` (SGLang's), ``balancedness_vllm``, ``maxvio``,
+        ``home_max_over_mean``, the time estimates, ``counts``, per-layer
+        ``layers`` (loads per GPU and more) and ``serving`` (how the plan was served).
     """
-    h = homes if isinstance(homes, str) else None
-    rh = None if isinstance(homes, str) else {str(k): int(v) for k, v in homes.items()}
+    h = homes if homes is None or isinstance(homes, str) else None
+    rh = None if homes is None or isinstance(homes, str) else {str(k): int(v) for k, v in homes.items()}
+    dp = None
+    if dispatcher_params is not None:
+        dp = {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in dispatcher_params.items()}
     text = _native.evaluate(
         _paths(trace),
         plan._p,
         dispatcher=dispatcher,
+        dispatcher_params=dp,
         homes=h,
         request_homes=rh,
         seed=int(seed),
@@ -628,14 +639,15 @@ class Dispatcher:
         dispatcher: ``primary`` (first copy), ``random`` (seeded by ``seed`` and
             the token's index in the batch), ``nearest`` (home GPU, a GPU the token
             already sends to, the home node, ..., least loaded), ``grace``, ``gesr``
-            (the ``tacg+gesr`` plans' own rule).
+            (the ``tacg+gesr`` plans' own rule); by default the one the plan names
+            (its ``serving``, with its parameters).
         seed: seed of ``random``.
 
     Slot s is on GPU ``plan.slot_gpus[s]``; engines that index experts by physical
     id (SGLang, vLLM) take the slot ids as they are.
     """
 
-    def __init__(self, plan: Plan, dispatcher: str = "primary", seed: int = 0) -> None:
+    def __init__(self, plan: Plan, dispatcher: Optional[str] = None, seed: int = 0) -> None:
         self._d = _native.Dispatcher(plan._p, dispatcher, int(seed))
 
     @property

@@ -1,4 +1,4 @@
-//! `moeplace bench`: throughput measurements anyone can rerun. Figures in
+//! `moeplace-lab bench`: throughput measurements anyone can rerun. Figures in
 //! docs/PERFORMANCE.md come from here.
 
 use std::path::Path;
@@ -11,11 +11,11 @@ use moeplace_formats::jsonl::JsonlWriter;
 use moeplace_formats::parquet::ParquetWriter;
 use moeplace_formats::{open_trace, ReadOptions, TraceFormat};
 
-use crate::input::print_stdout;
+use crate::io::print_stdout;
 
 /// Measure the speed and quality figures the docs quote, mostly on synthetic traces
 /// (`balance` also reads the shared data folder; results vary with the machine). Use
-/// a release build: `cargo run --release -- bench profile`.
+/// a release build: `cargo run --release -p moeplace-lab -- bench profile`.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -190,8 +190,7 @@ fn write_trace(config: &SynthConfig, seed: u64, dir: &Path) -> Result<()> {
 /// report); with `read_only`, only reads it.
 fn profile_file(path: &Path, format: TraceFormat, options: ProfileOptions, read_only: bool) -> Result<(u64, f64)> {
     let start = Instant::now();
-    let opts =
-        ReadOptions { format: Some(format), batch_tokens: crate::input::DEFAULT_BATCH_TOKENS, ..Default::default() };
+    let opts = ReadOptions { format: Some(format), batch_tokens: crate::io::BATCH_TOKENS, ..Default::default() };
     let mut r = open_trace(path, &opts)?;
     let mut s = StatisticsBuilder::new(r.shape(), options);
     let mut tokens = 0u64;

@@ -1,4 +1,4 @@
-//! `moeplace experiment tacg`: the task-aware grouping evaluation on held-out ESFT
+//! `moeplace-lab experiment tacg`: the task-aware grouping evaluation on held-out ESFT
 //! traffic (coact, tacg, tacg+gesr against linear, eplb and balance); docs/TACG.md
 //! quotes its tables.
 
@@ -15,7 +15,7 @@ use moeplace_core::stats::Statistics;
 use moeplace_core::trace::Trace;
 
 use super::common::{self, dispatcher_for, profile, request_lengths, requests, split};
-use crate::input::{print_stdout, read_trace, TraceArgs, DEFAULT_BATCH_TOKENS};
+use crate::io::{print_stdout, read_trace};
 
 #[derive(clap::Args)]
 pub(super) struct TacgArgs {
@@ -73,8 +73,7 @@ pub(super) fn tacg(args: TacgArgs) -> Result<()> {
     if !args.data.is_dir() {
         bail!("{}: no such folder (give --data, the ESFT DeepSeek-V2-Lite logs)", args.data.display());
     }
-    let targs = TraceArgs { format: None, experts: None, top_k: None, batch_tokens: DEFAULT_BATCH_TOKENS };
-    let trace = read_trace(&args.data, &targs)?;
+    let trace = read_trace(&args.data)?;
     let (calib, test) = split(&trace);
     let user = Params::parse(args.params.iter().map(String::as_str))?;
     // Every user parameter must reach a placer (tacg+gesr accepts the widest set).

@@ -1,19 +1,19 @@
-//! `moeplace experiment requests`: runs the request-side experiments
+//! `moeplace-lab experiment requests`: runs the request-side experiments
 //! (moeplace_core::requests::experiment) on the real traces of a data folder and on
 //! synthetic traffic; docs/REQUESTS.md comes from it.
 
 use std::path::{Path, PathBuf};
 
+use crate::requests_lab::{self as experiment, ExperimentConfig, ExperimentReport};
 use anyhow::{Context, Result};
 use moeplace_core::requests::decode_sim::DecodeModel;
-use moeplace_core::requests::experiment::{self, ExperimentConfig, ExperimentReport};
 use moeplace_core::requests::records::{requests_from_batches, PhaseSplit, RequestTokens};
 use moeplace_core::simulate::cut_percent;
 use moeplace_core::synth::{self, LengthDist, SynthConfig};
 use moeplace_core::trace::{ModelShape, TokenBatch};
 use moeplace_formats::{open_trace, ReadOptions, TraceFormat};
 
-use crate::input::print_stdout;
+use crate::io::print_stdout;
 
 #[derive(clap::Args)]
 pub(super) struct RequestsArgs {

@@ -1,4 +1,4 @@
-//! `moeplace experiment`: the evaluations of the project's notes, each one command
+//! `moeplace-lab experiment`: the evaluations of the project's notes, each one command
 //! that prints the markdown tables the notes quote. One subcommand per experiment,
 //! one module each: `requests` (docs/REQUESTS.md), `tacg` (docs/TACG.md), `grace`
 //! (docs/GRACE.md); `common` holds the pieces they share.

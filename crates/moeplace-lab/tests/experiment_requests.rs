@@ -1,9 +1,9 @@
-//! `moeplace experiment requests` on a small synthetic workload: every table is
+//! `moeplace-lab experiment requests` on a small synthetic workload: every table is
 //! printed, a missing data folder is said plainly, and the output repeats for a seed.
 
 mod common;
 
-use common::moeplace;
+use common::lab as moeplace;
 
 #[test]
 fn experiment_requests_prints_every_table_on_small_synthetic_traffic() {

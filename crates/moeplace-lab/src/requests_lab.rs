@@ -20,18 +20,18 @@
 
 use std::collections::HashMap;
 
-use crate::cluster::Cluster;
-use crate::dispatch::Nearest;
-use crate::placement::Placement;
-use crate::placers::cluster_homes::{CalibRequest, ClusterHomes, ClusterHomesOptions};
-use crate::simulate::{simulate, HomePolicy, SimResult};
-use crate::synth::rng::Rng;
-use crate::trace::{ModelShape, Phase, TokenBatch, TokenRef, Trace};
+use moeplace_core::cluster::Cluster;
+use moeplace_core::dispatch::Nearest;
+use moeplace_core::placement::Placement;
+use moeplace_core::placers::cluster_homes::{CalibRequest, ClusterHomes, ClusterHomesOptions};
+use moeplace_core::simulate::{simulate, HomePolicy, SimResult};
+use moeplace_core::synth::rng::Rng;
+use moeplace_core::trace::{ModelShape, Phase, TokenBatch, TokenRef, Trace};
 
-use super::decode_sim::{simulate_decode, DecodeConfig, DecodeModel, DecodeRequest, DecodeResult};
-use super::records::{counts, RequestTokens};
-use super::router::{Eldr, JoinShortestQueue, RandomRouter, RoundRobin, Router};
-use super::signature::{Signature, SignatureModel, SignatureOptions};
+use moeplace_core::requests::decode_sim::{simulate_decode, DecodeConfig, DecodeModel, DecodeRequest, DecodeResult};
+use moeplace_core::requests::records::{counts, RequestTokens};
+use moeplace_core::requests::router::{Eldr, JoinShortestQueue, RandomRouter, RoundRobin, Router};
+use moeplace_core::requests::signature::{Signature, SignatureModel, SignatureOptions};
 
 /// Set-up of [`run`].
 #[derive(Clone, Debug, PartialEq)]
@@ -371,8 +371,8 @@ pub fn run(shape: ModelShape, all: &[RequestTokens], cfg: &ExperimentConfig) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::requests::records::{requests_from_batches, PhaseSplit};
-    use crate::synth::{LengthDist, SynthConfig};
+    use moeplace_core::requests::records::{requests_from_batches, PhaseSplit};
+    use moeplace_core::synth::{LengthDist, SynthConfig};
 
     #[test]
     fn small_synthetic_run_is_complete_and_repeatable() {
@@ -380,7 +380,7 @@ mod tests {
         sc.requests = 120;
         sc.prefill_len = LengthDist::Uniform { min: 8, max: 16 };
         sc.decode_len = LengthDist::Uniform { min: 8, max: 24 };
-        let batches: Vec<TokenBatch> = crate::synth::generate(&sc, 3).unwrap().collect();
+        let batches: Vec<TokenBatch> = moeplace_core::synth::generate(&sc, 3).unwrap().collect();
         let (reqs, dropped) = requests_from_batches(sc.shape, &batches, PhaseSplit::Recorded);
         assert_eq!(dropped, 0);
         let cfg = ExperimentConfig { workers: 4, ..Default::default() };

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{moeplace_ok, shared_data};
+use common::{lab_ok as moeplace_ok, shared_data};
 
 /// Cells of the markdown row starting with `| {label} | ... | {comm} |`.
 fn rows<'a>(out: &'a str, label: &str) -> Vec<Vec<&'a str>> {

@@ -1,4 +1,4 @@
-//! `moeplace experiment grace`: GRACE-MoE (METHODS.md section 4) against the other
+//! `moeplace-lab experiment grace`: GRACE-MoE (METHODS.md section 4) against the other
 //! placers with flat and hierarchical communication, its ablation ladder, and the
 //! issue's targets; docs/GRACE.md quotes its tables.
 //!
@@ -30,7 +30,7 @@ use moeplace_core::synth::{self, SynthConfig};
 use moeplace_core::trace::{TokenBatch, Trace};
 
 use super::common::{self, dispatcher_for, profile, request_lengths, split};
-use crate::input::{print_stdout, read_trace, TraceArgs, DEFAULT_BATCH_TOKENS};
+use crate::io::{print_stdout, read_trace};
 
 #[derive(clap::Args)]
 pub(super) struct GraceArgs {
@@ -89,8 +89,7 @@ pub(super) fn grace(args: GraceArgs) -> Result<()> {
     let grace_params = Params::parse(args.params.iter().map(String::as_str))?;
     let mut out = String::new();
     eprintln!("reading and splitting the ESFT logs ...");
-    let targs = TraceArgs { format: None, experts: None, top_k: None, batch_tokens: DEFAULT_BATCH_TOKENS };
-    let (calib, test) = split(&read_trace(&args.data, &targs)?);
+    let (calib, test) = split(&read_trace(&args.data)?);
     let esft = Workload {
         name: "held-out ESFT DeepSeek-V2-Lite",
         stats: profile(&calib)?,
