@@ -17,15 +17,15 @@ fn fnv(bytes: &[u8]) -> u64 {
 }
 
 const PINNED: &[(&str, u64)] = &[
-    ("linear", 0),
-    ("round-robin", 0),
-    ("eplb", 0),
-    ("balance", 0),
-    ("coact", 0),
-    ("tacg", 0),
-    ("tacg+gesr", 0),
-    ("cluster-homes", 0),
-    ("grace", 0),
+    ("linear", 0xf97e94d007a4e742),
+    ("round-robin", 0x202e12acbf880bf5),
+    ("eplb", 0x02d09914e6b61b7c),
+    ("balance", 0xeee0844cb7e1a4bc),
+    ("coact", 0x30907b8736c94dae),
+    ("tacg", 0x1e44c6fa0aee2360),
+    ("tacg+gesr", 0x7809404cad5e58f9),
+    ("cluster-homes", 0xfbd0c868a504816f),
+    ("grace", 0xe58016ada6dc636e),
 ];
 
 #[test]

@@ -38,5 +38,15 @@ pub fn run(args: Args) -> Result<()> {
     let plan = plan_file::read(&args.plan)?;
     export::write(&out, &plan.placement, args.to)?;
     eprintln!("wrote {} ({})", out.display(), args.to.name());
+    // The engine file holds the placement only; how the plan was meant to be served
+    // travels in the plan file.
+    match &plan.serving {
+        Some(s) if s.dispatcher != "primary" => eprintln!(
+            "the plan is served with {} (replica choice per pick and request homes); an engine that takes \
+             every expert's first copy serves it as `eval --dispatcher primary` replays it",
+            s.label()
+        ),
+        _ => {}
+    }
     Ok(())
 }
