@@ -22,5 +22,6 @@ pub fn check_output(path: &Path) -> Result<()> {
 /// Parses `--format`/`--output-format` of a statistics output: binary or json.
 pub fn parse_stats_encoding(s: &str) -> Result<moeplace_formats::stats_file::Encoding, String> {
     use moeplace_formats::stats_file::Encoding;
-    Encoding::parse(s).ok_or_else(|| format!("unknown statistics format {s:?}; expected one of {}", Encoding::NAMES.join(", ")))
+    Encoding::parse(s)
+        .ok_or_else(|| format!("unknown statistics format {s:?}; expected one of {}", Encoding::NAMES.join(", ")))
 }

@@ -18,9 +18,24 @@ fn traces(dir: &Path) -> Vec<PathBuf> {
         .map(|i| {
             let p = dir.join(format!("t{i}.parquet"));
             moeplace_ok(&[
-                "synth", "--layers", "4", "--experts", "16", "--top-k", "2", "--requests", "10", "--prefill-len",
-                "4..30", "--decode-len", "2..12", "--seed", &format!("{}", i + 1), "--request-prefix",
-                &format!("t{i}-"), s(&p),
+                "synth",
+                "--layers",
+                "4",
+                "--experts",
+                "16",
+                "--top-k",
+                "2",
+                "--requests",
+                "10",
+                "--prefill-len",
+                "4..30",
+                "--decode-len",
+                "2..12",
+                "--seed",
+                &format!("{}", i + 1),
+                "--request-prefix",
+                &format!("t{i}-"),
+                s(&p),
             ]);
             p
         })
@@ -88,8 +103,19 @@ fn plans_name_their_input_by_its_bytes_and_stay_byte_identical() {
         for run in 0..2 {
             let plan = d.join(format!("{name}.{run}.plan.json"));
             moeplace_ok(&[
-                "plan", "--placer", "tacg", "--stats", s(&stats), "--gpus", "4", "--nodes", "2", "--slots-per-gpu", "5",
-                "-o", s(&plan),
+                "plan",
+                "--placer",
+                "tacg",
+                "--stats",
+                s(&stats),
+                "--gpus",
+                "4",
+                "--nodes",
+                "2",
+                "--slots-per-gpu",
+                "5",
+                "-o",
+                s(&plan),
             ]);
             assert_eq!(digest_of(&plan), moeplace_formats::plan_file::digest(&bytes));
             plans.push(std::fs::read(&plan).unwrap());
@@ -104,7 +130,17 @@ fn plans_name_their_input_by_its_bytes_and_stay_byte_identical() {
     assert_eq!(placement(&plans[0]), placement(&plans[2]), "binary and JSON statistics plan alike");
     let from_trace = d.join("trace.plan.json");
     moeplace_ok(&[
-        "plan", "--placer", "linear", "--trace", s(&t[0]), "--gpus", "4", "--nodes", "2", "-o", s(&from_trace),
+        "plan",
+        "--placer",
+        "linear",
+        "--trace",
+        s(&t[0]),
+        "--gpus",
+        "4",
+        "--nodes",
+        "2",
+        "-o",
+        s(&from_trace),
     ]);
     assert_eq!(digest_of(&from_trace), moeplace_formats::plan_file::digest(&std::fs::read(&t[0]).unwrap()));
 }

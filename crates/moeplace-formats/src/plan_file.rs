@@ -76,12 +76,7 @@ impl Plan {
             num_nodes,
             placement: out.placement,
             family_gpus: out.family_gpus,
-            provenance: Provenance {
-                placer: placer.to_string(),
-                parameters: params.0.clone(),
-                seed,
-                input_digest,
-            },
+            provenance: Provenance { placer: placer.to_string(), parameters: params.0.clone(), seed, input_digest },
             notes: out.notes,
         }
     }

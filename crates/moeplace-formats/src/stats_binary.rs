@@ -262,8 +262,7 @@ pub fn to_bytes(stats: &Statistics) -> Vec<u8> {
     let shape = stats.shape();
     let (l, e) = (shape.layers, shape.experts);
     // Declared before the jobs, which borrow them.
-    let vectors: Vec<&[u32]> =
-        stats.requests().values().flat_map(|r| r.by_phase.values().map(Vec::as_slice)).collect();
+    let vectors: Vec<&[u32]> = stats.requests().values().flat_map(|r| r.by_phase.values().map(Vec::as_slice)).collect();
     let mut jobs: Vec<SectionJob> = Vec::new();
     for (i, g) in stats.groups().values().enumerate() {
         jobs.push(Box::new(move || {
@@ -375,7 +374,11 @@ impl<'a> Sections<'a> {
         let &(s, stored) = self.by_name.get(name).ok_or_else(|| bad("section missing".into()))?;
         let is_counts = s.encoding != "json";
         if is_counts != counts {
-            return Err(bad(format!("encoding {:?} where {} was expected", s.encoding, if counts { "counts" } else { "json" })));
+            return Err(bad(format!(
+                "encoding {:?} where {} was expected",
+                s.encoding,
+                if counts { "counts" } else { "json" }
+            )));
         }
         if counts && s.cells != cells {
             return Err(bad(format!("{} cells, expected {cells}", s.cells)));
@@ -389,8 +392,8 @@ impl<'a> Sections<'a> {
         if s.raw_bytes > limit {
             return Err(bad(format!("{} bytes uncompressed is more than {cells} cells can take", s.raw_bytes)));
         }
-        let raw = zstd::bulk::decompress(stored, s.raw_bytes as usize)
-            .map_err(|e| bad(format!("cannot decompress: {e}")))?;
+        let raw =
+            zstd::bulk::decompress(stored, s.raw_bytes as usize).map_err(|e| bad(format!("cannot decompress: {e}")))?;
         if raw.len() as u64 != s.raw_bytes {
             return Err(bad(format!("{} bytes uncompressed, the header says {}", raw.len(), s.raw_bytes)));
         }
@@ -554,9 +557,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Statistics, FormatError> 
         .zip(picks.chunks_exact(per))
         .map(|(t, p)| SampledToken { hash: t.hash, family: t.family, phase: t.phase, picks: p.to_vec() })
         .collect();
-    stats
-        .with_sample(TokenSample::from_tokens(sample.capacity, tokens))
-        .map_err(|e| bad(format!("token_sample: {e}")))
+    stats.with_sample(TokenSample::from_tokens(sample.capacity, tokens)).map_err(|e| bad(format!("token_sample: {e}")))
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ fn stats() -> Statistics {
     let mut b = TokenBatch::new(shape);
     for i in 0..40u16 {
         let ids: Vec<u16> = (0..3).flat_map(|l| [(i + l) % 8, (i * 3 + l + 1) % 8]).collect();
-        let ids: Vec<u16> = ids.chunks(2).flat_map(|c| if c[0] == c[1] { [c[0], (c[1] + 1) % 8] } else { [c[0], c[1]] }).collect();
+        let ids: Vec<u16> =
+            ids.chunks(2).flat_map(|c| if c[0] == c[1] { [c[0], (c[1] + 1) % 8] } else { [c[0], c[1]] }).collect();
         b.push(TokenRef {
             request: &format!("r{}", i % 5),
             family: Some(if i % 5 < 2 { "code" } else { "math" }),

@@ -396,9 +396,7 @@ impl PyStatistics {
 
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<PyStatistics> {
-        let inner = py
-            .detach(|| stats_file::from_bytes(Path::new("<bytes>"), data))
-            .map_err(value_error)?;
+        let inner = py.detach(|| stats_file::from_bytes(Path::new("<bytes>"), data)).map_err(value_error)?;
         Ok(PyStatistics { inner, source_digest: Some(moeplace_formats::plan_file::digest(data)) })
     }
 

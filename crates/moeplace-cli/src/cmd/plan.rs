@@ -83,11 +83,7 @@ fn placer_help() -> String {
 
 /// Reads the calibration input into statistics, with the digest of the input's
 /// bytes (the plan's `input_digest`).
-pub fn calibration(
-    stats: Option<&PathBuf>,
-    trace: Option<&PathBuf>,
-    args: &TraceArgs,
-) -> Result<(Statistics, String)> {
+pub fn calibration(stats: Option<&PathBuf>, trace: Option<&PathBuf>, args: &TraceArgs) -> Result<(Statistics, String)> {
     match (stats, trace) {
         (Some(s), _) => read_statistics(s, args),
         (None, Some(t)) => {
