@@ -11,8 +11,8 @@
 //!
 //! Each section holds one table of counts as unsigned LEB128 varints, either every
 //! cell (`dense`) or only the cells that are not zero (`sparse`: their count, the gaps
-//! between their indices, then their values), whichever is smaller before
-//! compression; each is compressed on its own and carries a CRC-32 of its stored
+//! between their indices, then their values), or at a fixed width (`u8`, `u16`, ...),
+//! whichever is smallest before compression; each is compressed on its own and carries a CRC-32 of its stored
 //! bytes. Readers ignore header fields and sections they do not know, unless the
 //! header lists them under `requires`: an addition whose absence would change what
 //! the counts mean goes there (or bumps the version).
@@ -84,7 +84,7 @@ struct SampleHeader {
 #[derive(serde::Serialize, serde::Deserialize, Clone)]
 struct Section {
     name: String,
-    /// `dense`, `sparse` (counts) or `json`.
+    /// `dense`, `sparse`, `u8`..`u64` (counts) or `json`.
     encoding: String,
     /// Cells of the table (counts), 0 for `json`.
     cells: u64,
@@ -142,8 +142,8 @@ fn get_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
-/// A table of counts as the concatenation of `parts`, encoded dense or sparse,
-/// whichever is smaller. Returns (encoding, cells, bytes).
+/// A table of counts as the concatenation of `parts`, encoded dense, sparse or at a
+/// fixed width, whichever is smallest. Returns (encoding, cells, bytes).
 fn encode_counts<T: Copy + Into<u64> + Sync>(parts: &[&[T]]) -> (&'static str, u64, Vec<u8>) {
     let cells: usize = parts.iter().map(|p| p.len()).sum();
     let (mut dense, mut sparse, mut nonzero, mut last) = (0usize, 0usize, 0u64, None::<usize>);
@@ -162,6 +162,17 @@ fn encode_counts<T: Copy + Into<u64> + Sync>(parts: &[&[T]]) -> (&'static str, u
         }
     }
     sparse += varint_len(nonzero);
+    // Fixed width pays when values are spread over their range (expert ids of the
+    // token sample): a varint spends a bit of each byte on its length.
+    let max = parts.iter().flat_map(|p| p.iter()).map(|&v| -> u64 { v.into() }).max().unwrap_or(0);
+    let width = (64 - max.leading_zeros() as usize).div_ceil(8).max(1);
+    if cells * width < dense.min(sparse) {
+        let mut out = Vec::with_capacity(cells * width);
+        for p in parts {
+            p.iter().for_each(|&v| out.extend_from_slice(&v.into().to_le_bytes()[..width]));
+        }
+        return (FIXED[width - 1], cells as u64, out);
+    }
     if dense <= sparse {
         let mut out = Vec::with_capacity(dense);
         for p in parts {
@@ -189,6 +200,9 @@ fn encode_counts<T: Copy + Into<u64> + Sync>(parts: &[&[T]]) -> (&'static str, u
     }
 }
 
+/// Fixed-width little-endian encodings, by width in bytes.
+const FIXED: [&str; 8] = ["u8", "u16", "u24", "u32", "u40", "u48", "u56", "u64"];
+
 /// Decodes a counts section, calling `put(index, value)` for every cell that is not
 /// zero, in increasing index order.
 fn decode_counts(
@@ -208,6 +222,21 @@ fn decode_counts(
                     put(i, v)?;
                 }
             }
+        }
+        fixed if FIXED.contains(&fixed) => {
+            let width = FIXED.iter().position(|&f| f == fixed).expect("listed") + 1;
+            if cells.checked_mul(width) != Some(buf.len()) {
+                return Err(format!("{} bytes for {cells} cells of {width} bytes", buf.len()));
+            }
+            for (i, c) in buf.chunks_exact(width).enumerate() {
+                let mut b = [0u8; 8];
+                b[..width].copy_from_slice(c);
+                let v = u64::from_le_bytes(b);
+                if v != 0 {
+                    put(i, v)?;
+                }
+            }
+            pos = buf.len();
         }
         "sparse" => {
             let n = get_varint(buf, &mut pos).ok_or_else(truncated)?;
@@ -600,6 +629,8 @@ mod tests {
         sparse[999] = 1;
         assert_eq!(round_trip(&sparse), "sparse");
         assert_eq!(round_trip(&[0; 10]), "sparse");
+        assert_eq!(round_trip(&[200, 255, 130, 129, 140, 0, 250]), "u8");
+        assert_eq!(round_trip(&[40000, 65535, 33000, 50000]), "u16");
         round_trip(&[]);
     }
 
