@@ -465,6 +465,9 @@ pub fn is_binary(bytes: &[u8]) -> bool {
 /// Parses a binary statistics file; `path` is only used in messages.
 pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Statistics, FormatError> {
     let bad = |what: String| FormatError::file(path, what);
+    if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
+        return Err(bad("the file ends inside its header: it is truncated".into()));
+    }
     if !is_binary(bytes) {
         return Err(bad("not a binary moeplace statistics file (its first bytes differ)".into()));
     }

@@ -248,7 +248,9 @@ pub fn read_with_digest(path: &Path) -> Result<(Statistics, String), FormatError
 
 /// Parses a statistics file's bytes, binary or JSON; `path` is only used in messages.
 pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Statistics, FormatError> {
-    if crate::stats_binary::is_binary(bytes) {
+    // The magic's first byte is not text: a file starting with it is binary, or a
+    // damaged or truncated binary file, which the binary reader names as such.
+    if bytes.first() == Some(&crate::stats_binary::MAGIC[0]) {
         return crate::stats_binary::from_bytes(path, bytes);
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
