@@ -61,16 +61,9 @@ pub fn byte_progress(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// Whether `path` is a moeplace statistics file rather than a trace.
+/// Whether `path` is a moeplace statistics file (binary or JSON) rather than a trace.
 pub fn is_stats_file(path: &Path) -> bool {
-    use std::io::Read;
-    if path.is_dir() {
-        return false;
-    }
-    let mut head = [0u8; 64];
-    let Ok(mut f) = std::fs::File::open(path) else { return false };
-    let n = f.read(&mut head).unwrap_or(0);
-    String::from_utf8_lossy(&head[..n]).contains(stats_file::FORMAT_NAME)
+    stats_file::is_statistics_file(path)
 }
 
 /// Profiles every input (traces, or statistics files which are merged as they are)
@@ -162,14 +155,15 @@ pub fn engine_statistics(path: &Path, args: &TraceArgs) -> Option<Result<Statist
     })())
 }
 
-/// Reads `--stats`: a statistics file or an engine count dump.
-pub fn read_statistics(path: &Path, args: &TraceArgs) -> Result<Statistics> {
+/// Reads `--stats`: a statistics file or an engine count dump, with the digest of
+/// its bytes.
+pub fn read_statistics(path: &Path, args: &TraceArgs) -> Result<(Statistics, String)> {
     match engine_statistics(path, args) {
-        Some(s) => s,
+        Some(s) => Ok((s?, moeplace_formats::plan_file::digest_file(path)?)),
         None => {
-            let stats = stats_file::read(path)?;
+            let (stats, digest) = stats_file::read_with_digest(path)?;
             check_shape_flags(path, stats.shape(), args)?;
-            Ok(stats)
+            Ok((stats, digest))
         }
     }
 }

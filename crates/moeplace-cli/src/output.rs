@@ -18,3 +18,10 @@ pub fn check_output(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Parses `--format`/`--output-format` of a statistics output: binary or json.
+pub fn parse_stats_encoding(s: &str) -> Result<moeplace_formats::stats_file::Encoding, String> {
+    use moeplace_formats::stats_file::Encoding;
+    Encoding::parse(s)
+        .ok_or_else(|| format!("unknown statistics format {s:?}; expected one of {}", Encoding::NAMES.join(", ")))
+}

@@ -9,7 +9,8 @@
 //! - [`npz`]: NumPy `.npz`/`.npy` traces.
 //! - [`parquet`]: Parquet traces (reader and writer).
 //! - [`sglang`]: SGLang-recorded traces (`simllm-preplay-trace-v2`).
-//! - [`stats_file`]: the versioned statistics file of `moeplace profile`.
+//! - [`stats_file`]: the versioned statistics file of `moeplace profile`, binary
+//!   ([`stats_binary`]) or JSON.
 //! - [`atomic`]: write-then-rename output files.
 //! - [`cluster_file`]: cluster TOML files.
 //! - [`plan_file`]: the versioned plan file.
@@ -34,6 +35,7 @@ pub mod plan_file;
 pub mod read_ahead;
 pub mod report_html;
 pub mod sglang;
+pub mod stats_binary;
 pub mod stats_file;
 pub mod writer;
 

@@ -38,7 +38,6 @@ use std::path::Path;
 use moeplace_core::placement::Placement;
 use moeplace_core::placers::{Params, PlacerOutput};
 use moeplace_core::serving::{Homes, Serving};
-use moeplace_core::stats::Statistics;
 use serde_json::Value;
 
 use crate::atomic;
@@ -75,46 +74,88 @@ impl Plan {
         self.serving.clone().unwrap_or_default()
     }
 
-    /// The plan of a placer's output from `stats` on `num_nodes` nodes, with its
-    /// provenance (the digest is of the statistics file text of `stats`).
+    /// The plan of a placer's output on `num_nodes` nodes, with its provenance.
+    /// `input_digest` is [`digest`] of the calibration input's bytes (the statistics
+    /// file or trace as read, see [`digest_file`]), computed while reading it rather
+    /// than by writing the statistics out again.
     pub fn from_placer(
         out: PlacerOutput,
         num_nodes: usize,
         placer: &str,
         params: &Params,
         seed: u64,
-        stats: &Statistics,
+        input_digest: String,
     ) -> Plan {
         Plan {
             num_nodes,
             placement: out.placement,
             family_gpus: out.family_gpus,
-            provenance: Provenance {
-                placer: placer.to_string(),
-                parameters: params.0.clone(),
-                seed,
-                input_digest: input_digest(stats),
-            },
+            provenance: Provenance { placer: placer.to_string(), parameters: params.0.clone(), seed, input_digest },
             notes: out.notes,
             serving: moeplace_core::placers::by_name(placer).map(|p| p.serving()),
         }
     }
 }
 
-/// The digest a plan records of its calibration statistics (`eval` compares it with
-/// the replayed trace's, to warn when a plan is judged on its own calibration input).
-pub fn input_digest(stats: &Statistics) -> String {
-    digest(crate::stats_file::to_json(stats).as_bytes())
-}
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
-/// FNV-1a 64-bit digest of `bytes`, as `fnv1a64:<hex>`.
-pub fn digest(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("fnv1a64:{h:016x}")
+    h
+}
+
+/// FNV-1a 64-bit digest of `bytes`, as `fnv1a64:<hex>`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("fnv1a64:{:016x}", fnv1a(FNV_OFFSET, bytes))
+}
+
+/// [`digest`] of a file's bytes, read in blocks; for a folder (an ESFT log folder,
+/// engine statistics), of its files' relative names and bytes in name order.
+pub fn digest_file(path: &Path) -> Result<String, FormatError> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<(), FormatError> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| FormatError::io(dir, e))?
+            .map(|e| e.map(|e| e.path()).map_err(|e| FormatError::io(dir, e)))
+            .collect::<Result<_, _>>()?;
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    fn add_file(mut h: u64, path: &Path) -> Result<u64, FormatError> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| FormatError::io(path, e))?;
+            if n == 0 {
+                return Ok(h);
+            }
+            h = fnv1a(h, &buf[..n]);
+        }
+    }
+    let mut h = FNV_OFFSET;
+    if path.is_dir() {
+        let mut files = Vec::new();
+        walk(path, &mut files)?;
+        for f in files {
+            let name = f.strip_prefix(path).unwrap_or(&f).to_string_lossy().replace('\\', "/");
+            h = fnv1a(h, name.as_bytes());
+            h = fnv1a(h, &[0]);
+            h = add_file(h, &f)?;
+        }
+    } else {
+        h = add_file(h, path)?;
+    }
+    Ok(format!("fnv1a64:{h:016x}"))
 }
 
 /// Checks what [`Placement::new`] does not: nodes divide GPUs, family GPU ids.

@@ -1,6 +1,12 @@
-//! The statistics file of `moeplace profile -o stats.json`: versioned JSON holding
-//! every count of [`Statistics`] exactly, in a canonical order, so that profiling
-//! shards and merging gives a byte-identical file to profiling everything at once.
+//! The statistics file of `moeplace profile -o`: every count of [`Statistics`]
+//! exactly, in a canonical order, so that profiling shards and merging gives a
+//! byte-identical file to profiling everything at once.
+//!
+//! Two encodings of the same content: binary ([`crate::stats_binary`], the default,
+//! compact and fast) and versioned JSON (for looking inside; chosen by a `.json`
+//! name). Readers tell them apart by their first bytes.
+//!
+//! The JSON encoding:
 //!
 //! ```text
 //! {"format":"moeplace-stats","version":1,"layers":L,"experts":E,"top_k":k,
@@ -178,15 +184,103 @@ pub fn to_json(stats: &Statistics) -> String {
     s
 }
 
-/// Writes statistics atomically.
-pub fn write(path: &Path, stats: &Statistics) -> Result<(), FormatError> {
-    atomic::write_bytes(path, to_json(stats).as_bytes())
+/// How a statistics file is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// Compact binary ([`crate::stats_binary`]).
+    Binary,
+    /// Versioned JSON text.
+    Json,
 }
 
-/// Reads a statistics file, checking every count against the declared shape.
+impl Encoding {
+    pub const NAMES: &'static [&'static str] = &["binary", "json"];
+
+    pub fn parse(s: &str) -> Option<Encoding> {
+        match s {
+            "binary" => Some(Encoding::Binary),
+            "json" => Some(Encoding::Json),
+            _ => None,
+        }
+    }
+
+    /// The encoding an output name asks for: JSON for a `.json` name, binary for any
+    /// other.
+    pub fn for_path(path: &Path) -> Encoding {
+        match path.extension() {
+            Some(x) if x.eq_ignore_ascii_case("json") => Encoding::Json,
+            _ => Encoding::Binary,
+        }
+    }
+}
+
+/// The file's bytes in `encoding`.
+pub fn to_bytes(stats: &Statistics, encoding: Encoding) -> Vec<u8> {
+    match encoding {
+        Encoding::Binary => crate::stats_binary::to_bytes(stats),
+        Encoding::Json => to_json(stats).into_bytes(),
+    }
+}
+
+/// Writes statistics atomically, encoded as the name asks ([`Encoding::for_path`]).
+pub fn write(path: &Path, stats: &Statistics) -> Result<(), FormatError> {
+    write_as(path, stats, Encoding::for_path(path))
+}
+
+/// Writes statistics atomically in `encoding`.
+pub fn write_as(path: &Path, stats: &Statistics, encoding: Encoding) -> Result<(), FormatError> {
+    atomic::write_bytes(path, &to_bytes(stats, encoding))
+}
+
+/// Reads a statistics file (either encoding), checking every count against the
+/// declared shape.
 pub fn read(path: &Path) -> Result<Statistics, FormatError> {
-    let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
-    from_json(path, &text)
+    read_with_digest(path).map(|(stats, _)| stats)
+}
+
+/// Reads a statistics file and the digest of its bytes (a plan's `input_digest`),
+/// reading the file once.
+pub fn read_with_digest(path: &Path) -> Result<(Statistics, String), FormatError> {
+    let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
+    let digest = crate::plan_file::digest(&bytes);
+    Ok((from_bytes(path, &bytes)?, digest))
+}
+
+/// Parses a statistics file's bytes, binary or JSON; `path` is only used in messages.
+pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Statistics, FormatError> {
+    // The magic's first byte is not text: a file starting with it is binary, or a
+    // damaged or truncated binary file, which the binary reader names as such.
+    if bytes.first() == Some(&crate::stats_binary::MAGIC[0]) {
+        return crate::stats_binary::from_bytes(path, bytes);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        FormatError::file(path, format!("not a moeplace statistics file: neither binary nor UTF-8 JSON ({e})"))
+    })?;
+    from_json(path, text)
+}
+
+/// Whether the first bytes of a file are those of a statistics file (binary magic,
+/// or JSON naming the format early, as this writer does).
+pub fn is_statistics_head(head: &[u8]) -> bool {
+    crate::stats_binary::is_binary(head) || String::from_utf8_lossy(head).contains(FORMAT_NAME)
+}
+
+/// Whether `path` is a statistics file (a look at its first bytes).
+pub fn is_statistics_file(path: &Path) -> bool {
+    use std::io::Read;
+    if path.is_dir() {
+        return false;
+    }
+    let mut head = [0u8; 64];
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    is_statistics_head(&head[..n])
 }
 
 /// Most cells of a dense pair table (layers x experts^2) a statistics file may ask

@@ -128,6 +128,12 @@ proptest! {
         let back = stats_file::from_json(Path::new("mem.json"), &text).unwrap();
         prop_assert_eq!(&back, &whole);
         prop_assert_eq!(stats_file::to_json(&back), text);
+        let bytes = stats_file::to_bytes(&whole, stats_file::Encoding::Binary);
+        let back = stats_file::from_bytes(Path::new("mem.bin"), &bytes).unwrap();
+        prop_assert_eq!(&back, &whole);
+        prop_assert_eq!(stats_file::to_bytes(&back, stats_file::Encoding::Binary), bytes.clone());
+        // Merged shards write the same bytes as the whole.
+        prop_assert_eq!(stats_file::to_bytes(&merged, stats_file::Encoding::Binary), bytes);
     }
 }
 

@@ -267,6 +267,7 @@ pub fn plan(
         let names: Vec<&str> = core_placers::registry().iter().map(|p| p.name()).collect();
         value_error(format!("unknown placer {placer:?} (known: {})", names.join(", ")))
     })?;
+    let digest = stats.input_digest();
     let stats = &stats.inner;
     let out = py
         .detach(|| -> Result<Plan, String> {
@@ -289,7 +290,7 @@ pub fn plan(
                 seed,
             };
             let out = p.place(&input).map_err(|e| format!("placer {placer}: {e}"))?;
-            Ok(Plan::from_placer(out, cluster.nodes, placer, &params, seed, stats))
+            Ok(Plan::from_placer(out, cluster.nodes, placer, &params, seed, digest))
         })
         .map_err(value_error)?;
     Ok(PyPlan { inner: out })

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use moeplace_core::report::ProfileReport;
 use moeplace_core::stats::{ProfileOptions, Statistics, StatisticsBuilder};
 use moeplace_core::trace::{BatchColumns, ModelShape, Phase, TokenBatch};
-use moeplace_formats::{open_trace, stats_file, ReadOptions, TraceFormat};
+use moeplace_formats::stats_file::{self, Encoding};
+use moeplace_formats::{open_trace, ReadOptions, TraceFormat};
 use numpy::{PyArrayDyn, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -21,6 +22,31 @@ const BATCH_TOKENS: usize = 32768;
 #[pyclass(module = "moeplace._moeplace", name = "Statistics")]
 pub struct PyStatistics {
     pub inner: Statistics,
+    /// Digest of the file these statistics were loaded from, unchanged since: a plan
+    /// names its input by it, as `moeplace plan --stats FILE` does.
+    pub source_digest: Option<String>,
+}
+
+impl PyStatistics {
+    pub fn new(inner: Statistics) -> Self {
+        PyStatistics { inner, source_digest: None }
+    }
+
+    /// The plan's `input_digest`: of the file loaded, else of the binary file's bytes.
+    pub fn input_digest(&self) -> String {
+        self.source_digest.clone().unwrap_or_else(|| {
+            moeplace_formats::plan_file::digest(&stats_file::to_bytes(&self.inner, Encoding::Binary))
+        })
+    }
+}
+
+fn encoding(format: Option<&str>, path: Option<&Path>) -> PyResult<Encoding> {
+    match format {
+        Some(f) => Encoding::parse(f).ok_or_else(|| {
+            value_error(format!("unknown statistics format {f:?}; expected one of {}", Encoding::NAMES.join(", ")))
+        }),
+        None => Ok(path.map_or(Encoding::Binary, Encoding::for_path)),
+    }
 }
 
 /// Per-token columns of `from_topk`, each optional (the NumPy trace's arrays).
@@ -134,22 +160,6 @@ fn count_topk(shape: ModelShape, ids: &[i64], c: &Columns<'_>, options: ProfileO
     Ok(builder.finish())
 }
 
-/// A file name for bytes passing through the statistics file reader and writer.
-fn scratch_path() -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("moeplace-stats-{}-{n}.tmp", std::process::id()))
-}
-
-/// Runs `f` on a scratch file, removing it afterwards.
-fn with_scratch<T>(f: impl FnOnce(&Path) -> Result<T, String>) -> Result<T, String> {
-    let path = scratch_path();
-    let out = f(&path);
-    let _ = std::fs::remove_file(&path);
-    out
-}
-
 fn read_options(format: Option<&str>, experts: Option<usize>, top_k: Option<usize>) -> PyResult<ReadOptions> {
     let format = match format {
         None => None,
@@ -160,18 +170,10 @@ fn read_options(format: Option<&str>, experts: Option<usize>, top_k: Option<usiz
     Ok(ReadOptions { format, batch_tokens: BATCH_TOKENS, experts, top_k })
 }
 
-/// Whether `path` holds a moeplace statistics file (its head names the format).
-fn is_statistics(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 64];
-    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
-    !path.is_dir() && String::from_utf8_lossy(&head[..n]).contains(stats_file::FORMAT_NAME)
-}
-
 /// One input of `profile`: a statistics file, engine counts or a trace.
 fn profile_one(path: &Path, opts: &ReadOptions, options: ProfileOptions) -> Result<Statistics, String> {
     let shown = path.display();
-    let stats = if is_statistics(path) {
+    let stats = if stats_file::is_statistics_file(path) {
         stats_file::read(path).map_err(|e| e.to_string())?
     } else if let Some(loads) = moeplace_formats::engine_counts::read_engine_counts(path) {
         let loads = loads.map_err(|e| e.to_string())?;
@@ -227,7 +229,7 @@ pub fn profile(
             acc.ok_or_else(|| "no input given".to_string())
         })
         .map_err(value_error)?;
-    Ok(PyStatistics { inner: stats })
+    Ok(PyStatistics::new(stats))
 }
 
 /// A whole trace file as arrays: `topk_ids` (uint16, tokens x layers x k),
@@ -352,57 +354,50 @@ impl PyStatistics {
         };
         let options = ProfileOptions { request_vectors, token_sample };
         let stats = py.detach(|| count_topk(shape, &ids, &columns, options)).map_err(value_error)?;
-        Ok(PyStatistics { inner: stats })
+        Ok(PyStatistics::new(stats))
     }
 
     /// Adds `other` into these statistics (exact: shards merge to the whole).
     fn merge(&mut self, py: Python<'_>, other: PyRef<'_, PyStatistics>) -> PyResult<()> {
         let other = &other.inner;
         let inner = &mut self.inner;
-        py.detach(|| inner.merge(other)).map_err(value_error)
+        py.detach(|| inner.merge(other)).map_err(value_error)?;
+        self.source_digest = None;
+        Ok(())
     }
 
     fn copy(&self) -> PyStatistics {
-        PyStatistics { inner: self.inner.clone() }
+        PyStatistics { inner: self.inner.clone(), source_digest: self.source_digest.clone() }
     }
 
-    /// Writes the statistics file (as `moeplace profile -o` does; output appears whole).
-    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    /// Writes the statistics file (as `moeplace profile -o` does; output appears whole):
+    /// binary, or JSON for a `.json` name, unless `format` says.
+    #[pyo3(signature = (path, format=None))]
+    fn save(&self, py: Python<'_>, path: PathBuf, format: Option<&str>) -> PyResult<()> {
+        let encoding = encoding(format, Some(&path))?;
         let inner = &self.inner;
-        py.detach(|| stats_file::write(&path, inner)).map_err(value_error)
+        py.detach(|| stats_file::write_as(&path, inner, encoding)).map_err(value_error)
     }
 
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<PyStatistics> {
-        let inner = py.detach(|| stats_file::read(&path)).map_err(value_error)?;
-        Ok(PyStatistics { inner })
+        let (inner, digest) = py.detach(|| stats_file::read_with_digest(&path)).map_err(value_error)?;
+        Ok(PyStatistics { inner, source_digest: Some(digest) })
     }
 
-    /// The statistics file's bytes.
-    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+    /// The statistics file's bytes (binary unless `format="json"`).
+    #[pyo3(signature = (format=None))]
+    fn to_bytes<'py>(&self, py: Python<'py>, format: Option<&str>) -> PyResult<Bound<'py, PyBytes>> {
+        let encoding = encoding(format, None)?;
         let inner = &self.inner;
-        let data = py
-            .detach(|| {
-                with_scratch(|p| {
-                    stats_file::write(p, inner).map_err(|e| e.to_string())?;
-                    std::fs::read(p).map_err(|e| e.to_string())
-                })
-            })
-            .map_err(value_error)?;
+        let data = py.detach(|| stats_file::to_bytes(inner, encoding));
         Ok(PyBytes::new(py, &data))
     }
 
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<PyStatistics> {
-        let inner = py
-            .detach(|| {
-                with_scratch(|p| {
-                    std::fs::write(p, data).map_err(|e| e.to_string())?;
-                    stats_file::read(p).map_err(|e| e.to_string())
-                })
-            })
-            .map_err(value_error)?;
-        Ok(PyStatistics { inner })
+        let inner = py.detach(|| stats_file::from_bytes(Path::new("<bytes>"), data)).map_err(value_error)?;
+        Ok(PyStatistics { inner, source_digest: Some(moeplace_formats::plan_file::digest(data)) })
     }
 
     /// The profile report as JSON text (`moeplace profile --json`).

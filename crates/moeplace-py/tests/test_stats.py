@@ -70,6 +70,17 @@ def test_shards_merge_to_the_whole_and_files_round_trip(tmp_path):
     assert moeplace.Statistics.from_bytes(whole.to_bytes()) == whole
     whole.save(tmp_path / "s.json")
     assert moeplace.Statistics.load(tmp_path / "s.json") == whole
+    # Binary by default (any name but .json), JSON on request; both read back.
+    whole.save(tmp_path / "s.stats")
+    assert (tmp_path / "s.stats").read_bytes() == whole.to_bytes()
+    assert (tmp_path / "s.stats").read_bytes().startswith(b"\x89moeplace-stats")
+    assert (tmp_path / "s.json").read_bytes() == whole.to_bytes("json")
+    assert moeplace.Statistics.load(tmp_path / "s.stats") == whole
+    assert moeplace.Statistics.from_bytes(whole.to_bytes("json")) == whole
+    whole.save(tmp_path / "forced.json", format="binary")
+    assert (tmp_path / "forced.json").read_bytes() == whole.to_bytes()
+    with pytest.raises(ValueError, match="expected one of binary, json"):
+        whole.to_bytes("yaml")
     assert whole.tokens == 3000 and whole.shape == (4, 16, 2)
     assert whole.loads().sum() == 3000 * 4 * 2
     report = whole.report()

@@ -101,9 +101,14 @@ pub fn run(args: Args) -> Result<()> {
         cluster.gpus,
         cluster.slots_label()
     );
+    // The statistics exist in memory only: the digest is of their file's bytes.
+    let digest = moeplace_formats::plan_file::digest(&moeplace_formats::stats_file::to_bytes(
+        &stats,
+        moeplace_formats::stats_file::Encoding::Binary,
+    ));
     let mut plans = Vec::new();
     for p in registry() {
-        match make_plan(p.name(), &stats, None, &cluster, &Params::default(), args.seed, None) {
+        match make_plan(p.name(), &stats, digest.clone(), None, &cluster, &Params::default(), args.seed, None) {
             Ok(plan) => plans.push((p.name().to_string(), plan)),
             Err(e) => eprintln!("skipping placer {}: {e:#}", p.name()),
         }

@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use moeplace_core::protocol;
-use moeplace_core::stats::{ProfileOptions, Statistics};
-use moeplace_core::trace::Trace;
 use moeplace_formats::plan_file;
 
 use crate::cluster_args::ClusterArgs;
@@ -106,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    warn_calibration_input(&trace, &plans)?;
+    warn_calibration_input(&args.trace_path, &plans)?;
     let trace = if args.no_interleave { trace } else { protocol::interleave_families(&trace) };
     let links =
         ClusterArgs { preset: args.links.preset.clone(), cluster: args.links.cluster.clone(), ..Default::default() };
@@ -125,13 +123,12 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Warns about every plan calibrated on the very trace being replayed: its figures
 /// would flatter it (a plan is judged on held-out requests; `moeplace split`).
-fn warn_calibration_input(trace: &Trace, plans: &[(String, plan_file::Plan)]) -> Result<()> {
+fn warn_calibration_input(trace_path: &std::path::Path, plans: &[(String, plan_file::Plan)]) -> Result<()> {
     if plans.iter().all(|(_, p)| p.provenance.input_digest.is_empty()) {
         return Ok(());
     }
-    // Profiled as `plan --trace` profiles its input, so equal tokens give equal digests.
-    let stats = Statistics::from_batches(trace.shape, ProfileOptions::default(), &trace.batches)?;
-    let d = plan_file::input_digest(&stats);
+    // `plan --trace` records the digest of its input's bytes, so the same file gives the same digest.
+    let d = plan_file::digest_file(trace_path)?;
     for (label, plan) in plans {
         if plan.provenance.input_digest == d {
             eprintln!(

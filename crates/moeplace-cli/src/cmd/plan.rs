@@ -16,7 +16,7 @@ use crate::input::{profile_inputs, read_statistics, TraceArgs};
 /// profile -o`) or a calibration trace, for a cluster; write a plan file.
 ///
 /// The plan file holds the slot -> expert map per layer, the nodes, optional family
-/// homes, and provenance (placer, parameters, seed, a digest of the statistics). The
+/// homes, and provenance (placer, parameters, seed, a digest of the input file). The
 /// same inputs and seed give a byte-identical file. Use `moeplace eval` to replay
 /// held-out traces against it and `moeplace export` to hand it to an engine.
 ///
@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME", help = placer_help())]
     placer: String,
     /// Calibration statistics from `moeplace profile -o`.
-    #[arg(long, value_name = "STATS.json", conflicts_with = "trace_path", required_unless_present = "trace_path")]
+    #[arg(long, value_name = "STATS", conflicts_with = "trace_path", required_unless_present = "trace_path")]
     stats: Option<PathBuf>,
     /// A calibration trace (profiled on the fly).
     #[arg(long = "trace", value_name = "TRACE")]
@@ -81,21 +81,27 @@ fn placer_help() -> String {
     format!("The placer: {}", list.join("; "))
 }
 
-/// Reads the calibration input into statistics.
-pub fn calibration(stats: Option<&PathBuf>, trace: Option<&PathBuf>, args: &TraceArgs) -> Result<Statistics> {
+/// Reads the calibration input into statistics, with the digest of the input's
+/// bytes (the plan's `input_digest`).
+pub fn calibration(stats: Option<&PathBuf>, trace: Option<&PathBuf>, args: &TraceArgs) -> Result<(Statistics, String)> {
     match (stats, trace) {
         (Some(s), _) => read_statistics(s, args),
-        (None, Some(t)) => profile_inputs(std::slice::from_ref(t), args, ProfileOptions::default()),
+        (None, Some(t)) => {
+            let stats = profile_inputs(std::slice::from_ref(t), args, ProfileOptions::default())?;
+            Ok((stats, plan_file::digest_file(t)?))
+        }
         (None, None) => bail!("give --stats or --trace"),
     }
 }
 
 /// Runs a placer and returns the plan (shared with `demo`). `step_loads` are the
 /// loads per step when the input had them (engine dumps); otherwise the loads are
-/// the statistics' totals.
+/// the statistics' totals. `input_digest` names the calibration input in the plan.
+#[allow(clippy::too_many_arguments)]
 pub fn make_plan(
     placer: &str,
     stats: &Statistics,
+    input_digest: String,
     step_loads: Option<&ExpertLoads>,
     cluster: &moeplace_core::cluster::Cluster,
     params: &Params,
@@ -116,7 +122,7 @@ pub fn make_plan(
     };
     let input = PlacerInput { shape: stats.shape(), cluster, loads, stats: Some(stats), previous, params, seed };
     let out = p.place(&input).with_context(|| format!("placer {placer}"))?;
-    Ok(Plan::from_placer(out, cluster.nodes, placer, params, seed, stats))
+    Ok(Plan::from_placer(out, cluster.nodes, placer, params, seed, input_digest))
 }
 
 /// Parses `--family-share` values (FAMILY=SHARE, each family once).
@@ -137,7 +143,7 @@ fn parse_family_shares(values: &[String]) -> Result<BTreeMap<String, f64>> {
 pub fn run(args: Args) -> Result<()> {
     crate::output::check_output(&args.output)?;
     let shares = parse_family_shares(&args.family_shares)?;
-    let mut stats = calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace)?;
+    let (mut stats, digest) = calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace)?;
     if !shares.is_empty() {
         stats = stats.with_family_shares(&shares).context("--family-share")?;
     }
@@ -179,7 +185,7 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let mut plan =
-        make_plan(&args.placer, &stats, step_loads.as_ref(), &cluster, &params, args.seed, previous.as_ref())?;
+        make_plan(&args.placer, &stats, digest, step_loads.as_ref(), &cluster, &params, args.seed, previous.as_ref())?;
     plan.notes.extend(shares.iter().map(|(f, s)| (format!("family_share_{f}"), *s)));
     plan_file::write(&args.output, &plan)?;
     let p = &plan.placement;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use moeplace_core::report::ProfileReport;
 use moeplace_core::stats::ProfileOptions;
-use moeplace_formats::stats_file;
+use moeplace_formats::stats_file::{self, Encoding};
 
 use crate::input::{print_stdout, profile_inputs, TraceArgs};
 
@@ -20,7 +20,8 @@ use crate::input::{print_stdout, profile_inputs, TraceArgs};
 ///
 /// Examples:
 ///   moeplace profile traces/esft --json
-///   moeplace profile day1.parquet day2.parquet -o stats.json
+///   moeplace profile day1.parquet day2.parquet -o stats.bin
+///   moeplace profile day1.parquet -o stats.json      (JSON, to look inside)
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -32,9 +33,13 @@ pub struct Args {
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Save the statistics (mergeable with `moeplace merge`) to this file.
-    #[arg(short, long, value_name = "STATS.json")]
+    /// Save the statistics (mergeable with `moeplace merge`) to this file: compact
+    /// binary, or JSON for a `.json` name (docs/FORMATS.md).
+    #[arg(short, long, value_name = "STATS")]
     output: Option<PathBuf>,
+    /// Encoding of --output whatever its name: binary or json.
+    #[arg(long, value_name = "FORMAT", value_parser = crate::output::parse_stats_encoding, requires = "output")]
+    output_format: Option<Encoding>,
     /// Skip per-request activation vectors (memory then does not grow with the
     /// number of requests; the prefill/decode correlation is not reported).
     #[arg(long)]
@@ -53,7 +58,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let stats = profile_inputs(&args.inputs, &args.trace, options)?;
     if let Some(out) = &args.output {
-        stats_file::write(out, &stats)?;
+        stats_file::write_as(out, &stats, args.output_format.unwrap_or_else(|| Encoding::for_path(out)))?;
     }
     let report = ProfileReport::from_statistics(&stats);
     if args.json {

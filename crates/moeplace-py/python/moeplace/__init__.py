@@ -304,21 +304,25 @@ class Statistics:
 
     @classmethod
     def load(cls, path: PathLike) -> "Statistics":
-        """Reads a statistics file (``moeplace profile -o``, ``save``)."""
+        """Reads a statistics file (``moeplace profile -o``, ``save``), binary or JSON."""
         return cls(_native.Statistics.load(os.fspath(path)))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Statistics":
-        """Statistics from a statistics file's bytes (``to_bytes``)."""
+        """Statistics from a statistics file's bytes (``to_bytes``), binary or JSON."""
         return cls(_native.Statistics.from_bytes(bytes(data)))
 
-    def save(self, path: PathLike) -> None:
-        """Writes the statistics file; it appears only when complete."""
-        self._s.save(os.fspath(path))
+    def save(self, path: PathLike, format: Optional[str] = None) -> None:
+        """Writes the statistics file; it appears only when complete.
 
-    def to_bytes(self) -> bytes:
-        """The statistics file's bytes (what ``save`` writes)."""
-        return bytes(self._s.to_bytes())
+        Compact binary by default; JSON (to look inside) for a ``.json`` name or
+        ``format="json"``; ``format="binary"`` forces binary whatever the name.
+        """
+        self._s.save(os.fspath(path), format)
+
+    def to_bytes(self, format: str = "binary") -> bytes:
+        """The statistics file's bytes: ``"binary"`` (default) or ``"json"``."""
+        return bytes(self._s.to_bytes(format))
 
     def merge(self, other: "Statistics") -> "Statistics":
         """Adds ``other`` into these statistics (in place; returns self)."""
