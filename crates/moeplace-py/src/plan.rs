@@ -154,10 +154,11 @@ impl PyPlan {
         let names: Vec<&str> = ExportFormat::ALL.iter().map(|f| f.name()).collect();
         let f = ExportFormat::parse(engine)
             .ok_or_else(|| value_error(format!("unknown engine {engine:?} (known: {})", names.join(", "))))?;
+        let text = export::render(&self.inner.placement, &self.inner.layers, f).map_err(value_error)?;
         if let Some(p) = &path {
-            export::write(p, &self.inner.placement, f).map_err(value_error)?;
+            export::write(p, &self.inner.placement, &self.inner.layers, f).map_err(value_error)?;
         }
-        Ok(export::render(&self.inner.placement, f))
+        Ok(text)
     }
 
     /// Slot -> expert per layer, int64 `[layers, slots]`.

@@ -8,6 +8,7 @@ use moeplace_core::stats::ProfileOptions;
 use moeplace_formats::stats_file;
 
 use crate::input::{print_stdout, profile_inputs, TraceArgs};
+use crate::model_args::ModelArgs;
 
 /// Characterise routing traces: expert load skew, entropy, how differently task
 /// families use experts, co-activation structure, generic experts and (with prefill
@@ -29,6 +30,8 @@ pub struct Args {
     inputs: Vec<PathBuf>,
     #[command(flatten)]
     trace: TraceArgs,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -51,7 +54,8 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(out) = &args.output {
         crate::output::check_output(out)?;
     }
-    let stats = profile_inputs(&args.inputs, &args.trace, options)?;
+    let model = args.model.resolve()?;
+    let stats = profile_inputs(&args.inputs, &args.trace, model.as_ref(), options)?;
     if let Some(out) = &args.output {
         stats_file::write(out, &stats)?;
     }
