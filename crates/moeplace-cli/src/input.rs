@@ -47,10 +47,6 @@ impl TraceArgs {
         ReadOptions { format: self.format, batch_tokens: self.batch_tokens, experts: self.experts, top_k: self.top_k }
     }
 
-    pub fn open(&self, path: &Path) -> Result<Box<dyn TraceReader>> {
-        Ok(open_trace(path, &self.read_options())?)
-    }
-
     /// Opens a trace of `model`: formats that do not record experts or top-k take the
     /// model's (flags that contradict the model are refused), and the trace must have
     /// the model's shape.
@@ -65,9 +61,21 @@ impl TraceArgs {
             opts.experts = Some(m.experts);
             opts.top_k = Some(m.top_k);
         }
-        let reader = open_trace(path, &opts)?;
-        check_shape(path, reader.shape(), model)?;
-        Ok(reader)
+        match open_trace(path, &opts) {
+            Ok(reader) => {
+                check_shape(path, reader.shape(), model)?;
+                Ok(reader)
+            }
+            // A file that records another shape than the model's is refused by the
+            // reader as if --experts/--top-k had been given: read it as it is to say
+            // what differs from the model.
+            Err(e) if model.is_some() => {
+                let reader = open_trace(path, &self.read_options()).map_err(|_| e)?;
+                check_shape(path, reader.shape(), model)?;
+                Ok(reader)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -51,7 +51,11 @@ pub fn check_shape(path: &Path, shape: ModelShape, model: Option<&ModelDescripti
 
 /// The layer map of an input: what it recorded, checked against the model, else the
 /// model's; `None` when neither tells.
-pub fn layers_of(path: &Path, recorded: Option<LayerMap>, model: Option<&ModelDescription>) -> Result<Option<LayerMap>> {
+pub fn layers_of(
+    path: &Path,
+    recorded: Option<LayerMap>,
+    model: Option<&ModelDescription>,
+) -> Result<Option<LayerMap>> {
     match (recorded, model) {
         (Some(r), Some(m)) if !r.same_layers(&m.layers) => bail!(
             "{}: the input puts its MoE layers at decoder layers {:?} of {} hidden layers, but model {} has them at \
@@ -85,7 +89,13 @@ pub fn plan_layers(path: &Path, plan: &Plan, model: Option<&ModelDescription>) -
     let Some(m) = model else { return Ok(plan.layers.clone()) };
     let p = &plan.placement;
     if p.experts() != m.experts {
-        bail!("{}: the plan places {} experts per layer, model {} has {}", path.display(), p.experts(), m.name, m.experts);
+        bail!(
+            "{}: the plan places {} experts per layer, model {} has {}",
+            path.display(),
+            p.experts(),
+            m.name,
+            m.experts
+        );
     }
     if plan.layers.same_layers(&m.layers) {
         return Ok(plan.layers.clone());

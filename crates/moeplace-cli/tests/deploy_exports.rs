@@ -144,8 +144,21 @@ fn plans_from_traces_export_with_the_models_layers() {
         let plan_path = dir.path().join(format!("{}.plan.json", case.model));
         let (g, spg) = (case.gpus.to_string(), case.slots_per_gpu.to_string());
         moeplace_ok(&[
-            "plan", "--placer", "eplb", "--trace", s(&trace), "--model", case.model, "--gpus", &g, "--nodes", "1",
-            "--slots-per-gpu", &spg, "-o", s(&plan_path),
+            "plan",
+            "--placer",
+            "eplb",
+            "--trace",
+            s(&trace),
+            "--model",
+            case.model,
+            "--gpus",
+            &g,
+            "--nodes",
+            "1",
+            "--slots-per-gpu",
+            &spg,
+            "-o",
+            s(&plan_path),
         ]);
         let plan = plan_file::read(&plan_path).unwrap();
         assert_eq!(plan.layers.hidden_layers(), case.hidden);
@@ -159,8 +172,19 @@ fn plans_from_traces_export_with_the_models_layers() {
         // default, and export takes the model's layers.
         let bare = dir.path().join(format!("{}.bare.json", case.model));
         moeplace_ok(&[
-            "plan", "--placer", "eplb", "--trace", s(&trace), "--gpus", &g, "--nodes", "1", "--slots-per-gpu", &spg,
-            "-o", s(&bare),
+            "plan",
+            "--placer",
+            "eplb",
+            "--trace",
+            s(&trace),
+            "--gpus",
+            &g,
+            "--nodes",
+            "1",
+            "--slots-per-gpu",
+            &spg,
+            "-o",
+            s(&bare),
         ]);
         let bare_plan = plan_file::read(&bare).unwrap();
         assert_eq!(bare_plan.layers.source(), LayerSource::Assumed);
@@ -178,8 +202,21 @@ fn export_refuses_a_plan_of_another_model() {
     let trace = synth_trace(dir.path(), case.model);
     let plan_path = dir.path().join("lite.json");
     moeplace_ok(&[
-        "plan", "--placer", "round-robin", "--trace", s(&trace), "--model", case.model, "--gpus", "4", "--nodes", "1",
-        "--slots-per-gpu", "18", "-o", s(&plan_path),
+        "plan",
+        "--placer",
+        "round-robin",
+        "--trace",
+        s(&trace),
+        "--model",
+        case.model,
+        "--gpus",
+        "4",
+        "--nodes",
+        "1",
+        "--slots-per-gpu",
+        "18",
+        "-o",
+        s(&plan_path),
     ]);
     let out = dir.path().join("x.json");
     // Same expert count and layer count, other decoder layers.
@@ -199,8 +236,19 @@ fn export_refuses_a_plan_of_another_model() {
     assert!(err.contains("64 experts per layer, model deepseek-v3 has 256"), "{err}");
     // A trace of another shape than the model is refused when planning.
     let r = moeplace(&[
-        "plan", "--placer", "linear", "--trace", s(&trace), "--model", "deepseek-v3", "--gpus", "8", "--nodes", "1",
-        "-o", s(&out),
+        "plan",
+        "--placer",
+        "linear",
+        "--trace",
+        s(&trace),
+        "--model",
+        "deepseek-v3",
+        "--gpus",
+        "8",
+        "--nodes",
+        "1",
+        "-o",
+        s(&out),
     ]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{err}");
@@ -215,7 +263,13 @@ fn sglang_counts(path: &Path, m: &ModelDescription, steps: usize) -> Vec<Vec<Vec
         let mut layers = Vec::new();
         for layer in 0..m.layers.hidden_layers() {
             let row: Vec<u64> = (0..m.experts)
-                .map(|e| if m.layers.moe_ordinal(layer).is_some() { ((e * 7 + layer * 13 + step * 5) % 23) as u64 + 1 } else { 0 })
+                .map(|e| {
+                    if m.layers.moe_ordinal(layer).is_some() {
+                        ((e * 7 + layer * 13 + step * 5) % 23) as u64 + 1
+                    } else {
+                        0
+                    }
+                })
                 .collect();
             layers.push(row);
         }
@@ -239,8 +293,21 @@ fn plans_from_hidden_layer_counts_export_without_a_shift() {
         let (g, spg) = (case.gpus.to_string(), case.slots_per_gpu.to_string());
         let plan = |input: &Path, out: &Path| {
             moeplace_ok(&[
-                "plan", "--placer", "eplb", "--stats", s(input), "--model", case.model, "--gpus", &g, "--nodes", "1",
-                "--slots-per-gpu", &spg, "-o", s(out),
+                "plan",
+                "--placer",
+                "eplb",
+                "--stats",
+                s(input),
+                "--model",
+                case.model,
+                "--gpus",
+                &g,
+                "--nodes",
+                "1",
+                "--slots-per-gpu",
+                &spg,
+                "-o",
+                s(out),
             ]);
         };
         let (p_hidden, p_moe) = (dir.path().join("from-hidden.json"), dir.path().join("from-moe.json"));
@@ -268,8 +335,19 @@ fn counts_in_a_dense_layer_are_refused() {
     std::fs::write(&path, serde_json::json!({ "logical_count": all }).to_string()).unwrap();
     let out = dir.path().join("p.json");
     let r = moeplace(&[
-        "plan", "--placer", "eplb", "--stats", s(&path), "--model", "deepseek-v2-lite", "--gpus", "4", "--nodes", "1",
-        "-o", s(&out),
+        "plan",
+        "--placer",
+        "eplb",
+        "--stats",
+        s(&path),
+        "--model",
+        "deepseek-v2-lite",
+        "--gpus",
+        "4",
+        "--nodes",
+        "1",
+        "-o",
+        s(&out),
     ]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{err}");
@@ -285,12 +363,24 @@ fn load_only_placers_need_no_top_k() {
     for placer in ["eplb", "balance"] {
         let out = dir.path().join(format!("{placer}.json"));
         moeplace_ok(&[
-            "plan", "--placer", placer, "--stats", s(&path), "--gpus", "2", "--nodes", "1", "--slots-per-gpu", "3",
-            "-o", s(&out),
+            "plan",
+            "--placer",
+            placer,
+            "--stats",
+            s(&path),
+            "--gpus",
+            "2",
+            "--nodes",
+            "1",
+            "--slots-per-gpu",
+            "3",
+            "-o",
+            s(&out),
         ]);
         assert_eq!(plan_file::read(&out).unwrap().placement.layers(), 2);
     }
-    let r = moeplace(&["plan", "--placer", "linear", "--stats", s(&path), "--gpus", "2", "--nodes", "1", "-o", "x.json"]);
+    let r =
+        moeplace(&["plan", "--placer", "linear", "--stats", s(&path), "--gpus", "2", "--nodes", "1", "-o", "x.json"]);
     assert!(String::from_utf8_lossy(&r.stderr).contains("--top-k"));
 }
 
@@ -312,7 +402,19 @@ fn model_configs_give_the_shape_everywhere() {
     assert_eq!(v["hidden_layers"].as_u64(), Some(6));
     assert_eq!(v["moe_layers"], serde_json::json!([1, 2, 4, 5]));
     let plan_path = dir.path().join("plan.json");
-    moeplace_ok(&["plan", "--placer", "linear", "--stats", s(&stats), "--gpus", "2", "--nodes", "1", "-o", s(&plan_path)]);
+    moeplace_ok(&[
+        "plan",
+        "--placer",
+        "linear",
+        "--stats",
+        s(&stats),
+        "--gpus",
+        "2",
+        "--nodes",
+        "1",
+        "-o",
+        s(&plan_path),
+    ]);
     let plan = plan_file::read(&plan_path).unwrap();
     assert_eq!(plan.layers.moe_layers(), &[1, 2, 4, 5]);
     let out = dir.path().join("t.yaml");
@@ -339,7 +441,8 @@ fn esft_folders_of_symlinked_families() {
         let d = real.join(fam);
         std::fs::create_dir_all(&d).unwrap();
         for layer in 1..=2 {
-            std::fs::write(d.join(format!("expert_weights_{layer}.txt")), "0\t1\t2\t3\t\t0.5\t0.5\t0.5\t0.5\n").unwrap();
+            std::fs::write(d.join(format!("expert_weights_{layer}.txt")), "0\t1\t2\t3\t\t0.5\t0.5\t0.5\t0.5\n")
+                .unwrap();
         }
     }
     let linked = dir.path().join("linked");

@@ -216,7 +216,7 @@ impl ModelDescription {
         let layers = LayerMap::new(hidden_layers, rule.moe_layers(hidden_layers)?, LayerSource::Model)?;
         ModelShape::new(layers.len(), experts, top_k)?;
         if let Some(g) = groups {
-            if g.n_group == 0 || experts % g.n_group != 0 {
+            if g.n_group == 0 || !experts.is_multiple_of(g.n_group) {
                 return Err(ShapeError::BadShape(format!(
                     "n_group {} does not divide the {experts} routed experts",
                     g.n_group

@@ -86,11 +86,7 @@ fn ints<T: ToString>(xs: impl IntoIterator<Item = T>) -> String {
 /// Why `placement` with `layers` cannot be exported, if it cannot.
 pub fn check(placement: &Placement, layers: &LayerMap) -> Result<(), String> {
     if layers.len() != placement.layers() {
-        return Err(format!(
-            "the layer map has {} MoE layers but the plan {} rows",
-            layers.len(),
-            placement.layers()
-        ));
+        return Err(format!("the layer map has {} MoE layers but the plan {} rows", layers.len(), placement.layers()));
     }
     if placement.uniform_slots_per_gpu().is_none() {
         return Err(format!(
@@ -184,7 +180,8 @@ pub fn render(placement: &Placement, layers: &LayerMap, format: ExportFormat) ->
 /// Writes `placement` in `format` to `path` atomically (nothing is written when the
 /// plan cannot be exported, see [`check`]).
 pub fn write(path: &Path, placement: &Placement, layers: &LayerMap, format: ExportFormat) -> Result<(), FormatError> {
-    let text = render(placement, layers, format).map_err(|e| FormatError::file(path, format!("{}: {e}", format.name())))?;
+    let text =
+        render(placement, layers, format).map_err(|e| FormatError::file(path, format!("{}: {e}", format.name())))?;
     atomic::write_bytes(path, text.as_bytes())
 }
 
@@ -229,7 +226,10 @@ pub fn parse(path: &Path, text: &str, format: ExportFormat, layers: &LayerMap) -
                 ));
             }
             if let Some(l) = all.iter().position(|r| r.len() != all[0].len()) {
-                return Err(FormatError::file(path, format!("row {l} has {} slots, row 0 {}", all[l].len(), all[0].len())));
+                return Err(FormatError::file(
+                    path,
+                    format!("row {l} has {} slots, row 0 {}", all[l].len(), all[0].len()),
+                ));
             }
             layers.moe_layers().iter().map(|&d| all[d].clone()).collect()
         }

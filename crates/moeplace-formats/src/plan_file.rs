@@ -334,7 +334,11 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
     }
     let version = uint(path, &v, "version")?;
     if version == 0 || version as u64 > VERSION {
-        return Err(part(path, "version", format!("version {version} is not supported (this build reads 1 to {VERSION})")));
+        return Err(part(
+            path,
+            "version",
+            format!("version {version} is not supported (this build reads 1 to {VERSION})"),
+        ));
     }
     let gpus = uint(path, &v, "num_gpus")?;
     let nodes = uint(path, &v, "num_nodes")?;
@@ -469,7 +473,10 @@ mod tests {
     fn version_1_plans_read_with_the_default_layers() {
         let p = plan();
         let text = to_json(&p).unwrap();
-        assert!(text.contains("\"hidden_layers\": 5,\n  \"moe_layers\": [1, 3],\n  \"layer_source\": \"model\","), "{text}");
+        assert!(
+            text.contains("\"hidden_layers\": 5,\n  \"moe_layers\": [1, 3],\n  \"layer_source\": \"model\","),
+            "{text}"
+        );
         let old: String = text
             .lines()
             .filter(|l| !l.contains("hidden_layers") && !l.contains("moe_layers") && !l.contains("layer_source"))

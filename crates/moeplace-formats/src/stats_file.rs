@@ -313,8 +313,9 @@ pub fn from_json(path: &Path, text: &str) -> Result<Statistics, FormatError> {
         (Some(h), Some(ids), src) => {
             let source = match src {
                 None => LayerSource::Recorded,
-                Some(s) => crate::plan_file::parse_layer_source(s)
-                    .ok_or_else(|| FormatError::file(path, format!("layer_source {s:?} is not input, model or default")))?,
+                Some(s) => crate::plan_file::parse_layer_source(s).ok_or_else(|| {
+                    FormatError::file(path, format!("layer_source {s:?} is not input, model or default"))
+                })?,
             };
             Some(LayerMap::new(h, ids, source).map_err(|e| FormatError::file(path, format!("moe_layers: {e}")))?)
         }

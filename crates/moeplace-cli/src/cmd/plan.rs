@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use moeplace_core::model::ModelDescription;
 use moeplace_core::balance::{balance_figures, per_step_max_over_mean};
+use moeplace_core::model::ModelDescription;
 use moeplace_core::placers::{by_name, registry, Params, PlacerInput, REFINE_SKIPPED_NOTE};
 use moeplace_core::stats::{ExpertLoads, ProfileOptions, Statistics};
 use moeplace_formats::plan_file::{self, Plan};

@@ -26,8 +26,8 @@ pub use count::StatisticsBuilder;
 pub use mix::MixError;
 pub use sample::{token_hash, SampledToken, TokenSample, DEFAULT_TOKEN_SAMPLE};
 
-use crate::trace::{ModelShape, Phase, ShapeError, TokenBatch};
 use crate::model::LayerMap;
+use crate::trace::{ModelShape, Phase, ShapeError, TokenBatch};
 
 /// Which tokens a block of counts covers. `None` means the trace did not say.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
