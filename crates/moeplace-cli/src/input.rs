@@ -246,7 +246,7 @@ pub fn engine_loads(path: &Path, model: Option<&ModelDescription>) -> Option<Res
             }
             steps.push(moe);
         }
-        Ok(ExpertLoads::new(map.len(), e, steps).with_context(|| path.display().to_string())?)
+        ExpertLoads::new(map.len(), e, steps).with_context(|| path.display().to_string())
     })())
 }
 
