@@ -90,7 +90,7 @@ pub fn check(placement: &Placement, layers: &LayerMap) -> Result<(), String> {
     }
     if placement.uniform_slots_per_gpu().is_none() {
         return Err(format!(
-            "every engine (and EPLB) gives each GPU the same number of slots, but this plan has {} slots on {} GPUs; \
+            "every engine (and EPLB) needs the same number of slots on every GPU, but this plan has {} slots on {} GPUs; \
              plan with a slot count divisible by the GPUs",
             placement.slots(),
             placement.gpus()
