@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use moeplace_core::stats::{ProfileOptions, Statistics, StatisticsBuilder};
+use moeplace_core::model::ModelDescription;
+use moeplace_core::stats::{ExpertLoads, ProfileOptions, Statistics, StatisticsBuilder};
 use moeplace_core::trace::{ModelShape, Trace};
 use moeplace_formats::{open_trace, stats_file, ReadOptions, TraceFormat, TraceReader};
+
+use crate::model_args::{check_shape, layers_of, with_model};
 
 /// Flags every command that reads traces takes.
 #[derive(clap::Args, Clone, Debug)]
@@ -44,8 +47,35 @@ impl TraceArgs {
         ReadOptions { format: self.format, batch_tokens: self.batch_tokens, experts: self.experts, top_k: self.top_k }
     }
 
-    pub fn open(&self, path: &Path) -> Result<Box<dyn TraceReader>> {
-        Ok(open_trace(path, &self.read_options())?)
+    /// Opens a trace of `model`: formats that do not record experts or top-k take the
+    /// model's (flags that contradict the model are refused), and the trace must have
+    /// the model's shape.
+    pub fn open_for(&self, path: &Path, model: Option<&ModelDescription>) -> Result<Box<dyn TraceReader>> {
+        let mut opts = self.read_options();
+        if let Some(m) = model {
+            for (flag, given, want) in [("--experts", self.experts, m.experts), ("--top-k", self.top_k, m.top_k)] {
+                if let Some(g) = given.filter(|&g| g != want) {
+                    bail!("{flag} {g} contradicts model {} ({want}); drop {flag} or fix it", m.name);
+                }
+            }
+            opts.experts = Some(m.experts);
+            opts.top_k = Some(m.top_k);
+        }
+        match open_trace(path, &opts) {
+            Ok(reader) => {
+                check_shape(path, reader.shape(), model)?;
+                Ok(reader)
+            }
+            // A file that records another shape than the model's is refused by the
+            // reader as if --experts/--top-k had been given: read it as it is to say
+            // what differs from the model.
+            Err(e) if model.is_some() => {
+                let reader = open_trace(path, &self.read_options()).map_err(|_| e)?;
+                check_shape(path, reader.shape(), model)?;
+                Ok(reader)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -68,17 +98,25 @@ pub fn is_stats_file(path: &Path) -> bool {
 
 /// Profiles every input (traces, or statistics files which are merged as they are)
 /// into one set of statistics; all inputs must have the same model shape.
-pub fn profile_inputs(inputs: &[PathBuf], args: &TraceArgs, options: ProfileOptions) -> Result<Statistics> {
+/// With a `model`, every input must have its shape, and the statistics carry the
+/// decoder-layer index of each MoE layer (recorded by the input, else the model's).
+pub fn profile_inputs(
+    inputs: &[PathBuf],
+    args: &TraceArgs,
+    model: Option<&ModelDescription>,
+    options: ProfileOptions,
+) -> Result<Statistics> {
     let mut acc: Option<Statistics> = None;
     for path in inputs {
         let stats = if is_stats_file(path) {
             let stats = stats_file::read(path)?;
             check_shape_flags(path, stats.shape(), args)?;
-            stats
-        } else if let Some(stats) = engine_statistics(path, args) {
+            with_model(path, stats, model)?
+        } else if let Some(stats) = engine_statistics(path, args, model) {
             stats?
         } else {
-            let mut reader = args.open(path)?;
+            let mut reader = args.open_for(path, model)?;
+            let recorded = reader.layer_map();
             let mut stats = StatisticsBuilder::new(reader.shape(), options);
             let pb = byte_progress(reader.progress().1, &format!("profiling {}", path.display()));
             while let Some(batch) = reader.next() {
@@ -91,7 +129,8 @@ pub fn profile_inputs(inputs: &[PathBuf], args: &TraceArgs, options: ProfileOpti
             if stats.tokens() == 0 {
                 bail!("{}: the trace holds no tokens", path.display());
             }
-            stats
+            let map = layers_of(path, recorded, model)?;
+            stats.with_layer_map(map).with_context(|| path.display().to_string())?
         };
         match &mut acc {
             None => acc = Some(stats),
@@ -104,6 +143,11 @@ pub fn profile_inputs(inputs: &[PathBuf], args: &TraceArgs, options: ProfileOpti
 /// Reads a whole trace into memory (for commands that split or replay it).
 #[allow(dead_code)]
 pub fn read_trace(path: &Path, args: &TraceArgs) -> Result<Trace> {
+    read_trace_for(path, args, None)
+}
+
+/// Reads a whole trace of `model` into memory (see [`TraceArgs::open_for`]).
+pub fn read_trace_for(path: &Path, args: &TraceArgs, model: Option<&ModelDescription>) -> Result<Trace> {
     // A statistics file would otherwise be refused as a malformed JSONL header.
     if is_stats_file(path) {
         bail!(
@@ -111,7 +155,8 @@ pub fn read_trace(path: &Path, args: &TraceArgs) -> Result<Trace> {
             path.display()
         );
     }
-    let mut reader = args.open(path)?;
+    let mut reader = args.open_for(path, model)?;
+    layers_of(path, reader.layer_map(), model)?;
     let shape: ModelShape = reader.shape();
     let mut trace = Trace::new(shape);
     let pb = byte_progress(reader.progress().1, &format!("reading {}", path.display()));
@@ -140,30 +185,77 @@ pub fn print_stdout(text: &str) -> Result<()> {
 /// Statistics from an engine's aggregated counts (SGLang `logical_count` JSON,
 /// TensorRT-LLM expert statistics folder), or `None` if `path` is neither. The
 /// counts carry loads only (summed over steps); they do not record top-k, so
-/// `--top-k` is required to count tokens.
-pub fn engine_statistics(path: &Path, args: &TraceArgs) -> Option<Result<Statistics>> {
-    let loads = moeplace_formats::engine_counts::read_engine_counts(path)?;
+/// `--top-k` or a model is required to count tokens.
+pub fn engine_statistics(
+    path: &Path,
+    args: &TraceArgs,
+    model: Option<&ModelDescription>,
+) -> Option<Result<Statistics>> {
+    let loads = engine_loads(path, model)?;
     Some((|| {
         let loads = loads?;
-        let k = args.top_k.with_context(|| {
-            format!("{}: engine counts do not record top-k; pass --top-k (e.g. 8 for DeepSeek-V3)", path.display())
+        let k = args.top_k.or(model.map(|m| m.top_k)).with_context(|| {
+            format!(
+                "{}: engine counts do not record top-k; pass --top-k (e.g. 8 for DeepSeek-V3) or --model",
+                path.display()
+            )
         })?;
         let shape = ModelShape::new(loads.layers, loads.experts, k).with_context(|| path.display().to_string())?;
         check_shape_flags(path, shape, args)?;
         let total: Vec<u64> = loads.total().iter().map(|x| x.round() as u64).collect();
-        Statistics::from_loads(shape, total, None).with_context(|| path.display().to_string())
+        let stats = Statistics::from_loads(shape, total, None).with_context(|| path.display().to_string())?;
+        with_model(path, stats, model)
+    })())
+}
+
+/// An engine's counts (see [`engine_statistics`]) as one row per MoE layer. SGLang
+/// writes one row per hidden layer, dense layers included (as zeros): with a model
+/// whose hidden layers they match, the dense rows are dropped, and refused if they
+/// hold counts.
+pub fn engine_loads(path: &Path, model: Option<&ModelDescription>) -> Option<Result<ExpertLoads>> {
+    let loads = moeplace_formats::engine_counts::read_engine_counts(path)?;
+    Some((|| -> Result<ExpertLoads> {
+        let loads = loads?;
+        let Some(m) = model else { return Ok(loads) };
+        let map = &m.layers;
+        if loads.layers == map.len() || loads.layers != map.hidden_layers() {
+            return Ok(loads);
+        }
+        let e = loads.experts;
+        let mut steps = Vec::with_capacity(loads.steps.len());
+        for (i, step) in loads.steps.iter().enumerate() {
+            let mut moe = Vec::with_capacity(map.len() * e);
+            for layer in 0..loads.layers {
+                let row = &step[layer * e..(layer + 1) * e];
+                if map.moe_ordinal(layer).is_some() {
+                    moe.extend_from_slice(row);
+                } else if row.iter().any(|&c| c != 0.0) {
+                    bail!(
+                        "{}: step {i}: decoder layer {layer} is dense in model {} but has expert counts; are these                          counts from another model?",
+                        path.display(),
+                        m.name
+                    );
+                }
+            }
+            steps.push(moe);
+        }
+        ExpertLoads::new(map.len(), e, steps).with_context(|| path.display().to_string())
     })())
 }
 
 /// Reads `--stats`: a statistics file or an engine count dump, with the digest of
 /// its bytes.
-pub fn read_statistics(path: &Path, args: &TraceArgs) -> Result<(Statistics, String)> {
-    match engine_statistics(path, args) {
+pub fn read_statistics(
+    path: &Path,
+    args: &TraceArgs,
+    model: Option<&ModelDescription>,
+) -> Result<(Statistics, String)> {
+    match engine_statistics(path, args, model) {
         Some(s) => Ok((s?, moeplace_formats::plan_file::digest_file(path)?)),
         None => {
             let (stats, digest) = stats_file::read_with_digest(path)?;
             check_shape_flags(path, stats.shape(), args)?;
-            Ok((stats, digest))
+            Ok((with_model(path, stats, model)?, digest))
         }
     }
 }

@@ -9,6 +9,7 @@ mod cluster_args;
 mod cmd;
 mod evaluate;
 mod input;
+mod model_args;
 mod output;
 
 /// Plan where Mixture-of-Experts experts live, which get replicas and where requests

@@ -226,6 +226,7 @@ fn export_writes_every_format() {
         let out = moeplace(&["export", plan.to_str().unwrap(), "--to", to, "-o", out_path.to_str().unwrap()]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let fmt = moeplace_formats::export::ExportFormat::parse(to).unwrap();
-        assert_eq!(moeplace_formats::export::read(&out_path, fmt).unwrap(), vec![vec![0, 1, 1, 2]]);
+        let layers = moeplace_formats::plan_file::read(&plan).unwrap().layers;
+        assert_eq!(moeplace_formats::export::read(&out_path, fmt, &layers).unwrap(), vec![vec![0, 1, 1, 2]]);
     }
 }

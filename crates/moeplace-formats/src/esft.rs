@@ -51,7 +51,8 @@ fn family_dirs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_type()?.is_dir() && !layer_files(&entry.path())?.is_empty() {
+        // `Path::is_dir` follows symlinks: data sets are often folders of linked families.
+        if entry.path().is_dir() && !layer_files(&entry.path())?.is_empty() {
             out.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
         }
     }

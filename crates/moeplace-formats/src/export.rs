@@ -1,25 +1,35 @@
 //! Plans in the formats serving engines load (DESIGN.md "Exports"), and readers for
-//! each so a round trip can be checked.
+//! each so a round trip can be checked. Every export takes the plan's [`LayerMap`]
+//! (the decoder-layer index of each row, the model's hidden-layer count) and numbers
+//! rows as its engine does:
 //!
 //! - `sglang`: SGLang's `--init-expert-location` JSON, `{"physical_to_logical_map":
-//!   [[expert per slot] x layers]}`.
-//! - `vllm`: vLLM's static EPLB mapping JSONL: one line
-//!   `{"record_type": "eplb_initial_mapping", "version": 1, "num_redundant_experts":
-//!   R, "num_slots": S, "initial_global_assignments": {"<layer>": [expert per slot]}}`
-//!   with R = S - E (total redundant slots over all GPUs) and layer keys as decimal
-//!   strings in layer order.
+//!   [[expert per slot] x hidden layers]}`: one row per hidden (decoder) layer, dense
+//!   layers included (SGLang indexes the rows by decoder-layer id). A dense layer's row
+//!   is never read but must be a valid map: slot s holds expert s mod E.
 //! - `trtllm`: TensorRT-LLM's MoE load-balancer YAML: `num_slots: S` and
-//!   `initial_global_assignments:` mapping each layer index to its slot -> expert
-//!   list (flow style, one layer a line). Written by hand; the reader accepts exactly
+//!   `initial_global_assignments:` mapping the decoder-layer index of each MoE layer to
+//!   its slot -> expert list (flow style, one layer a line). The reader accepts exactly
 //!   this shape (`key: value` lines, `  layer: [ids]` entries, `#` comments).
-//! - `eplb`: DeepSeek-EPLB's arrays as JSON: `phy2log` `[layers][slots]`, `log2phy`
-//!   `[layers][experts][max copies]` padded with -1, `logcnt` `[layers][experts]`.
+//! - `vllm`: the JSONL record of vLLM PR #41141: one line `{"record_type":
+//!   "eplb_initial_mapping", "version": 1, "num_redundant_experts": R, "num_slots": S,
+//!   "initial_global_assignments": {"<MoE-layer ordinal>": [expert per slot]}}` with
+//!   R = S - E and keys as decimal strings in layer order.
+//! - `vllm-map`: the JSON of vLLM PR #49572 (`eplb_config.initial_expert_map_path`),
+//!   `[[expert per slot] per MoE layer]`; the reader also takes the PR's single list
+//!   `[slots]` (the same map for every layer).
+//! - `eplb`: DeepSeek-EPLB's arrays as JSON, MoE-layer ordinals: `phy2log`
+//!   `[layers][slots]`, `log2phy` `[layers][experts][max copies]` padded with -1,
+//!   `logcnt` `[layers][experts]`.
 //!
-//! Slot numbering is the plan's: GPU g owns slots [g*S/G, (g+1)*S/G).
+//! Slot numbering is the plan's: GPU g owns slots [g*S/G, (g+1)*S/G). Every engine,
+//! and EPLB's arrays, give each GPU the same number of slots, so a plan with unequal
+//! counts is refused.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
+use moeplace_core::model::LayerMap;
 use moeplace_core::placement::Placement;
 use serde_json::Value;
 
@@ -31,18 +41,20 @@ use crate::error::FormatError;
 pub enum ExportFormat {
     Sglang,
     Vllm,
+    VllmMap,
     Trtllm,
     Eplb,
 }
 
 impl ExportFormat {
-    pub const ALL: [ExportFormat; 4] =
-        [ExportFormat::Sglang, ExportFormat::Vllm, ExportFormat::Trtllm, ExportFormat::Eplb];
+    pub const ALL: [ExportFormat; 5] =
+        [ExportFormat::Sglang, ExportFormat::Vllm, ExportFormat::VllmMap, ExportFormat::Trtllm, ExportFormat::Eplb];
 
     pub fn name(self) -> &'static str {
         match self {
             ExportFormat::Sglang => "sglang",
             ExportFormat::Vllm => "vllm",
+            ExportFormat::VllmMap => "vllm-map",
             ExportFormat::Trtllm => "trtllm",
             ExportFormat::Eplb => "eplb",
         }
@@ -60,40 +72,82 @@ impl ExportFormat {
             _ => "json",
         }
     }
+
+    /// Whether the file's rows are keyed by decoder-layer id (else MoE-layer ordinal).
+    pub fn decoder_layer_keys(self) -> bool {
+        matches!(self, ExportFormat::Sglang | ExportFormat::Trtllm)
+    }
 }
 
 fn ints<T: ToString>(xs: impl IntoIterator<Item = T>) -> String {
     xs.into_iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// The text of `placement` in `format`.
-pub fn render(placement: &Placement, format: ExportFormat) -> String {
+/// Why `placement` with `layers` cannot be exported, if it cannot.
+pub fn check(placement: &Placement, layers: &LayerMap) -> Result<(), String> {
+    if layers.len() != placement.layers() {
+        return Err(format!("the layer map has {} MoE layers but the plan {} rows", layers.len(), placement.layers()));
+    }
+    if placement.uniform_slots_per_gpu().is_none() {
+        return Err(format!(
+            "every engine (and EPLB) needs the same number of slots on every GPU, but this plan has {} slots on {} GPUs; \
+             plan with a slot count divisible by the GPUs",
+            placement.slots(),
+            placement.gpus()
+        ));
+    }
+    Ok(())
+}
+
+/// The SGLang rows: one per hidden layer, MoE rows at their decoder index and every
+/// dense row the map slot s -> expert s mod E.
+pub fn sglang_rows(placement: &Placement, layers: &LayerMap) -> Vec<Vec<u32>> {
+    let e = placement.experts();
+    let dense: Vec<u32> = (0..placement.slots()).map(|s| (s % e) as u32).collect();
+    let mut rows = vec![dense; layers.hidden_layers()];
+    for (ordinal, row) in placement.phy2log().iter().enumerate() {
+        rows[layers.moe_layers()[ordinal]] = row.clone();
+    }
+    rows
+}
+
+/// The text of `placement` in `format`; `layers` numbers its rows (see [`check`]).
+pub fn render(placement: &Placement, layers: &LayerMap, format: ExportFormat) -> Result<String, String> {
+    check(placement, layers)?;
     let rows = placement.phy2log();
     let mut s = String::new();
+    let nested = |s: &mut String, rows: &[Vec<u32>]| {
+        for (l, r) in rows.iter().enumerate() {
+            let _ = writeln!(s, "  [{}]{}", ints(r.iter()), if l + 1 < rows.len() { "," } else { "" });
+        }
+    };
     match format {
         ExportFormat::Sglang => {
             s.push_str("{\"physical_to_logical_map\": [\n");
-            for (l, r) in rows.iter().enumerate() {
-                let _ = writeln!(s, "  [{}]{}", ints(r.iter()), if l + 1 < rows.len() { "," } else { "" });
-            }
+            nested(&mut s, &sglang_rows(placement, layers));
             s.push_str("]}\n");
         }
+        ExportFormat::VllmMap => {
+            s.push_str("[\n");
+            nested(&mut s, rows);
+            s.push_str("]\n");
+        }
         ExportFormat::Vllm => {
-            let layers: Vec<String> =
+            let items: Vec<String> =
                 rows.iter().enumerate().map(|(l, r)| format!("\"{l}\": [{}]", ints(r.iter()))).collect();
             let _ = writeln!(
                 s,
                 "{{\"record_type\": \"eplb_initial_mapping\", \"version\": 1, \"num_redundant_experts\": {}, \"num_slots\": {}, \"initial_global_assignments\": {{{}}}}}",
                 placement.slots() - placement.experts(),
                 placement.slots(),
-                layers.join(", ")
+                items.join(", ")
             );
         }
         ExportFormat::Trtllm => {
             let _ = writeln!(s, "num_slots: {}", placement.slots());
             s.push_str("initial_global_assignments:\n");
             for (l, r) in rows.iter().enumerate() {
-                let _ = writeln!(s, "  {l}: [{}]", ints(r.iter()));
+                let _ = writeln!(s, "  {}: [{}]", layers.moe_layers()[l], ints(r.iter()));
             }
         }
         ExportFormat::Eplb => {
@@ -120,33 +174,22 @@ pub fn render(placement: &Placement, format: ExportFormat) -> String {
             s.push_str("}\n");
         }
     }
-    s
+    Ok(s)
 }
 
-/// Writes `placement` in `format` to `path` atomically. The engines (SGLang, vLLM,
-/// TensorRT-LLM) give every GPU the same number of slots, so a plan with unequal
-/// counts (S not a multiple of G) is refused for them; the `eplb` arrays take it.
-pub fn write(path: &Path, placement: &Placement, format: ExportFormat) -> Result<(), FormatError> {
-    if format != ExportFormat::Eplb && placement.uniform_slots_per_gpu().is_none() {
-        return Err(FormatError::file(
-            path,
-            format!(
-                "{} needs the same number of slots on every GPU, but this plan has {} slots on {} GPUs; \
-                 plan with a slot count divisible by the GPUs, or export to eplb",
-                format.name(),
-                placement.slots(),
-                placement.gpus()
-            ),
-        ));
-    }
-    atomic::write_bytes(path, render(placement, format).as_bytes())
+/// Writes `placement` in `format` to `path` atomically (nothing is written when the
+/// plan cannot be exported, see [`check`]).
+pub fn write(path: &Path, placement: &Placement, layers: &LayerMap, format: ExportFormat) -> Result<(), FormatError> {
+    let text =
+        render(placement, layers, format).map_err(|e| FormatError::file(path, format!("{}: {e}", format.name())))?;
+    atomic::write_bytes(path, text.as_bytes())
 }
 
-/// Reads an export back: the `physical_to_logical_map` rows it carries (validate them
-/// with [`Placement::new`] and the plan's GPU count, which SGLang's file lacks).
-pub fn read(path: &Path, format: ExportFormat) -> Result<Vec<Vec<i64>>, FormatError> {
+/// Reads an export back as the plan's rows, one per MoE layer in order, using `layers`
+/// to find them (validate them with [`Placement::new`] and the plan's GPU count).
+pub fn read(path: &Path, format: ExportFormat, layers: &LayerMap) -> Result<Vec<Vec<i64>>, FormatError> {
     let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
-    parse(path, &text, format)
+    parse(path, &text, format, layers)
 }
 
 fn rows_of(path: &Path, v: Option<&Value>, what: &str) -> Result<Vec<Vec<i64>>, FormatError> {
@@ -167,11 +210,38 @@ fn json(path: &Path, text: &str) -> Result<Value, FormatError> {
     serde_json::from_str(text).map_err(|e| FormatError::line(path, e.line() as u64, format!("not valid JSON: {e}")))
 }
 
-/// Parses export text (`path` names it in errors).
-pub fn parse(path: &Path, text: &str, format: ExportFormat) -> Result<Vec<Vec<i64>>, FormatError> {
-    match format {
+/// Parses export text (`path` names it in errors) into one row per MoE layer.
+pub fn parse(path: &Path, text: &str, format: ExportFormat, layers: &LayerMap) -> Result<Vec<Vec<i64>>, FormatError> {
+    let rows = match format {
         ExportFormat::Sglang => {
-            rows_of(path, json(path, text)?.get("physical_to_logical_map"), "physical_to_logical_map")
+            let all = rows_of(path, json(path, text)?.get("physical_to_logical_map"), "physical_to_logical_map")?;
+            if all.len() != layers.hidden_layers() {
+                return Err(FormatError::file(
+                    path,
+                    format!(
+                        "SGLang reads one row per hidden layer: expected {} rows, found {}",
+                        layers.hidden_layers(),
+                        all.len()
+                    ),
+                ));
+            }
+            if let Some(l) = all.iter().position(|r| r.len() != all[0].len()) {
+                return Err(FormatError::file(
+                    path,
+                    format!("row {l} has {} slots, row 0 {}", all[l].len(), all[0].len()),
+                ));
+            }
+            layers.moe_layers().iter().map(|&d| all[d].clone()).collect()
+        }
+        ExportFormat::VllmMap => {
+            let v = json(path, text)?;
+            let single = v.as_array().is_some_and(|a| a.iter().all(Value::is_i64));
+            if single {
+                let row = rows_of(path, Some(&Value::Array(vec![v])), "map")?.remove(0);
+                vec![row; layers.len()]
+            } else {
+                rows_of(path, Some(&v), "map")?
+            }
         }
         ExportFormat::Vllm => {
             let line =
@@ -192,7 +262,8 @@ pub fn parse(path: &Path, text: &str, format: ExportFormat) -> Result<Vec<Vec<i6
                 let r = rows_of(path, Some(&Value::Array(vec![r.clone()])), "initial_global_assignments")?.remove(0);
                 rows.push((l, r));
             }
-            finish_layers(path, rows, slots)
+            let keys: Vec<usize> = (0..layers.len()).collect();
+            finish_layers(path, rows, slots, &keys)?
         }
         ExportFormat::Trtllm => {
             let mut slots = None;
@@ -224,7 +295,7 @@ pub fn parse(path: &Path, text: &str, format: ExportFormat) -> Result<Vec<Vec<i6
                     rows.push((l, r.map_err(|_| bad("an expert id is not an integer"))?));
                 }
             }
-            finish_layers(path, rows, slots)
+            finish_layers(path, rows, slots, layers.moe_layers())?
         }
         ExportFormat::Eplb => {
             let v = json(path, text)?;
@@ -252,24 +323,40 @@ pub fn parse(path: &Path, text: &str, format: ExportFormat) -> Result<Vec<Vec<i6
                     }
                 }
             }
-            Ok(rows)
+            rows
         }
+    };
+    if rows.len() != layers.len() {
+        return Err(FormatError::file(
+            path,
+            format!("expected {} MoE layers (rows), found {}", layers.len(), rows.len()),
+        ));
     }
+    Ok(rows)
 }
 
+/// Rows keyed by layer id, in the order of `keys`, which must be exactly the keys found.
 fn finish_layers(
     path: &Path,
     mut rows: Vec<(usize, Vec<i64>)>,
     slots: Option<u64>,
+    keys: &[usize],
 ) -> Result<Vec<Vec<i64>>, FormatError> {
     rows.sort_by_key(|r| r.0);
-    for (i, (l, r)) in rows.iter().enumerate() {
-        if *l != i {
-            return Err(FormatError::file(
-                path,
-                format!("layers are not numbered 0..{}: missing layer {i}", rows.len()),
-            ));
-        }
+    let found: Vec<usize> = rows.iter().map(|r| r.0).collect();
+    if found != keys {
+        let missing: Vec<String> = keys.iter().filter(|k| !found.contains(k)).map(usize::to_string).collect();
+        let extra: Vec<String> = found.iter().filter(|k| !keys.contains(k)).map(usize::to_string).collect();
+        return Err(FormatError::file(
+            path,
+            format!(
+                "layer keys do not match the model's MoE layers: missing [{}], unexpected [{}]",
+                missing.join(", "),
+                extra.join(", ")
+            ),
+        ));
+    }
+    for (l, r) in &rows {
         if let Some(s) = slots {
             if r.len() as u64 != s {
                 return Err(FormatError::file(path, format!("layer {l} has {} slots, num_slots says {s}", r.len())));
@@ -282,35 +369,73 @@ fn finish_layers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moeplace_core::model::LayerSource;
 
-    #[test]
-    fn every_format_reads_back() {
+    fn plan() -> (Placement, LayerMap) {
         let p = Placement::new(4, 2, 3, vec![vec![0, 1, 2, 3, 2, 0], vec![3, 2, 1, 0, 1, 2]]).unwrap();
-        for f in ExportFormat::ALL {
-            let text = render(&p, f);
-            let rows = parse(Path::new("x"), &text, f).unwrap();
-            assert_eq!(Placement::new(4, 2, 3, rows).unwrap(), p, "{}", f.name());
-        }
-        assert!(render(&p, ExportFormat::Vllm).contains("\"num_redundant_experts\": 2, \"num_slots\": 6"));
-        assert!(render(&p, ExportFormat::Eplb).contains("[[0, 5], [1, -1], [2, 4], [3, -1]]"));
+        (p, LayerMap::new(4, vec![1, 3], LayerSource::Model).unwrap())
     }
 
     #[test]
-    fn engines_refuse_unequal_slot_counts() {
+    fn every_format_reads_back() {
+        let (p, m) = plan();
+        for f in ExportFormat::ALL {
+            let text = render(&p, &m, f).unwrap();
+            let rows = parse(Path::new("x"), &text, f, &m).unwrap();
+            assert_eq!(Placement::new(4, 2, 3, rows).unwrap(), p, "{}", f.name());
+        }
+        let vllm = render(&p, &m, ExportFormat::Vllm).unwrap();
+        assert!(vllm.contains("\"num_redundant_experts\": 2, \"num_slots\": 6"));
+        assert!(vllm.contains("{\"0\": [0, 1, 2, 3, 2, 0], \"1\": "), "{vllm}");
+        assert!(render(&p, &m, ExportFormat::Eplb).unwrap().contains("[[0, 5], [1, -1], [2, 4], [3, -1]]"));
+        let trt = render(&p, &m, ExportFormat::Trtllm).unwrap();
+        assert!(trt.contains("\n  1: [0, 1, 2, 3, 2, 0]\n  3: [3, 2, 1, 0, 1, 2]\n"), "{trt}");
+    }
+
+    #[test]
+    fn sglang_has_a_row_per_hidden_layer() {
+        let (p, m) = plan();
+        let rows = sglang_rows(&p, &m);
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[0], vec![0, 1, 2, 3, 0, 1]);
+        assert_eq!(rows[2], vec![0, 1, 2, 3, 0, 1]);
+        assert_eq!(rows[1], p.phy2log()[0]);
+        assert_eq!(rows[3], p.phy2log()[1]);
+        let text = render(&p, &m, ExportFormat::Sglang).unwrap();
+        let short = LayerMap::new(3, vec![1, 2], LayerSource::Model).unwrap();
+        let e = parse(Path::new("x"), &text, ExportFormat::Sglang, &short).unwrap_err().to_string();
+        assert!(e.contains("expected 3 rows, found 4"), "{e}");
+    }
+
+    #[test]
+    fn shifted_keys_are_refused() {
+        let (p, m) = plan();
+        let text = render(&p, &m, ExportFormat::Trtllm).unwrap();
+        let e = parse(Path::new("x"), &text, ExportFormat::Trtllm, &LayerMap::assumed(2)).unwrap_err().to_string();
+        assert!(e.contains("missing [0], unexpected [3]"), "{e}");
+        let single = "[0, 1, 2, 3, 2, 0]";
+        let rows = parse(Path::new("x"), single, ExportFormat::VllmMap, &m).unwrap();
+        assert_eq!(rows.len(), 2);
+    }
+
+    #[test]
+    fn unequal_slot_counts_are_refused() {
         let p = Placement::with_slots(4, 2, 5, vec![vec![0, 1, 2, 3, 0]]).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let e = write(&dir.path().join("x.json"), &p, ExportFormat::Sglang).unwrap_err().to_string();
-        assert!(e.contains("same number of slots on every GPU"), "{e}");
-        assert!(!dir.path().join("x.json").exists());
-        write(&dir.path().join("y.json"), &p, ExportFormat::Eplb).unwrap();
+        for f in ExportFormat::ALL {
+            let e = write(&dir.path().join("x.json"), &p, &LayerMap::assumed(1), f).unwrap_err().to_string();
+            assert!(e.contains("same number of slots"), "{e}");
+            assert!(!dir.path().join("x.json").exists());
+        }
     }
 
     #[test]
     fn inconsistent_eplb_arrays_are_refused() {
         let p = Placement::new(2, 2, 1, vec![vec![0, 1]]).unwrap();
-        let text = render(&p, ExportFormat::Eplb);
+        let m = LayerMap::assumed(1);
+        let text = render(&p, &m, ExportFormat::Eplb).unwrap();
         assert!(text.contains("\"logcnt\": [\n    [1, 1]"), "{text}");
         let bad = text.replace("\"logcnt\": [\n    [1, 1]", "\"logcnt\": [\n    [1, 2]");
-        assert!(parse(Path::new("x"), &bad, ExportFormat::Eplb).is_err());
+        assert!(parse(Path::new("x"), &bad, ExportFormat::Eplb, &m).is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! - [`jsonl`]: the project's own JSONL trace format (reader and writer).
 //! - [`esft`]: DeepSeek ESFT expert logs (`<family>/expert_weights_<layer>.txt`).
 //! - [`npz`]: NumPy `.npz`/`.npy` traces.
+//! - [`model_config`]: a model's Hugging Face `config.json` as a model description.
 //! - [`parquet`]: Parquet traces (reader and writer).
 //! - [`sglang`]: SGLang-recorded traces (`simllm-preplay-trace-v2`).
 //! - [`stats_file`]: the versioned statistics file of `moeplace profile`, binary
@@ -29,6 +30,7 @@ pub mod error;
 pub mod esft;
 pub mod export;
 pub mod jsonl;
+pub mod model_config;
 pub mod npz;
 pub mod parquet;
 pub mod plan_file;

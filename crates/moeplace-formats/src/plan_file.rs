@@ -4,10 +4,13 @@
 //! ```text
 //! {
 //!   "format": "moeplace-plan",
-//!   "version": 1,
+//!   "version": 2,
 //!   "num_gpus": G, "num_nodes": N, "num_slots": S, "slots_per_gpu": S/G,
 //!   "num_experts": E,
 //!   "num_layers": L,
+//!   "hidden_layers": H,                  // decoder layers of the model, dense included
+//!   "moe_layers": [decoder-layer index of each row] x L,
+//!   "layer_source": "input" | "model" | "default",
 //!   "physical_to_logical_map": [[expert id per slot] x L],
 //!   "family_gpus": {"law": [0, 1, 2, 3], ...},            // optional
 //!   "provenance": {"placer": "linear", "parameters": {"k": "v"}, "seed": 0,
@@ -21,6 +24,11 @@
 //! its parameters and the home policy (`rr` or `family`); `plan` writes the one its
 //! placer declares. Plans without it (written before plans named their serving) are
 //! served with [`Serving::default`].
+//! Row i of the map is MoE layer i, decoder layer `moe_layers[i]`. `layer_source` says
+//! where that numbering came from: the input recorded it (engine recordings), a model
+//! description gave it (`--model`, `--model-config`), or nothing told and MoE layer i
+//! is taken as decoder layer i (`default`). Version 1 plans, which lack the three
+//! fields, still read, with the default numbering.
 //! GPU g owns slots [g*S/G, (g+1)*S/G) of each layer's S slots. `slots_per_gpu` is
 //! written only when G divides S (files from before `num_slots` carry only it).
 //! Every read and every write validates the placement with
@@ -35,6 +43,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use moeplace_core::model::{LayerMap, LayerSource};
 use moeplace_core::placement::Placement;
 use moeplace_core::placers::{Params, PlacerOutput};
 use moeplace_core::serving::{Homes, Serving};
@@ -44,7 +53,25 @@ use crate::atomic;
 use crate::error::{FormatError, Location};
 
 pub const FORMAT_NAME: &str = "moeplace-plan";
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
+
+/// The name a plan or statistics file gives a [`LayerSource`].
+pub fn layer_source_name(s: LayerSource) -> &'static str {
+    match s {
+        LayerSource::Recorded => "input",
+        LayerSource::Model => "model",
+        LayerSource::Assumed => "default",
+    }
+}
+
+/// Parses a `layer_source` value (the core's names are accepted too).
+pub fn parse_layer_source(s: &str) -> Option<LayerSource> {
+    match s {
+        "input" => Some(LayerSource::Recorded),
+        "default" => Some(LayerSource::Assumed),
+        _ => LayerSource::parse(s),
+    }
+}
 
 /// Where a plan came from.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -66,6 +93,8 @@ pub struct Plan {
     pub notes: BTreeMap<String, f64>,
     /// How the plan is served; `None` in plans written before plans named it.
     pub serving: Option<Serving>,
+    /// The decoder-layer index of each row and the model's hidden-layer count.
+    pub layers: LayerMap,
 }
 
 impl Plan {
@@ -77,7 +106,8 @@ impl Plan {
     /// The plan of a placer's output on `num_nodes` nodes, with its provenance.
     /// `input_digest` is [`digest`] of the calibration input's bytes (the statistics
     /// file or trace as read, see [`digest_file`]), computed while reading it rather
-    /// than by writing the statistics out again.
+    /// than by writing the statistics out again. `layer_map` is the statistics' (the
+    /// default numbering when they have none).
     pub fn from_placer(
         out: PlacerOutput,
         num_nodes: usize,
@@ -85,12 +115,14 @@ impl Plan {
         params: &Params,
         seed: u64,
         input_digest: String,
+        layer_map: Option<LayerMap>,
     ) -> Plan {
         Plan {
             num_nodes,
-            placement: out.placement,
             family_gpus: out.family_gpus,
             provenance: Provenance { placer: placer.to_string(), parameters: params.0.clone(), seed, input_digest },
+            layers: layer_map.unwrap_or_else(|| LayerMap::assumed(out.placement.layers())),
+            placement: out.placement,
             notes: out.notes,
             serving: moeplace_core::placers::by_name(placer).map(|p| p.serving()),
         }
@@ -160,6 +192,13 @@ pub fn digest_file(path: &Path) -> Result<String, FormatError> {
 
 /// Checks what [`Placement::new`] does not: nodes divide GPUs, family GPU ids.
 pub fn check(plan: &Plan) -> Result<(), String> {
+    if plan.layers.len() != plan.placement.layers() {
+        return Err(format!(
+            "moe_layers lists {} MoE layers but the map has {} rows",
+            plan.layers.len(),
+            plan.placement.layers()
+        ));
+    }
     let g = plan.placement.gpus();
     if plan.num_nodes == 0 || !g.is_multiple_of(plan.num_nodes) {
         return Err(format!("{g} GPUs do not divide evenly into {} nodes", plan.num_nodes));
@@ -200,6 +239,10 @@ pub fn to_json(plan: &Plan) -> Result<String, String> {
     }
     let _ = writeln!(s, "  \"num_experts\": {},", p.experts());
     let _ = writeln!(s, "  \"num_layers\": {},", p.layers());
+    let _ = writeln!(s, "  \"hidden_layers\": {},", plan.layers.hidden_layers());
+    let ids: Vec<String> = plan.layers.moe_layers().iter().map(usize::to_string).collect();
+    let _ = writeln!(s, "  \"moe_layers\": [{}],", ids.join(", "));
+    let _ = writeln!(s, "  \"layer_source\": {},", js(layer_source_name(plan.layers.source())));
     s.push_str("  \"physical_to_logical_map\": [\n");
     for (l, row) in p.phy2log().iter().enumerate() {
         let items: Vec<String> = row.iter().map(u32::to_string).collect();
@@ -346,6 +389,9 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
         "slots_per_gpu",
         "num_experts",
         "num_layers",
+        "hidden_layers",
+        "moe_layers",
+        "layer_source",
         "physical_to_logical_map",
         "family_gpus",
         "provenance",
@@ -359,8 +405,12 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
         return Err(part(path, "format", format!("expected \"{FORMAT_NAME}\"; is this a plan file?")));
     }
     let version = uint(path, &v, "version")?;
-    if version as u64 != VERSION {
-        return Err(part(path, "version", format!("version {version} is not supported (this build reads {VERSION})")));
+    if version == 0 || version as u64 > VERSION {
+        return Err(part(
+            path,
+            "version",
+            format!("version {version} is not supported (this build reads 1 to {VERSION})"),
+        ));
     }
     let gpus = uint(path, &v, "num_gpus")?;
     let nodes = uint(path, &v, "num_nodes")?;
@@ -444,7 +494,8 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
         None | Some(Value::Null) => None,
         Some(sv) => Some(read_serving(path, sv)?),
     };
-    let plan = Plan { num_nodes: nodes, placement, family_gpus, provenance, notes, serving };
+    let layers = plan_layers(path, &v, placement.layers())?;
+    let plan = Plan { num_nodes: nodes, placement, family_gpus, provenance, notes, serving, layers };
     check(&plan).map_err(|e| FormatError::file(path, e))?;
     Ok(plan)
 }
@@ -472,6 +523,31 @@ fn read_serving(path: &Path, sv: &Value) -> Result<Serving, FormatError> {
     Ok(serving)
 }
 
+/// The plan's layer map: its three fields, or the default numbering when the plan has
+/// none of them (version 1).
+fn plan_layers(path: &Path, v: &Value, rows: usize) -> Result<LayerMap, FormatError> {
+    let (h, ids, src) = (v.get("hidden_layers"), v.get("moe_layers"), v.get("layer_source"));
+    if h.is_none() && ids.is_none() && src.is_none() {
+        return Ok(LayerMap::assumed(rows));
+    }
+    let hidden = uint(path, v, "hidden_layers")?;
+    let ids: Vec<usize> = ids
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect())
+        .ok_or_else(|| part(path, "moe_layers", "missing or not a list of decoder-layer ids"))?;
+    let source = match src {
+        None => LayerSource::Recorded,
+        Some(s) => s
+            .as_str()
+            .and_then(parse_layer_source)
+            .ok_or_else(|| part(path, "layer_source", format!("{s} is not \"input\", \"model\" or \"default\"")))?,
+    };
+    if ids.len() != rows {
+        return Err(part(path, "moe_layers", format!("lists {} MoE layers but the map has {rows} rows", ids.len())));
+    }
+    LayerMap::new(hidden, ids, source).map_err(|e| part(path, "moe_layers", e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +565,7 @@ mod tests {
             },
             notes: BTreeMap::from([("bound".into(), 1.5)]),
             serving: Some(Serving::new("gesr", Homes::Family).with_param("theta", "1.5")),
+            layers: LayerMap::new(5, vec![1, 3], LayerSource::Model).unwrap(),
         }
     }
 
@@ -507,6 +584,30 @@ mod tests {
         let bad = text.replace("\"homes\": \"family\"", "\"homes\": \"nearby\"");
         let e = from_json(Path::new("p.json"), &bad).unwrap_err().to_string();
         assert!(e.contains("nearby"), "{e}");
+    }
+
+    #[test]
+    fn version_1_plans_read_with_the_default_layers() {
+        let p = plan();
+        let text = to_json(&p).unwrap();
+        assert!(
+            text.contains("\"hidden_layers\": 5,\n  \"moe_layers\": [1, 3],\n  \"layer_source\": \"model\","),
+            "{text}"
+        );
+        let old: String = text
+            .lines()
+            .filter(|l| !l.contains("hidden_layers") && !l.contains("moe_layers") && !l.contains("layer_source"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("\"version\": 2", "\"version\": 1");
+        let back = from_json(Path::new("p.json"), &old).unwrap();
+        assert_eq!(back.layers, LayerMap::assumed(2));
+        assert!(to_json(&back).unwrap().contains("\"layer_source\": \"default\""));
+        let wrong = text.replace("\"moe_layers\": [1, 3]", "\"moe_layers\": [1, 3, 4]");
+        let e = from_json(Path::new("p.json"), &wrong).unwrap_err().to_string();
+        assert!(e.contains("moe_layers") && e.contains("3 MoE layers"), "{e}");
+        let wrong = text.replace("\"moe_layers\": [1, 3]", "\"moe_layers\": [1, 5]");
+        assert!(from_json(Path::new("p.json"), &wrong).unwrap_err().to_string().contains("out of range"));
     }
 
     #[test]

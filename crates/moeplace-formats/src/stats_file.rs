@@ -18,12 +18,15 @@
 //!  "requests":[{"id":"r0","family":"law"|null,
 //!               "phases":[{"phase":..,"tokens":n,"counts":[[layer,expert,count],...]}]}],
 //!  "token_sample":{"capacity":n,                       // absent: no sample
-//!                  "tokens":[{"hash":h,"family":..,"phase":..,"picks":[L*k ids]},...]}}
+//!                  "tokens":[{"hash":h,"family":..,"phase":..,"picks":[L*k ids]},...]},
+//!  "hidden_layers":H,"moe_layers":[L decoder-layer ids],  // optional, together
+//!  "layer_source":"input"|"model"|"default"}             // optional
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use moeplace_core::model::{LayerMap, LayerSource};
 use moeplace_core::stats::{
     pair_count, GroupKey, GroupStats, RequestActivation, SampledToken, Statistics, TokenSample,
 };
@@ -49,6 +52,12 @@ struct FileRepr {
     requests: Vec<RequestRepr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token_sample: Option<SampleRepr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hidden_layers: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    moe_layers: Option<Vec<usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layer_source: Option<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -178,6 +187,9 @@ pub fn to_json(stats: &Statistics) -> String {
                 .map(|t| SampledRepr { hash: t.hash, family: t.family.clone(), phase: t.phase, picks: t.picks.clone() })
                 .collect(),
         }),
+        hidden_layers: stats.layer_map().map(|m| m.hidden_layers()),
+        moe_layers: stats.layer_map().map(|m| m.moe_layers().to_vec()),
+        layer_source: stats.layer_map().map(|m| crate::plan_file::layer_source_name(m.source()).to_string()),
     };
     let mut s = serde_json::to_string(&repr).expect("statistics serialise");
     s.push('\n');
@@ -390,6 +402,20 @@ pub fn from_json(path: &Path, text: &str) -> Result<Statistics, FormatError> {
     if stats.groups().values().all(|g| g.tokens == 0) {
         return Err(FormatError::file(path, "the statistics hold no tokens"));
     }
+    let layer_map = match (repr.hidden_layers, repr.moe_layers, repr.layer_source.as_deref()) {
+        (None, None, None) => None,
+        (Some(h), Some(ids), src) => {
+            let source = match src {
+                None => LayerSource::Recorded,
+                Some(s) => crate::plan_file::parse_layer_source(s).ok_or_else(|| {
+                    FormatError::file(path, format!("layer_source {s:?} is not input, model or default"))
+                })?,
+            };
+            Some(LayerMap::new(h, ids, source).map_err(|e| FormatError::file(path, format!("moe_layers: {e}")))?)
+        }
+        _ => return Err(FormatError::file(path, "hidden_layers and moe_layers must be given together")),
+    };
+    let stats = stats.with_layer_map(layer_map).map_err(|e| FormatError::file(path, format!("moe_layers: {e}")))?;
     let Some(sample) = repr.token_sample else { return Ok(stats) };
     let tokens = sample
         .tokens

@@ -87,6 +87,7 @@ proptest! {
             };
             let plan = Plan {
                 num_nodes: nodes,
+                layers: moeplace_core::model::LayerMap::assumed(out.placement.layers()),
                 placement: out.placement,
                 family_gpus: out.family_gpus,
                 provenance: Provenance { placer: placer.name().into(), parameters: BTreeMap::new(), seed, input_digest: plan_file::digest(b"x") },
@@ -102,14 +103,14 @@ proptest! {
             prop_assert_eq!(std::fs::read(&path).unwrap(), first);
             for f in ExportFormat::ALL {
                 let ep = dir.path().join(format!("{}.{}", placer.name(), f.name()));
-                if f != ExportFormat::Eplb && !slots.is_multiple_of(gpus) {
-                    // Engines need equal slot counts per GPU: refused, nothing written.
-                    prop_assert!(export::write(&ep, &plan.placement, f).is_err());
+                if !slots.is_multiple_of(gpus) {
+                    // Engines (and EPLB) need equal slot counts per GPU: refused, nothing written.
+                    prop_assert!(export::write(&ep, &plan.placement, &plan.layers, f).is_err());
                     prop_assert!(!ep.exists());
                     continue;
                 }
-                export::write(&ep, &plan.placement, f).unwrap();
-                let rows = export::read(&ep, f).unwrap();
+                export::write(&ep, &plan.placement, &plan.layers, f).unwrap();
+                let rows = export::read(&ep, f, &plan.layers).unwrap();
                 let p = Placement::with_slots(experts, gpus, slots, rows).unwrap();
                 prop_assert_eq!(&p, &plan.placement, "{} via {}", placer.name(), f.name());
             }

@@ -155,10 +155,11 @@ impl PyPlan {
         let names: Vec<&str> = ExportFormat::ALL.iter().map(|f| f.name()).collect();
         let f = ExportFormat::parse(engine)
             .ok_or_else(|| value_error(format!("unknown engine {engine:?} (known: {})", names.join(", "))))?;
+        let text = export::render(&self.inner.placement, &self.inner.layers, f).map_err(value_error)?;
         if let Some(p) = &path {
-            export::write(p, &self.inner.placement, f).map_err(value_error)?;
+            export::write(p, &self.inner.placement, &self.inner.layers, f).map_err(value_error)?;
         }
-        Ok(export::render(&self.inner.placement, f))
+        Ok(text)
     }
 
     /// Slot -> expert per layer, int64 `[layers, slots]`.
@@ -290,7 +291,7 @@ pub fn plan(
                 seed,
             };
             let out = p.place(&input).map_err(|e| format!("placer {placer}: {e}"))?;
-            Ok(Plan::from_placer(out, cluster.nodes, placer, &params, seed, digest))
+            Ok(Plan::from_placer(out, cluster.nodes, placer, &params, seed, digest, stats.layer_map().cloned()))
         })
         .map_err(value_error)?;
     Ok(PyPlan { inner: out })

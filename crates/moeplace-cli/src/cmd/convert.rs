@@ -6,6 +6,7 @@ use anyhow::Result;
 use moeplace_formats::writer::{output_format, TraceWriter};
 
 use crate::input::{byte_progress, TraceArgs};
+use crate::model_args::ModelArgs;
 
 /// Convert a routing trace between formats, streaming (memory stays bounded).
 /// The output format follows the output's extension (.jsonl, .parquet, .npz) or --to.
@@ -22,6 +23,8 @@ pub struct Args {
     output: PathBuf,
     #[command(flatten)]
     trace: TraceArgs,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Output format: jsonl, parquet or npz (default: from the output's extension).
     #[arg(long, value_name = "FORMAT")]
     to: Option<String>,
@@ -30,7 +33,9 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let format = output_format(&args.output, args.to.as_deref())?;
     crate::output::check_output(&args.output)?;
-    let mut reader = args.trace.open(&args.input)?;
+    let model = args.model.resolve()?;
+    let mut reader = args.trace.open_for(&args.input, model.as_ref())?;
+    crate::model_args::layers_of(&args.input, reader.layer_map(), model.as_ref())?;
     let pb = byte_progress(reader.progress().1, &format!("converting {}", args.input.display()));
     let mut tokens = 0usize;
     let mut w = TraceWriter::create(&args.output, format, reader.shape())?;

@@ -8,7 +8,8 @@ use moeplace_formats::plan_file;
 
 use crate::cluster_args::ClusterArgs;
 use crate::evaluate::{evaluate, write_report, ServingArgs};
-use crate::input::{read_trace, TraceArgs};
+use crate::input::{read_trace_for, TraceArgs};
+use crate::model_args::ModelArgs;
 use crate::output::check_output;
 
 /// Replay a held-out trace (never the calibration tokens) against one or more plans
@@ -39,6 +40,8 @@ pub struct Args {
     trace_path: PathBuf,
     #[command(flatten)]
     trace: TraceArgs,
+    #[command(flatten)]
+    model: ModelArgs,
     /// A plan file (repeatable; all are shown side by side).
     #[arg(long = "plan", value_name = "PLAN.json", required = true)]
     plans: Vec<PathBuf>,
@@ -83,14 +86,16 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.report {
         check_output(path)?;
     }
+    let model = args.model.resolve()?;
     let mut plans = Vec::new();
     for p in &args.plans {
         let plan = plan_file::read(p)?;
+        crate::model_args::plan_layers(p, &plan, model.as_ref())?;
         let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string());
         let label = if plans.iter().any(|(l, _)| *l == stem) { p.display().to_string() } else { stem };
         plans.push((label, plan));
     }
-    let trace = read_trace(&args.trace_path, &args.trace)?;
+    let trace = read_trace_for(&args.trace_path, &args.trace, model.as_ref())?;
     for ((_, plan), path) in plans.iter().zip(&args.plans) {
         let p = &plan.placement;
         if p.layers() != trace.shape.layers || p.experts() != trace.shape.experts {

@@ -5,12 +5,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use moeplace_core::balance::{balance_figures, per_step_max_over_mean};
+use moeplace_core::model::ModelDescription;
 use moeplace_core::placers::{by_name, registry, Params, PlacerInput, REFINE_SKIPPED_NOTE};
 use moeplace_core::stats::{ExpertLoads, ProfileOptions, Statistics};
 use moeplace_formats::plan_file::{self, Plan};
 
 use crate::cluster_args::ClusterArgs;
-use crate::input::{profile_inputs, read_statistics, TraceArgs};
+use crate::input::{engine_loads, profile_inputs, read_statistics, TraceArgs};
+use crate::model_args::ModelArgs;
 
 /// Plan an expert placement with a placer, from calibration statistics (`moeplace
 /// profile -o`) or a calibration trace, for a cluster; write a plan file.
@@ -24,13 +26,19 @@ use crate::input::{profile_inputs, read_statistics, TraceArgs};
 ///   moeplace plan --placer linear --stats calib.json --gpus 16 --nodes 4 -o linear.json
 ///   moeplace plan --placer round-robin --trace calib.jsonl --preset h100 --nodes 2 \
 ///       --slots-per-gpu 17 -o rr.json
-///   moeplace plan --placer eplb --stats sglang_logical_count.json --top-k 8 \
-///       --gpus 32 --nodes 4 --slots-per-gpu 9 --groups 8 -o eplb.json
+///   moeplace plan --placer eplb --stats sglang_logical_count.json --model deepseek-v3 \
+///       --gpus 32 --nodes 4 --slots-per-gpu 9 -o eplb.json
 ///   moeplace plan --placer tacg+gesr --stats calib.json --gpus 16 --nodes 4 \
 ///       --slots-per-gpu 5 --family-share law=0.7 -o law-surge.json
 ///
 /// --stats also takes engine counts: an SGLang `{"logical_count": ...}` JSON file or a
-/// TensorRT-LLM expert statistics folder (these do not record top-k: pass --top-k).
+/// TensorRT-LLM expert statistics folder (these do not record top-k: pass --top-k or
+/// --model, except for the load-only placers eplb and balance).
+///
+/// The plan records which decoder layer each of its rows is (`moe_layers`,
+/// `hidden_layers`): as the input recorded it, else as --model / --model-config say,
+/// else MoE layer i = decoder layer i (`layer_source: default`). Give the model for
+/// models with dense layers (DeepSeek, Llama 4) so that exports are exact.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -45,6 +53,8 @@ pub struct Args {
     trace_path: Option<PathBuf>,
     #[command(flatten)]
     trace: TraceArgs,
+    #[command(flatten)]
+    model: ModelArgs,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// A placer parameter, key=value (repeatable); `moeplace placers NAME` lists a placer's
@@ -82,12 +92,25 @@ fn placer_help() -> String {
 }
 
 /// Reads the calibration input into statistics, with the digest of the input's
-/// bytes (the plan's `input_digest`).
-pub fn calibration(stats: Option<&PathBuf>, trace: Option<&PathBuf>, args: &TraceArgs) -> Result<(Statistics, String)> {
+/// bytes (the plan's `input_digest`). `loads_only`: the placer reads only expert
+/// loads, so engine counts need no top-k (1 stands in for it).
+pub fn calibration(
+    stats: Option<&PathBuf>,
+    trace: Option<&PathBuf>,
+    args: &TraceArgs,
+    model: Option<&ModelDescription>,
+    loads_only: bool,
+) -> Result<(Statistics, String)> {
     match (stats, trace) {
-        (Some(s), _) => read_statistics(s, args),
+        (Some(s), _) => {
+            let mut args = args.clone();
+            if loads_only && args.top_k.is_none() && model.is_none() && engine_loads(s, None).is_some() {
+                args.top_k = Some(1);
+            }
+            read_statistics(s, &args, model)
+        }
         (None, Some(t)) => {
-            let stats = profile_inputs(std::slice::from_ref(t), args, ProfileOptions::default())?;
+            let stats = profile_inputs(std::slice::from_ref(t), args, model, ProfileOptions::default())?;
             Ok((stats, plan_file::digest_file(t)?))
         }
         (None, None) => bail!("give --stats or --trace"),
@@ -122,7 +145,7 @@ pub fn make_plan(
     };
     let input = PlacerInput { shape: stats.shape(), cluster, loads, stats: Some(stats), previous, params, seed };
     let out = p.place(&input).with_context(|| format!("placer {placer}"))?;
-    Ok(Plan::from_placer(out, cluster.nodes, placer, params, seed, input_digest))
+    Ok(Plan::from_placer(out, cluster.nodes, placer, params, seed, input_digest, stats.layer_map().cloned()))
 }
 
 /// Parses `--family-share` values (FAMILY=SHARE, each family once).
@@ -143,7 +166,10 @@ fn parse_family_shares(values: &[String]) -> Result<BTreeMap<String, f64>> {
 pub fn run(args: Args) -> Result<()> {
     crate::output::check_output(&args.output)?;
     let shares = parse_family_shares(&args.family_shares)?;
-    let (mut stats, digest) = calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace)?;
+    let model = args.model.resolve()?;
+    let loads_only = by_name(&args.placer).is_some_and(|p| p.loads_only());
+    let (mut stats, digest) =
+        calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace, model.as_ref(), loads_only)?;
     if !shares.is_empty() {
         stats = stats.with_family_shares(&shares).context("--family-share")?;
     }
@@ -155,6 +181,12 @@ pub fn run(args: Args) -> Result<()> {
             bail!("give the number of groups once: --groups or --param groups=K, not both");
         }
         params.0.insert("groups".into(), k.to_string());
+    }
+    // The model's expert groups are EPLB's num_groups, as DeepSeek's EPLB takes them.
+    if let Some(g) = model.as_ref().and_then(|m| m.groups).filter(|g| g.n_group > 1) {
+        if args.placer == "eplb" && !params.0.contains_key("groups") {
+            params.0.insert("groups".into(), g.n_group.to_string());
+        }
     }
     let previous = match &args.previous {
         Some(p) => {
@@ -181,7 +213,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     // Engine dumps keep their steps, for placers that balance per step.
     let step_loads = match &args.stats {
-        Some(p) => moeplace_formats::engine_counts::read_engine_counts(p).transpose()?,
+        Some(p) => engine_loads(p, model.as_ref()).transpose()?,
         None => None,
     };
     let mut plan =
@@ -225,5 +257,25 @@ pub fn run(args: Args) -> Result<()> {
             .map(|q| format!(", {} slot moves from the previous plan", p.moves_from(q)))
             .unwrap_or_default()
     );
+    let m = &plan.layers;
+    eprintln!(
+        "rows are decoder layers {} of {} hidden layers (layer_source: {}){}",
+        span(m.moe_layers()),
+        m.hidden_layers(),
+        plan_file::layer_source_name(m.source()),
+        if m.source() == moeplace_core::model::LayerSource::Assumed {
+            "; give --model or --model-config if the model has dense layers"
+        } else {
+            ""
+        }
+    );
     Ok(())
+}
+
+/// `a..=b` when ids are consecutive, else the list.
+pub fn span(ids: &[usize]) -> String {
+    match (ids.first(), ids.last()) {
+        (Some(&a), Some(&b)) if b - a + 1 == ids.len() => format!("{a}..={b}"),
+        _ => format!("{ids:?}"),
+    }
 }

@@ -8,6 +8,7 @@ use moeplace_core::stats::ProfileOptions;
 use moeplace_formats::stats_file::{self, Encoding};
 
 use crate::input::{print_stdout, profile_inputs, TraceArgs};
+use crate::model_args::ModelArgs;
 
 /// Characterise routing traces: expert load skew, entropy, how differently task
 /// families use experts, co-activation structure, generic experts and (with prefill
@@ -30,6 +31,8 @@ pub struct Args {
     inputs: Vec<PathBuf>,
     #[command(flatten)]
     trace: TraceArgs,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -56,7 +59,8 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(out) = &args.output {
         crate::output::check_output(out)?;
     }
-    let stats = profile_inputs(&args.inputs, &args.trace, options)?;
+    let model = args.model.resolve()?;
+    let stats = profile_inputs(&args.inputs, &args.trace, model.as_ref(), options)?;
     if let Some(out) = &args.output {
         stats_file::write_as(out, &stats, args.output_format.unwrap_or_else(|| Encoding::for_path(out)))?;
     }

@@ -38,6 +38,8 @@ pub struct Args {
     /// A built-in model shape (default deepseek-v2-lite when no shape is given).
     #[arg(long, value_name = "NAME", conflicts_with_all = ["layers", "experts", "top_k"])]
     preset: Option<String>,
+    #[command(flatten)]
+    model: crate::model_args::ModelArgs,
     /// MoE layers (with --experts and --top-k).
     #[arg(long, value_name = "L", requires_all = ["experts", "top_k"])]
     layers: Option<usize>,
@@ -88,10 +90,16 @@ pub struct Args {
 
 /// The configuration the options describe.
 fn build_config(args: &Args) -> Result<(SynthConfig, Option<Statistics>)> {
-    let shape = match (args.layers, args.experts, args.top_k) {
+    let mut shape = match (args.layers, args.experts, args.top_k) {
         (Some(l), Some(e), Some(k)) => Some(ModelShape::new(l, e, k)?),
         _ => None,
     };
+    if let Some(m) = args.model.resolve()? {
+        if args.preset.is_some() || shape.is_some() {
+            bail!("give the shape once: --model/--model-config, --preset or --layers/--experts/--top-k");
+        }
+        shape = Some(m.shape());
+    }
     let (mut config, real) = match &args.fit {
         Some(path) => {
             let stats = stats_file::read(path)?;

@@ -596,6 +596,10 @@ impl Placer for Balance {
         "balance"
     }
 
+    fn loads_only(&self) -> bool {
+        true
+    }
+
     fn about(&self) -> &'static str {
         "replica counts and packing chosen together for the lowest max GPU load; never worse than eplb"
     }

@@ -384,6 +384,10 @@ impl Placer for Eplb {
         "eplb"
     }
 
+    fn loads_only(&self) -> bool {
+        true
+    }
+
     fn about(&self) -> &'static str {
         "DeepSeek EPLB (hierarchical when groups divide by nodes, else global); duplicates on a GPU repaired by swaps"
     }

@@ -182,6 +182,11 @@ pub trait Placer: Send + Sync {
     fn params(&self) -> Vec<ParamDoc> {
         Vec::new()
     }
+    /// Whether it reads only expert loads (not top-k, co-activation or token paths),
+    /// so that count files without top-k are enough.
+    fn loads_only(&self) -> bool {
+        false
+    }
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError>;
     /// How its plans are served (written into every plan): by default the `nearest`
     /// dispatcher with requests round-robin.

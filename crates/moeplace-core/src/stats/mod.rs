@@ -26,6 +26,7 @@ pub use count::StatisticsBuilder;
 pub use mix::MixError;
 pub use sample::{token_hash, SampledToken, TokenSample, DEFAULT_TOKEN_SAMPLE};
 
+use crate::model::LayerMap;
 use crate::trace::{ModelShape, Phase, ShapeError, TokenBatch};
 
 /// Which tokens a block of counts covers. `None` means the trace did not say.
@@ -239,6 +240,8 @@ pub enum MergeError {
     RequestsMismatch,
     #[error("request {request:?} has family {a:?} in one input and {b:?} in another")]
     FamilyConflict { request: String, a: Option<String>, b: Option<String> },
+    #[error("the inputs put their MoE layers at different decoder layers (different models?)")]
+    LayersMismatch,
     #[error("together the inputs hold more tokens than the statistics' counters can count")]
     TooManyTokens,
 }
@@ -271,6 +274,8 @@ pub struct Statistics {
     groups: BTreeMap<GroupKey, GroupStats>,
     requests: BTreeMap<String, RequestActivation>,
     sample: TokenSample,
+    /// The decoder-layer index of each MoE layer, when the input or a model told.
+    layer_map: Option<LayerMap>,
 }
 
 impl Statistics {
@@ -283,6 +288,7 @@ impl Statistics {
             groups: BTreeMap::new(),
             requests: BTreeMap::new(),
             sample: TokenSample::new(options.token_sample),
+            layer_map: None,
         }
     }
 
@@ -313,6 +319,7 @@ impl Statistics {
             groups,
             requests: BTreeMap::new(),
             sample: TokenSample::new(0),
+            layer_map: None,
         })
     }
 
@@ -342,7 +349,7 @@ impl Statistics {
         }
         check_sums(shape, pairs, &groups, &requests)?;
         check_totals(&groups, &requests)?;
-        Ok(Statistics { shape, pairs, request_vectors, groups, requests, sample: TokenSample::new(0) })
+        Ok(Statistics { shape, pairs, request_vectors, groups, requests, sample: TokenSample::new(0), layer_map: None })
     }
 
     /// These statistics with `sample` as their token-path sample (the statistics file
@@ -355,6 +362,27 @@ impl Statistics {
         }
         self.sample = sample;
         Ok(self)
+    }
+
+    /// These statistics with `map` as the decoder-layer index of their MoE layers
+    /// (`None`: unknown). The map must have one entry per MoE layer of the shape.
+    pub fn with_layer_map(mut self, map: Option<LayerMap>) -> Result<Self, ShapeError> {
+        if let Some(m) = &map {
+            if m.len() != self.shape.layers {
+                return Err(ShapeError::BadShape(format!(
+                    "the layer map has {} MoE layers but the statistics {}",
+                    m.len(),
+                    self.shape.layers
+                )));
+            }
+        }
+        self.layer_map = map;
+        Ok(self)
+    }
+
+    /// The decoder-layer index of each MoE layer, when known.
+    pub fn layer_map(&self) -> Option<&LayerMap> {
+        self.layer_map.as_ref()
     }
 
     /// The sample of whole token paths (empty when profiled without one).
@@ -465,6 +493,11 @@ impl Statistics {
         if other.shape != self.shape {
             return Err(ShapeError::ShapeMismatch { expected: self.shape, found: other.shape }.into());
         }
+        if let (Some(a), Some(b)) = (&self.layer_map, &other.layer_map) {
+            if !a.same_layers(b) {
+                return Err(MergeError::LayersMismatch);
+            }
+        }
         if other.pairs != self.pairs {
             return Err(MergeError::PairsMismatch);
         }
@@ -499,6 +532,9 @@ impl Statistics {
             }
         }
         self.sample.merge(&other.sample);
+        if self.layer_map.is_none() {
+            self.layer_map = other.layer_map.clone();
+        }
         for (id, r) in &other.requests {
             let mine = self
                 .requests
