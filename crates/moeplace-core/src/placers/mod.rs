@@ -20,6 +20,7 @@ mod grace;
 mod linear;
 mod round_robin;
 mod tacg;
+pub use tacg::SPLIT_GROUPS_NOTE;
 mod tacg_gesr;
 
 /// Placer parameters as `key=value` strings (from `--param` on the command line);
