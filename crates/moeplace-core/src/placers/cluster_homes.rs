@@ -422,7 +422,9 @@ impl Placer for ClusterHomesPlacer {
                 (f, gpus.collect())
             })
             .collect();
-        let mut out = PlacerOutput::placement(model.placement.clone());
+        let (placement, swaps) = super::hold_balance(model.placement.clone(), input.loads)?;
+        let mut out = PlacerOutput::placement(placement);
+        out.notes.insert(super::BALANCE_FALLBACK_NOTE.into(), swaps as f64);
         out.family_gpus = (!family_gpus.is_empty()).then_some(family_gpus);
         out.notes.insert("clusters".into(), model.clusters() as f64);
         out.notes.insert("calibration_local_share".into(), model.local_share);

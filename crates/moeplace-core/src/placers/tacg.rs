@@ -172,8 +172,9 @@ impl Placer for Tacg {
             })
             .collect::<Result<_, PlaceError>>()?;
         let (lists, refined): (Vec<_>, Vec<_>) = solved.into_iter().unzip();
-        let placement = to_placement(input, &lists)?;
+        let (placement, swaps) = super::hold_balance(to_placement(input, &lists)?, input.loads)?;
         let mut out = fm.output(placement);
+        out.notes.insert(super::BALANCE_FALLBACK_NOTE.into(), swaps as f64);
         fm.refine_notes(&mut out, refined);
         Ok(out)
     }
