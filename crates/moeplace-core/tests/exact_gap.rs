@@ -6,6 +6,8 @@
 //! heuristic placer's plan must stay within a stated gap of it. docs/EXACT.md lists
 //! the measured gaps: `cargo test -p moeplace-core --test exact_gap -- --nocapture`.
 
+#![allow(clippy::needless_range_loop)]
+
 use good_lp::{constraint, microlp, variable, variables, Expression, Solution, SolverModel, Variable};
 use moeplace_core::cluster::Cluster;
 use moeplace_core::placers::{by_name, Params, PlacerInput};
@@ -82,7 +84,7 @@ fn permutations(v: &mut Vec<usize>, k: usize, f: &mut impl FnMut(&[usize])) {
 }
 
 fn max_over_mean(inst: &Instance, gpu_of: &[usize]) -> f64 {
-    let mut l = vec![0.0; GPUS];
+    let mut l = [0.0; GPUS];
     (0..EXPERTS).for_each(|e| l[gpu_of[e]] += inst.load[e]);
     let mean = l.iter().sum::<f64>() / GPUS as f64;
     l.iter().copied().fold(0.0, f64::max) / mean
@@ -93,7 +95,8 @@ fn optimum(inst: &Instance) -> Vec<usize> {
     let mut vars = variables!();
     let x: Vec<Vec<Variable>> =
         (0..EXPERTS).map(|_| (0..GPUS).map(|_| vars.add(variable().binary())).collect()).collect();
-    let local: Expression = (0..EXPERTS).flat_map(|e| (0..GPUS).map(move |g| (e, g))).map(|(e, g)| inst.picks[g][e] * x[e][g]).sum();
+    let local: Expression =
+        (0..EXPERTS).flat_map(|e| (0..GPUS).map(move |g| (e, g))).map(|(e, g)| inst.picks[g][e] * x[e][g]).sum();
     let mut model = vars.maximise(local).using(microlp);
     let cap = (1.0 + EPS) * inst.load.iter().sum::<f64>() / GPUS as f64;
     for xe in &x {

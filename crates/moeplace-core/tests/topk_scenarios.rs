@@ -35,7 +35,8 @@ const TASK_AWARE: &[&str] = &["tacg", "tacg+gesr"];
 /// under family homes, so a plan balanced on calibration loads split evenly over
 /// copies is not balanced as served, and the fallback on expected loads does not see
 /// it. Listed so that the gap stays visible and cannot widen unnoticed.
-const KNOWN_SHORT: &[(&str, &str, f64)] = &[("top-1, 128 experts", "cluster-homes", 0.80), ("top-1, 128 experts", "tacg+gesr", 0.96)];
+const KNOWN_SHORT: &[(&str, &str, f64)] =
+    &[("top-1, 128 experts", "cluster-homes", 0.80), ("top-1, 128 experts", "tacg+gesr", 0.96)];
 
 fn dispatcher_name(placer: &str) -> &'static str {
     match placer {
@@ -93,7 +94,9 @@ fn check(s: &Scenario) {
     let results = run(s);
     let table: Vec<String> = results
         .iter()
-        .map(|(p, r)| format!("{p:>14}: Jain {:.4}, remote nodes {:.4}, remote GPUs {:.4}", r.jain, r.remote_nodes, r.remote_gpus))
+        .map(|(p, r)| {
+            format!("{p:>14}: Jain {:.4}, remote nodes {:.4}, remote GPUs {:.4}", r.jain, r.remote_nodes, r.remote_gpus)
+        })
         .collect();
     let table = table.join("\n");
     println!("{}:\n{table}", s.name);
@@ -104,7 +107,12 @@ fn check(s: &Scenario) {
             assert!(r.jain >= floor, "{}: {p} Jain {:.4} fell below its known {floor}\n{table}", s.name, r.jain);
             continue;
         }
-        assert!(r.jain >= 0.95, "{}: {p} Jain {:.4} < 0.95 where balance reaches {balance:.4}\n{table}", s.name, r.jain);
+        assert!(
+            r.jain >= 0.95,
+            "{}: {p} Jain {:.4} < 0.95 where balance reaches {balance:.4}\n{table}",
+            s.name,
+            r.jain
+        );
         if TASK_AWARE.contains(&p.as_str()) {
             assert!(r.jain >= 0.98, "{}: task-aware {p} Jain {:.4} < 0.98\n{table}", s.name, r.jain);
         }

@@ -430,7 +430,8 @@ impl Placer for ClusterHomesPlacer {
         out.notes.insert("calibration_local_share".into(), model.local_share);
         // Equal groups follow nodes only when their size divides, or is a multiple
         // of, the GPUs per node; otherwise the plan says how many straddle.
-        out.notes.insert(super::SPLIT_GROUPS_NOTE.into(), super::tacg::split_groups(&model.groups, input.cluster) as f64);
+        out.notes
+            .insert(super::SPLIT_GROUPS_NOTE.into(), super::tacg::split_groups(&model.groups, input.cluster) as f64);
         Ok(out)
     }
 }

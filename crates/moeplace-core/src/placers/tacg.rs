@@ -585,7 +585,8 @@ fn packed_groups(pi: &[f64], nodes: usize, per: usize) -> Option<Vec<Vec<usize>>
         return None;
     }
     let left = nodes - used;
-    let rest: Vec<f64> = pi.iter().zip(&whole).map(|(p, &w)| (p / total * gpus as f64 - (w * per) as f64).max(0.0)).collect();
+    let rest: Vec<f64> =
+        pi.iter().zip(&whole).map(|(p, &w)| (p / total * gpus as f64 - (w * per) as f64).max(0.0)).collect();
     // A family without a whole node needs at least one GPU of the nodes left.
     let min: Vec<usize> = whole.iter().map(|&w| usize::from(w == 0)).collect();
     let extra = largest_remainder(&rest, left * per, &min);
@@ -609,7 +610,13 @@ fn packed_groups(pi: &[f64], nodes: usize, per: usize) -> Option<Vec<Vec<usize>>
             let fit = free.iter().enumerate().filter(|(_, (_, r))| *r >= need).min_by_key(|(i, (_, r))| (*r, *i));
             let i = match fit {
                 Some((i, _)) => i,
-                None => free.iter().enumerate().filter(|(_, (_, r))| *r > 0).max_by_key(|(i, (_, r))| (*r, std::cmp::Reverse(*i)))?.0,
+                None => {
+                    free.iter()
+                        .enumerate()
+                        .filter(|(_, (_, r))| *r > 0)
+                        .max_by_key(|(i, (_, r))| (*r, std::cmp::Reverse(*i)))?
+                        .0
+                }
             };
             let (node, room) = free[i];
             let take = need.min(room);
