@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use moeplace_core::balance::{balance_figures, per_step_max_over_mean};
 use moeplace_core::model::ModelDescription;
-use moeplace_core::placers::{by_name, registry, Params, PlacerInput, REFINE_SKIPPED_NOTE};
+use moeplace_core::placers::{by_name, registry, Params, PlacerInput, REFINE_SKIPPED_NOTE, SPLIT_GROUPS_NOTE};
 use moeplace_core::stats::{ExpertLoads, ProfileOptions, Statistics};
 use moeplace_formats::plan_file::{self, Plan};
 
@@ -237,6 +237,14 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!(
             "note: the statistics carry no token-path sample (written by an older moeplace, or profiled with \
              --token-sample 0), so {} skipped its token-level steps; profile the traces again to get them",
+            args.placer
+        );
+    }
+    if let Some(&n) = plan.notes.get(SPLIT_GROUPS_NOTE).filter(|&&n| n > 0.0) {
+        eprintln!(
+            "warning: the traffic shares do not allow whole nodes per group: {n} GPU group(s) of {} span more \
+             nodes than their size needs and pay cross-node sends for their own experts (the split chosen costs \
+             least)",
             args.placer
         );
     }

@@ -7,7 +7,9 @@
 //!    serves about the same number of requests);
 //! 2. cluster c is served by GPU group c (groups: `groups` equal runs of consecutive
 //!    GPUs, by default one per node; GPUs are interchangeable, so the identity map
-//!    loses nothing);
+//!    loses nothing). Groups whose size neither divides nor is a multiple of the
+//!    GPUs per node straddle nodes; the plan note `groups_split_across_nodes` counts
+//!    them and `plan` warns;
 //! 3. per layer, experts are placed to maximise node-local tokens (picks of cluster
 //!    c's tokens whose expert has a copy in group c) under exact slot capacity (a
 //!    group holds as many copies as its GPUs own slots, at most one copy of an expert
@@ -425,10 +427,16 @@ impl Placer for ClusterHomesPlacer {
                 (f, gpus.collect())
             })
             .collect();
-        let mut out = PlacerOutput::placement(model.placement.clone());
+        let (placement, swaps) = super::hold_balance(model.placement.clone(), input.loads)?;
+        let mut out = PlacerOutput::placement(placement);
+        out.notes.insert(super::BALANCE_FALLBACK_NOTE.into(), swaps as f64);
         out.family_gpus = (!family_gpus.is_empty()).then_some(family_gpus);
         out.notes.insert("clusters".into(), model.clusters() as f64);
         out.notes.insert("calibration_local_share".into(), model.local_share);
+        // Equal groups follow nodes only when their size divides, or is a multiple
+        // of, the GPUs per node; otherwise the plan says how many straddle.
+        out.notes
+            .insert(super::SPLIT_GROUPS_NOTE.into(), super::tacg::split_groups(&model.groups, input.cluster) as f64);
         Ok(out)
     }
 }

@@ -20,6 +20,7 @@ mod grace;
 mod linear;
 mod round_robin;
 mod tacg;
+pub use tacg::SPLIT_GROUPS_NOTE;
 mod tacg_gesr;
 
 /// Placer parameters as `key=value` strings (from `--param` on the command line);
@@ -290,9 +291,95 @@ pub(crate) fn fill_redundant_hottest(
     Ok(Placement::from_gpu_lists(shape.experts, &base)?)
 }
 
+/// Plan note: experts swapped between GPUs by the balance fallback ([`hold_balance`]).
+pub const BALANCE_FALLBACK_NOTE: &str = "balance_fallback_swaps";
+
+/// The expected per-layer Jain index (calibration loads, each expert's load split
+/// evenly over its copies) below which [`hold_balance`] steps in. `balance` reaches
+/// it on every shape we generate, so a plan below it has traded balance for locality.
+pub const BALANCE_FLOOR: f64 = 0.99;
+
+/// Fallback toward balance: in each layer whose expected Jain index is below
+/// [`BALANCE_FLOOR`], swaps pairs of experts between the heaviest GPU and another,
+/// each time the swap that lowers the sum of squared GPU loads most, until the layer
+/// reaches the floor or no swap helps. Slot counts and copy counts stay as they are,
+/// so a plan above the floor is returned unchanged. Returns the swaps made.
+pub(crate) fn hold_balance(placement: Placement, loads: &ExpertLoads) -> Result<(Placement, usize), PlaceError> {
+    let (gpus, experts) = (placement.gpus(), placement.experts());
+    let mut lists: Vec<Vec<Vec<usize>>> = (0..placement.layers())
+        .map(|l| (0..gpus).map(|g| placement.gpu_experts(l, g).iter().map(|&x| x as usize).collect()).collect())
+        .collect();
+    let mut swaps = 0;
+    for (layer, gl) in lists.iter_mut().enumerate() {
+        let total = loads.layer_total(layer);
+        let mut copies = vec![0usize; experts];
+        gl.iter().flatten().for_each(|&x| copies[x] += 1);
+        let per: Vec<f64> = (0..experts).map(|x| total[x] / copies[x].max(1) as f64).collect();
+        let mut load: Vec<f64> = gl.iter().map(|l| l.iter().map(|&x| per[x]).sum()).collect();
+        for _ in 0..placement.slots() {
+            if jain(&load) >= BALANCE_FLOOR {
+                break;
+            }
+            let h = (0..gpus).max_by(|&a, &b| load[a].total_cmp(&load[b]).then(b.cmp(&a))).expect("GPUs");
+            let mut best: Option<(f64, usize, usize, usize)> = None;
+            for (i, &a) in gl[h].iter().enumerate() {
+                for g in (0..gpus).filter(|&g| g != h && !gl[g].contains(&a)) {
+                    for (j, &b) in gl[g].iter().enumerate() {
+                        if gl[h].contains(&b) {
+                            continue;
+                        }
+                        let d = per[b] - per[a];
+                        let gain = load[h].powi(2) + load[g].powi(2) - (load[h] + d).powi(2) - (load[g] - d).powi(2);
+                        if gain > 1e-12 * load[h].powi(2) && best.is_none_or(|(bg, ..)| gain > bg) {
+                            best = Some((gain, g, i, j));
+                        }
+                    }
+                }
+            }
+            let Some((_, g, i, j)) = best else { break };
+            let (a, b) = (gl[h][i], gl[g][j]);
+            gl[h][i] = b;
+            gl[g][j] = a;
+            load[h] += per[b] - per[a];
+            load[g] += per[a] - per[b];
+            swaps += 1;
+        }
+    }
+    if swaps == 0 {
+        return Ok((placement, 0));
+    }
+    Ok((Placement::from_gpu_lists(experts, &lists)?, swaps))
+}
+
+/// Jain's fairness index of per-GPU loads (1 when even).
+fn jain(load: &[f64]) -> f64 {
+    let (s, q) = load.iter().fold((0.0, 0.0), |(s, q), &x| (s + x, q + x * x));
+    if q <= 0.0 {
+        1.0
+    } else {
+        s * s / (load.len() as f64 * q)
+    }
+}
+
 #[cfg(test)]
 mod param_tests {
     use super::*;
+
+    #[test]
+    fn the_balance_fallback_evens_a_lopsided_layer_and_leaves_an_even_one() {
+        use crate::stats::ExpertLoads;
+        // Hot experts 0 and 1 on GPU 0, cold 2 and 3 on GPU 1.
+        let lists = vec![vec![vec![0, 1], vec![2, 3]]];
+        let p = Placement::from_gpu_lists(4, &lists).unwrap();
+        let loads = ExpertLoads { layers: 1, experts: 4, steps: vec![vec![10.0, 9.0, 1.0, 2.0]] };
+        let (q, swaps) = hold_balance(p, &loads).unwrap();
+        assert_eq!(swaps, 1);
+        let on0: Vec<u32> = q.gpu_experts(0, 0).to_vec();
+        assert!(on0.contains(&0) != on0.contains(&1), "{on0:?}");
+        let even = Placement::from_gpu_lists(4, &[vec![vec![0, 2], vec![1, 3]]]).unwrap();
+        let (same, swaps) = hold_balance(even.clone(), &loads).unwrap();
+        assert_eq!((same, swaps), (even, 0));
+    }
 
     #[test]
     fn a_parameter_given_twice_is_refused() {

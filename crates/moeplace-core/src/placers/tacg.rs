@@ -20,10 +20,14 @@
 //!    (the paper's mixing weight).
 //!    (We weight pairs that actually co-activate, not a free-standing kernel, because
 //!    only co-activated pairs save sends.)
-//! 4. family GPU groups: G GPUs apportioned to families by their share `pi_f` of
-//!    calibration tokens (largest remainder, at least one GPU each when G >= F, ties
-//!    to the earlier family), as contiguous GPU ranges in family name order, so
-//!    groups follow node boundaries whenever the shares allow. The plan's
+//! 4. family GPU groups that follow nodes ([`node_groups`]): each family's share
+//!    `pi_f` of calibration tokens is its quota of GPUs; candidates are whole nodes
+//!    by largest remainder, whole nodes plus remainders packed into the nodes left
+//!    (only a group that needs part of a node shares one), and the node-blind
+//!    contiguous ranges; the one with the least expected traffic leaving its node or
+//!    its group wins. A group that spans nodes pays cross-node sends for its own
+//!    experts: where no candidate avoids that, the plan note
+//!    `groups_split_across_nodes` counts such groups and `plan` warns. The plan's
 //!    `family_gpus` lists them; requests of family f are served in `G_f`.
 //! 5. exact-capacity partition (see `coact` for the item model): the task preference
 //!    enters as the home affinity `bias(i,g)` with weight `eta` (default 1): an expert
@@ -95,6 +99,10 @@ use crate::refine::{refine_layer, RefineOptions, RefineOutcome, SampledLayer, To
 use crate::stats::{pair_count, pair_index, Statistics};
 
 pub struct Tacg;
+
+/// Plan note: family groups that span more nodes than their size needs, because the
+/// traffic shares did not allow whole nodes (0 when every group follows nodes).
+pub const SPLIT_GROUPS_NOTE: &str = "groups_split_across_nodes";
 
 pub(crate) const DEFAULT_ALPHA: f64 = 0.25;
 pub(crate) const DEFAULT_TEMPERATURE: f64 = 0.5;
@@ -169,8 +177,9 @@ impl Placer for Tacg {
             })
             .collect::<Result<_, PlaceError>>()?;
         let (lists, refined): (Vec<_>, Vec<_>) = solved.into_iter().unzip();
-        let placement = to_placement(input, &lists)?;
+        let (placement, swaps) = super::hold_balance(to_placement(input, &lists)?, input.loads)?;
         let mut out = fm.output(placement);
+        out.notes.insert(super::BALANCE_FALLBACK_NOTE.into(), swaps as f64);
         fm.refine_notes(&mut out, refined);
         Ok(out)
     }
@@ -185,6 +194,9 @@ pub(crate) struct FamilyModel {
     pub pref: Vec<Vec<Vec<f64>>>,
     /// GPUs of each family.
     pub groups: Vec<Vec<usize>>,
+    /// Groups that span more nodes than their size needs (the shares did not allow
+    /// whole nodes; [`node_groups`]).
+    pub split_groups: usize,
     pub knobs: Knobs,
     /// Step 6, when on.
     pub refine: Option<RefineOptions>,
@@ -239,12 +251,13 @@ impl FamilyModel {
         if knobs.resample > 0.0 {
             add_folds(stats, &families, folds, &mut layers);
         }
-        let groups = apportion(&pi, input.cluster.gpus);
+        let NodeGroups { groups, split } = node_groups(&pi, input.cluster);
         let refine = refine_options(params, stats)?;
         let homes = TokenHomes::by_family(input.cluster, &family_gpus(&families, &groups));
         let refine_skipped = refine_skipped(params, stats)?;
         let previous = if knobs.stay > 0.0 { previous_lists(input)? } else { None };
-        Ok(FamilyModel { families, layers, pref, groups, knobs, refine, homes, refine_skipped, previous })
+        let split_groups = split;
+        Ok(FamilyModel { families, layers, pref, groups, split_groups, knobs, refine, homes, refine_skipped, previous })
     }
 
     /// One layer of the token sample with family homes, and the layer's expert loads.
@@ -329,6 +342,8 @@ impl FamilyModel {
         for (f, g) in self.families.iter().zip(&self.groups) {
             notes.insert(format!("gpus_{f}"), g.len() as f64);
         }
+        // Said in the plan: these groups pay cross-node sends for their own experts.
+        notes.insert(SPLIT_GROUPS_NOTE.into(), self.split_groups as f64);
         PlacerOutput { placement, family_gpus: Some(family_gpus), notes }
     }
 }
@@ -454,32 +469,12 @@ fn zscores(v: &[Vec<f64>], e: usize) -> Vec<Vec<f64>> {
 }
 
 /// GPU groups by share (largest remainder, at least one GPU each when there are
-/// enough), contiguous ranges in family order.
+/// enough), contiguous ranges in family order. Blind to nodes: see [`node_groups`].
 pub(crate) fn apportion(pi: &[f64], gpus: usize) -> Vec<Vec<usize>> {
-    let nf = pi.len();
-    let total: f64 = pi.iter().sum::<f64>().max(1e-300);
-    let quota: Vec<f64> = pi.iter().map(|p| p / total * gpus as f64).collect();
-    let mut size: Vec<usize> = quota.iter().map(|q| q.floor() as usize).collect();
-    if gpus >= nf {
-        size.iter_mut().for_each(|s| *s = (*s).max(1));
-    }
-    // Hand out (or take back) GPUs by remainder until the sizes sum to G.
-    while size.iter().sum::<usize>() < gpus {
-        let f = (0..nf)
-            .max_by(|&a, &b| (quota[a] - size[a] as f64).total_cmp(&(quota[b] - size[b] as f64)).then(b.cmp(&a)))
-            .expect("at least one family");
-        size[f] += 1;
-    }
-    while size.iter().sum::<usize>() > gpus {
-        let f = (0..nf)
-            .filter(|&f| size[f] > 1)
-            .min_by(|&a, &b| (quota[a] - size[a] as f64).total_cmp(&(quota[b] - size[b] as f64)).then(a.cmp(&b)))
-            .expect("sizes above one exist when they sum past G >= F");
-        size[f] -= 1;
-    }
+    let sizes = largest_remainder(pi, gpus, &vec![1; pi.len()]);
     let mut next: usize = 0;
-    let mut out = Vec::with_capacity(nf);
-    for s in size {
+    let mut out = Vec::with_capacity(pi.len());
+    for s in sizes {
         if s == 0 {
             // More families than GPUs: the family shares the last GPU handed out.
             out.push(vec![next.saturating_sub(1).min(gpus - 1)]);
@@ -489,6 +484,175 @@ pub(crate) fn apportion(pi: &[f64], gpus: usize) -> Vec<Vec<usize>> {
         }
     }
     out
+}
+
+/// `units` apportioned to shares `pi` by largest remainder, share f getting at least
+/// `min[f]` when there are enough units (ties to the earlier share).
+fn largest_remainder(pi: &[f64], units: usize, min: &[usize]) -> Vec<usize> {
+    let nf = pi.len();
+    let total: f64 = pi.iter().sum::<f64>().max(1e-300);
+    let quota: Vec<f64> = pi.iter().map(|p| p / total * units as f64).collect();
+    let mut size: Vec<usize> = quota.iter().map(|q| q.floor() as usize).collect();
+    if units >= min.iter().sum::<usize>() {
+        size.iter_mut().zip(min).for_each(|(s, &m)| *s = (*s).max(m));
+    }
+    // Hand out (or take back) units by remainder until the sizes sum to `units`.
+    while size.iter().sum::<usize>() < units {
+        let f = (0..nf)
+            .max_by(|&a, &b| (quota[a] - size[a] as f64).total_cmp(&(quota[b] - size[b] as f64)).then(b.cmp(&a)))
+            .expect("at least one share");
+        size[f] += 1;
+    }
+    while size.iter().sum::<usize>() > units {
+        let f = (0..nf)
+            .filter(|&f| size[f] > min[f])
+            .min_by(|&a, &b| (quota[a] - size[a] as f64).total_cmp(&(quota[b] - size[b] as f64)).then(a.cmp(&b)))
+            .expect("sizes above the minimum exist when they sum past the units");
+        size[f] -= 1;
+    }
+    size
+}
+
+/// Family GPU groups that follow node boundaries where the shares allow.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct NodeGroups {
+    /// GPUs of each family, ascending.
+    pub groups: Vec<Vec<usize>>,
+    /// Groups that touch more nodes than their size needs (0 when aligned).
+    pub split: usize,
+}
+
+/// Family GPU groups on the cluster's nodes (step 4). A group that spans nodes pays
+/// cross-node sends for its own experts; a group smaller than its family's share of
+/// the traffic pushes part of the family's load out of it. Three candidates are
+/// scored by the expected share of traffic that leaves the node or the group
+/// ([`grouping_cost`]) and the cheapest wins (ties: the earlier):
+/// 1. whole nodes by largest remainder of the node shares, at least one each;
+/// 2. whole nodes for each family's whole-node part, the remainders apportioned over
+///    the nodes left and packed largest first into single nodes where they fit, so
+///    only a group that needs part of a node shares one;
+/// 3. the node-blind contiguous apportionment ([`apportion`]).
+pub(crate) fn node_groups(pi: &[f64], cluster: &crate::cluster::Cluster) -> NodeGroups {
+    let (gpus, nodes, per) = (cluster.gpus, cluster.nodes, cluster.gpus_per_node());
+    let blind = apportion(pi, gpus);
+    let mut candidates = Vec::new();
+    if nodes > 1 && per > 1 {
+        if pi.len() <= nodes {
+            let counts = largest_remainder(pi, nodes, &vec![1; pi.len()]);
+            let mut next = 0;
+            let whole: Vec<Vec<usize>> = counts
+                .iter()
+                .map(|&c| {
+                    let g = (next * per..(next + c) * per).collect();
+                    next += c;
+                    g
+                })
+                .collect();
+            candidates.push(whole);
+        }
+        if let Some(packed) = packed_groups(pi, nodes, per) {
+            candidates.push(packed);
+        }
+    }
+    candidates.push(blind);
+    let cost = |g: &Vec<Vec<usize>>| grouping_cost(pi, g, cluster);
+    let best = candidates
+        .into_iter()
+        .enumerate()
+        .min_by(|(i, a), (j, b)| cost(a).total_cmp(&cost(b)).then(i.cmp(j)))
+        .map(|(_, g)| g)
+        .expect("the node-blind candidate is always there");
+    let split = split_groups(&best, cluster);
+    NodeGroups { groups: best, split }
+}
+
+/// Groups (GPU lists, ascending) that touch more nodes than their size needs.
+pub(crate) fn split_groups(groups: &[Vec<usize>], cluster: &crate::cluster::Cluster) -> usize {
+    let per = cluster.gpus_per_node();
+    groups
+        .iter()
+        .filter(|g| {
+            let mut touched: Vec<usize> = g.iter().map(|&x| cluster.node_of(x)).collect();
+            touched.dedup();
+            touched.len() > g.len().div_ceil(per)
+        })
+        .count()
+}
+
+/// Candidate 2 of [`node_groups`]; `None` when the whole-node parts leave nothing to
+/// share or every family needs whole nodes only (candidate 1 covers that).
+fn packed_groups(pi: &[f64], nodes: usize, per: usize) -> Option<Vec<Vec<usize>>> {
+    let total: f64 = pi.iter().sum::<f64>().max(1e-300);
+    let gpus = nodes * per;
+    let whole: Vec<usize> = pi.iter().map(|p| (p / total * gpus as f64 / per as f64).floor() as usize).collect();
+    let used: usize = whole.iter().sum();
+    if used >= nodes {
+        return None;
+    }
+    let left = nodes - used;
+    let rest: Vec<f64> =
+        pi.iter().zip(&whole).map(|(p, &w)| (p / total * gpus as f64 - (w * per) as f64).max(0.0)).collect();
+    // A family without a whole node needs at least one GPU of the nodes left.
+    let min: Vec<usize> = whole.iter().map(|&w| usize::from(w == 0)).collect();
+    let extra = largest_remainder(&rest, left * per, &min);
+    if extra.iter().zip(&whole).any(|(&e, &w)| e + w == 0) {
+        return None;
+    }
+    let mut groups: Vec<Vec<usize>> = Vec::with_capacity(pi.len());
+    let mut next = 0;
+    for &w in &whole {
+        groups.push((next * per..(next + w) * per).collect());
+        next += w;
+    }
+    // Remainders largest first, each into the leftover node with the most free GPUs
+    // when it fits there whole, else spread over the fullest-free nodes in order.
+    let mut free: Vec<(usize, usize)> = (used..nodes).map(|n| (n, per)).collect();
+    let mut order: Vec<usize> = (0..pi.len()).filter(|&f| extra[f] > 0).collect();
+    order.sort_by_key(|&f| (std::cmp::Reverse(extra[f]), f));
+    for f in order {
+        let mut need = extra[f];
+        while need > 0 {
+            let fit = free.iter().enumerate().filter(|(_, (_, r))| *r >= need).min_by_key(|(i, (_, r))| (*r, *i));
+            let i = match fit {
+                Some((i, _)) => i,
+                None => {
+                    free.iter()
+                        .enumerate()
+                        .filter(|(_, (_, r))| *r > 0)
+                        .max_by_key(|(i, (_, r))| (*r, std::cmp::Reverse(*i)))?
+                        .0
+                }
+            };
+            let (node, room) = free[i];
+            let take = need.min(room);
+            let start = node * per + (per - room);
+            groups[f].extend(start..start + take);
+            free[i].1 -= take;
+            need -= take;
+        }
+    }
+    Some(groups)
+}
+
+/// Expected share of the calibration traffic that leaves its node or its group under
+/// `groups`: per family, `pi_f` times the chance that a send between two GPUs of its
+/// group crosses nodes (`1 - sum_n (s_fn / S_f)^2`, `s_fn` of its `S_f` GPUs on node
+/// n) plus the part of its load a group smaller than its share `q_f = pi_f G` cannot
+/// hold (`max(0, 1 - S_f / q_f)`).
+pub(crate) fn grouping_cost(pi: &[f64], groups: &[Vec<usize>], cluster: &crate::cluster::Cluster) -> f64 {
+    let total: f64 = pi.iter().sum::<f64>().max(1e-300);
+    let mut cost = 0.0;
+    for (p, g) in pi.iter().zip(groups) {
+        let share = p / total;
+        let size = g.len().max(1) as f64;
+        let mut on = vec![0usize; cluster.nodes];
+        g.iter().for_each(|&x| on[cluster.node_of(x)] += 1);
+        let cross = 1.0 - on.iter().map(|&s| (s as f64 / size).powi(2)).sum::<f64>();
+        let quota = share * cluster.gpus as f64;
+        let short = if quota > 0.0 { (1.0 - size / quota).max(0.0) } else { 0.0 };
+        cost += share * (cross + short);
+    }
+    cost
 }
 
 #[cfg(test)]
@@ -508,6 +672,66 @@ mod tests {
         let g = apportion(&[0.97, 0.01, 0.02], 8);
         assert_eq!(g.iter().map(Vec::len).collect::<Vec<_>>(), vec![6, 1, 1]);
         assert_eq!(g.concat(), (0..8).collect::<Vec<_>>());
+    }
+
+    fn nodes_touched(g: &[usize], per: usize) -> usize {
+        let mut n: Vec<usize> = g.iter().map(|x| x / per).collect();
+        n.dedup();
+        n.len()
+    }
+
+    #[test]
+    fn groups_follow_nodes_when_the_shares_allow() {
+        use crate::cluster::Cluster;
+        let cluster = Cluster::new(4, 32, 4).unwrap();
+        // Shares that the node-blind apportionment turns into 9, 11 and 12 GPUs, each
+        // group straddling two nodes.
+        let pi = [9.0 / 32.0, 11.0 / 32.0, 12.0 / 32.0];
+        let blind = apportion(&pi, 32);
+        assert_eq!(blind.iter().map(Vec::len).collect::<Vec<_>>(), vec![9, 11, 12]);
+        assert!(blind.iter().all(|g| nodes_touched(g, 8) == 2));
+        let NodeGroups { groups, split } = node_groups(&pi, &cluster);
+        assert_eq!(split, 0, "{groups:?}");
+        assert_eq!(groups.concat().len(), 32);
+        let mut all = groups.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..32).collect::<Vec<_>>());
+        for g in &groups {
+            assert_eq!(g.len() % 8, 0, "{groups:?}");
+            assert_eq!(nodes_touched(g, 8), g.len() / 8, "{groups:?}");
+        }
+        assert!(grouping_cost(&pi, &groups, &cluster) < grouping_cost(&pi, &blind, &cluster));
+        // Equal shares on as many nodes: one node each.
+        let g = node_groups(&[0.25; 4], &Cluster::new(4, 16, 4).unwrap());
+        assert_eq!(g.groups, apportion(&[0.25; 4], 16));
+        assert_eq!(g.split, 0);
+    }
+
+    #[test]
+    fn groups_smaller_than_a_node_share_one_and_the_rest_stay_whole() {
+        use crate::cluster::Cluster;
+        // 7, 7, 1 and 1 GPUs' worth on two nodes of 8: the node-blind ranges put the
+        // second family across both nodes; here each big family keeps one node and
+        // each small one takes the GPU left on a node.
+        let two = Cluster::new(2, 16, 4).unwrap();
+        let pi = [7.0, 7.0, 1.0, 1.0];
+        assert!(nodes_touched(&apportion(&pi, 16)[1], 8) == 2);
+        let NodeGroups { groups, split } = node_groups(&pi, &two);
+        assert_eq!(split, 0, "{groups:?}");
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![7, 7, 1, 1]);
+        assert!(groups.iter().all(|g| nodes_touched(g, 8) == 1), "{groups:?}");
+        let mut all = groups.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..16).collect::<Vec<_>>());
+        let cluster = Cluster::new(4, 32, 4).unwrap();
+        // Five families on four nodes cannot all have a node: the chosen split is the
+        // cheapest of the candidates, and any group wider than it needs is reported.
+        let pi = [0.2; 5];
+        let ng = node_groups(&pi, &cluster);
+        let blind = apportion(&pi, 32);
+        assert!(grouping_cost(&pi, &ng.groups, &cluster) <= grouping_cost(&pi, &blind, &cluster));
+        let wide = ng.groups.iter().filter(|g| nodes_touched(g, 8) > g.len().div_ceil(8)).count();
+        assert_eq!(ng.split, wide);
     }
 
     /// Requests a0..a3 (family a, request a_i of i + 1 tokens picking expert i) and

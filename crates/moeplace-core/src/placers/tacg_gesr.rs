@@ -169,8 +169,9 @@ impl Placer for TacgGesr {
             })
             .collect::<Result<_, PlaceError>>()?;
         let lists: Vec<Vec<Vec<usize>>> = results.iter().map(|(l, _, _)| l.clone()).collect();
-        let placement = to_placement(input, &lists)?;
+        let (placement, swaps) = super::hold_balance(to_placement(input, &lists)?, input.loads)?;
         let mut out = fm.output(placement);
+        out.notes.insert(super::BALANCE_FALLBACK_NOTE.into(), swaps as f64);
         fm.refine_notes(&mut out, results.iter().map(|r| r.2).collect());
         let pinned: usize = results.iter().map(|(_, r, _)| r).sum();
         out.notes.insert("pinned_copies_per_layer".into(), pinned as f64 / results.len().max(1) as f64);
