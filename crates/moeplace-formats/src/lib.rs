@@ -11,6 +11,7 @@
 //! - [`sglang`]: SGLang-recorded traces (`simllm-preplay-trace-v2`).
 //! - [`stats_file`]: the versioned statistics file of `moeplace profile`.
 //! - [`atomic`]: write-then-rename output files.
+//! - [`contain`]: panics inside a dependency's decoder, turned into errors.
 //! - [`cluster_file`]: cluster TOML files.
 //! - [`plan_file`]: the versioned plan file.
 //! - [`read_ahead`]: decoding trace batches on a thread of their own.
@@ -22,6 +23,7 @@
 
 pub mod atomic;
 pub mod cluster_file;
+pub mod contain;
 pub mod detect;
 pub mod engine_counts;
 pub mod error;

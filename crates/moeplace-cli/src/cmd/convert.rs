@@ -29,7 +29,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let format = output_format(&args.output, args.to.as_deref())?;
-    crate::output::check_output(&args.output)?;
+    crate::output::check_output_of(&args.output, &[&args.input])?;
     let mut reader = args.trace.open(&args.input)?;
     let pb = byte_progress(reader.progress().1, &format!("converting {}", args.input.display()));
     let mut tokens = 0usize;

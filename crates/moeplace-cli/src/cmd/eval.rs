@@ -9,7 +9,7 @@ use moeplace_formats::plan_file;
 use crate::cluster_args::ClusterArgs;
 use crate::evaluate::{evaluate, write_report, Homes};
 use crate::input::{read_trace, TraceArgs};
-use crate::output::check_output;
+use crate::output::check_output_of;
 
 /// Replay a held-out trace (never the calibration tokens) against one or more plans
 /// and print one table: every plan side by side with the baseline (linear placement,
@@ -107,7 +107,10 @@ pub fn run(args: Args) -> Result<()> {
         })?,
     };
     if let Some(path) = &args.report {
-        check_output(path)?;
+        let mut inputs: Vec<&std::path::Path> = args.plans.iter().map(|p| p.as_path()).collect();
+        inputs.push(&args.trace_path);
+        inputs.extend(args.links.cluster.as_deref());
+        check_output_of(path, &inputs)?;
     }
     let mut plans = Vec::new();
     for p in &args.plans {

@@ -26,7 +26,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::output::check_output(&args.output)?;
+    let inputs: Vec<&std::path::Path> = args.inputs.iter().map(|p| p.as_path()).collect();
+    crate::output::check_output_of(&args.output, &inputs)?;
     let mut acc = stats_file::read(&args.inputs[0])?;
     for p in &args.inputs[1..] {
         let s = stats_file::read(p)?;

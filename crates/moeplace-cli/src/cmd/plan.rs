@@ -135,7 +135,11 @@ fn parse_family_shares(values: &[String]) -> Result<BTreeMap<String, f64>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::output::check_output(&args.output)?;
+    let inputs: Vec<&std::path::Path> = [&args.stats, &args.trace_path, &args.previous, &args.cluster.cluster]
+        .into_iter()
+        .filter_map(|p| p.as_deref())
+        .collect();
+    crate::output::check_output_of(&args.output, &inputs)?;
     let shares = parse_family_shares(&args.family_shares)?;
     let mut stats = calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace)?;
     if !shares.is_empty() {
