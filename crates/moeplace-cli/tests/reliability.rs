@@ -40,7 +40,8 @@ fn declared_shapes_beyond_the_memory_limit_are_refused() {
     );
     let err = fails(&["profile", s(&one)]);
     assert!(err.contains("wide.jsonl") && err.contains("limit of 8 GiB"), "{err}");
-    let mut text = "{\"format\":\"moeplace-trace\",\"version\":1,\"layers\":1,\"experts\":16384,\"top_k\":1}\n".to_string();
+    let mut text =
+        "{\"format\":\"moeplace-trace\",\"version\":1,\"layers\":1,\"experts\":16384,\"top_k\":1}\n".to_string();
     for f in 0..3 {
         text += &format!("{{\"request\":\"r{f}\",\"family\":\"f{f}\",\"position\":0,\"experts\":[[1]]}}\n");
     }
@@ -56,7 +57,9 @@ fn statistics_files_beyond_the_memory_limit_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (l, e) = (16384, 64);
     let requests: Vec<String> = (0..2100)
-        .map(|i| format!("{{\"id\":\"r{i}\",\"family\":null,\"phases\":[{{\"phase\":null,\"tokens\":0,\"counts\":[]}}]}}"))
+        .map(|i| {
+            format!("{{\"id\":\"r{i}\",\"family\":null,\"phases\":[{{\"phase\":null,\"tokens\":0,\"counts\":[]}}]}}")
+        })
         .collect();
     let text = format!(
         "{{\"format\":\"moeplace-stats\",\"version\":1,\"layers\":{l},\"experts\":{e},\"top_k\":1,\"pairs\":false,\

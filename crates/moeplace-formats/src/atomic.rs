@@ -133,8 +133,7 @@ fn remove_stale(real: &Path) {
     let Ok(entries) = std::fs::read_dir(folder(real)) else { return };
     for entry in entries.flatten() {
         let file = entry.file_name();
-        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
         if pid != std::process::id() && !process_alive(pid) {

@@ -320,7 +320,11 @@ pub const MAX_CHUNK_BYTES: i64 = 4 << 30;
 /// inside the file, its sizes non-negative and below [`MAX_CHUNK_BYTES`], the row
 /// counts non-negative. A corrupted footer could otherwise make the decoder allocate
 /// gigabytes or panic.
-fn check_chunks(path: &Path, meta: &parquet::file::metadata::ParquetMetaData, file_len: u64) -> Result<(), FormatError> {
+fn check_chunks(
+    path: &Path,
+    meta: &parquet::file::metadata::ParquetMetaData,
+    file_len: u64,
+) -> Result<(), FormatError> {
     let len = file_len as i64;
     for (g, rg) in meta.row_groups().iter().enumerate() {
         if rg.num_rows() < 0 {
