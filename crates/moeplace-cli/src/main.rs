@@ -39,8 +39,23 @@ enum Command {
     Split(cmd::split::Args),
 }
 
+/// On SIGINT, SIGTERM or SIGHUP, removes the temporary files of unfinished outputs,
+/// then ends the process as the signal would have (earlier outputs stay as they were).
+fn remove_temporary_files_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else { return };
+    let _ = std::thread::Builder::new().name("moeplace-signals".into()).spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            moeplace_formats::atomic::remove_temporary_files();
+            let _ = signal_hook::low_level::emulate_default_handler(sig);
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    remove_temporary_files_on_signals();
     let result = match cli.command {
         Command::Profile(a) => cmd::profile::run(a),
         Command::Merge(a) => cmd::merge::run(a),

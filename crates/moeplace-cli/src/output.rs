@@ -4,17 +4,23 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-/// Refuses an output path whose folder does not exist or that is a folder itself.
-/// Outputs are written last (to a temporary name, then renamed), so without this a
-/// whole replay or profile would run before the write fails.
+/// Refuses an output path that cannot be written: its folder missing or read-only
+/// (a temporary file is created there and removed), or the path a folder, a FIFO or
+/// a device. Outputs are written last (to a temporary name, then renamed), so
+/// without this a whole replay or profile would run before the write fails.
 pub fn check_output(path: &Path) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        let what = if dir.exists() { "is not a folder" } else { "does not exist" };
-        bail!("{}: its folder {} {what}", path.display(), dir.display());
-    }
-    if path.is_dir() {
-        bail!("{}: is a folder; give the output a file name", path.display());
+    moeplace_formats::atomic::check_writable(path)?;
+    Ok(())
+}
+
+/// [`check_output`], and refuses an output that is one of `inputs` (the same path,
+/// or another name of the same file): writing it would destroy the input.
+pub fn check_output_of(path: &Path, inputs: &[&Path]) -> Result<()> {
+    check_output(path)?;
+    for input in inputs {
+        if same_file(path, input) {
+            bail!("{}: is also an input ({}); write the output elsewhere", path.display(), input.display());
+        }
     }
     Ok(())
 }
@@ -24,4 +30,27 @@ pub fn parse_stats_encoding(s: &str) -> Result<moeplace_formats::stats_file::Enc
     use moeplace_formats::stats_file::Encoding;
     Encoding::parse(s)
         .ok_or_else(|| format!("unknown statistics format {s:?}; expected one of {}", Encoding::NAMES.join(", ")))
+}
+
+/// Whether two paths name one file (after links), or the same path when the output
+/// does not exist yet.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y || same_inode(&x, &y),
+        _ => false,
+    }
+}
+
+#[cfg(unix)]
+fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_inode(_a: &Path, _b: &Path) -> bool {
+    false
 }

@@ -13,6 +13,7 @@
 //! - [`stats_file`]: the versioned statistics file of `moeplace profile`, binary
 //!   ([`stats_binary`]) or JSON.
 //! - [`atomic`]: write-then-rename output files.
+//! - [`contain`]: panics inside a dependency's decoder, turned into errors.
 //! - [`cluster_file`]: cluster TOML files.
 //! - [`plan_file`]: the versioned plan file.
 //! - [`read_ahead`]: decoding trace batches on a thread of their own.
@@ -24,6 +25,7 @@
 
 pub mod atomic;
 pub mod cluster_file;
+pub mod contain;
 pub mod detect;
 pub mod engine_counts;
 pub mod error;

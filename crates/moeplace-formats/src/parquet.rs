@@ -39,6 +39,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use crate::atomic::AtomicFile;
+use crate::contain::contain;
 use crate::detect::TraceReader;
 use crate::error::{FormatError, Location};
 
@@ -92,8 +93,11 @@ impl ParquetReader {
         if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
             return Err(FormatError::file(path, "empty file: expected a Parquet trace"));
         }
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let builder = contain(|| ParquetRecordBatchReaderBuilder::try_new(file))
+            .map_err(|p| corrupted(path, &p))?
             .map_err(|e| FormatError::file(path, format!("not a readable Parquet file: {e}")))?;
+        check_chunks(path, builder.metadata(), file_len)?;
         let meta = builder.metadata().file_metadata();
         let kv = meta.key_value_metadata().cloned().unwrap_or_default();
         let get = |k: &str| kv.iter().find(|x| x.key == k).and_then(|x| x.value.clone());
@@ -126,9 +130,8 @@ impl ParquetReader {
                 ));
             }
         }
-        let inner = builder
-            .with_batch_size(batch_tokens.max(1))
-            .build()
+        let inner = contain(|| builder.with_batch_size(batch_tokens.max(1)).build())
+            .map_err(|p| corrupted(path, &p))?
             .map_err(|e| FormatError::file(path, format!("cannot read: {e}")))?;
         Ok(ParquetReader { path: path.to_path_buf(), inner, shape, rows_done: 0, rows_total, done: false })
     }
@@ -303,6 +306,54 @@ impl ParquetReader {
     }
 }
 
+/// The error of a file whose decoding panicked inside the Parquet/Arrow crates.
+fn corrupted(path: &Path, panic: &str) -> FormatError {
+    FormatError::file(path, format!("corrupted Parquet data (the decoder failed: {panic})"))
+}
+
+/// Most bytes one column chunk may hold once decompressed. Chunks of moeplace's
+/// writer (64 Ki rows) stay below 100 MB even for the largest models; a corrupted
+/// footer can declare any size.
+pub const MAX_CHUNK_BYTES: i64 = 4 << 30;
+
+/// Checks what the footer declares before anything is decoded: every column chunk
+/// inside the file, its sizes non-negative and below [`MAX_CHUNK_BYTES`], the row
+/// counts non-negative. A corrupted footer could otherwise make the decoder allocate
+/// gigabytes or panic.
+fn check_chunks(
+    path: &Path,
+    meta: &parquet::file::metadata::ParquetMetaData,
+    file_len: u64,
+) -> Result<(), FormatError> {
+    let len = file_len as i64;
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        if rg.num_rows() < 0 {
+            return Err(FormatError::file(path, format!("row group {g} declares {} rows", rg.num_rows())));
+        }
+        for c in rg.columns() {
+            let (start, size) = c.byte_range();
+            let (start, size) = (start as i64, size as i64);
+            let bad = |what: String| {
+                FormatError::file(path, format!("row group {g}, column {}: {what} (corrupted footer)", c.column_path()))
+            };
+            if start < 0 || size < 0 || start.saturating_add(size) > len {
+                return Err(bad(format!("bytes {start}..{} lie outside the file of {len} bytes", start + size)));
+            }
+            if c.compressed_size() < 0 || c.uncompressed_size() < 0 || c.uncompressed_size() > MAX_CHUNK_BYTES {
+                return Err(bad(format!(
+                    "declares {} bytes ({} compressed); at most {MAX_CHUNK_BYTES} are read",
+                    c.uncompressed_size(),
+                    c.compressed_size()
+                )));
+            }
+            if c.num_values() < 0 {
+                return Err(bad(format!("declares {} values", c.num_values())));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Names to indices for one batch; consecutive rows mostly repeat a name, so the
 /// last one is checked before the map.
 #[derive(Default)]
@@ -341,7 +392,15 @@ impl Iterator for ParquetReader {
         if self.done {
             return None;
         }
-        match self.inner.next() {
+        let next = match contain(|| self.inner.next()) {
+            Ok(next) => next,
+            Err(p) => {
+                self.done = true;
+                let e = corrupted(&self.path, &p);
+                return Some(Err(FormatError::row(&self.path, self.rows_done, e.message)));
+            }
+        };
+        match next {
             None => {
                 self.done = true;
                 None

@@ -28,7 +28,7 @@ use std::path::Path;
 
 use moeplace_core::model::{LayerMap, LayerSource};
 use moeplace_core::stats::{
-    pair_count, GroupKey, GroupStats, RequestActivation, SampledToken, Statistics, TokenSample,
+    memory, pair_count, GroupKey, GroupStats, RequestActivation, SampledToken, Statistics, TokenSample,
 };
 use moeplace_core::trace::{ModelShape, Phase};
 
@@ -327,6 +327,11 @@ pub fn from_json(path: &Path, text: &str) -> Result<Statistics, FormatError> {
              this build holds"
         )));
     }
+    // Every group and request vector is dense once read: the whole of them must fit
+    // the memory limit before the first is allocated.
+    let vectors = repr.requests.iter().map(|r| r.phases.len()).sum();
+    memory::check(shape, repr.groups.len(), memory::group_bytes(shape, repr.pairs), vectors)
+        .map_err(|e| FormatError::file(path, e.to_string()))?;
     let mut groups = BTreeMap::new();
     for (gi, g) in repr.groups.into_iter().enumerate() {
         if g.load.len() != l || g.load.iter().any(|r| r.len() != e) {

@@ -32,7 +32,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let format = output_format(&args.output, args.to.as_deref())?;
-    crate::output::check_output(&args.output)?;
+    crate::output::check_output_of(&args.output, &[&args.input])?;
     let model = args.model.resolve()?;
     let mut reader = args.trace.open_for(&args.input, model.as_ref())?;
     crate::model_args::layers_of(&args.input, reader.layer_map(), model.as_ref())?;

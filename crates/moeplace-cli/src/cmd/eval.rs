@@ -10,7 +10,7 @@ use crate::cluster_args::ClusterArgs;
 use crate::evaluate::{evaluate, write_report, ServingArgs};
 use crate::input::{read_trace_for, TraceArgs};
 use crate::model_args::ModelArgs;
-use crate::output::check_output;
+use crate::output::check_output_of;
 
 /// Replay a held-out trace (never the calibration tokens) against one or more plans
 /// and print one table: every plan side by side with the baseline (linear placement,
@@ -84,7 +84,10 @@ pub struct LinkArgs {
 pub fn run(args: Args) -> Result<()> {
     let overrides = args.serving.overrides()?;
     if let Some(path) = &args.report {
-        check_output(path)?;
+        let mut inputs: Vec<&std::path::Path> = args.plans.iter().map(|p| p.as_path()).collect();
+        inputs.push(&args.trace_path);
+        inputs.extend(args.links.cluster.as_deref());
+        check_output_of(path, &inputs)?;
     }
     let model = args.model.resolve()?;
     let mut plans = Vec::new();

@@ -51,7 +51,7 @@ fn parse_format(s: &str) -> Result<ExportFormat, String> {
 pub fn run(args: Args) -> Result<()> {
     let out =
         args.output.unwrap_or_else(|| args.plan.with_extension(format!("{}.{}", args.to.name(), args.to.extension())));
-    crate::output::check_output(&out)?;
+    crate::output::check_output_of(&out, &[&args.plan])?;
     let plan = plan_file::read(&args.plan)?;
     let model = args.model.resolve()?;
     let layers = crate::model_args::plan_layers(&args.plan, &plan, model.as_ref())?;

@@ -34,7 +34,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::output::check_output(&args.output)?;
+    let inputs: Vec<&std::path::Path> = args.inputs.iter().map(|p| p.as_path()).collect();
+    crate::output::check_output_of(&args.output, &inputs)?;
     let start = Instant::now();
     let mut acc = stats_file::read(&args.inputs[0])?;
     for p in &args.inputs[1..] {

@@ -164,7 +164,11 @@ fn parse_family_shares(values: &[String]) -> Result<BTreeMap<String, f64>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::output::check_output(&args.output)?;
+    let inputs: Vec<&std::path::Path> = [&args.stats, &args.trace_path, &args.previous, &args.cluster.cluster]
+        .into_iter()
+        .filter_map(|p| p.as_deref())
+        .collect();
+    crate::output::check_output_of(&args.output, &inputs)?;
     let shares = parse_family_shares(&args.family_shares)?;
     let model = args.model.resolve()?;
     let loads_only = by_name(&args.placer).is_some_and(|p| p.loads_only());

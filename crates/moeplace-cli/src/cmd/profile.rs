@@ -57,7 +57,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let options = ProfileOptions { request_vectors: !args.no_request_vectors, token_sample: args.token_sample };
     if let Some(out) = &args.output {
-        crate::output::check_output(out)?;
+        let inputs: Vec<&std::path::Path> = args.inputs.iter().map(|p| p.as_path()).collect();
+        crate::output::check_output_of(out, &inputs)?;
     }
     let model = args.model.resolve()?;
     let stats = profile_inputs(&args.inputs, &args.trace, model.as_ref(), options)?;

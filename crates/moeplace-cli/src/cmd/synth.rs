@@ -151,7 +151,8 @@ fn build_config(args: &Args) -> Result<(SynthConfig, Option<Statistics>)> {
 
 pub fn run(args: Args) -> Result<()> {
     let format = output_format(&args.output, args.to.as_deref())?;
-    crate::output::check_output(&args.output)?;
+    let inputs: Vec<&std::path::Path> = args.fit.iter().map(|p| p.as_path()).collect();
+    crate::output::check_output_of(&args.output, &inputs)?;
     let (config, real) = build_config(&args)?;
     let shape = config.shape;
     let mut stats = args

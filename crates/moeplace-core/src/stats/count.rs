@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::{pair_count, written_zeros, GroupKey, GroupStats, ProfileOptions, Statistics};
+use super::{memory, pair_count, written_zeros, GroupKey, GroupStats, ProfileOptions, Statistics};
 use crate::trace::{ModelShape, Phase, ShapeError, TokenBatch};
 
 /// Tokens per pass of [`count_batch`]: their ids are copied layer by layer into a
@@ -365,11 +365,14 @@ impl StatisticsBuilder {
         }
         // Request vectors first: they can fail (a request in two families), and a
         // failed batch must leave the counts untouched.
+        let (keys, slot_of_token) = token_groups(batch);
+        let per_group = memory::counting_group_bytes(shape);
+        let groups = self.counters.len() + keys.iter().filter(|k| !self.counters.contains_key(*k)).count();
+        memory::check(shape, groups, per_group, self.stats.vectors)?;
         if self.stats.request_vectors {
-            self.stats.add_request_vectors(batch)?;
+            self.stats.add_request_vectors(batch, groups, per_group)?;
         }
         self.stats.sample.add_batch(batch);
-        let (keys, slot_of_token) = token_groups(batch);
         for key in &keys {
             self.counters.entry(key.clone()).or_insert_with(|| GroupCounter::new(shape));
         }

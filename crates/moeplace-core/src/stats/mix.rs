@@ -117,6 +117,7 @@ impl Statistics {
             out.groups.insert(key.clone(), scaled);
         }
         out.requests.retain(|_, r| weight.contains_key(&r.family));
+        out.vectors = out.requests.values().map(|r| r.by_phase.len()).sum();
         out.sample = subsample(&self.sample, |f| weight.get(f).map_or(0.0, |w| w / largest));
         Ok(out)
     }

@@ -17,6 +17,7 @@
 //! exact way (a bottom-k sample by token hash).
 
 mod count;
+pub mod memory;
 mod mix;
 mod sample;
 
@@ -276,6 +277,8 @@ pub struct Statistics {
     sample: TokenSample,
     /// The decoder-layer index of each MoE layer, when the input or a model told.
     layer_map: Option<LayerMap>,
+    /// Request vectors held (one per request and phase), for the memory check.
+    vectors: usize,
 }
 
 impl Statistics {
@@ -289,6 +292,7 @@ impl Statistics {
             requests: BTreeMap::new(),
             sample: TokenSample::new(options.token_sample),
             layer_map: None,
+            vectors: 0,
         }
     }
 
@@ -320,6 +324,7 @@ impl Statistics {
             requests: BTreeMap::new(),
             sample: TokenSample::new(0),
             layer_map: None,
+            vectors: 0,
         })
     }
 
@@ -333,6 +338,7 @@ impl Statistics {
         requests: BTreeMap<String, RequestActivation>,
     ) -> Result<Self, ShapeError> {
         shape.validate()?;
+        let vectors = requests.values().map(|r| r.by_phase.len()).sum();
         let (l, e) = (shape.layers, shape.experts);
         for (key, g) in &groups {
             let bad = g.load.len() != l * e
@@ -349,7 +355,16 @@ impl Statistics {
         }
         check_sums(shape, pairs, &groups, &requests)?;
         check_totals(&groups, &requests)?;
-        Ok(Statistics { shape, pairs, request_vectors, groups, requests, sample: TokenSample::new(0), layer_map: None })
+        Ok(Statistics {
+            shape,
+            pairs,
+            request_vectors,
+            groups,
+            requests,
+            sample: TokenSample::new(0),
+            layer_map: None,
+            vectors,
+        })
     }
 
     /// These statistics with `sample` as their token-path sample (the statistics file
@@ -442,8 +457,11 @@ impl Statistics {
         acc
     }
 
-    fn add_request_vectors(&mut self, batch: &TokenBatch) -> Result<(), ShapeError> {
+    /// `groups` groups of `per_group` bytes are held besides the vectors (see
+    /// [`memory`]).
+    fn add_request_vectors(&mut self, batch: &TokenBatch, groups: usize, per_group: u64) -> Result<(), ShapeError> {
         let (l, e, k) = (self.shape.layers, self.shape.experts, self.shape.top_k);
+        let shape = self.shape;
         let ids = batch.expert_ids();
         // The family is part of the key: a request whose family changes between two
         // consecutive tokens must be caught, not counted under its first family.
@@ -470,6 +488,10 @@ impl Statistics {
                         show(&entry.family),
                         show(&family)
                     )));
+                }
+                if !entry.by_phase.contains_key(&p) {
+                    memory::check(shape, groups, per_group, self.vectors + 1)?;
+                    self.vectors += 1;
                 }
                 current = Some(entry.by_phase.entry(p).or_insert_with(|| written_zeros(l * e)));
                 current_tokens = Some(entry.tokens.entry(p).or_insert(0));
@@ -523,6 +545,22 @@ impl Statistics {
                 }
             }
         }
+        let new_groups = other.groups.keys().filter(|k| !self.groups.contains_key(*k)).count();
+        let new_vectors: usize = other
+            .requests
+            .iter()
+            .map(|(id, r)| match self.requests.get(id) {
+                Some(mine) => r.by_phase.keys().filter(|p| !mine.by_phase.contains_key(*p)).count(),
+                None => r.by_phase.len(),
+            })
+            .sum();
+        memory::check(
+            self.shape,
+            self.groups.len() + new_groups,
+            memory::group_bytes(self.shape, self.pairs),
+            self.vectors + new_vectors,
+        )?;
+        self.vectors += new_vectors;
         for (k, g) in &other.groups {
             match self.groups.get_mut(k) {
                 Some(mine) => mine.add(g),

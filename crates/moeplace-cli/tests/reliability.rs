@@ -1,0 +1,195 @@
+//! Regression tests of docs/RELIABILITY.md: each defect found by the mutation
+//! campaign, with a minimised input generated here. Every failure is exit status 1
+//! and one message naming the file, never a panic or an abort, and nothing is lost.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::moeplace;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Runs moeplace, expects exit 1 without a panic, returns stderr.
+fn fails(args: &[&str]) -> String {
+    let out = moeplace(args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "moeplace {args:?}: expected exit 1, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Defect 1: a trace of a few bytes declaring a huge expert count, or many families
+/// of a large one, is refused before its tables are allocated.
+#[test]
+fn declared_shapes_beyond_the_memory_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = write(
+        dir.path(),
+        "wide.jsonl",
+        "{\"format\":\"moeplace-trace\",\"version\":1,\"layers\":1,\"experts\":32768,\"top_k\":1}\n\
+         {\"request\":\"r\",\"position\":0,\"experts\":[[7]]}\n",
+    );
+    let err = fails(&["profile", s(&one)]);
+    assert!(err.contains("wide.jsonl") && err.contains("limit of 8 GiB"), "{err}");
+    let mut text =
+        "{\"format\":\"moeplace-trace\",\"version\":1,\"layers\":1,\"experts\":16384,\"top_k\":1}\n".to_string();
+    for f in 0..3 {
+        text += &format!("{{\"request\":\"r{f}\",\"family\":\"f{f}\",\"position\":0,\"experts\":[[1]]}}\n");
+    }
+    let fams = write(dir.path(), "families.jsonl", &text);
+    let err = fails(&["profile", s(&fams)]);
+    assert!(err.contains("families.jsonl") && err.contains("limit of 8 GiB"), "{err}");
+}
+
+/// Defect 1: a small statistics file with many requests of a long model asks for
+/// request vectors beyond the limit.
+#[test]
+fn statistics_files_beyond_the_memory_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, e) = (16384, 64);
+    let requests: Vec<String> = (0..2100)
+        .map(|i| {
+            format!("{{\"id\":\"r{i}\",\"family\":null,\"phases\":[{{\"phase\":null,\"tokens\":0,\"counts\":[]}}]}}")
+        })
+        .collect();
+    let text = format!(
+        "{{\"format\":\"moeplace-stats\",\"version\":1,\"layers\":{l},\"experts\":{e},\"top_k\":1,\"pairs\":false,\
+         \"request_vectors\":true,\"groups\":[],\"requests\":[{}]}}\n",
+        requests.join(",")
+    );
+    let p = write(dir.path(), "stats.json", &text);
+    let out = dir.path().join("sum.json");
+    let err = fails(&["merge", s(&p), s(&p), "-o", s(&out)]);
+    assert!(err.contains("stats.json") && err.contains("limit of 8 GiB"), "{err}");
+}
+
+/// A small trace (2 layers, 8 experts, top-2, two families) and its statistics,
+/// plan, in `dir`.
+fn small_inputs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut text = "{\"format\":\"moeplace-trace\",\"version\":1,\"layers\":2,\"experts\":8,\"top_k\":2}\n".to_string();
+    for t in 0..40 {
+        let (a, b) = (t % 8, (t * 3 + 1) % 8);
+        let b = if a == b { (b + 1) % 8 } else { b };
+        let fam = if t % 2 == 0 { "law" } else { "code" };
+        text += &format!(
+            "{{\"request\":\"r{}\",\"family\":\"{fam}\",\"position\":{},\"experts\":[[{a},{b}],[{b},{a}]]}}\n",
+            t % 2,
+            t / 2
+        );
+    }
+    let trace = write(dir, "t.jsonl", &text);
+    let stats = dir.join("stats.json");
+    common::moeplace_ok(&["profile", s(&trace), "-o", s(&stats)]);
+    let plan = dir.join("plan.json");
+    common::moeplace_ok(&["plan", "--placer", "linear", "--stats", s(&stats), "--gpus", "4", "-o", s(&plan)]);
+    (trace, stats, plan)
+}
+
+/// Defect 2: `-o` onto a symbolic link writes the file it points to (the link
+/// stays); a FIFO or a device is refused and stays what it is.
+#[cfg(unix)]
+#[test]
+fn outputs_go_through_links_and_never_replace_fifos_or_devices() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, stats, _) = small_inputs(dir.path());
+    let real = dir.path().join("real.json");
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink("real.json", &link).unwrap();
+    common::moeplace_ok(&["plan", "--placer", "linear", "--stats", s(&stats), "--gpus", "4", "-o", s(&link)]);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::read_to_string(&real).unwrap().contains("moeplace-plan"));
+
+    let fifo = dir.path().join("fifo.json");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let err = fails(&["plan", "--placer", "linear", "--stats", s(&stats), "--gpus", "4", "-o", s(&fifo)]);
+    assert!(err.contains("fifo.json") && err.contains("FIFO"), "{err}");
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+
+    let err = fails(&["plan", "--placer", "linear", "--stats", s(&stats), "--gpus", "4", "-o", "/dev/null"]);
+    assert!(err.contains("/dev/null") && err.contains("device"), "{err}");
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+}
+
+/// Defect 6: an output equal to an input (or another name of it) is refused and the
+/// input is kept.
+#[cfg(unix)]
+#[test]
+fn an_output_equal_to_an_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, stats, plan) = small_inputs(dir.path());
+    let before: Vec<Vec<u8>> = [&trace, &stats, &plan].iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let alias = dir.path().join("alias.json");
+    std::os::unix::fs::symlink("plan.json", &alias).unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["export", s(&plan), "--to", "sglang", "-o", s(&plan)],
+        vec!["export", s(&plan), "--to", "sglang", "-o", s(&alias)],
+        vec!["eval", "--trace", s(&trace), "--plan", s(&plan), "--report", s(&plan)],
+        vec!["eval", "--trace", s(&trace), "--plan", s(&plan), "--report", s(&trace)],
+        vec!["synth", "--fit", s(&stats), "--to", "jsonl", s(&stats)],
+        vec!["merge", s(&stats), s(&stats), "-o", s(&stats)],
+        vec!["profile", s(&trace), "-o", s(&trace)],
+        vec!["convert", s(&trace), s(&trace), "--to", "jsonl"],
+        vec!["plan", "--placer", "linear", "--stats", s(&stats), "--gpus", "4", "-o", s(&stats)],
+    ];
+    for args in cases {
+        let err = fails(&args);
+        assert!(err.contains("is also an input"), "{args:?}: {err}");
+    }
+    let after: Vec<Vec<u8>> = [&trace, &stats, &plan].iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(before == after, "an input changed");
+}
+
+/// Defect 15: an output folder that cannot be written is found before the work.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_unwritable_output_folder_is_found_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, _, _) = small_inputs(dir.path());
+    // No file can be created in /proc, even by root.
+    let err = fails(&["profile", s(&trace), "-o", "/proc/moeplace-stats.json"]);
+    assert!(err.contains("/proc/moeplace-stats.json") && err.contains("cannot write in its folder"), "{err}");
+    assert!(!err.contains("profiling"), "{err}");
+}
+
+/// Defect 5: a temporary file left by a killed run is removed by the next write of
+/// the same output, and SIGTERM during a write leaves no temporary file.
+#[cfg(unix)]
+#[test]
+fn temporary_files_do_not_outlive_their_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, _, _) = small_inputs(dir.path());
+    let out = dir.path().join("out.json");
+    let stale = dir.path().join(".out.json.tmp4000000000");
+    std::fs::write(&stale, b"half").unwrap();
+    common::moeplace_ok(&["profile", s(&trace), "-o", s(&out)]);
+    assert!(!stale.exists(), "the stale temporary file is removed");
+
+    let big = dir.path().join("big.jsonl");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_moeplace"))
+        .args(["synth", "--layers", "4", "--experts", "16", "--top-k", "2", "--tokens", "50000000", s(&big)])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let temp = dir.path().join(format!(".big.jsonl.tmp{}", child.id()));
+    let start = std::time::Instant::now();
+    while !temp.exists() {
+        assert!(start.elapsed().as_secs() < 60, "the temporary file never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(!temp.exists(), "SIGTERM left {}", temp.display());
+    assert!(!big.exists());
+}
