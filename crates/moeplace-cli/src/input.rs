@@ -7,12 +7,15 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use moeplace_core::stats::{ProfileOptions, Statistics, StatisticsBuilder};
 use moeplace_core::trace::{ModelShape, Trace};
+use moeplace_formats::engine_counts::EngineCounts;
 use moeplace_formats::{open_trace, stats_file, ReadOptions, TraceFormat, TraceReader};
 
 /// Flags every command that reads traces takes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TraceArgs {
-    /// Trace format, instead of guessing from the path: jsonl, parquet, npz, esft, sglang.
+    /// Trace format, instead of guessing from the path: jsonl, parquet, npz, esft, sglang,
+    /// sglang-dump, sglang-routed, vllm-routed, trtllm-raw. Given, the input is read as
+    /// a trace even where it also holds counts (a TensorRT-LLM statistics folder).
     #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
     pub format: Option<TraceFormat>,
     /// Experts per layer, for formats that do not record it: ESFT logs (default 64,
@@ -24,6 +27,10 @@ pub struct TraceArgs {
     /// which need it.
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
+    /// TensorRT-LLM statistics taken with the MoE load balancer on count slots: the
+    /// load balancer's YAML (`initial_global_assignments`) maps them back to experts.
+    #[arg(long, value_name = "FILE")]
+    pub slot_assignments: Option<PathBuf>,
     /// Tokens per batch while streaming (memory bound).
     #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS, value_name = "N", hide = true)]
     pub batch_tokens: usize,
@@ -41,7 +48,7 @@ fn parse_format(s: &str) -> Result<TraceFormat, String> {
 
 impl TraceArgs {
     pub fn read_options(&self) -> ReadOptions {
-        ReadOptions { format: self.format, batch_tokens: self.batch_tokens, experts: self.experts, top_k: self.top_k }
+        ReadOptions { format: self.format, batch_tokens: self.batch_tokens, experts: self.experts, top_k: self.top_k, layer_map: None, slot_assignments: self.slot_assignments.clone() }
     }
 
     pub fn open(&self, path: &Path) -> Result<Box<dyn TraceReader>> {
@@ -144,17 +151,35 @@ pub fn print_stdout(text: &str) -> Result<()> {
     }
 }
 
-/// Statistics from an engine's aggregated counts (SGLang `logical_count` JSON,
-/// TensorRT-LLM expert statistics folder), or `None` if `path` is neither. The
-/// counts carry loads only (summed over steps); they do not record top-k, so
-/// `--top-k` is required to count tokens.
+/// Engine counts at `path` (SGLang `logical_count` JSON or recorder dumps in stat or
+/// per_pass mode, TensorRT-LLM expert statistics, vLLM `eplb_load_stats`), or `None`
+/// if `path` is none of them or `--format` asks for a trace.
+pub fn engine_counts(path: &Path, args: &TraceArgs) -> Option<Result<EngineCounts>> {
+    if args.format.is_some() {
+        return None;
+    }
+    let counts = moeplace_formats::engine_counts::read_engine_recording(path, &args.read_options())?;
+    Some(counts.map_err(Into::into))
+}
+
+/// Statistics from an engine's counts (see [`engine_counts`]), or `None`. The counts
+/// carry loads only (summed over steps); top-k comes from the recording where it
+/// tells (TensorRT-LLM), else from `--top-k`.
 pub fn engine_statistics(path: &Path, args: &TraceArgs) -> Option<Result<Statistics>> {
-    let loads = moeplace_formats::engine_counts::read_engine_counts(path)?;
+    let counts = engine_counts(path, args)?;
     Some((|| {
-        let loads = loads?;
-        let k = args.top_k.with_context(|| {
-            format!("{}: engine counts do not record top-k; pass --top-k (e.g. 8 for DeepSeek-V3)", path.display())
-        })?;
+        let counts = counts?;
+        let loads = counts.loads;
+        let k = match (counts.top_k, args.top_k) {
+            (Some(r), Some(g)) if r != g => {
+                bail!("{}: the counts record top-{r} but --top-k {g} was given; drop --top-k or fix it", path.display())
+            }
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) => bail!(
+                "{}: these engine counts do not record top-k; pass --top-k (e.g. 8 for DeepSeek-V3)",
+                path.display()
+            ),
+        };
         let shape = ModelShape::new(loads.layers, loads.experts, k).with_context(|| path.display().to_string())?;
         check_shape_flags(path, shape, args)?;
         let total: Vec<u64> = loads.total().iter().map(|x| x.round() as u64).collect();

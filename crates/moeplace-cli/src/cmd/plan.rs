@@ -29,8 +29,11 @@ use crate::input::{profile_inputs, read_statistics, TraceArgs};
 ///   moeplace plan --placer tacg+gesr --stats calib.json --gpus 16 --nodes 4 \
 ///       --slots-per-gpu 5 --family-share law=0.7 -o law-surge.json
 ///
-/// --stats also takes engine counts: an SGLang `{"logical_count": ...}` JSON file or a
-/// TensorRT-LLM expert statistics folder (these do not record top-k: pass --top-k).
+/// --stats also takes engine counts: an SGLang `{"logical_count": ...}` JSON file or
+/// expert-distribution recorder dump (`.pt`, stat or per_pass mode), a TensorRT-LLM
+/// expert statistics folder (add --slot-assignments when taken with the load balancer
+/// on) or vLLM `eplb_load_stats` JSONL. Only TensorRT-LLM records top-k; for the others
+/// pass --top-k.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -175,7 +178,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     // Engine dumps keep their steps, for placers that balance per step.
     let step_loads = match &args.stats {
-        Some(p) => moeplace_formats::engine_counts::read_engine_counts(p).transpose()?,
+        Some(p) => crate::input::engine_counts(p, &args.trace).transpose()?.map(|c| c.loads),
         None => None,
     };
     let mut plan =
