@@ -244,6 +244,7 @@ pub fn read_trtllm_counts(dir: &Path, opts: &ReadOptions) -> Result<EngineCounts
     let files = rank_files(dir, false).map_err(|e| FormatError::io(dir, e))?;
     if files.is_empty() {
         return Err(FormatError::file(dir, "no rank<r>.safetensors files"));
+    }
     // (iteration, layer) -> summed counts.
     let mut sums: BTreeMap<(u64, i64), Vec<f64>> = BTreeMap::new();
     let mut experts: Option<usize> = declared_experts;

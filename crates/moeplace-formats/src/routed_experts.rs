@@ -209,10 +209,8 @@ impl SglangResponsesReader {
             )));
         }
         let map = match &opts.layer_map {
-            Some(m) => {
-                let map = moe_rows(path, hidden, |_| true, Some(m))?;
-                map
-            }
+            // Dense rows are checked token by token as they are read.
+            Some(m) => moe_rows(path, hidden, |_| true, Some(m))?,
             None => dense_by_zeros(path, &data, tokens, hidden, k)?,
         };
         let shape = check_shape(path, map.len(), experts, k)?;
@@ -438,4 +436,20 @@ pub fn open_vllm_npy(path: &Path, opts: &ReadOptions) -> Result<DecodedTrace, Fo
         b.roll();
     }
     Ok(DecodedTrace { shape, layer_map: Some(map), batches: b.finish(), total_bytes: bytes.len() as u64 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64_decode;
+
+    #[test]
+    fn base64_decodes_padded_and_unpadded_and_refuses_the_rest() {
+        assert_eq!(base64_decode("TWFu").unwrap(), b"Man");
+        assert_eq!(base64_decode("TWE=").unwrap(), b"Ma");
+        assert_eq!(base64_decode("TQ==").unwrap(), b"M");
+        assert_eq!(base64_decode("TQ").unwrap(), b"M");
+        assert_eq!(base64_decode("AAAAAQ==").unwrap(), [0, 0, 0, 1]);
+        assert!(base64_decode("T").unwrap_err().contains("length"));
+        assert!(base64_decode("TW u").unwrap_err().contains("byte 2"));
+    }
 }

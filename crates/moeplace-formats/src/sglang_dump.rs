@@ -356,8 +356,12 @@ pub fn open_trace(path: &Path, opts: &ReadOptions) -> Result<DecodedTrace, Forma
             let mut seq_of = Vec::with_capacity(n);
             match &seq_lens {
                 Some(lens) => {
+                    let sum = lens.iter().try_fold(0i64, |a, &l| if l < 0 { None } else { a.checked_add(l) });
+                    if sum != Some(n as i64) {
+                        return Err(at(format!("extend_seq_lens {lens:?} do not sum to the pass's {n} tokens")));
+                    }
                     for (s, &len) in lens.iter().enumerate() {
-                        seq_of.extend(std::iter::repeat_n(s, usize::try_from(len).unwrap_or(0)));
+                        seq_of.extend(std::iter::repeat_n(s, len as usize));
                     }
                     if seq_of.len() != n {
                         return Err(at(format!("extend_seq_lens sum to {}, the pass has {n} tokens", seq_of.len())));

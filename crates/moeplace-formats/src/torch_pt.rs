@@ -541,15 +541,19 @@ impl Machine<'_> {
             TensorData::Floats(v) => v.len(),
         };
         let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("size overflows"))?;
+        // Views that repeat elements (stride 0, from expand) could announce any size;
+        // a tensor no larger than its storage bounds the allocation by the file.
+        if numel > len {
+            return Err(bad(&format!("size {shape:?} has more elements than its storage ({len})")));
+        }
         if numel > 0 {
             // The last element read must lie in the storage.
-            let last = shape
+            shape
                 .iter()
                 .zip(&stride)
                 .try_fold(offset, |a, (&d, &s)| a.checked_add((d - 1).checked_mul(s)?))
                 .filter(|&l| l < len)
                 .ok_or_else(|| bad(&format!("size {shape:?} with stride {stride:?} reaches past its storage of {len}")))?;
-            let _ = last;
         }
         // Row-major gather (strides may be anything that stays in the storage).
         let mut index = Vec::with_capacity(numel);
