@@ -48,7 +48,14 @@ fn parse_format(s: &str) -> Result<TraceFormat, String> {
 
 impl TraceArgs {
     pub fn read_options(&self) -> ReadOptions {
-        ReadOptions { format: self.format, batch_tokens: self.batch_tokens, experts: self.experts, top_k: self.top_k, layer_map: None, slot_assignments: self.slot_assignments.clone() }
+        ReadOptions {
+            format: self.format,
+            batch_tokens: self.batch_tokens,
+            experts: self.experts,
+            top_k: self.top_k,
+            layer_map: None,
+            slot_assignments: self.slot_assignments.clone(),
+        }
     }
 
     pub fn open(&self, path: &Path) -> Result<Box<dyn TraceReader>> {

@@ -53,7 +53,11 @@ fn every_engine_recording_profiles_by_path() {
         let mut args = vec!["profile", s(&p), "--json"];
         args.extend_from_slice(extra);
         let v: Value = serde_json::from_str(&moeplace_ok(&args)).unwrap();
-        assert_eq!((v["layers"].as_u64(), v["experts"].as_u64(), v["top_k"].as_u64()), (Some(4), Some(16), Some(4)), "{path}");
+        assert_eq!(
+            (v["layers"].as_u64(), v["experts"].as_u64(), v["top_k"].as_u64()),
+            (Some(4), Some(16), Some(4)),
+            "{path}"
+        );
         if tokens > 0 {
             assert_eq!(v["tokens"].as_u64(), Some(tokens), "{path}");
         }
@@ -92,7 +96,10 @@ fn plans_and_conversions_from_engine_recordings() {
     args.extend_from_slice(&cluster);
     moeplace_ok(&args);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
-    assert_eq!((v["num_layers"].as_u64(), v["num_experts"].as_u64(), v["num_slots"].as_u64()), (Some(4), Some(16), Some(20)));
+    assert_eq!(
+        (v["num_layers"].as_u64(), v["num_experts"].as_u64(), v["num_slots"].as_u64()),
+        (Some(4), Some(16), Some(20))
+    );
     let out = tmp.path().join("t.jsonl");
     moeplace_ok(&["convert", s(&e.join("sglang/per_token_mode_rank0.pt")), s(&out)]);
     let back: Value = serde_json::from_str(&moeplace_ok(&["profile", s(&out), "--json"])).unwrap();

@@ -32,17 +32,8 @@ pub enum TraceFormat {
 }
 
 impl TraceFormat {
-    pub const NAMES: &'static [&'static str] = &[
-        "jsonl",
-        "parquet",
-        "npz",
-        "esft",
-        "sglang",
-        "sglang-dump",
-        "sglang-routed",
-        "vllm-routed",
-        "trtllm-raw",
-    ];
+    pub const NAMES: &'static [&'static str] =
+        &["jsonl", "parquet", "npz", "esft", "sglang", "sglang-dump", "sglang-routed", "vllm-routed", "trtllm-raw"];
 
     pub fn parse(s: &str) -> Option<TraceFormat> {
         Some(match s.to_ascii_lowercase().as_str() {
@@ -154,7 +145,14 @@ pub struct ReadOptions {
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { format: None, batch_tokens: 8192, experts: None, top_k: None, layer_map: None, slot_assignments: None }
+        ReadOptions {
+            format: None,
+            batch_tokens: 8192,
+            experts: None,
+            top_k: None,
+            layer_map: None,
+            slot_assignments: None,
+        }
     }
 }
 

@@ -159,7 +159,8 @@ pub fn read_slot_assignments(path: &Path) -> Result<BTreeMap<usize, Vec<i64>>, F
         }
         let (k, v) = line.split_once(':').ok_or_else(|| bad("expected `<decoder layer>: [experts per slot]`"))?;
         let l: usize = k.trim().trim_matches(['"', '\'']).parse().map_err(|_| bad("layer key is not an integer"))?;
-        let inner = v.trim().strip_prefix('[').and_then(|x| x.strip_suffix(']')).ok_or_else(|| bad("expected [ids]"))?;
+        let inner =
+            v.trim().strip_prefix('[').and_then(|x| x.strip_suffix(']')).ok_or_else(|| bad("expected [ids]"))?;
         let r: Result<Vec<i64>, _> =
             inner.split(',').filter(|x| !x.trim().is_empty()).map(|x| x.trim().parse::<i64>()).collect();
         if rows.insert(l, r.map_err(|_| bad("an expert id is not an integer"))?).is_some() {
@@ -418,10 +419,7 @@ pub fn read_vllm_load_stats(path: &Path, opts: &ReadOptions) -> Result<EngineCou
     let (layers, e) = dims.ok_or_else(|| FormatError::file(path, "no `eplb_load_stats` record"))?;
     let layer_map = match &opts.layer_map {
         Some(m) if m.len() != layers => {
-            return Err(FormatError::file(
-                path,
-                format!("the records have {layers} MoE layers, the model {}", m.len()),
-            ))
+            return Err(FormatError::file(path, format!("the records have {layers} MoE layers, the model {}", m.len())))
         }
         Some(m) => Some(m.clone().with_source(LayerSource::Model)),
         None => None,

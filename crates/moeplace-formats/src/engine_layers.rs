@@ -90,7 +90,10 @@ impl SlotMap {
         let mut map = Vec::with_capacity(rows.len());
         for (l, row) in rows.iter().enumerate() {
             if row.len() != slots {
-                return Err(FormatError::file(path, format!("{what}: layer {l} has {} slots, layer 0 {slots}", row.len())));
+                return Err(FormatError::file(
+                    path,
+                    format!("{what}: layer {l} has {} slots, layer 0 {slots}", row.len()),
+                ));
             }
             let mut seen = vec![false; e];
             let mut out = Vec::with_capacity(slots);

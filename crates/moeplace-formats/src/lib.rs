@@ -38,8 +38,8 @@ pub mod routed_experts;
 pub mod sglang;
 pub mod sglang_dump;
 pub mod stats_file;
-pub mod trtllm_raw;
 pub mod torch_pt;
+pub mod trtllm_raw;
 pub mod writer;
 
 pub use detect::{open_trace, ReadOptions, TraceFormat, TraceReader};

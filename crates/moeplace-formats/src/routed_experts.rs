@@ -66,13 +66,7 @@ pub fn is_sglang_responses(first_line: &str) -> bool {
 
 /// Copies one token's MoE rows (of `hidden * k` ids) into `out`, checking that the
 /// dense rows are zero and the MoE rows are not.
-fn token_picks(
-    row: &[i64],
-    map: &LayerMap,
-    k: usize,
-    experts: usize,
-    out: &mut [u16],
-) -> Result<(), String> {
+fn token_picks(row: &[i64], map: &LayerMap, k: usize, experts: usize, out: &mut [u16]) -> Result<(), String> {
     for d in 0..map.hidden_layers() {
         let r = &row[d * k..(d + 1) * k];
         match map.moe_ordinal(d) {
@@ -100,7 +94,8 @@ fn dense_by_zeros(path: &Path, data: &[i64], tokens: usize, hidden: usize, k: us
             "with top-1 a dense layer's zero row cannot be told from expert 0: give the model (its layers)",
         ));
     }
-    let empty = |d: usize| (0..tokens).all(|t| data[(t * hidden + d) * k..(t * hidden + d + 1) * k].iter().all(|&x| x == 0));
+    let empty =
+        |d: usize| (0..tokens).all(|t| data[(t * hidden + d) * k..(t * hidden + d + 1) * k].iter().all(|&x| x == 0));
     moe_rows(path, hidden, empty, None)
 }
 
@@ -151,10 +146,9 @@ fn parse_response(path: &Path, line: u64, text: &str) -> Result<(String, usize, 
     };
     let prompt = count("prompt_tokens")?;
     let completion = count("completion_tokens")?;
-    let b64 = meta
-        .get("routed_experts")
-        .and_then(Value::as_str)
-        .ok_or_else(|| err("no `meta_info.routed_experts` (start the server with --enable-return-routed-experts)".into()))?;
+    let b64 = meta.get("routed_experts").and_then(Value::as_str).ok_or_else(|| {
+        err("no `meta_info.routed_experts` (start the server with --enable-return-routed-experts)".into())
+    })?;
     let bytes = base64_decode(b64).map_err(|e| err(format!("`meta_info.routed_experts` is not base64: {e}")))?;
     if bytes.len() % 4 != 0 {
         return Err(err(format!("`meta_info.routed_experts` holds {} bytes, not int32 values", bytes.len())));
@@ -196,7 +190,7 @@ impl SglangResponsesReader {
             (None, Some(k)) => (tokens_guess, n / (tokens_guess * k).max(1), k),
             (None, None) => {
                 return Err(err(
-                    "the responses record neither the layer count nor top-k: pass --top-k (or the model)".into(),
+                    "the responses record neither the layer count nor top-k: pass --top-k (or the model)".into()
                 ))
             }
         };
@@ -405,7 +399,10 @@ pub fn open_vllm_npy(path: &Path, opts: &ReadOptions) -> Result<DecodedTrace, Fo
         .and_then(|x| x.checked_mul(k))
         .filter(|&n| n.checked_mul(width).is_some_and(|b| start + b <= bytes.len()))
         .ok_or_else(|| {
-            FormatError::file(path, format!("truncated or corrupt: shape {shape:?} needs more data than the file holds"))
+            FormatError::file(
+                path,
+                format!("truncated or corrupt: shape {shape:?} needs more data than the file holds"),
+            )
         })?;
     let raw = &bytes[start..start + n * width];
     let data: Vec<i64> = if width == 1 {
@@ -419,7 +416,12 @@ pub fn open_vllm_npy(path: &Path, opts: &ReadOptions) -> Result<DecodedTrace, Fo
     let map = match &opts.layer_map {
         Some(m) => {
             let w = hidden * k;
-            moe_rows(path, hidden, |d| (0..tokens).all(|t| data[t * w + d * k..t * w + (d + 1) * k].iter().all(|&x| x == 0)), Some(m))?
+            moe_rows(
+                path,
+                hidden,
+                |d| (0..tokens).all(|t| data[t * w + d * k..t * w + (d + 1) * k].iter().all(|&x| x == 0)),
+                Some(m),
+            )?
         }
         None => dense_by_zeros(path, &data, tokens, hidden, k)?,
     };
@@ -431,7 +433,14 @@ pub fn open_vllm_npy(path: &Path, opts: &ReadOptions) -> Result<DecodedTrace, Fo
         token_picks(&data[t * hidden * k..(t + 1) * hidden * k], &map, k, experts, &mut ids)
             .map_err(|m| FormatError::row(path, t as u64, m))?;
         b.current
-            .push(TokenRef { request: &request, family: None, phase: None, position: t as u32, experts: &ids, gate_weights: None })
+            .push(TokenRef {
+                request: &request,
+                family: None,
+                phase: None,
+                position: t as u32,
+                experts: &ids,
+                gate_weights: None,
+            })
             .map_err(|e| FormatError::row(path, t as u64, e.to_string()))?;
         b.roll();
     }

@@ -137,9 +137,8 @@ fn tensor<'a>(path: &Path, v: &'a Value, key: &str, dims: usize) -> Result<&'a T
 
 fn int_tensor<'a>(path: &Path, v: &'a Value, key: &str, dims: usize) -> Result<(&'a Tensor, &'a [i64]), FormatError> {
     let t = tensor(path, v, key, dims)?;
-    let d = t
-        .ints()
-        .ok_or_else(|| FormatError::file(path, format!("`{key}` holds {} values, not integers", t.storage)))?;
+    let d =
+        t.ints().ok_or_else(|| FormatError::file(path, format!("`{key}` holds {} values, not integers", t.storage)))?;
     Ok((t, d))
 }
 
@@ -270,9 +269,10 @@ fn per_pass_counts(path: &Path, dumps: &[(PathBuf, Value)], opts: &ReadOptions) 
 fn int_list(path: &Path, r: &Value, key: &str) -> Result<Option<Vec<i64>>, FormatError> {
     match r.get(key) {
         None | Some(Value::None) => Ok(None),
-        Some(Value::Tensor(t)) => {
-            t.ints().map(|d| Some(d.to_vec())).ok_or_else(|| FormatError::file(path, format!("`{key}` is not integers")))
-        }
+        Some(Value::Tensor(t)) => t
+            .ints()
+            .map(|d| Some(d.to_vec()))
+            .ok_or_else(|| FormatError::file(path, format!("`{key}` is not integers"))),
         Some(v) => v
             .as_list()
             .and_then(|l| l.iter().map(Value::as_int).collect::<Option<Vec<i64>>>())
@@ -374,7 +374,9 @@ pub fn open_trace(path: &Path, opts: &ReadOptions) -> Result<DecodedTrace, Forma
                     let row = &d[(l * n + tok) * w..(l * n + tok + 1) * w];
                     let valid = row.iter().filter(|&&x| x >= 0).count();
                     if valid != k {
-                        return Err(at(format!("token {tok}, decoder layer {l}: {valid} expert ids, the others top-{k}")));
+                        return Err(at(format!(
+                            "token {tok}, decoder layer {l}: {valid} expert ids, the others top-{k}"
+                        )));
                     }
                     for (j, &x) in row.iter().filter(|&&x| x >= 0).enumerate() {
                         ids[o * k + j] = sm.logical(f, o, x).map_err(|e| at(format!("token {tok}: {}", e.message)))?;
@@ -387,7 +389,14 @@ pub fn open_trace(path: &Path, opts: &ReadOptions) -> Result<DecodedTrace, Forma
                 let position = positions.as_ref().map(|p| p[tok]).unwrap_or(tok as i64);
                 let position = u32::try_from(position).map_err(|_| at(format!("position {position} out of range")))?;
                 b.current
-                    .push(TokenRef { request: &request, family: None, phase, position, experts: &ids, gate_weights: None })
+                    .push(TokenRef {
+                        request: &request,
+                        family: None,
+                        phase,
+                        position,
+                        experts: &ids,
+                        gate_weights: None,
+                    })
                     .map_err(|e| at(format!("token {tok}: {e}")))?;
                 b.roll();
             }

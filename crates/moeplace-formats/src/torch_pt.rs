@@ -553,7 +553,9 @@ impl Machine<'_> {
                 .zip(&stride)
                 .try_fold(offset, |a, (&d, &s)| a.checked_add((d - 1).checked_mul(s)?))
                 .filter(|&l| l < len)
-                .ok_or_else(|| bad(&format!("size {shape:?} with stride {stride:?} reaches past its storage of {len}")))?;
+                .ok_or_else(|| {
+                    bad(&format!("size {shape:?} with stride {stride:?} reaches past its storage of {len}"))
+                })?;
         }
         // Row-major gather (strides may be anything that stays in the storage).
         let mut index = Vec::with_capacity(numel);

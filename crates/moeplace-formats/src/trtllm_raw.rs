@@ -64,7 +64,9 @@ pub fn open(dir: &Path, opts: &ReadOptions) -> Result<DecodedTrace, FormatError>
             }
             let data = view.data();
             let ids: Vec<i64> = match view.dtype() {
-                Dtype::I32 => data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect(),
+                Dtype::I32 => {
+                    data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect()
+                }
                 Dtype::I64 => data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect(),
                 other => return Err(part(format!("dtype {other:?}; expected int32 expert ids"))),
             };
@@ -81,9 +83,9 @@ pub fn open(dir: &Path, opts: &ReadOptions) -> Result<DecodedTrace, FormatError>
     let layer_map = trtllm_layers(dir, &layer_ids, opts)?;
     let ids_per_layer = match declared {
         Some(e) => e,
-        None => opts.experts.ok_or_else(|| {
-            FormatError::file(dir, "meta_info.json has no num_experts: pass --experts")
-        })?,
+        None => {
+            opts.experts.ok_or_else(|| FormatError::file(dir, "meta_info.json has no num_experts: pass --experts"))?
+        }
     };
     let slots = trtllm_slots(dir, ids_per_layer, &layer_ids, opts)?;
     let experts = slots.as_ref().map(|s| s.experts).unwrap_or(ids_per_layer);
@@ -130,7 +132,9 @@ pub fn open(dir: &Path, opts: &ReadOptions) -> Result<DecodedTrace, FormatError>
                     experts: &picks,
                     gate_weights: None,
                 })
-                .map_err(|e| FormatError::new(f, Location::Part(format!("iteration {iter}")), format!("row {t}: {e}")))?;
+                .map_err(|e| {
+                    FormatError::new(f, Location::Part(format!("iteration {iter}")), format!("row {t}: {e}"))
+                })?;
             b.roll();
         }
     }

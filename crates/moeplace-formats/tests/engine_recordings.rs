@@ -88,7 +88,8 @@ fn sglang_per_token_dump_reads_as_a_trace() {
     assert_eq!(map.unwrap().moe_layers(), &[1, 2, 3, 4]);
     let shape = b[0].shape();
     assert_eq!((shape.layers, shape.experts, shape.top_k), (4, 16, 4));
-    let tokens: Vec<_> = b.iter().flat_map(|b| b.tokens().map(|t| (t.request.to_string(), t.phase, t.position))).collect();
+    let tokens: Vec<_> =
+        b.iter().flat_map(|b| b.tokens().map(|t| (t.request.to_string(), t.phase, t.position))).collect();
     assert_eq!(tokens.len(), 12, "two extend passes of 6 tokens");
     assert_eq!(tokens[0], ("r0-p0-s0".to_string(), Some(Phase::Prefill), 0));
     assert_eq!(tokens[11], ("r0-p1-s0".to_string(), Some(Phase::Prefill), 5));
@@ -200,7 +201,10 @@ fn trtllm_load_balancer_statistics_need_the_slot_assignments() {
         .unwrap()
         .unwrap_err()
         .to_string();
-    assert!(e.contains("stats_with_load_balancer") && e.contains("load balancer") && e.contains("--slot-assignments"), "{e}");
+    assert!(
+        e.contains("stats_with_load_balancer") && e.contains("load balancer") && e.contains("--slot-assignments"),
+        "{e}"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let opts = ReadOptions { slot_assignments: Some(assignments(tmp.path())), ..Default::default() };
     let c = counts(&dir, &opts);
@@ -265,7 +269,11 @@ fn bad_torch_files_get_one_clear_error() {
     assert!(e.contains("evil.pt") && e.contains("unexpected object os.system"), "{e}");
     // A storage shorter than its tensors.
     let p = tmp.path().join("short.pt");
-    rewrite_pt(&d.join("sglang/stat_mode.pt"), &p, |name, b| if name.ends_with("data/0") { b[..100].to_vec() } else { b });
+    rewrite_pt(
+        &d.join("sglang/stat_mode.pt"),
+        &p,
+        |name, b| if name.ends_with("data/0") { b[..100].to_vec() } else { b },
+    );
     let e = trace_error(&p, &ReadOptions::default());
     assert!(e.contains("short.pt") && e.contains("truncated"), "{e}");
 }
@@ -319,10 +327,13 @@ fn bad_routed_experts_get_one_clear_error() {
         &ReadOptions { experts: Some(16), layer_map: Some(wrong.clone()), ..Default::default() },
     );
     assert!(e.contains("decoder layer 1 is dense"), "{e}");
-    let e = read_engine_recording(&d.join("sglang/stat_mode.pt"), &ReadOptions { layer_map: Some(wrong), ..Default::default() })
-        .unwrap()
-        .unwrap_err()
-        .to_string();
+    let e = read_engine_recording(
+        &d.join("sglang/stat_mode.pt"),
+        &ReadOptions { layer_map: Some(wrong), ..Default::default() },
+    )
+    .unwrap()
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("stat_mode.pt") && e.contains("decoder layer 1 is dense"), "{e}");
     // A truncated .npy.
     let npy = std::fs::read(d.join("vllm/routed_experts.npy")).unwrap();
