@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use moeplace_core::model::ModelDescription;
 use moeplace_core::stats::{ExpertLoads, ProfileOptions, Statistics, StatisticsBuilder};
 use moeplace_core::trace::{ModelShape, Trace};
+use moeplace_formats::engine_counts::EngineCounts;
 use moeplace_formats::{open_trace, stats_file, ReadOptions, TraceFormat, TraceReader};
 
 use crate::model_args::{check_shape, layers_of, with_model};
@@ -15,7 +16,9 @@ use crate::model_args::{check_shape, layers_of, with_model};
 /// Flags every command that reads traces takes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TraceArgs {
-    /// Trace format, instead of guessing from the path: jsonl, parquet, npz, esft, sglang.
+    /// Trace format, instead of guessing from the path: jsonl, parquet, npz, esft, sglang,
+    /// sglang-dump, sglang-routed, vllm-routed, trtllm-raw. Given, the input is read as
+    /// a trace even where it also holds counts (a TensorRT-LLM statistics folder).
     #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
     pub format: Option<TraceFormat>,
     /// Experts per layer, for formats that do not record it: ESFT logs (default 64,
@@ -27,6 +30,10 @@ pub struct TraceArgs {
     /// which need it.
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
+    /// TensorRT-LLM statistics taken with the MoE load balancer on count slots: the
+    /// load balancer's YAML (`initial_global_assignments`) maps them back to experts.
+    #[arg(long, value_name = "FILE")]
+    pub slot_assignments: Option<PathBuf>,
     /// Tokens per batch while streaming (memory bound).
     #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS, value_name = "N", hide = true)]
     pub batch_tokens: usize,
@@ -44,7 +51,14 @@ fn parse_format(s: &str) -> Result<TraceFormat, String> {
 
 impl TraceArgs {
     pub fn read_options(&self) -> ReadOptions {
-        ReadOptions { format: self.format, batch_tokens: self.batch_tokens, experts: self.experts, top_k: self.top_k }
+        ReadOptions {
+            format: self.format,
+            batch_tokens: self.batch_tokens,
+            experts: self.experts,
+            top_k: self.top_k,
+            layer_map: None,
+            slot_assignments: self.slot_assignments.clone(),
+        }
     }
 
     /// Opens a trace of `model`: formats that do not record experts or top-k take the
@@ -60,6 +74,7 @@ impl TraceArgs {
             }
             opts.experts = Some(m.experts);
             opts.top_k = Some(m.top_k);
+            opts.layer_map = Some(m.layers.clone());
         }
         match open_trace(path, &opts) {
             Ok(reader) => {
@@ -182,65 +197,95 @@ pub fn print_stdout(text: &str) -> Result<()> {
     }
 }
 
-/// Statistics from an engine's aggregated counts (SGLang `logical_count` JSON,
-/// TensorRT-LLM expert statistics folder), or `None` if `path` is neither. The
-/// counts carry loads only (summed over steps); they do not record top-k, so
-/// `--top-k` or a model is required to count tokens.
+/// Engine counts at `path` (SGLang `logical_count` JSON or recorder dumps in stat or
+/// per_pass mode, TensorRT-LLM expert statistics, vLLM `eplb_load_stats`) as one row
+/// per MoE layer, or `None` if `path` is none of them or `--format` asks for a trace.
+/// Rows per hidden layer (SGLang) lose their dense rows: by the model's layers when
+/// given (refused if a dense row holds counts), else as the reader finds them.
+pub fn engine_counts(
+    path: &Path,
+    args: &TraceArgs,
+    model: Option<&ModelDescription>,
+) -> Option<Result<EngineCounts>> {
+    if args.format.is_some() {
+        return None;
+    }
+    let mut opts = args.read_options();
+    opts.layer_map = model.map(|m| m.layers.clone());
+    let counts = moeplace_formats::engine_counts::read_engine_recording(path, &opts)?;
+    Some((|| -> Result<EngineCounts> {
+        let mut counts = counts?;
+        if let Some(m) = model {
+            if counts.loads.layers != m.layers.len() && counts.loads.layers == m.layers.hidden_layers() {
+                counts.loads = moe_rows_of(path, &counts.loads, m)?;
+                counts.layer_map = Some(m.layers.clone());
+            }
+        }
+        Ok(counts)
+    })())
+}
+
+/// Statistics from an engine's counts (see [`engine_counts`]), or `None`. The counts
+/// carry loads only (summed over steps); top-k comes from the recording where it
+/// tells (TensorRT-LLM), else from `--top-k` or the model.
 pub fn engine_statistics(
     path: &Path,
     args: &TraceArgs,
     model: Option<&ModelDescription>,
 ) -> Option<Result<Statistics>> {
-    let loads = engine_loads(path, model)?;
+    let counts = engine_counts(path, args, model)?;
     Some((|| {
-        let loads = loads?;
-        let k = args.top_k.or(model.map(|m| m.top_k)).with_context(|| {
-            format!(
-                "{}: engine counts do not record top-k; pass --top-k (e.g. 8 for DeepSeek-V3) or --model",
+        let counts = counts?;
+        let loads = counts.loads;
+        let k = match (counts.top_k, args.top_k.or(model.map(|m| m.top_k))) {
+            (Some(r), Some(g)) if r != g => {
+                bail!(
+                    "{}: the counts record top-{r} but {g} was given (--top-k or the model); drop --top-k or fix it",
+                    path.display()
+                )
+            }
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) => bail!(
+                "{}: these engine counts do not record top-k; pass --top-k (e.g. 8 for DeepSeek-V3) or --model",
                 path.display()
-            )
-        })?;
+            ),
+        };
         let shape = ModelShape::new(loads.layers, loads.experts, k).with_context(|| path.display().to_string())?;
         check_shape_flags(path, shape, args)?;
         let total: Vec<u64> = loads.total().iter().map(|x| x.round() as u64).collect();
         let stats = Statistics::from_loads(shape, total, None).with_context(|| path.display().to_string())?;
+        let stats = match counts.layer_map {
+            Some(map) => stats.with_layer_map(Some(map)).with_context(|| path.display().to_string())?,
+            None => stats,
+        };
         with_model(path, stats, model)
     })())
 }
 
-/// An engine's counts (see [`engine_statistics`]) as one row per MoE layer. SGLang
-/// writes one row per hidden layer, dense layers included (as zeros): with a model
-/// whose hidden layers they match, the dense rows are dropped, and refused if they
-/// hold counts.
-pub fn engine_loads(path: &Path, model: Option<&ModelDescription>) -> Option<Result<ExpertLoads>> {
-    let loads = moeplace_formats::engine_counts::read_engine_counts(path)?;
-    Some((|| -> Result<ExpertLoads> {
-        let loads = loads?;
-        let Some(m) = model else { return Ok(loads) };
-        let map = &m.layers;
-        if loads.layers == map.len() || loads.layers != map.hidden_layers() {
-            return Ok(loads);
-        }
-        let e = loads.experts;
-        let mut steps = Vec::with_capacity(loads.steps.len());
-        for (i, step) in loads.steps.iter().enumerate() {
-            let mut moe = Vec::with_capacity(map.len() * e);
-            for layer in 0..loads.layers {
-                let row = &step[layer * e..(layer + 1) * e];
-                if map.moe_ordinal(layer).is_some() {
-                    moe.extend_from_slice(row);
-                } else if row.iter().any(|&c| c != 0.0) {
-                    bail!(
-                        "{}: step {i}: decoder layer {layer} is dense in model {} but has expert counts; are these                          counts from another model?",
-                        path.display(),
-                        m.name
-                    );
-                }
+/// The MoE rows of `loads` recorded per hidden layer of model `m`; a dense row that
+/// holds counts is refused (the counts are from another model).
+fn moe_rows_of(path: &Path, loads: &ExpertLoads, m: &ModelDescription) -> Result<ExpertLoads> {
+    let map = &m.layers;
+    let e = loads.experts;
+    let mut steps = Vec::with_capacity(loads.steps.len());
+    for (i, step) in loads.steps.iter().enumerate() {
+        let mut moe = Vec::with_capacity(map.len() * e);
+        for layer in 0..loads.layers {
+            let row = &step[layer * e..(layer + 1) * e];
+            if map.moe_ordinal(layer).is_some() {
+                moe.extend_from_slice(row);
+            } else if row.iter().any(|&c| c != 0.0) {
+                bail!(
+                    "{}: step {i}: decoder layer {layer} is dense in model {} but has expert counts; are these \
+                     counts from another model?",
+                    path.display(),
+                    m.name
+                );
             }
-            steps.push(moe);
         }
-        ExpertLoads::new(map.len(), e, steps).with_context(|| path.display().to_string())
-    })())
+        steps.push(moe);
+    }
+    ExpertLoads::new(map.len(), e, steps).with_context(|| path.display().to_string())
 }
 
 /// Reads `--stats`: a statistics file or an engine count dump, with the digest of

@@ -360,7 +360,7 @@ pub fn evaluate(
             Some(moeplace_formats::TraceFormat::parse(f).ok_or_else(|| value_error(format!("unknown format {f:?}")))?)
         }
     };
-    let opts = ReadOptions { format, batch_tokens: 32768, experts, top_k };
+    let opts = ReadOptions { format, batch_tokens: 32768, experts, top_k, layer_map: None, slot_assignments: None };
     py.detach(|| -> Result<String, String> {
         let mut trace: Option<Trace> = None;
         for path in &paths {

@@ -167,7 +167,7 @@ fn read_options(format: Option<&str>, experts: Option<usize>, top_k: Option<usiz
             value_error(format!("unknown format {f:?}; expected one of {}", TraceFormat::NAMES.join(", ")))
         })?),
     };
-    Ok(ReadOptions { format, batch_tokens: BATCH_TOKENS, experts, top_k })
+    Ok(ReadOptions { format, batch_tokens: BATCH_TOKENS, experts, top_k, layer_map: None, slot_assignments: None })
 }
 
 /// One input of `profile`: a statistics file, engine counts or a trace.

@@ -11,7 +11,7 @@ use moeplace_core::stats::{ExpertLoads, ProfileOptions, Statistics};
 use moeplace_formats::plan_file::{self, Plan};
 
 use crate::cluster_args::ClusterArgs;
-use crate::input::{engine_loads, profile_inputs, read_statistics, TraceArgs};
+use crate::input::{engine_counts, profile_inputs, read_statistics, TraceArgs};
 use crate::model_args::ModelArgs;
 
 /// Plan an expert placement with a placer, from calibration statistics (`moeplace
@@ -31,9 +31,11 @@ use crate::model_args::ModelArgs;
 ///   moeplace plan --placer tacg+gesr --stats calib.json --gpus 16 --nodes 4 \
 ///       --slots-per-gpu 5 --family-share law=0.7 -o law-surge.json
 ///
-/// --stats also takes engine counts: an SGLang `{"logical_count": ...}` JSON file or a
-/// TensorRT-LLM expert statistics folder (these do not record top-k: pass --top-k or
-/// --model, except for the load-only placers eplb and balance).
+/// --stats also takes engine counts: an SGLang `{"logical_count": ...}` JSON file or
+/// expert-distribution recorder dump (`.pt`, stat or per_pass mode), a TensorRT-LLM
+/// expert statistics folder (add --slot-assignments when taken with the load balancer
+/// on) or vLLM `eplb_load_stats` JSONL. Only TensorRT-LLM records top-k; for the others
+/// pass --top-k or --model, except for the load-only placers eplb and balance.
 ///
 /// The plan records which decoder layer each of its rows is (`moe_layers`,
 /// `hidden_layers`): as the input recorded it, else as --model / --model-config say,
@@ -104,7 +106,7 @@ pub fn calibration(
     match (stats, trace) {
         (Some(s), _) => {
             let mut args = args.clone();
-            if loads_only && args.top_k.is_none() && model.is_none() && engine_loads(s, None).is_some() {
+            if loads_only && args.top_k.is_none() && model.is_none() && engine_counts(s, &args, None).is_some() {
                 args.top_k = Some(1);
             }
             read_statistics(s, &args, model)
@@ -217,7 +219,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     // Engine dumps keep their steps, for placers that balance per step.
     let step_loads = match &args.stats {
-        Some(p) => engine_loads(p, model.as_ref()).transpose()?,
+        Some(p) => engine_counts(p, &args.trace, model.as_ref()).transpose()?.map(|c| c.loads),
         None => None,
     };
     let mut plan =

@@ -66,7 +66,14 @@ pub(super) struct RequestsArgs {
 }
 
 fn read_requests(path: &Path, format: TraceFormat, split: PhaseSplit) -> Result<(ModelShape, Vec<RequestTokens>)> {
-    let opts = ReadOptions { format: Some(format), batch_tokens: 32768, experts: None, top_k: None };
+    let opts = ReadOptions {
+        format: Some(format),
+        batch_tokens: 32768,
+        experts: None,
+        top_k: None,
+        layer_map: None,
+        slot_assignments: None,
+    };
     let reader = open_trace(path, &opts).with_context(|| format!("opening {}", path.display()))?;
     let shape = reader.shape();
     let mut batches = Vec::new();
