@@ -72,7 +72,7 @@ fn sglang_per_pass_dump_maps_slots_to_logical_experts() {
     let Some(d) = engines() else { return };
     let c = counts(&d.join("sglang/per_pass_mode_rank0.pt"), &ReadOptions::default());
     assert_eq!((c.loads.layers, c.loads.experts, c.loads.steps.len()), (4, 16, 3));
-    assert_eq!(c.layer_map.unwrap().moe_layers(), &[1, 2, 3, 4]);
+    assert_eq!(c.layer_map.as_ref().unwrap().moe_layers(), &[1, 2, 3, 4]);
     // The same routing as the stat dump: slots 16..19 add onto experts 0..3.
     assert_eq!(layer_totals(&c, 0), STAT_LAYER1);
     assert_eq!(layer_totals(&c, 3), [76, 31, 68, 38, 27, 68, 82, 47, 40, 33, 45, 51, 36, 45, 57, 24]);
@@ -150,7 +150,7 @@ fn vllm_eplb_load_stats_map_physical_loads_back() {
     assert_eq!(layer_totals(&c, 0), [182, 132, 168, 73, 39, 102, 84, 97, 123, 99, 52, 51, 49, 91, 68, 66]);
     assert_eq!(c.loads.steps[0][..16].iter().sum::<f64>(), 495.0);
     let opts = ReadOptions { layer_map: Some(model()), ..Default::default() };
-    assert_eq!(counts(&d.join("vllm/eplb_load_stats.jsonl"), &opts).layer_map.unwrap().moe_layers(), &[1, 2, 3, 4]);
+    assert_eq!(counts(&d.join("vllm/eplb_load_stats.jsonl"), &opts).layer_map.as_ref().unwrap().moe_layers(), &[1, 2, 3, 4]);
 }
 
 const TRT_ITER100_LAYER1: [f64; 16] = [24., 33., 18., 26., 23., 26., 25., 15., 13., 14., 9., 8., 8., 6., 5., 3.];
@@ -161,7 +161,7 @@ fn trtllm_statistics_keep_top_k_and_decoder_layers() {
     let dir = d.join("trtllm/stats_no_load_balancer");
     let c = counts(&dir, &ReadOptions::default());
     assert_eq!((c.loads.layers, c.loads.experts, c.loads.steps.len(), c.top_k), (4, 16, 3, Some(4)));
-    assert_eq!(c.layer_map.unwrap().moe_layers(), &[1, 2, 3, 4]);
+    assert_eq!(c.layer_map.as_ref().unwrap().moe_layers(), &[1, 2, 3, 4]);
     assert_eq!(c.loads.steps[0][..16], TRT_ITER100_LAYER1, "iteration 100, layer 1, summed over both ranks");
     // The raw files read as a trace whose counts are the statistics'.
     assert_eq!(TraceFormat::detect(&dir).unwrap(), TraceFormat::TrtllmRaw);
