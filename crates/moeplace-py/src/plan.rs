@@ -212,6 +212,36 @@ impl PyPlan {
         self.inner.notes.clone()
     }
 
+    /// How the plan is served: `{"dispatcher", "parameters", "homes"}` (the default,
+    /// `nearest` with round-robin homes, for plans that name none).
+    #[getter]
+    fn serving<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.serving_or_default();
+        let d = PyDict::new(py);
+        d.set_item("dispatcher", &s.dispatcher)?;
+        d.set_item("parameters", s.params.0.clone())?;
+        d.set_item("homes", s.homes.name())?;
+        Ok(d)
+    }
+
+    /// The model's hidden-layer (decoder-layer) count.
+    #[getter]
+    fn hidden_layers(&self) -> usize {
+        self.inner.layers.hidden_layers()
+    }
+
+    /// The decoder-layer index of each row of the placement.
+    #[getter]
+    fn moe_layers(&self) -> Vec<usize> {
+        self.inner.layers.moe_layers().to_vec()
+    }
+
+    /// Where the layer map came from: "input", "model" or "default".
+    #[getter]
+    fn layer_source(&self) -> &'static str {
+        plan_file::layer_source_name(self.inner.layers.source())
+    }
+
     #[getter]
     fn placer(&self) -> String {
         self.inner.provenance.placer.clone()

@@ -41,10 +41,27 @@ def test_plan_equals_the_cli_plan(tmp_path, stats, cli):
 def test_exports_match_the_cli(tmp_path, stats, cli):
     p = moeplace.plan(stats, "balance", gpus=4, nodes=2, slots_per_gpu=5, params={"groups": 4})
     p.save(tmp_path / "p.json")
-    for engine in ("sglang", "vllm", "trtllm", "eplb"):
+    for engine in ("sglang", "vllm", "vllm-map", "trtllm", "eplb"):
         cli("export", tmp_path / "p.json", "--to", engine, "-o", tmp_path / f"cli.{engine}")
         text = p.export(engine, tmp_path / f"py.{engine}")
         assert text == (tmp_path / f"cli.{engine}").read_text() == (tmp_path / f"py.{engine}").read_text()
+
+
+def test_plan_names_its_serving_and_layers(tmp_path, stats):
+    p = moeplace.plan(stats, "tacg+gesr", gpus=4, nodes=2, slots_per_gpu=5)
+    s = p.serving
+    assert set(s) == {"dispatcher", "parameters", "homes"}
+    assert s["dispatcher"] in moeplace.DISPATCHERS
+    # The plan file's own record of it (tacg+gesr is served by gesr with family homes).
+    assert s == p.to_dict()["serving"]
+    assert s["dispatcher"] == "gesr" and s["homes"] == "family"
+    assert moeplace.Dispatcher(p).name == "gesr"
+    # Statistics without a model: every row a MoE layer, numbered from 0.
+    assert p.moe_layers == [0, 1, 2, 3] and p.hidden_layers == 4
+    assert p.layer_source == "default"
+    p.save(tmp_path / "p.json")
+    q = moeplace.Plan.load(tmp_path / "p.json")
+    assert q.serving == s and q.moe_layers == p.moe_layers
 
 
 def test_evaluate_returns_metrics(tmp_path, stats):

@@ -459,8 +459,10 @@ class Plan:
     def export(self, engine: str, path: Optional[PathLike] = None) -> str:
         """The plan in a serving engine's format: ``"sglang"`` (``--init-expert-
         location`` JSON), ``"vllm"`` (static EPLB mapping JSONL), ``"trtllm"`` (MoE
-        load-balancer YAML) or ``"eplb"`` (DeepSeek's phy2log/log2phy/logcnt JSON).
-        Returns the text and, with ``path``, writes it there."""
+        load-balancer YAML), ``"vllm-map"`` (vLLM's physical-to-logical map JSON) or
+        ``"eplb"`` (DeepSeek's phy2log/log2phy/logcnt JSON), each at the engine's own
+        layer numbering from the plan's layer map (``moe_layers``). Returns the text
+        and, with ``path``, writes it there."""
         return self._p.export(engine, None if path is None else os.fspath(path))
 
     @property
@@ -481,6 +483,21 @@ class Plan:
     family_gpus = property(lambda self: self._p.family_gpus)
     notes = property(lambda self: self._p.notes)
     placer = property(lambda self: self._p.placer)
+    serving = property(
+        lambda self: self._p.serving,
+        doc="How the plan is served: ``{'dispatcher', 'parameters', 'homes'}``; "
+        "``Dispatcher(plan)`` and ``evaluate`` serve so unless told otherwise.",
+    )
+    hidden_layers = property(
+        lambda self: self._p.hidden_layers, doc="The model's hidden-layer (decoder-layer) count."
+    )
+    moe_layers = property(
+        lambda self: self._p.moe_layers, doc="The decoder-layer index of each row of the placement."
+    )
+    layer_source = property(
+        lambda self: self._p.layer_source,
+        doc='Where the layer map came from: "input", "model" or "default".',
+    )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self._p == other._p
