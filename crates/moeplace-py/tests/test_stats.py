@@ -147,3 +147,13 @@ def test_bad_columns_raise_value_error():
         moeplace.Statistics.load("/nonexistent/stats.json")
     with pytest.raises(ValueError, match="malformed|not a moeplace|expected"):
         moeplace.Statistics.from_bytes(b"{not json")
+
+
+@pytest.mark.parametrize("recording", [
+    "vllm/eplb_load_stats.jsonl", "sglang/stat_mode.pt", "trtllm/stats_no_load_balancer"])
+def test_engine_recordings_profile_as_the_cli_does(tmp_path, shared_data, cli, recording):
+    path = shared_data / "engines" / recording
+    cli("profile", path, "--top-k", "4", "-o", tmp_path / "cli.bin")
+    s = moeplace.profile([path], top_k=4)
+    assert s.shape == (4, 16, 4)
+    assert s == moeplace.Statistics.load(tmp_path / "cli.bin")
