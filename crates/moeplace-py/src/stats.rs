@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use moeplace_core::model::{ModelDescription, BUILTIN_MODELS};
 use moeplace_core::report::ProfileReport;
 use moeplace_core::stats::{ProfileOptions, Statistics, StatisticsBuilder};
 use moeplace_core::trace::{BatchColumns, ModelShape, Phase, TokenBatch};
@@ -202,9 +203,52 @@ fn profile_one(path: &Path, opts: &ReadOptions, options: ProfileOptions) -> Resu
     Ok(stats)
 }
 
+/// The model a call names: a built-in name, or the text of a Hugging Face config.json.
+pub fn model_description(name: Option<&str>, config: Option<&str>) -> PyResult<Option<ModelDescription>> {
+    match (name, config) {
+        (Some(_), Some(_)) => Err(value_error("give model or model_config, not both")),
+        (Some(n), None) => ModelDescription::builtin(n).map(Some).ok_or_else(|| {
+            value_error(format!(
+                "model {n:?} is not a built-in model (known: {}); give its config.json (a path or a dict)",
+                BUILTIN_MODELS.join(", ")
+            ))
+        }),
+        (None, Some(text)) => {
+            moeplace_formats::model_config::parse(Path::new("model"), text).map(Some).map_err(value_error)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `stats` checked against model `m`, carrying the layer map the input recorded (if
+/// it agrees with the model's) or the model's.
+fn with_model(path: &Path, stats: Statistics, m: &ModelDescription) -> Result<Statistics, String> {
+    let shown = path.display();
+    if let Some(why) = m.mismatch(stats.shape()) {
+        return Err(format!("{shown}: {why}"));
+    }
+    let map = match stats.layer_map() {
+        Some(r) if !r.same_layers(&m.layers) => {
+            return Err(format!(
+                "{shown}: the input puts its MoE layers at decoder layers {:?} of {} hidden layers, but model {} has \
+                 them at {:?} of {}",
+                r.moe_layers(),
+                r.hidden_layers(),
+                m.name,
+                m.layers.moe_layers(),
+                m.layers.hidden_layers()
+            ))
+        }
+        Some(r) => r.clone(),
+        None => m.layers.clone(),
+    };
+    stats.with_layer_map(Some(map)).map_err(|e| format!("{shown}: {e}"))
+}
+
 /// Profiles traces, statistics files and engine counts into one set of statistics.
 #[pyfunction]
-#[pyo3(signature = (paths, format=None, experts=None, top_k=None, request_vectors=true, token_sample=moeplace_core::stats::DEFAULT_TOKEN_SAMPLE))]
+#[pyo3(signature = (paths, format=None, experts=None, top_k=None, request_vectors=true, token_sample=moeplace_core::stats::DEFAULT_TOKEN_SAMPLE, model=None, model_config=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn profile(
     py: Python<'_>,
     paths: Vec<PathBuf>,
@@ -213,14 +257,24 @@ pub fn profile(
     top_k: Option<usize>,
     request_vectors: bool,
     token_sample: usize,
+    model: Option<&str>,
+    model_config: Option<&str>,
 ) -> PyResult<PyStatistics> {
-    let opts = read_options(format, experts, top_k)?;
+    let model = model_description(model, model_config)?;
+    let mut opts = read_options(format, experts, top_k)?;
+    if let Some(m) = &model {
+        opts.top_k = opts.top_k.or(Some(m.top_k));
+    }
     let options = ProfileOptions { request_vectors, token_sample };
     let stats = py
         .detach(|| {
             let mut acc: Option<Statistics> = None;
             for path in &paths {
                 let s = profile_one(path, &opts, options)?;
+                let s = match &model {
+                    None => s,
+                    Some(m) => with_model(path, s, m)?,
+                };
                 match &mut acc {
                     None => acc = Some(s),
                     Some(a) => a.merge(&s).map_err(|e| format!("adding {}: {e}", path.display()))?,

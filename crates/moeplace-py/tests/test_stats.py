@@ -157,3 +157,19 @@ def test_engine_recordings_profile_as_the_cli_does(tmp_path, shared_data, cli, r
     s = moeplace.profile([path], top_k=4)
     assert s.shape == (4, 16, 4)
     assert s == moeplace.Statistics.load(tmp_path / "cli.bin")
+
+
+def test_profile_with_a_model_carries_its_layer_map(tmp_path, shared_data, cli):
+    # The engine files' model: 5 hidden layers, decoder layer 0 dense, 16 experts, top-4.
+    config = {"num_hidden_layers": 5, "first_k_dense_replace": 1, "moe_layer_freq": 1,
+              "n_routed_experts": 16, "num_experts_per_tok": 4, "model_type": "deepseek_v3"}
+    path = shared_data / "engines" / "vllm" / "eplb_load_stats.jsonl"
+    s = moeplace.profile([path], model=config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert s == moeplace.profile([path], model=tmp_path / "config.json")
+    p = moeplace.plan(s, "balance", gpus=4, slots_per_gpu=5)
+    assert p.moe_layers == [1, 2, 3, 4] and p.hidden_layers == 5
+    with pytest.raises(ValueError, match="is not a built-in model"):
+        moeplace.profile([path], model="no-such-model")
+    with pytest.raises(ValueError, match="deepseek-v3"):
+        moeplace.profile([path], model="deepseek-v3")

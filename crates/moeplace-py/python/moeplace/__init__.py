@@ -366,6 +366,23 @@ class Statistics:
         return repr(self._s)
 
 
+def _model_args(model: Any) -> Tuple[Optional[str], Optional[str]]:
+    """(built-in name, config.json text) of a ``model=`` argument."""
+    if model is None:
+        return None, None
+    if isinstance(model, Mapping):
+        return None, json.dumps(model)
+    if isinstance(model, os.PathLike) or (isinstance(model, str) and os.path.exists(model)):
+        try:
+            with open(model) as f:
+                return None, f.read()
+        except OSError as e:
+            raise ValueError(f"model: {os.fspath(model)}: {e}") from None
+    if isinstance(model, str):
+        return model, None
+    raise ValueError("model must be a built-in model name or a Hugging Face config.json (path or dict)")
+
+
 def profile(
     paths: Union[PathLike, Sequence[PathLike]],
     *,
@@ -374,6 +391,7 @@ def profile(
     top_k: Optional[int] = None,
     request_vectors: bool = True,
     token_sample: int = DEFAULT_TOKEN_SAMPLE,
+    model: Any = None,
 ) -> Statistics:
     """Statistics of trace files, statistics files and engine counts, added up
     (``moeplace profile``).
@@ -389,14 +407,21 @@ def profile(
         top_k: experts per token, for formats that do not record it.
         request_vectors: keep per-request activation vectors.
         token_sample: tokens of the sample of whole token paths (0: none).
+        model: the model the inputs belong to: a built-in name (``"deepseek-v3"``)
+            or its Hugging Face ``config.json`` (a path or a dict). Inputs of another
+            shape are refused; the statistics (and plans made from them) carry its
+            layer map (the decoder layer of each MoE layer); it gives ``top_k``.
 
     Raises:
         ValueError: an unreadable or malformed input (the message names the file
-            and the line, row or part).
+            and the line, row or part), an input that is not the model's.
     """
+    name, config = _model_args(model)
     return Statistics(
         _native.profile(
             _paths(paths),
+            model=name,
+            model_config=config,
             format=format,
             experts=experts,
             top_k=top_k,

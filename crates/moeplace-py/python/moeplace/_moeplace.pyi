@@ -102,6 +102,8 @@ def profile(
     top_k: Optional[int] = ...,
     request_vectors: bool = ...,
     token_sample: int = ...,
+    model: Optional[str] = ...,
+    model_config: Optional[str] = ...,
 ) -> Statistics: ...
 def read_trace(
     path: str, format: Optional[str] = ..., experts: Optional[int] = ..., top_k: Optional[int] = ...
