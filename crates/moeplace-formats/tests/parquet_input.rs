@@ -55,8 +55,7 @@ fn write_columns(path: &Path, schema: Arc<Schema>, cols: Vec<ArrayRef>, version:
         ("moeplace.top_k", "2"),
     ]
     .map(|(k, v)| KeyValue::new(k.to_string(), v.to_string()));
-    let props =
-        WriterProperties::builder().set_key_value_metadata(Some(kv.to_vec())).set_compression(codec).build();
+    let props = WriterProperties::builder().set_key_value_metadata(Some(kv.to_vec())).set_compression(codec).build();
     let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema.clone(), Some(props)).unwrap();
     w.write(&RecordBatch::try_new(schema, cols).unwrap()).unwrap();
     w.close().unwrap();
