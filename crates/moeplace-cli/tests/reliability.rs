@@ -193,3 +193,34 @@ fn temporary_files_do_not_outlive_their_run() {
     assert!(!temp.exists(), "SIGTERM left {}", temp.display());
     assert!(!big.exists());
 }
+
+/// Defect 3: a valid Parquet trace written by `convert`, with one byte changed at
+/// each of a few hundred fixed positions (footer, page headers, pages), is either
+/// read or refused with one message naming the file; never a panic or an abort.
+#[test]
+fn corrupted_parquet_is_read_or_refused_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, _, _) = small_inputs(dir.path());
+    let good = dir.path().join("good.parquet");
+    let out = moeplace(&["convert", s(&trace), s(&good)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&good).unwrap();
+    let bad = dir.path().join("bad.parquet");
+    let n = bytes.len();
+    // Every position of the footer end and a spread over the rest.
+    let mut positions: Vec<usize> = (n.saturating_sub(120)..n).collect();
+    positions.extend((0..n.saturating_sub(120)).step_by((n / 180).max(1)));
+    for (i, &pos) in positions.iter().enumerate() {
+        let mut b = bytes.clone();
+        b[pos] ^= [0xff, 0x01, 0x80, 0x7f][i % 4];
+        std::fs::write(&bad, &b).unwrap();
+        let out = moeplace(&["profile", s(&bad)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "byte {pos}: panic: {err}");
+        match out.status.code() {
+            Some(0) => {}
+            Some(1) => assert!(err.contains("bad.parquet"), "byte {pos}: file not named: {err}"),
+            c => panic!("byte {pos}: exit {c:?}: {err}"),
+        }
+    }
+}

@@ -13,6 +13,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use moeplace_core::trace::{ModelShape, Phase, TokenBatch, TokenRef};
 use moeplace_formats::parquet::{ParquetReader, ParquetWriter};
 use parquet::arrow::ArrowWriter;
+use parquet::basic::{BrotliLevel, Compression, GzipLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
@@ -40,12 +41,12 @@ fn write_list_file(path: &Path, experts_name: &str, width: usize, ids: &[Vec<u16
         Arc::new(UInt32Array::from_iter_values((0..rows as u32).map(|i| i % 3))),
         Arc::new(experts),
     ];
-    write_columns(path, schema, cols, version);
+    write_columns(path, schema, cols, version, Compression::SNAPPY);
 }
 
 /// Writes one record batch with the trace metadata of a 2-layer, 4-expert, top-2
 /// model (file format `version`).
-fn write_columns(path: &Path, schema: Arc<Schema>, cols: Vec<ArrayRef>, version: &str) {
+fn write_columns(path: &Path, schema: Arc<Schema>, cols: Vec<ArrayRef>, version: &str, codec: Compression) {
     let kv = [
         ("moeplace.format", "moeplace-trace"),
         ("moeplace.version", version),
@@ -54,7 +55,7 @@ fn write_columns(path: &Path, schema: Arc<Schema>, cols: Vec<ArrayRef>, version:
         ("moeplace.top_k", "2"),
     ]
     .map(|(k, v)| KeyValue::new(k.to_string(), v.to_string()));
-    let props = WriterProperties::builder().set_key_value_metadata(Some(kv.to_vec())).build();
+    let props = WriterProperties::builder().set_key_value_metadata(Some(kv.to_vec())).set_compression(codec).build();
     let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema.clone(), Some(props)).unwrap();
     w.write(&RecordBatch::try_new(schema, cols).unwrap()).unwrap();
     w.close().unwrap();
@@ -160,7 +161,7 @@ fn write_parquet_of(path: &Path, positions: ArrayRef, experts: ArrayRef, weights
         fields.push(Field::new("gate_weights", DataType::FixedSizeList(witem.clone(), 4), false));
         cols.push(Arc::new(FixedSizeListArray::try_new(witem, 4, Arc::new(w), None).unwrap()));
     }
-    write_columns(path, Arc::new(Schema::new(fields)), cols, "1");
+    write_columns(path, Arc::new(Schema::new(fields)), cols, "1", Compression::SNAPPY);
 }
 
 #[test]
@@ -205,4 +206,44 @@ fn parquet_float_ids_or_positions_are_refused_not_truncated() {
     write_parquet_of(&p, Arc::new(Float64Array::from(vec![0.0, 1.5])), Arc::new(ids), None);
     let e = read_all(&p).unwrap_err();
     assert!(e.contains("fpos.parquet: column position") && e.contains("integers"), "{e}");
+}
+
+/// Defect 11: files compressed with gzip, brotli or lz4 by other writers read like
+/// uncompressed ones.
+#[test]
+fn every_common_codec_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.parquet");
+    write_list_file(&plain, "experts", LAYERS * K, &good_ids(20), "2");
+    let want = read_all(&plain).unwrap();
+    let ids = |bs: &[TokenBatch]| -> Vec<Vec<u16>> {
+        bs.iter().flat_map(|b| b.tokens().map(|t: TokenRef| t.experts.to_vec())).collect()
+    };
+    let codecs = [
+        ("gzip", Compression::GZIP(GzipLevel::default())),
+        ("brotli", Compression::BROTLI(BrotliLevel::default())),
+        ("lz4", Compression::LZ4),
+        ("lz4raw", Compression::LZ4_RAW),
+        ("zstd", Compression::ZSTD(Default::default())),
+    ];
+    for (name, codec) in codecs {
+        let p = dir.path().join(format!("{name}.parquet"));
+        let item = Arc::new(Field::new("item", DataType::UInt16, false));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("request", DataType::Utf8, false),
+            Field::new("position", DataType::UInt32, false),
+            Field::new("experts", DataType::FixedSizeList(item.clone(), (LAYERS * K) as i32), false),
+        ]));
+        let flat: Vec<u16> = good_ids(20).into_iter().flatten().collect();
+        let experts =
+            FixedSizeListArray::try_new(item, (LAYERS * K) as i32, Arc::new(UInt16Array::from(flat)), None).unwrap();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values((0..20).map(|i| format!("r{}", i / 3)))),
+            Arc::new(UInt32Array::from_iter_values((0..20u32).map(|i| i % 3))),
+            Arc::new(experts),
+        ];
+        write_columns(&p, schema, cols, "2", codec);
+        let got = read_all(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(ids(&got), ids(&want), "{name}");
+    }
 }
