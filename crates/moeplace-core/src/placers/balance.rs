@@ -11,7 +11,22 @@
 //! 3. EPLB's replica counts packed afresh (heaviest copy first into the lightest GPU
 //!    with room that lacks the expert), when the node level is not asked;
 //! 4. on small layers, every way to hand out the redundant slots (when there are at
-//!    most `enumerate` of them, default 3000), each packed as in 3.
+//!    most `enumerate` of them, default 3000), each packed as in 3;
+//! 5. at up to two slots per GPU, the best of 1-4 with its replica counts searched
+//!    (below, Replica counts), when the node level is not asked.
+//!
+//! Replica counts: with at most two copies per GPU, the packing of given counts is
+//! already as good as it gets (heaviest-first packing pairs the largest copy with the
+//! smallest, which minimises the largest pair), so the local search below finds
+//! little and the counts decide. A short hill-climb then moves one copy at a time from
+//! a donor expert (one with several copies whose copies grow least when it loses one)
+//! to a receiver (an expert on one of the most loaded GPUs), re-packs, and keeps the
+//! first move, trying receivers from the busiest GPU down, that lowers (max load, sum
+//! of squared loads); it stops when no move among 32 receivers x 32 donors helps, when
+//! the maximum reaches the layer's lower bound, or after `count_moves` moves (default
+//! 128). Moves are scored on the pairing itself (no plan is built per move); the
+//! counts found are packed, improved by the local search and kept only if better than
+//! the best plan so far, so `balance` stays at least as balanced as `eplb`.
 //!
 //! Local search, on a GPU of maximum load g, takes the move that lowers g's load most
 //! while leaving every GPU it touches strictly below g's old load (so the maximum, or
@@ -56,6 +71,8 @@
 //!   are skipped.
 //! - `enumerate=N` (default 3000): the largest number of replica-count choices tried
 //!   exhaustively per layer (starting plan 4); 0 turns it off.
+//! - `count_moves=N` (default 128): the most copies the replica-count search moves per
+//!   layer (starting plan 5); 0 turns it off.
 //! - `per_step=true|false` (default false) and `per_step_sweeps=N` (default 8): the
 //!   time-aware improvement above; needs loads with several steps.
 //! - `move_slack=X` (default 0, at least 0): the allowed relative increase of a layer's
@@ -64,6 +81,9 @@
 //! Notes reported: `lower_bound_max_load` (largest per-layer lower bound on the maximum
 //! GPU load, see `balance::layer_lower_bound`), `max_load` and `eplb_max_load` (largest
 //! per-layer maximum GPU load of this plan and of EPLB's plan 1).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use rayon::prelude::*;
 
@@ -325,14 +345,223 @@ fn pack(p: &Problem<'_>, cnt: &[usize]) -> Option<Vec<usize>> {
     copies.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut gpu_items: Vec<Vec<usize>> = (0..p.gpus).map(|g| Vec::with_capacity(p.cap(g))).collect();
     let mut load = vec![0.0f64; p.gpus];
+    // GPUs with room, lightest (then lowest) on top; a GPU that already holds the
+    // expert is set aside for this copy and put back.
+    let mut heap: BinaryHeap<Reverse<(Load, usize)>> =
+        (0..p.gpus).filter(|&g| p.cap(g) > 0).map(|g| Reverse((Load(0.0), g))).collect();
+    let mut aside = Vec::new();
     for (piece, x) in copies {
-        let g = (0..p.gpus)
-            .filter(|&g| gpu_items[g].len() < p.cap(g) && !gpu_items[g].contains(&x))
-            .min_by(|&a, &b| load[a].total_cmp(&load[b]).then(a.cmp(&b)))?;
+        let g = loop {
+            let Reverse((l, g)) = heap.pop()?;
+            if gpu_items[g].contains(&x) {
+                aside.push(Reverse((l, g)));
+            } else {
+                break g;
+            }
+        };
+        heap.extend(aside.drain(..));
         gpu_items[g].push(x);
         load[g] += piece;
+        if gpu_items[g].len() < p.cap(g) {
+            heap.push(Reverse((Load(load[g]), g)));
+        }
     }
     Some(gpu_items.concat())
+}
+
+/// A GPU load ordered by `f64::total_cmp`, for the packing heap.
+#[derive(Clone, Copy, PartialEq)]
+struct Load(f64);
+
+impl Eq for Load {}
+
+impl PartialOrd for Load {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Load {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Default of `count_moves` (most steps of [`count_search`] per layer).
+const COUNT_MOVES: usize = 128;
+
+/// Receivers and donors tried at each step of [`count_search`].
+const COUNT_RECEIVERS: usize = 32;
+const COUNT_DONORS: usize = 32;
+
+/// Copies of one expert in [`count_search`]: (size of each copy, copies, expert).
+type Group = (f64, usize, usize);
+
+/// (max load, sum of squared loads) of the best packing of `groups` (largest copy
+/// first) when GPUs hold one or two copies: the `singles` largest copies alone on the
+/// one-slot GPUs, the rest paired largest with smallest on the two-slot GPUs (this
+/// pairing minimises the largest sum). Copies of one expert may end up paired here;
+/// the real packing then pairs them differently, which is why results are packed and
+/// checked. With `chunks`, the pairs (load, expert, expert) in the order formed.
+/// Stops early with a sum of squares of infinity once a pair exceeds `cutoff` (the
+/// score can then only be worse than one whose maximum is `cutoff`).
+fn pair_score(
+    groups: &[Group],
+    singles: usize,
+    cutoff: f64,
+    mut chunks: Option<&mut Vec<(f64, usize, usize)>>,
+) -> (f64, f64) {
+    let (mut max, mut sq) = (0.0f64, 0.0);
+    if groups.is_empty() {
+        return (max, sq);
+    }
+    let (mut i, mut j) = (0usize, groups.len() - 1);
+    let (mut ri, mut rj) = (groups[0].1, groups[j].1);
+    let mut left = singles;
+    while left > 0 {
+        let m = left.min(ri);
+        let q = groups[i].0;
+        max = max.max(q);
+        sq += m as f64 * q * q;
+        if let Some(c) = chunks.as_deref_mut() {
+            c.push((q, groups[i].2, groups[i].2));
+        }
+        left -= m;
+        ri -= m;
+        if ri == 0 {
+            if i == j {
+                return (max, sq);
+            }
+            i += 1;
+            ri = if i == j { rj } else { groups[i].1 };
+        }
+    }
+    loop {
+        if i == j {
+            // The middle expert's copies pair among themselves.
+            let m = ri / 2;
+            if m > 0 {
+                let s = 2.0 * groups[i].0;
+                max = max.max(s);
+                sq += m as f64 * s * s;
+                if let Some(c) = chunks.as_deref_mut() {
+                    c.push((s, groups[i].2, groups[i].2));
+                }
+            }
+            return (max, sq);
+        }
+        let m = ri.min(rj);
+        let s = groups[i].0 + groups[j].0;
+        if s > cutoff {
+            return (s, f64::INFINITY);
+        }
+        max = max.max(s);
+        sq += m as f64 * s * s;
+        if let Some(c) = chunks.as_deref_mut() {
+            c.push((s, groups[i].2, groups[j].2));
+        }
+        ri -= m;
+        rj -= m;
+        if ri == 0 {
+            i += 1;
+            if i > j {
+                return (max, sq);
+            }
+            ri = if i == j { rj } else { groups[i].1 };
+        }
+        if rj == 0 {
+            if j == 0 || j <= i {
+                return (max, sq);
+            }
+            j -= 1;
+            rj = if j == i { ri } else { groups[j].1 };
+        }
+    }
+}
+
+/// Whether group `a` comes before `b` (larger copies first, then lower expert).
+fn before(a: &Group, b: &Group) -> bool {
+    b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)).is_lt()
+}
+
+/// Search over replica counts at up to two slots per GPU (module documentation,
+/// Replica counts): from the counts of `from`, each step moves one copy from a donor
+/// expert to a receiver expert, taking the first move (receivers outside, donors
+/// inside) whose packing, as [`pair_score`] evaluates it, scores better than the
+/// current counts; it stops when no move does, when the maximum reaches `bound`, or
+/// after `budget` moves. Receivers: the experts of the most loaded GPUs (busiest
+/// first) that may take one more copy. Donors: experts with several copies whose
+/// copies grow least when they lose one. The counts found are then packed and improved
+/// by the local search. `None` if they do not pack.
+fn count_search(p: &Problem<'_>, from: &State, budget: usize, bound: f64) -> Option<State> {
+    let e = p.w.len();
+    let (kr, kd) = (COUNT_RECEIVERS, COUNT_DONORS);
+    let singles = (0..p.gpus).filter(|&g| p.cap(g) == 1).count();
+    let mut cnt = from.cnt.clone();
+    let group = |x: usize, c: usize| (p.w[x] / c as f64, c, x);
+    let mut groups: Vec<Group> = (0..e).map(|x| group(x, cnt[x])).collect();
+    groups.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
+    let mut chunks = Vec::new();
+    let mut score = pair_score(&groups, singles, f64::INFINITY, Some(&mut chunks));
+    let mut buf: Vec<Group> = Vec::with_capacity(e);
+    let mut receivers = Vec::with_capacity(kr);
+    let mut donors: Vec<usize> = Vec::with_capacity(e);
+    for _ in 0..budget {
+        if score.0 <= bound {
+            break;
+        }
+        chunks.sort_by(|a, b| b.0.total_cmp(&a.0));
+        receivers.clear();
+        'chunks: for &(_, x, y) in &chunks {
+            for z in [x, y] {
+                if cnt[z] < p.gpus && !receivers.contains(&z) {
+                    receivers.push(z);
+                    if receivers.len() == kr {
+                        break 'chunks;
+                    }
+                }
+            }
+        }
+        // A donor's copies each grow by w / (c (c - 1)) when it gives one up.
+        let growth = |x: usize| p.w[x] / (cnt[x] * (cnt[x] - 1)) as f64;
+        donors.clear();
+        donors.extend((0..e).filter(|&x| cnt[x] >= 2));
+        donors.sort_by(|&a, &b| growth(a).total_cmp(&growth(b)).then(a.cmp(&b)));
+        donors.truncate(kd + 1);
+        let mut found = None;
+        'moves: for &r in &receivers {
+            for &d in donors.iter().filter(|&&d| d != r) {
+                // The groups with d's and r's new copies merged in at their places.
+                let (gd, gr) = (group(d, cnt[d] - 1), group(r, cnt[r] + 1));
+                let (n1, n2) = if before(&gd, &gr) { (gd, gr) } else { (gr, gd) };
+                buf.clear();
+                let mut new = [n1, n2].into_iter().peekable();
+                for g in groups.iter().filter(|g| g.2 != d && g.2 != r) {
+                    while let Some(n) = new.next_if(|n| before(n, g)) {
+                        buf.push(n);
+                    }
+                    buf.push(*g);
+                }
+                buf.extend(new);
+                if pair_score(&buf, singles, score.0, None) < score {
+                    found = Some((d, r));
+                    break 'moves;
+                }
+            }
+        }
+        let Some((d, r)) = found else { break };
+        cnt[d] -= 1;
+        cnt[r] += 1;
+        for g in groups.iter_mut().filter(|g| g.2 == d || g.2 == r) {
+            *g = group(g.2, cnt[g.2]);
+        }
+        groups.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
+        chunks.clear();
+        score = pair_score(&groups, singles, f64::INFINITY, Some(&mut chunks));
+    }
+    let mut st = State::new(p, pack(p, &cnt)?);
+    improve(p, &mut st);
+    Some(st)
 }
 
 /// Number of multisets of `k` items from `n` kinds, saturating at `cap + 1`.
@@ -371,7 +600,14 @@ fn each_count(e: usize, extra: usize, gpus: usize, f: &mut impl FnMut(&[usize]))
 /// The best plan of one layer. EPLB's rows are candidates as they are; local search
 /// runs on the fresh packings, and on an EPLB row only if that row is still the best
 /// (always, with the node level kept).
-fn solve_layer(p: &Problem<'_>, eplb_row: Vec<usize>, global_row: Option<Vec<usize>>, enumerate: usize) -> State {
+fn solve_layer(
+    p: &Problem<'_>,
+    eplb_row: Vec<usize>,
+    global_row: Option<Vec<usize>>,
+    enumerate: usize,
+    count_moves: usize,
+    bound: f64,
+) -> State {
     let mut best = State::new(p, eplb_row);
     if p.hierarchical {
         improve(p, &mut best);
@@ -420,6 +656,18 @@ fn solve_layer(p: &Problem<'_>, eplb_row: Vec<usize>, global_row: Option<Vec<usi
     }
     if best_is_eplb {
         improve(p, &mut best);
+    }
+    // At up to two slots per GPU the packing of given counts leaves the local search
+    // little to do (each GPU pairs at most two copies), so the counts themselves are
+    // searched.
+    // The bound comes from a bisection: a tolerance keeps plans at it from searching.
+    let bound = bound * (1.0 + 1e-9);
+    if count_moves > 0 && p.slots() <= 2 * p.gpus && best.max() > bound {
+        if let Some(st) = count_search(p, &best, count_moves, bound) {
+            if st.score() < best.score() {
+                best = st;
+            }
+        }
     }
     best
 }
@@ -610,6 +858,11 @@ impl Placer for Balance {
             super::eplb::GROUPS_DOC,
             doc("hierarchical", "false", "keep all copies of an expert on one node (needs groups divisible by nodes)"),
             doc("enumerate", "3000", "most replica-count choices tried exhaustively per layer (0: off)"),
+            doc(
+                "count_moves",
+                "128",
+                "at up to 2 slots per GPU: most copies moved between experts by the replica-count search (0: off)",
+            ),
             doc("per_step", "false", "lower the expected per-step maximum GPU load (needs loads with several steps)"),
             doc("per_step_sweeps", "8", "most improvement sweeps of per_step"),
             doc(
@@ -628,6 +881,7 @@ impl Placer for Balance {
         let groups = super::eplb::groups_param(params)?;
         let hierarchical = params.bool("hierarchical", false)?;
         let enumerate = params.usize("enumerate", 3000)?;
+        let count_moves = params.usize("count_moves", COUNT_MOVES)?;
         let move_slack = params.non_negative("move_slack", 0.0)?;
         let per_step = params.bool("per_step", false)?;
         let sweeps = params.usize("per_step_sweeps", 8)?;
@@ -668,8 +922,15 @@ impl Placer for Balance {
             .map(|l| {
                 let p = Problem::new(&loads[l], c.gpus, c.slots, c.gpus_per_node(), hierarchical);
                 let eplb_max = State::new(&p, eplb_rows[l].clone()).max();
-                let mut st =
-                    solve_layer(&p, eplb_rows[l].clone(), global_rows.as_ref().map(|r| r[l].clone()), enumerate);
+                let lb = layer_lower_bound(&loads[l], c.gpus, c.slots);
+                let mut st = solve_layer(
+                    &p,
+                    eplb_rows[l].clone(),
+                    global_rows.as_ref().map(|r| r[l].clone()),
+                    enumerate,
+                    count_moves,
+                    lb,
+                );
                 let mut step_max = (0.0, 0.0);
                 if per_step {
                     let e = input.shape.experts;
@@ -678,7 +939,6 @@ impl Placer for Balance {
                     improve_per_step(&p, &mut st, &ws, sweeps);
                     step_max.1 = mean_step_max(&p, &st, &ws);
                 }
-                let lb = layer_lower_bound(&loads[l], c.gpus, c.slots);
                 let max = st.max();
                 let (row, max) = match previous {
                     Some(prev) => {
