@@ -80,7 +80,17 @@
 //!
 //! Notes reported: `lower_bound_max_load` (largest per-layer lower bound on the maximum
 //! GPU load, see `balance::layer_lower_bound`), `max_load` and `eplb_max_load` (largest
-//! per-layer maximum GPU load of this plan and of EPLB's plan 1).
+//! per-layer maximum GPU load of this plan and of EPLB's plan 1); as ratios to each
+//! layer's mean GPU load, averaged over layers: `max_over_mean`, `eplb_max_over_mean`
+//! and `bound_max_over_mean` (the lower bound, the same figures `balance_figures`
+//! gives); and the gap to the bound, `gap_to_bound`: the mean over layers of
+//! (maximum GPU load / lower bound - 1), 0 when every layer's busiest GPU is at its
+//! bound (then no plan for these GPUs and slots is more balanced). The bound is the
+//! largest of the mean GPU load (what a split of every expert into fractions could
+//! reach), each expert's load over the most copies it can have, and the smallest
+//! per-copy load the slot count allows every expert to stay under; at two slots per
+//! GPU it is usually the mean, which pairs of copies seldom reach exactly, so a small
+//! gap remains even for the best plan.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -953,14 +963,29 @@ impl Placer for Balance {
         let mut rows = Vec::with_capacity(solved.len());
         let (mut max, mut eplb_max, mut lb) = (0.0f64, 0.0f64, 0.0f64);
         let mut step_max = (0.0, 0.0);
-        for (row, m, em, b, sm) in solved {
+        // Sums over layers of max / mean for this plan, EPLB's and the bound, and of
+        // max / bound - 1 (layers without load: 1, 1, 1 and 0).
+        let (mut mom, mut eplb_mom, mut bound_mom, mut gap) = (0.0, 0.0, 0.0, 0.0);
+        for (l, (row, m, em, b, sm)) in solved.into_iter().enumerate() {
             step_max.0 += sm.0;
             step_max.1 += sm.1;
             rows.push(row.into_iter().map(|x| x as i64).collect());
             max = max.max(m);
             eplb_max = eplb_max.max(em);
             lb = lb.max(b);
+            let mean = loads[l].iter().sum::<f64>() / c.gpus as f64;
+            if mean > 0.0 {
+                mom += m / mean;
+                eplb_mom += em / mean;
+                bound_mom += b / mean;
+                gap += m / b - 1.0;
+            } else {
+                mom += 1.0;
+                eplb_mom += 1.0;
+                bound_mom += 1.0;
+            }
         }
+        let layers = loads.len().max(1) as f64;
         let placement = Placement::with_slots(input.shape.experts, c.gpus, c.slots, rows)?;
         let mut out = PlacerOutput::placement(placement);
         if let Some(prev) = previous {
@@ -969,6 +994,10 @@ impl Placer for Balance {
         out.notes.insert("max_load".into(), max);
         out.notes.insert("eplb_max_load".into(), eplb_max);
         out.notes.insert("lower_bound_max_load".into(), lb);
+        out.notes.insert("max_over_mean".into(), mom / layers);
+        out.notes.insert("eplb_max_over_mean".into(), eplb_mom / layers);
+        out.notes.insert("bound_max_over_mean".into(), bound_mom / layers);
+        out.notes.insert("gap_to_bound".into(), gap / layers);
         if per_step {
             out.notes.insert("mean_step_max_load_before".into(), step_max.0);
             out.notes.insert("mean_step_max_load".into(), step_max.1);
@@ -1156,6 +1185,88 @@ mod tests {
         let one = ExpertLoads::new(1, 4, vec![vec![1.0; 4]]).unwrap();
         let placed = place_loads(&Balance, &one, &cluster, &["per_step=true"], None);
         assert!(placed.unwrap_err().to_string().contains("several steps"));
+    }
+
+    /// Skewed loads `[layers][experts]`: a few heavy experts over a long tail, from a
+    /// seeded generator.
+    fn skewed(layers: usize, experts: usize, seed: u64) -> Vec<Vec<f64>> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        (0..layers).map(|_| (0..experts).map(|_| (1000.0 * next().powf(-0.5).min(50.0)).round()).collect()).collect()
+    }
+
+    fn figures(out: &PlacerOutput, w: &[Vec<f64>]) -> crate::balance::BalanceFigures {
+        let loads = ExpertLoads::new(w.len(), w[0].len(), vec![w.concat()]).unwrap();
+        crate::balance::balance_figures(&out.placement, &loads)
+    }
+
+    #[test]
+    fn at_one_and_two_slots_per_gpu_balance_is_never_less_balanced_than_eplb() {
+        // (experts, GPUs, slots per layer): two slots per GPU with few and many
+        // redundant slots, one slot per GPU, and GPUs with one or two slots.
+        let shapes = [(48, 32, 64), (48, 40, 80), (24, 12, 24), (32, 40, 40), (32, 48, 48), (40, 32, 56)];
+        let mut strictly_better = 0;
+        for (i, &(experts, gpus, slots)) in shapes.iter().enumerate() {
+            for seed in 1..=3u64 {
+                let w = skewed(3, experts, 10 * i as u64 + seed);
+                let cluster = Cluster::new(4, gpus, 1).unwrap().with_slots(slots).unwrap();
+                for groups in ["groups=1", "groups=4"] {
+                    let eplb = figures(&run(&Eplb, &w, &cluster, &[groups]), &w);
+                    let out = run(&Balance, &w, &cluster, &[groups]);
+                    let ours = figures(&out, &w);
+                    let case = format!("{experts} experts, {gpus} GPUs, {slots} slots, seed {seed}, {groups}");
+                    assert!(ours.max_over_mean <= eplb.max_over_mean, "{case}: {ours:?} vs eplb {eplb:?}");
+                    if ours.max_over_mean < eplb.max_over_mean - 1e-9 {
+                        strictly_better += 1;
+                    }
+                    // The plan passes the placement invariants again from its rows.
+                    let rows: Vec<Vec<i64>> =
+                        out.placement.phy2log().iter().map(|r| r.iter().map(|&x| x as i64).collect()).collect();
+                    Placement::with_slots(experts, gpus, slots, rows).unwrap();
+                    out.placement.check_cluster(&cluster).unwrap();
+                    // The bound is below what is reached, and the notes say the same.
+                    assert!(ours.bound_max_over_mean <= ours.max_over_mean + 1e-12, "{case}");
+                    let n = &out.notes;
+                    assert!((n["max_over_mean"] - ours.max_over_mean).abs() < 1e-9, "{case}: {n:?}");
+                    assert!((n["eplb_max_over_mean"] - eplb.max_over_mean).abs() < 1e-9, "{case}: {n:?}");
+                    assert!((n["bound_max_over_mean"] - ours.bound_max_over_mean).abs() < 1e-9, "{case}: {n:?}");
+                    assert!(n["gap_to_bound"] >= 0.0, "{case}: {n:?}");
+                }
+            }
+        }
+        assert!(strictly_better > 0, "the skewed cases leave EPLB room somewhere");
+    }
+
+    #[test]
+    fn replica_counts_are_searched_where_eplb_leaves_room() {
+        // 30 GPUs x 2 slots, 10 experts of load 9 and 30 of load 5 (mean GPU load 8).
+        // EPLB gives the 20 redundant slots to the highest load per copy: a second copy
+        // to each heavy expert (4.5 each), then to ten of the others (2.5 each); copies
+        // of 4.5 are left to pair with each other, so some GPU carries 9. Three copies
+        // of each heavy expert (3 each) pair with the 30 single copies of 5: 8 on every
+        // GPU, the lower bound.
+        let mut layer = vec![9.0; 10];
+        layer.extend([5.0; 30]);
+        let w = vec![layer];
+        let cluster = Cluster::new(1, 30, 2).unwrap();
+        let eplb = run(&Eplb, &w, &cluster, &[]);
+        assert_eq!(max_load(&eplb, &w), 9.0);
+        let ours = run(&Balance, &w, &cluster, &[]);
+        assert_eq!(max_load(&ours, &w), 8.0);
+        assert_eq!(ours.notes["eplb_max_over_mean"], 9.0 / 8.0);
+        assert_eq!(ours.notes["max_over_mean"], 1.0);
+        assert_eq!(ours.notes["bound_max_over_mean"], 1.0);
+        assert_eq!(ours.notes["gap_to_bound"], 0.0);
+        assert!(ours.placement.replicas(0, 0).len() == 3 && ours.placement.replicas(0, 39).len() == 1);
+        // Without the search over counts (and too many count choices to enumerate),
+        // the local search alone does not get there.
+        let without = run(&Balance, &w, &cluster, &["count_moves=0"]);
+        assert!(max_load(&without, &w) > 8.0, "{}", max_load(&without, &w));
     }
 
     #[test]
