@@ -44,8 +44,10 @@ enum What {
     /// redundant slots. Columns: max/mean GPU load (mean over layers), vLLM and
     /// SGLang balancedness, the lower bound as max/mean, slot moves from the same
     /// placer's plan on an earlier load window (given to the placer as the deployed
-    /// plan), and solve time (best of --repeat).
-    /// The table in docs/BALANCE.md comes from here.
+    /// plan), and solve time (best of --repeat). Then `eplb` against `balance` at one
+    /// and two slots per GPU on fleet shapes (61 x 384 on 256 GPUs, DeepSeek-V3 on 320
+    /// GPUs) with the gap to the lower bound (`--fleet-only`: this table alone).
+    /// The tables in docs/BALANCE.md come from here.
     Balance(BalanceArgs),
     /// Request routing cost: the ELDR decode router's decision for 64 workers and a
     /// DeepSeek-V3-sized model (58 layers x 256 experts, top-8), with the signature
@@ -126,6 +128,9 @@ struct BalanceArgs {
     /// Tokens per step in the per-step table (32 calibration and 32 held-out steps).
     #[arg(long, default_value_t = 512)]
     step_tokens: usize,
+    /// Print only the table of one and two slots per GPU at fleet scale.
+    #[arg(long)]
+    fleet_only: bool,
 }
 
 #[derive(clap::Args)]
@@ -505,6 +510,9 @@ fn bench_balance(a: BalanceArgs) -> Result<()> {
         a.tokens > 0 && a.repeat > 0 && a.step_tokens > 0,
         "--tokens, --repeat and --step-tokens must be positive"
     );
+    if a.fleet_only {
+        return print_stdout(&fleet_table(&a)?);
+    }
     let (cases, skipped) = balance_cases(&a)?;
     let mut out = format!("bench balance: {} threads, solve time best of {}\n", rayon::current_num_threads(), a.repeat);
     out.push_str(
@@ -553,7 +561,77 @@ fn bench_balance(a: BalanceArgs) -> Result<()> {
         out.push_str(&slack_table(case)?);
     }
     out.push_str(&per_step_table(&a)?);
+    out.push_str(&fleet_table(&a)?);
     print_stdout(&out)
+}
+
+/// Synthetic loads of `layers` x `experts` (top-8) from `tokens` tokens of the
+/// generator's default families, with `seed`.
+fn synth_shape_loads(
+    layers: usize,
+    experts: usize,
+    tokens: u64,
+    seed: u64,
+) -> Result<moeplace_core::stats::ExpertLoads> {
+    let mut config = SynthConfig::for_shape(layers, experts, 8)?;
+    config.tokens = Some(tokens);
+    config.requests = usize::MAX / 2;
+    let mut s = StatisticsBuilder::new(config.shape, ProfileOptions::default());
+    for b in synth::generate(&config, seed)? {
+        s.add_batch(&b)?;
+    }
+    Ok(loads_of(&s.finish()))
+}
+
+/// `eplb` against `balance` at one and two slots per GPU on fleet shapes (synthetic
+/// loads, seed 2): max/mean of both, the lower bound as max/mean, `balance`'s gap to
+/// it (mean over layers of max / bound - 1) and solve times (best of --repeat).
+fn fleet_table(a: &BalanceArgs) -> Result<String> {
+    use moeplace_core::balance::balance_figures;
+    use moeplace_core::cluster::Cluster;
+    let mut out = format!(
+        "\none and two slots per GPU: synthetic loads ({} tokens, seed 2), global policy, solve time best of {} on {} threads\n",
+        a.tokens,
+        a.repeat,
+        rayon::current_num_threads()
+    );
+    out.push_str(
+        "| model | GPUs (nodes) x slots per GPU | eplb max/mean | balance max/mean | bound max/mean | balance gap to bound | eplb ms | balance ms |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let cases = [
+        ("61 x 384 (Kimi-K2-like)", 61, 384, Cluster::new(32, 256, 2)?),
+        ("58 x 256 (DeepSeek-V3)", 58, 256, Cluster::new(40, 320, 1)?),
+        ("58 x 256 (DeepSeek-V3)", 58, 256, Cluster::new(40, 320, 2)?),
+    ];
+    let mut loads: Vec<((usize, usize), moeplace_core::stats::ExpertLoads)> = Vec::new();
+    for (name, layers, experts, c) in cases {
+        let w = match loads.iter().find(|(k, _)| *k == (layers, experts)) {
+            Some((_, w)) => w.clone(),
+            None => {
+                eprintln!("generating synthetic {layers} x {experts} loads ({} tokens) ...", a.tokens);
+                let w = synth_shape_loads(layers, experts, a.tokens, 2)?;
+                loads.push(((layers, experts), w.clone()));
+                w
+            }
+        };
+        let (e, te) = solve_best("eplb", &[], &w, &c, None, a.repeat)?;
+        let (b, tb) = solve_best("balance", &[], &w, &c, None, a.repeat)?;
+        let (fe, fb) = (balance_figures(&e.placement, &w), balance_figures(&b.placement, &w));
+        let gap = b.notes.get("gap_to_bound").copied().context("balance reports gap_to_bound")?;
+        out.push_str(&format!(
+            "| {name} | {} ({}) x {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.1} | {:.1} |\n",
+            c.gpus,
+            c.nodes,
+            c.slots / c.gpus,
+            fe.max_over_mean,
+            fb.max_over_mean,
+            fb.bound_max_over_mean,
+            gap,
+            te * 1e3,
+            tb * 1e3
+        ));
+    }
+    Ok(out)
 }
 
 /// Runs one placer on loads `repeat` times, returning the last output and the
