@@ -22,7 +22,7 @@
 //! a donor expert (one with several copies whose copies grow least when it loses one)
 //! to a receiver (an expert on one of the most loaded GPUs), re-packs, and keeps the
 //! first move, trying receivers from the busiest GPU down, that lowers (max load, sum
-//! of squared loads); it stops when no move among 32 receivers x 32 donors helps, when
+//! of squared loads); it stops when no move among 24 receivers x 32 donors helps, when
 //! the maximum reaches the layer's lower bound, or after `count_moves` moves (default
 //! 128). Moves are scored on the pairing itself (no plan is built per move); the
 //! counts found are packed, improved by the local search and kept only if better than
@@ -401,7 +401,7 @@ impl Ord for Load {
 const COUNT_MOVES: usize = 128;
 
 /// Receivers and donors tried at each step of [`count_search`].
-const COUNT_RECEIVERS: usize = 32;
+const COUNT_RECEIVERS: usize = 24;
 const COUNT_DONORS: usize = 32;
 
 /// Copies of one expert in [`count_search`]: (size of each copy, copies, expert).
