@@ -285,3 +285,30 @@ fn cluster_sizes_beyond_the_limits_are_refused_with_the_limit_named() {
     ]);
     assert!(plan.exists());
 }
+
+/// Defect 7: `convert` and `eval` accepted a request with two families that
+/// `profile` refused (and `profile --no-request-vectors` accepted): every reader
+/// refuses it, whatever reads it, and `convert` writes nothing.
+#[test]
+fn a_request_with_two_families_is_refused_by_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, plan) = small_inputs(dir.path());
+    let mut text = "{\"format\":\"moeplace-trace\",\"version\":1,\"layers\":2,\"experts\":8,\"top_k\":2}\n".to_string();
+    for (t, fam) in ["code", "code", "law"].iter().enumerate() {
+        text +=
+            &format!("{{\"request\":\"r0\",\"family\":\"{fam}\",\"position\":{t},\"experts\":[[{t},7],[6,{t}]]}}\n");
+    }
+    let trace = write(dir.path(), "two.jsonl", &text);
+    let out = dir.path().join("two.parquet");
+    let commands: [&[&str]; 4] = [
+        &["convert", s(&trace), "-o", s(&out)],
+        &["eval", "--trace", s(&trace), "--plan", s(&plan)],
+        &["profile", s(&trace)],
+        &["profile", "--no-request-vectors", s(&trace)],
+    ];
+    for args in commands {
+        let err = fails(args);
+        assert!(err.contains("two.jsonl") && err.contains("\"code\" and of family \"law\""), "{args:?}: {err}");
+    }
+    assert!(!out.exists());
+}

@@ -199,5 +199,5 @@ pub fn open_trace(path: &Path, opts: &ReadOptions) -> Result<Box<dyn TraceReader
             ));
         }
     }
-    Ok(Box::new(ReadAhead::new(reader)))
+    Ok(Box::new(ReadAhead::new(Box::new(crate::one_family::OneFamilyPerRequest::new(reader, path)))))
 }

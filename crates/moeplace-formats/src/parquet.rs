@@ -58,6 +58,9 @@ fn id_width(shape: ModelShape) -> usize {
     }
 }
 
+/// The columns of a Parquet trace; any other is refused.
+const COLUMNS: [&str; 6] = ["request", "family", "phase", "position", "experts", "gate_weights"];
+
 fn schema(shape: ModelShape, weights: bool) -> Arc<Schema> {
     let n = (shape.layers * shape.top_k) as i32;
     let mut fields = vec![
@@ -120,6 +123,23 @@ impl ParquetReader {
             .map_err(|e| FormatError::file(path, e.to_string()))?;
         let rows_total = meta.num_rows().max(0) as u64;
         let arrow_schema = builder.schema().clone();
+        // As JSONL refuses unknown fields: a misspelt optional column (`famliy`) would
+        // otherwise be dropped silently, and of two columns of one name only the first
+        // would be read.
+        let names: Vec<&str> = arrow_schema.fields().iter().map(|f| f.name().as_str()).collect();
+        for (i, name) in names.iter().enumerate() {
+            let column = || Location::Part(format!("column {name}"));
+            if !COLUMNS.contains(name) {
+                return Err(FormatError::new(
+                    path,
+                    column(),
+                    format!("unknown column (a Parquet trace holds: {})", COLUMNS.join(", ")),
+                ));
+            }
+            if names[..i].contains(name) {
+                return Err(FormatError::new(path, column(), "appears twice"));
+            }
+        }
         for col in ["request", "position", "experts"] {
             if arrow_schema.field_with_name(col).is_err() {
                 let have: Vec<&str> = arrow_schema.fields().iter().map(|f| f.name().as_str()).collect();

@@ -61,6 +61,29 @@ fn write_columns(path: &Path, schema: Arc<Schema>, cols: Vec<ArrayRef>, version:
     w.close().unwrap();
 }
 
+/// A good file with one more string column named `name` (a misspelt optional
+/// column, or a second column of a name already there).
+fn write_with_extra_column(path: &Path, name: &str) {
+    let item = Arc::new(Field::new("item", DataType::UInt16, false));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("request", DataType::Utf8, false),
+        Field::new("family", DataType::Utf8, true),
+        Field::new("position", DataType::UInt32, false),
+        Field::new("experts", DataType::FixedSizeList(item.clone(), 4), false),
+        Field::new(name, DataType::Utf8, true),
+    ]));
+    let flat: Vec<u16> = good_ids(3).into_iter().flatten().collect();
+    let experts = FixedSizeListArray::try_new(item, 4, Arc::new(UInt16Array::from(flat)), None).unwrap();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec!["r0", "r0", "r1"])),
+        Arc::new(StringArray::from(vec!["law", "law", "code"])),
+        Arc::new(UInt32Array::from(vec![0, 1, 0])),
+        Arc::new(experts),
+        Arc::new(StringArray::from(vec!["law", "law", "code"])),
+    ];
+    write_columns(path, schema, cols, "2", Compression::SNAPPY);
+}
+
 fn good_ids(rows: usize) -> Vec<Vec<u16>> {
     (0..rows).map(|i| vec![(i % 4) as u16, ((i + 1) % 4) as u16, ((i + 2) % 4) as u16, ((i + 3) % 4) as u16]).collect()
 }
@@ -107,7 +130,9 @@ fn bad_files_name_the_file_and_the_row_or_column() {
     /// File name, how to make it, what the error must say.
     type Case = (&'static str, Box<dyn Fn(&Path)>, &'static str);
     let cases: Vec<Case> = vec![
-        ("column.parquet", Box::new(|p| write_list_file(p, "expert_ids", 4, &good_ids(3), "2")), "column experts"),
+        ("column.parquet", Box::new(|p| write_list_file(p, "expert_ids", 4, &good_ids(3), "2")), "unknown column"),
+        ("famliy.parquet", Box::new(|p| write_with_extra_column(p, "famliy")), "column famliy: unknown column"),
+        ("twice.parquet", Box::new(|p| write_with_extra_column(p, "family")), "column family: appears twice"),
         ("range.parquet", Box::new(move |p| write_list_file(p, "experts", 4, &out_of_range, "2")), "row 6"),
         ("repeat.parquet", Box::new(move |p| write_list_file(p, "experts", 4, &repeated, "2")), "row 5"),
         (
