@@ -126,6 +126,14 @@ fn check_npz_entries(path: &Path) -> Result<(), FormatError> {
     let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
     let mut zip =
         zip::ZipArchive::new(file).map_err(|e| FormatError::file(path, format!("not a NumPy .npz archive: {e}")))?;
+    // The zip reader keeps one entry per name (the last): two arrays of one name
+    // would be read as one, silently.
+    if let Some(declared) = declared_entries(path)?.filter(|&n| n != zip.len()) {
+        return Err(FormatError::file(
+            path,
+            format!("the archive holds {declared} entries under {} distinct names: an array appears twice", zip.len()),
+        ));
+    }
     for i in 0..zip.len() {
         // Raw: opening a compressed entry the plain way already fails, without naming it.
         let entry = zip.by_index_raw(i).map_err(|e| FormatError::file(path, e.to_string()))?;
@@ -143,6 +151,26 @@ fn check_npz_entries(path: &Path) -> Result<(), FormatError> {
         check_announced(path, &name, &head, size)?;
     }
     Ok(())
+}
+
+/// The entry count of a zip file's end-of-central-directory record, or `None` where
+/// it cannot tell (a zip64 archive stores the count elsewhere).
+fn declared_entries(path: &Path) -> Result<Option<usize>, FormatError> {
+    use std::io::{Read, Seek, SeekFrom};
+    const EOCD: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+    let mut file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
+    // The record (22 bytes) ends the file, followed by a comment of at most 65,535.
+    let tail_len = len.min(22 + 65_535);
+    let mut tail = vec![0u8; tail_len as usize];
+    file.seek(SeekFrom::Start(len - tail_len))
+        .and_then(|_| file.read_exact(&mut tail))
+        .map_err(|e| FormatError::io(path, e))?;
+    let Some(at) = (0..tail.len().saturating_sub(21)).rev().find(|&i| tail[i..i + 4] == EOCD) else {
+        return Ok(None);
+    };
+    let total = u16::from_le_bytes([tail[at + 10], tail[at + 11]]);
+    Ok((total != u16::MAX).then_some(total as usize))
 }
 
 fn load(path: &Path) -> Result<Arrays, FormatError> {
@@ -180,6 +208,10 @@ fn load(path: &Path) -> Result<Arrays, FormatError> {
     // dropped silently (e.g. `gate_weight`: a trace without gate weights).
     if let Some(other) = names.iter().find(|n| !ARRAYS.contains(&n.as_str())) {
         return Err(part(other, format!("unknown array (a NumPy trace holds: {})", ARRAYS.join(", "))));
+    }
+    // Of two arrays of one name only one would be read.
+    if let Some((_, twice)) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+        return Err(part(twice, "appears twice in the archive".into()));
     }
     let mut ints = |name: &str| -> Result<Option<ArrayD<i64>>, FormatError> {
         if !names.iter().any(|n| n == name) {
