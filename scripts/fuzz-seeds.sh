@@ -29,7 +29,7 @@ for t in "${TARGETS[@]}"; do mkdir -p "$CORPUS/$t"; done
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-m() { "$BIN" "$@" >/dev/null; }
+m() { "$BIN" "$@" >/dev/null 2>"$WORK/stderr" || { cat "$WORK/stderr" >&2; return 1; }; }
 
 # Traces from the synthetic generator: every writable format, with families,
 # phases and gate weights as the writers record them.
@@ -56,12 +56,12 @@ m profile "$WORK/b.npz" -o "$WORK/b-stats.json"
 m profile "$WORK/b.npz" -o "$WORK/b-stats.mps"
 cp "$WORK/a-stats.json" "$WORK/b-stats.json" "$CORPUS/stats_json/"
 cp "$WORK/a-stats.mps" "$WORK/b-stats.mps" "$CORPUS/stats_binary/"
-for placer in linear eplb balance tacg; do
+for placer in linear eplb balance coact; do
   m plan --placer "$placer" --stats "$WORK/a-stats.json" --gpus 4 --slots-per-gpu 5 -o "$WORK/plan-$placer.json"
   cp "$WORK/plan-$placer.json" "$CORPUS/plan_file/"
 done
 for format in sglang vllm vllm-map trtllm eplb; do
-  m export "$WORK/plan-tacg.json" --to "$format" -o "$WORK/export-$format"
+  m export "$WORK/plan-balance.json" --to "$format" -o "$WORK/export-$format"
   cp "$WORK/export-$format" "$CORPUS/export_file/"
 done
 cp "$WORK/export-trtllm" "$CORPUS/trtllm_slot_assignments/"
@@ -75,7 +75,14 @@ if [ -d "$DATA" ]; then
     [ -f "$f" ] || continue
     family=$(basename "$(dirname "$f")")
     mkdir -p "$WORK/esft/$family"
-    head -n 2 "$f" > "$WORK/esft/$family/$(basename "$f")"
+    # Two sequences of their first 20 tokens (k = 6 ids, two tabs, 6 weights each).
+    head -n 2 "$f" | awk -F'\t' -v OFS='\t' '{
+      for (gap = 1; gap <= NF && $gap != ""; gap++) {}
+      ids = ""; w = ""
+      for (i = 1; i < gap && i <= 120; i++) ids = ids (i > 1 ? OFS : "") $i
+      for (i = gap + 1; i <= NF && i <= gap + 120; i++) w = w (i > gap + 1 ? OFS : "") $i
+      print ids OFS OFS w
+    }' > "$WORK/esft/$family/$(basename "$f")"
     cp "$WORK/esft/$family/$(basename "$f")" "$CORPUS/esft_log/$family-$(basename "$f")"
   done
   if [ -d "$WORK/esft" ]; then
@@ -87,7 +94,7 @@ if [ -d "$DATA" ]; then
     cp "$WORK/esft.npz" "$CORPUS/numpy_trace/"
   fi
   if [ -f "$DATA/sglang-granite/routing-trace.jsonl" ]; then
-    head -n 20 "$DATA/sglang-granite/routing-trace.jsonl" > "$CORPUS/sglang_trace/granite-head.jsonl"
+    head -n 8 "$DATA/sglang-granite/routing-trace.jsonl" > "$CORPUS/sglang_trace/granite-head.jsonl"
   fi
   [ -f "$DATA/eplb-readme-example.json" ] && cp "$DATA/eplb-readme-example.json" "$CORPUS/engine_count_json/"
   E=$DATA/engines

@@ -40,10 +40,16 @@ fi
 BIN_DIR=$ROOT/fuzz/target/x86_64-unknown-linux-gnu/release
 LOGS=$ROOT/fuzz/target/fuzz-logs
 mkdir -p "$LOGS"
-# The targets write their inputs under TMPDIR; keep that inside fuzz/ and remove it.
-export TMPDIR=$ROOT/fuzz/tmp
-mkdir -p "$TMPDIR"
-trap 'rm -rf "$ROOT/fuzz/tmp"' EXIT
+# The targets write their inputs under TMPDIR: a folder of this run, in memory
+# (/dev/shm) where there is one, removed at the end.
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+  TMPDIR=$(mktemp -d -p /dev/shm moeplace-fuzz.XXXXXX)
+else
+  mkdir -p "$ROOT/fuzz/tmp"
+  TMPDIR=$(mktemp -d -p "$ROOT/fuzz/tmp")
+fi
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
 
 run_one() {
   local t=$1

@@ -24,7 +24,8 @@ fn statistics() -> &'static Statistics {
                 _ => ("r-none", None),
             };
             let experts = [t % 8, (t + 1) % 8, (t * 3) % 8, (t * 3 + 1) % 8];
-            let token = TokenRef { request, family, phase: None, position: t as u32, experts: &experts, gate_weights: None };
+            let token =
+                TokenRef { request, family, phase: None, position: t as u32, experts: &experts, gate_weights: None };
             batch.push(token).expect("a token of the shape");
         }
         let mut builder = StatisticsBuilder::new(shape, ProfileOptions::default());

@@ -331,13 +331,17 @@ fn check_chunks(
             return Err(FormatError::file(path, format!("row group {g} declares {} rows", rg.num_rows())));
         }
         for c in rg.columns() {
-            let (start, size) = c.byte_range();
-            let (start, size) = (start as i64, size as i64);
+            // Not `byte_range()`: it asserts (panics on) what is checked here.
+            let start = c.dictionary_page_offset().unwrap_or_else(|| c.data_page_offset());
+            let size = c.compressed_size();
             let bad = |what: String| {
                 FormatError::file(path, format!("row group {g}, column {}: {what} (corrupted footer)", c.column_path()))
             };
             if start < 0 || size < 0 || start.saturating_add(size) > len {
-                return Err(bad(format!("bytes {start}..{} lie outside the file of {len} bytes", start + size)));
+                return Err(bad(format!(
+                    "bytes {start}..{} lie outside the file of {len} bytes",
+                    start.saturating_add(size)
+                )));
             }
             if c.compressed_size() < 0 || c.uncompressed_size() < 0 || c.uncompressed_size() > MAX_CHUNK_BYTES {
                 return Err(bad(format!(

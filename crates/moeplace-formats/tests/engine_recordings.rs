@@ -150,7 +150,10 @@ fn vllm_eplb_load_stats_map_physical_loads_back() {
     assert_eq!(layer_totals(&c, 0), [182, 132, 168, 73, 39, 102, 84, 97, 123, 99, 52, 51, 49, 91, 68, 66]);
     assert_eq!(c.loads.steps[0][..16].iter().sum::<f64>(), 495.0);
     let opts = ReadOptions { layer_map: Some(model()), ..Default::default() };
-    assert_eq!(counts(&d.join("vllm/eplb_load_stats.jsonl"), &opts).layer_map.as_ref().unwrap().moe_layers(), &[1, 2, 3, 4]);
+    assert_eq!(
+        counts(&d.join("vllm/eplb_load_stats.jsonl"), &opts).layer_map.as_ref().unwrap().moe_layers(),
+        &[1, 2, 3, 4]
+    );
 }
 
 const TRT_ITER100_LAYER1: [f64; 16] = [24., 33., 18., 26., 23., 26., 25., 15., 13., 14., 9., 8., 8., 6., 5., 3.];
