@@ -202,11 +202,7 @@ pub fn print_stdout(text: &str) -> Result<()> {
 /// per MoE layer, or `None` if `path` is none of them or `--format` asks for a trace.
 /// Rows per hidden layer (SGLang) lose their dense rows: by the model's layers when
 /// given (refused if a dense row holds counts), else as the reader finds them.
-pub fn engine_counts(
-    path: &Path,
-    args: &TraceArgs,
-    model: Option<&ModelDescription>,
-) -> Option<Result<EngineCounts>> {
+pub fn engine_counts(path: &Path, args: &TraceArgs, model: Option<&ModelDescription>) -> Option<Result<EngineCounts>> {
     if args.format.is_some() {
         return None;
     }
