@@ -19,7 +19,7 @@ echo "| tokens | requests | trace (Parquet) MB | statistics MB | JSON MB | write
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in ${sizes[*]}; do
   t="$work/t$n.parquet"
-  "$bin" synth --preset deepseek-v3 --tokens "$n" --seed 1 "$t" 2>/dev/null
+  "$bin" synth --preset deepseek-v3 --tokens "$n" --seed 1 -o "$t" 2>/dev/null
   requests=$("$bin" profile "$t" --json | python3 -c 'import json,sys; print(json.load(sys.stdin).get("requests", "?"))')
   p=$(wall "$bin" profile "$t")
   po=$(wall "$bin" profile "$t" -o "$work/s.bin")

@@ -1,8 +1,32 @@
 //! Output paths, checked before the work whose result they receive.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+
+/// The trace a command writes: `-o FILE`, or `-o -` for JSONL on standard output.
+#[derive(clap::Args)]
+pub struct TraceOutput {
+    /// The trace to write: .jsonl, .parquet or .npz (or --to); `-` writes JSONL to
+    /// standard output.
+    #[arg(short, long, value_name = "OUT", required_unless_present = "output_file", conflicts_with = "output_file")]
+    output: Option<PathBuf>,
+    /// The same as --output, as a last argument (scripts written before --output).
+    #[arg(value_name = "OUT", hide = true)]
+    output_file: Option<PathBuf>,
+}
+
+impl TraceOutput {
+    pub fn path(&self) -> &Path {
+        self.output.as_deref().or(self.output_file.as_deref()).expect("clap requires one")
+    }
+}
+
+/// Where a command's own summary goes: standard error when its output is standard
+/// output, which must carry the output alone.
+pub fn is_stdout(path: &Path) -> bool {
+    moeplace_formats::atomic::is_stdout(path)
+}
 
 /// Refuses an output path that cannot be written: its folder missing or read-only
 /// (a temporary file is created there and removed), or the path a folder, a FIFO or

@@ -456,18 +456,6 @@ fn empty_traces_are_not_written() {
 }
 
 #[test]
-fn bench_refuses_zero_counts_that_make_empty_tables() {
-    // --decisions 0 printed "inf" microseconds; --step-tokens 0 a per-step table of
-    // perfect balance on no load.
-    let dir = tempfile::tempdir().unwrap();
-    let absent = dir.path().join("absent");
-    let err = fails(&["bench", "requests", "--requests", "10", "--decisions", "0"]);
-    assert!(err.contains("--decisions"), "{err}");
-    let err = fails(&["bench", "balance", "--data", absent.to_str().unwrap(), "--step-tokens", "0"]);
-    assert!(err.contains("--step-tokens"), "{err}");
-}
-
-#[test]
 fn eplb_and_balance_name_a_zero_groups_parameter() {
     // The message listed EPLB's inner sizes ("at least one expert, replica, group,
     // node and GPU") without naming the parameter.

@@ -224,3 +224,91 @@ fn corrupted_parquet_is_read_or_refused_never_a_panic() {
         }
     }
 }
+
+/// Defect 16: a request length above the generator's limit was reported as bad
+/// syntax; it names the limit, whichever form the length takes.
+#[test]
+fn request_lengths_beyond_the_limit_name_the_limit() {
+    for len in ["2000000", "1..2000000", "99999999999", "lognormal:2000000:1"] {
+        let err = fails(&["synth", "--requests", "2", "--prefill-len", len, "-o", "-"]);
+        assert!(err.contains("1048576") && !err.contains("expected N"), "{len}: {err}");
+    }
+    let err = fails(&["synth", "--requests", "2", "--decode-len", "9..3", "-o", "-"]);
+    assert!(err.contains("minimum 9 is above the maximum 3"), "{err}");
+    let err = fails(&["synth", "--requests", "2", "--decode-len", "9-3", "-o", "-"]);
+    assert!(err.contains("expected N, MIN..MAX"), "{err}");
+}
+
+/// Defect 9: absurd cluster sizes ran for minutes or aborted allocating tens of
+/// gigabytes; they are refused at once with the limit named, and the baselines stay
+/// quick at the limit (filling redundant slots no longer scans every GPU per expert).
+#[test]
+fn cluster_sizes_beyond_the_limits_are_refused_with_the_limit_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, stats, _) = small_inputs(dir.path());
+    let plan = dir.path().join("p.json");
+    for (placer, gpus, slots, limit) in [
+        ("linear", "100000", "200000", "4096"),
+        ("tacg", "100000", "100000", "4096"),
+        ("balance", "2048", "20480", "16384"),
+    ] {
+        let err = fails(&[
+            "plan",
+            "--placer",
+            placer,
+            "--stats",
+            s(&stats),
+            "--gpus",
+            gpus,
+            "--slots",
+            slots,
+            "-o",
+            s(&plan),
+        ]);
+        assert!(err.contains(limit) && err.contains("at most"), "{placer}: {err}");
+        assert!(!plan.exists());
+    }
+    common::moeplace_ok(&[
+        "plan",
+        "--placer",
+        "linear",
+        "--stats",
+        s(&stats),
+        "--gpus",
+        "4096",
+        "--nodes",
+        "512",
+        "--slots",
+        "16384",
+        "-o",
+        s(&plan),
+    ]);
+    assert!(plan.exists());
+}
+
+/// Defect 7: `convert` and `eval` accepted a request with two families that
+/// `profile` refused (and `profile --no-request-vectors` accepted): every reader
+/// refuses it, whatever reads it, and `convert` writes nothing.
+#[test]
+fn a_request_with_two_families_is_refused_by_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, plan) = small_inputs(dir.path());
+    let mut text = "{\"format\":\"moeplace-trace\",\"version\":1,\"layers\":2,\"experts\":8,\"top_k\":2}\n".to_string();
+    for (t, fam) in ["code", "code", "law"].iter().enumerate() {
+        text +=
+            &format!("{{\"request\":\"r0\",\"family\":\"{fam}\",\"position\":{t},\"experts\":[[{t},7],[6,{t}]]}}\n");
+    }
+    let trace = write(dir.path(), "two.jsonl", &text);
+    let out = dir.path().join("two.parquet");
+    let commands: [&[&str]; 4] = [
+        &["convert", s(&trace), "-o", s(&out)],
+        &["eval", "--trace", s(&trace), "--plan", s(&plan)],
+        &["profile", s(&trace)],
+        &["profile", "--no-request-vectors", s(&trace)],
+    ];
+    for args in commands {
+        let err = fails(args);
+        assert!(err.contains("two.jsonl") && err.contains("\"code\" and of family \"law\""), "{args:?}: {err}");
+    }
+    assert!(!out.exists());
+}

@@ -46,6 +46,14 @@ pub const DEEPSEEK_V3_EXPERT_INTERMEDIATE: usize = 2048;
 /// bytes_per_element`): 16 MiB, a thousand times DeepSeek-V3's; more is a typo.
 pub const MAX_TOKEN_BYTES: usize = 1 << 24;
 
+/// Most GPUs a cluster may have: several times the largest expert-parallel
+/// deployments, and small enough that every placer's GPU x GPU tables fit in memory.
+pub const MAX_GPUS: usize = 4096;
+
+/// Most slots per layer: placers keep slot x slot tables of 8-byte counters
+/// (16,384 slots: 2 GiB).
+pub const MAX_SLOTS: usize = 16384;
+
 /// Named machine types with explicit link figures.
 ///
 /// - `h100`: 8 GPUs per node; NVLink 4 at 450 GB/s per direction per GPU, 2 us per
@@ -143,7 +151,7 @@ impl Cluster {
         let c = Cluster {
             nodes,
             gpus,
-            slots: gpus * slots_per_gpu,
+            slots: gpus.saturating_mul(slots_per_gpu),
             intra_node_gbps: p.intra_node_gbps,
             inter_node_gbps: p.inter_node_gbps,
             intra_node_latency_us: p.intra_node_latency_us,
@@ -178,6 +186,12 @@ impl Cluster {
     pub fn validate(&self) -> Result<(), ClusterError> {
         if self.nodes == 0 || self.gpus == 0 {
             return Err(ClusterError("a cluster needs at least one node and one GPU".into()));
+        }
+        if self.gpus > MAX_GPUS {
+            return Err(ClusterError(format!("{} GPUs: at most {MAX_GPUS} are supported", self.gpus)));
+        }
+        if self.slots > MAX_SLOTS {
+            return Err(ClusterError(format!("{} slots per layer: at most {MAX_SLOTS} are supported", self.slots)));
         }
         if !self.gpus.is_multiple_of(self.nodes) {
             return Err(ClusterError(format!("{} GPUs do not divide evenly into {} nodes", self.gpus, self.nodes)));

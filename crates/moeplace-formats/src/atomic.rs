@@ -7,6 +7,8 @@
 //! refused: renaming over it would replace it. Temporary files are registered so that
 //! a signal handler can remove them ([`remove_temporary_files`]); one left by a
 //! process that was killed outright is removed by the next write to the same target.
+//!
+//! The target `-` is standard output: written as it comes, with nothing to rename.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -60,6 +62,11 @@ fn resolve(target: &Path) -> Result<PathBuf, FormatError> {
         }
     }
     Err(FormatError::file(target, "too many levels of symbolic links"))
+}
+
+/// Whether `target` names standard output (`-o -`).
+pub fn is_stdout(target: &Path) -> bool {
+    target.as_os_str() == "-"
 }
 
 /// The file really written for `target` (symbolic links followed), after checking
@@ -118,6 +125,9 @@ fn temp_name(real: &Path, pid: u32) -> Result<PathBuf, FormatError> {
 /// Checks, before any work, that `target` can be written: a regular file or absent,
 /// in a folder where a file can be created (a temporary file is created and removed).
 pub fn check_writable(target: &Path) -> Result<(), FormatError> {
+    if is_stdout(target) {
+        return Ok(());
+    }
     let real = real_target(target)?;
     let probe = temp_name(&real, std::process::id())?;
     File::create(&probe).map_err(|e| FormatError::file(target, format!("cannot write in its folder: {e}")))?;
@@ -155,6 +165,7 @@ fn process_alive(_pid: u32) -> bool {
 
 /// A file being written; [`AtomicFile::commit`] renames it into place. Dropped
 /// without commit, the temporary file is removed and the target is untouched.
+/// For `-` the writer is standard output and `temp` is empty.
 pub struct AtomicFile {
     target: PathBuf,
     /// The file replaced on commit: `target` with symbolic links followed.
@@ -165,6 +176,15 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(target: &Path) -> Result<AtomicFile, FormatError> {
+        if is_stdout(target) {
+            let out = stdout_file().map_err(|e| FormatError::io(target, e))?;
+            return Ok(AtomicFile {
+                target: target.to_path_buf(),
+                real: PathBuf::new(),
+                temp: PathBuf::new(),
+                writer: Some(BufWriter::with_capacity(1 << 20, out)),
+            });
+        }
         let real = real_target(target)?;
         remove_stale(&real);
         let temp = temp_name(&real, std::process::id())?;
@@ -196,6 +216,10 @@ impl AtomicFile {
     /// Flushes, syncs and renames the file into place.
     pub fn commit(mut self) -> Result<(), FormatError> {
         let w = self.writer.take().expect("commit once");
+        if self.temp.as_os_str().is_empty() {
+            // Standard output: a pipe cannot be synced, only flushed.
+            return w.into_inner().map(drop).map_err(|e| FormatError::io(&self.target, e.into_error()));
+        }
         let done = w
             .into_inner()
             .map_err(|e| e.into_error())
@@ -216,9 +240,22 @@ fn forget(temp: &Path) {
     live().retain(|p| p != temp);
 }
 
+/// Standard output as a file of its own (a duplicate of descriptor 1), so that
+/// every writer takes one type.
+#[cfg(unix)]
+fn stdout_file() -> std::io::Result<File> {
+    use std::os::fd::AsFd;
+    Ok(File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
+}
+
+#[cfg(not(unix))]
+fn stdout_file() -> std::io::Result<File> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "writing to standard output (-) needs Unix; give a file"))
+}
+
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if self.writer.is_some() {
+        if self.writer.is_some() && !self.temp.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.temp);
             forget(&self.temp);
         }

@@ -181,7 +181,7 @@ pub fn open_trace(path: &Path, opts: &ReadOptions) -> Result<Box<dyn TraceReader
         TraceFormat::Jsonl => Box::new(jsonl::JsonlReader::open(path, opts.batch_tokens)?),
         TraceFormat::Esft => Box::new(esft::EsftReader::open(path, opts)?),
         TraceFormat::Npz => Box::new(npz::NumpyReader::open(path, opts.experts, opts.batch_tokens)?),
-        TraceFormat::Parquet => Box::new(parquet::ParquetReader::open(path, opts.batch_tokens)?),
+        TraceFormat::Parquet => Box::new(parquet::ParquetReader::open_with(path, opts)?),
         TraceFormat::Sglang => Box::new(sglang::SglangReader::open(path, opts.batch_tokens)?),
         TraceFormat::SglangDump => Box::new(sglang_dump::open_trace(path, opts)?),
         TraceFormat::SglangRouted => Box::new(routed_experts::SglangResponsesReader::open(path, opts)?),
@@ -199,5 +199,5 @@ pub fn open_trace(path: &Path, opts: &ReadOptions) -> Result<Box<dyn TraceReader
             ));
         }
     }
-    Ok(Box::new(ReadAhead::new(reader)))
+    Ok(Box::new(ReadAhead::new(Box::new(crate::one_family::OneFamilyPerRequest::new(reader, path)))))
 }

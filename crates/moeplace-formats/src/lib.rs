@@ -35,6 +35,7 @@ pub mod export;
 pub mod jsonl;
 pub mod model_config;
 pub mod npz;
+pub mod one_family;
 pub mod parquet;
 pub mod plan_file;
 pub mod read_ahead;

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use moeplace_core::trace::{expert_id, ModelShape, Phase, TokenBatch, TokenRef};
 use ndarray::{ArrayD, IxDyn};
-use ndarray_npy::{NpzReader, NpzWriter, ReadNpyExt};
+use ndarray_npy::{NpzReader, ReadNpyExt};
 
 use crate::detect::TraceReader;
 use crate::error::{FormatError, Location};
@@ -126,6 +126,14 @@ fn check_npz_entries(path: &Path) -> Result<(), FormatError> {
     let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
     let mut zip =
         zip::ZipArchive::new(file).map_err(|e| FormatError::file(path, format!("not a NumPy .npz archive: {e}")))?;
+    // The zip reader keeps one entry per name (the last): two arrays of one name
+    // would be read as one, silently.
+    if let Some(declared) = declared_entries(path)?.filter(|&n| n != zip.len()) {
+        return Err(FormatError::file(
+            path,
+            format!("the archive holds {declared} entries under {} distinct names: an array appears twice", zip.len()),
+        ));
+    }
     for i in 0..zip.len() {
         // Raw: opening a compressed entry the plain way already fails, without naming it.
         let entry = zip.by_index_raw(i).map_err(|e| FormatError::file(path, e.to_string()))?;
@@ -143,6 +151,26 @@ fn check_npz_entries(path: &Path) -> Result<(), FormatError> {
         check_announced(path, &name, &head, size)?;
     }
     Ok(())
+}
+
+/// The entry count of a zip file's end-of-central-directory record, or `None` where
+/// it cannot tell (a zip64 archive stores the count elsewhere).
+fn declared_entries(path: &Path) -> Result<Option<usize>, FormatError> {
+    use std::io::{Read, Seek, SeekFrom};
+    const EOCD: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+    let mut file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
+    // The record (22 bytes) ends the file, followed by a comment of at most 65,535.
+    let tail_len = len.min(22 + 65_535);
+    let mut tail = vec![0u8; tail_len as usize];
+    file.seek(SeekFrom::Start(len - tail_len))
+        .and_then(|_| file.read_exact(&mut tail))
+        .map_err(|e| FormatError::io(path, e))?;
+    let Some(at) = (0..tail.len().saturating_sub(21)).rev().find(|&i| tail[i..i + 4] == EOCD) else {
+        return Ok(None);
+    };
+    let total = u16::from_le_bytes([tail[at + 10], tail[at + 11]]);
+    Ok((total != u16::MAX).then_some(total as usize))
 }
 
 fn load(path: &Path) -> Result<Arrays, FormatError> {
@@ -180,6 +208,10 @@ fn load(path: &Path) -> Result<Arrays, FormatError> {
     // dropped silently (e.g. `gate_weight`: a trace without gate weights).
     if let Some(other) = names.iter().find(|n| !ARRAYS.contains(&n.as_str())) {
         return Err(part(other, format!("unknown array (a NumPy trace holds: {})", ARRAYS.join(", "))));
+    }
+    // Of two arrays of one name only one would be read.
+    if let Some((_, twice)) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+        return Err(part(twice, "appears twice in the archive".into()));
     }
     let mut ints = |name: &str| -> Result<Option<ArrayD<i64>>, FormatError> {
         if !names.iter().any(|n| n == name) {
@@ -373,6 +405,89 @@ impl TraceReader for NumpyReader {
     }
 }
 
+/// Adds `array` to the archive as `NAME.npy`, stored (numpy reads archives it did not
+/// compress faster, and the reader maps stored entries); zip64 when the entry may
+/// pass 4 GiB.
+fn add_array<A: ndarray_npy::WritableElement, W: std::io::Write + std::io::Seek>(
+    zip: &mut zip::ZipWriter<W>,
+    name: &str,
+    array: &ArrayD<A>,
+) -> Result<(), String> {
+    use ndarray_npy::WriteNpyExt;
+    let bytes = array.len() as u64 * std::mem::size_of::<A>() as u64;
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(bytes >= u32::MAX as u64 - (1 << 20));
+    zip.start_file(format!("{name}.npy"), options).map_err(|e| format!("array {name}: {e}"))?;
+    array.write_npy(zip).map_err(|e| format!("array {name}: {e}"))
+}
+
+/// A writer that keeps its first I/O error and then accepts everything unwritten
+/// (keeping the position it would have): the zip writer's own clean-up on drop then
+/// has nothing to fail on (it would print a second, raw message), and the error is
+/// reported once.
+struct Latched<'a, W> {
+    inner: &'a mut W,
+    error: Option<std::io::Error>,
+    /// Position and length as the zip writer sees them.
+    pos: u64,
+    len: u64,
+}
+
+impl<'a, W> Latched<'a, W> {
+    fn new(inner: &'a mut W) -> Self {
+        Latched { inner, error: None, pos: 0, len: 0 }
+    }
+
+    fn moved(&mut self, pos: u64) -> u64 {
+        self.pos = pos;
+        self.len = self.len.max(pos);
+        pos
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Latched<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.error.is_some() {
+            self.moved(self.pos + buf.len() as u64);
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Ok(n) => {
+                self.moved(self.pos + n as u64);
+                Ok(n)
+            }
+            Err(e) => {
+                let shown = std::io::Error::new(e.kind(), e.to_string());
+                self.error = Some(e);
+                Err(shown)
+            }
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.error.is_some() {
+            return Ok(());
+        }
+        self.inner.flush()
+    }
+}
+
+impl<W: std::io::Seek> std::io::Seek for Latched<'_, W> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        use std::io::SeekFrom;
+        if self.error.is_none() {
+            let pos = self.inner.seek(to)?;
+            return Ok(self.moved(pos));
+        }
+        let pos = match to {
+            SeekFrom::Start(p) => p,
+            SeekFrom::Current(d) => self.pos.saturating_add_signed(d),
+            SeekFrom::End(d) => self.len.saturating_add_signed(d),
+        };
+        Ok(self.moved(pos))
+    }
+}
+
 /// Writes a trace as `.npz` (request ids and families as codes in order of first
 /// appearance; see the module documentation). Whole-trace: NumPy archives are
 /// written at once.
@@ -386,7 +501,7 @@ pub fn write_npz(path: &Path, shape: ModelShape, batches: &[TokenBatch]) -> Resu
     let mut fam_codes: HashMap<String, i64> = HashMap::new();
     for b in batches {
         for t in b.tokens() {
-            topk.extend(t.experts.iter().map(|&x| x as i64));
+            topk.extend_from_slice(t.experts);
             let rc = req_codes.len() as i64;
             req.push(*req_codes.entry(t.request.to_string()).or_insert(rc));
             let fc = fam_codes.len() as i64;
@@ -403,32 +518,89 @@ pub fn write_npz(path: &Path, shape: ModelShape, batches: &[TokenBatch]) -> Resu
             }
         }
     }
-    let err = |e: String| FormatError::file(path, e);
+    let names_array = |codes: &HashMap<String, i64>| {
+        let mut v: Vec<(&String, &i64)> = codes.iter().collect();
+        v.sort_by_key(|(_, &c)| c);
+        let list: Vec<&String> = v.into_iter().map(|(n, _)| n).collect();
+        let bytes = serde_json::to_vec(&list).expect("names serialise");
+        let len = bytes.len();
+        ArrayD::from_shape_vec(IxDyn(&[len]), bytes).expect("sizes match")
+    };
+    let int = |v: Vec<i64>| ArrayD::from_shape_vec(IxDyn(&[tokens]), v).expect("sizes match");
     let mut file = crate::atomic::AtomicFile::create(path)?;
-    {
-        let mut w = NpzWriter::new(file.writer());
-        let arr = |v: Vec<i64>, dims: &[usize]| ArrayD::from_shape_vec(IxDyn(dims), v).expect("sizes match");
-        w.add_array("topk_ids", &arr(topk, &[tokens, shape.layers, shape.top_k])).map_err(|e| err(e.to_string()))?;
-        w.add_array("num_experts", &arr(vec![shape.experts as i64], &[])).map_err(|e| err(e.to_string()))?;
-        w.add_array("request_ids", &arr(req, &[tokens])).map_err(|e| err(e.to_string()))?;
-        w.add_array("families", &arr(fam, &[tokens])).map_err(|e| err(e.to_string()))?;
-        w.add_array("phases", &arr(phase, &[tokens])).map_err(|e| err(e.to_string()))?;
-        w.add_array("positions", &arr(pos, &[tokens])).map_err(|e| err(e.to_string()))?;
-        let names_array = |codes: &HashMap<String, i64>| {
-            let mut v: Vec<(&String, &i64)> = codes.iter().collect();
-            v.sort_by_key(|(_, &c)| c);
-            let list: Vec<&String> = v.into_iter().map(|(n, _)| n).collect();
-            let bytes = serde_json::to_vec(&list).expect("names serialise");
-            let len = bytes.len();
-            ArrayD::from_shape_vec(IxDyn(&[len]), bytes).expect("sizes match")
-        };
-        w.add_array("request_names", &names_array(&req_codes)).map_err(|e| err(e.to_string()))?;
-        w.add_array("family_names", &names_array(&fam_codes)).map_err(|e| err(e.to_string()))?;
+    let mut sink = Latched::new(file.writer());
+    let written = (|| -> Result<(), String> {
+        let mut zip = zip::ZipWriter::new(&mut sink);
+        let ids = ArrayD::from_shape_vec(IxDyn(&[tokens, shape.layers, shape.top_k]), topk).expect("sizes match");
+        add_array(&mut zip, "topk_ids", &ids)?;
+        add_array(&mut zip, "num_experts", &ArrayD::from_elem(IxDyn(&[]), shape.experts as i64))?;
+        add_array(&mut zip, "request_ids", &int(req))?;
+        add_array(&mut zip, "families", &int(fam))?;
+        add_array(&mut zip, "phases", &int(phase))?;
+        add_array(&mut zip, "positions", &int(pos))?;
+        add_array(&mut zip, "request_names", &names_array(&req_codes))?;
+        add_array(&mut zip, "family_names", &names_array(&fam_codes))?;
         if let Some(wv) = weights.filter(|w| w.len() == tokens * n) {
             let a = ArrayD::from_shape_vec(IxDyn(&[tokens, shape.layers, shape.top_k]), wv).expect("sizes match");
-            w.add_array("gate_weights", &a).map_err(|e| err(e.to_string()))?;
+            add_array(&mut zip, "gate_weights", &a)?;
         }
-        w.finish().map_err(|e| err(e.to_string()))?;
+        zip.finish().map(drop).map_err(|e| e.to_string())
+    })();
+    // The I/O error is the cause (a full disk, say); what the zip or npy writer
+    // made of it only repeats it.
+    if let Some(e) = sink.error.take() {
+        return Err(FormatError::io(path, e));
     }
+    written.map_err(|e| FormatError::file(path, e))?;
     file.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Cursor, Seek, SeekFrom, Write};
+
+    /// A file that fills up after `room` bytes, as a full disk does.
+    struct Full {
+        data: Cursor<Vec<u8>>,
+        room: u64,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.data.position() + buf.len() as u64 > self.room {
+                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device"));
+            }
+            self.data.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for Full {
+        fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+            self.data.seek(to)
+        }
+    }
+
+    /// A full disk gave two messages, one a raw dump printed by the zip writer's
+    /// clean-up on drop (which could also trip its own assertions): the first I/O
+    /// error is kept, and the clean-up then runs on nothing.
+    #[test]
+    fn a_full_disk_is_one_error_and_the_clean_up_runs_on_nothing() {
+        for room in [10, 200, 5000] {
+            let mut file = Full { data: Cursor::new(Vec::new()), room };
+            let mut sink = Latched::new(&mut file);
+            let written = (|| -> Result<(), String> {
+                let mut zip = zip::ZipWriter::new(&mut sink);
+                add_array(&mut zip, "topk_ids", &ArrayD::<u16>::zeros(IxDyn(&[1000, 2, 2])))?;
+                add_array(&mut zip, "positions", &ArrayD::<i64>::zeros(IxDyn(&[1000])))?;
+                zip.finish().map(drop).map_err(|e| e.to_string())
+            })();
+            assert!(written.is_err(), "room {room}");
+            let e = sink.error.take().expect("the I/O error is kept");
+            assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+        }
+    }
 }

@@ -58,6 +58,59 @@ fn id_width(shape: ModelShape) -> usize {
     }
 }
 
+/// The shape of a trace without moeplace's metadata: experts and top-k as given, the
+/// layers from the width of the `experts` column (ids of width 1 or 2 bytes in the
+/// byte form, one per list item in the list form).
+fn shape_from_columns(
+    path: &Path,
+    schema: &Schema,
+    opts: &crate::detect::ReadOptions,
+) -> Result<ModelShape, FormatError> {
+    let (Some(experts), Some(top_k)) = (opts.experts, opts.top_k) else {
+        return Err(FormatError::file(
+            path,
+            "no moeplace metadata (moeplace.layers, moeplace.experts, moeplace.top_k): give --experts and --top-k \
+             to read the documented columns alone (docs/FORMATS.md)",
+        ));
+    };
+    let column = || Location::Part("column experts".into());
+    let field = schema
+        .field_with_name("experts")
+        .map_err(|_| FormatError::new(path, column(), "missing: a trace needs its expert ids"))?;
+    let ids_per_row = match field.data_type() {
+        DataType::FixedSizeBinary(n) => {
+            let w = if experts <= 256 { 1 } else { 2 };
+            if !(*n as usize).is_multiple_of(w) {
+                return Err(FormatError::new(
+                    path,
+                    column(),
+                    format!("{n} bytes per row is not a whole number of {w}-byte ids"),
+                ));
+            }
+            *n as usize / w
+        }
+        DataType::FixedSizeList(_, n) => *n as usize,
+        other => {
+            return Err(FormatError::new(
+                path,
+                column(),
+                format!("{other} cannot hold expert ids; expected fixed-size binary or a fixed-size list"),
+            ))
+        }
+    };
+    if top_k == 0 || ids_per_row == 0 || !ids_per_row.is_multiple_of(top_k) {
+        return Err(FormatError::new(
+            path,
+            column(),
+            format!("{ids_per_row} ids per row is not a whole number of layers of top-{top_k}"),
+        ));
+    }
+    ModelShape::new(ids_per_row / top_k, experts, top_k).map_err(|e| FormatError::file(path, e.to_string()))
+}
+
+/// The columns of a Parquet trace; any other is refused.
+const COLUMNS: [&str; 6] = ["request", "family", "phase", "position", "experts", "gate_weights"];
+
 fn schema(shape: ModelShape, weights: bool) -> Arc<Schema> {
     let n = (shape.layers * shape.top_k) as i32;
     let mut fields = vec![
@@ -74,7 +127,23 @@ fn schema(shape: ModelShape, weights: bool) -> Arc<Schema> {
             false,
         ));
     }
-    Arc::new(Schema::new(fields))
+    // Also in the Arrow schema: readers that take it over the file's key-value
+    // metadata (pyarrow) then see the shape, and a rewritten table keeps it.
+    Arc::new(Schema::new(fields).with_metadata(metadata(shape).into_iter().collect()))
+}
+
+/// The trace metadata of a file of `shape`.
+fn metadata(shape: ModelShape) -> Vec<(String, String)> {
+    [
+        (KEY_FORMAT, "moeplace-trace".to_string()),
+        (KEY_VERSION, "2".to_string()),
+        (KEY_LAYERS, shape.layers.to_string()),
+        (KEY_EXPERTS, shape.experts.to_string()),
+        (KEY_TOP_K, shape.top_k.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// Streams a Parquet trace.
@@ -89,6 +158,14 @@ pub struct ParquetReader {
 
 impl ParquetReader {
     pub fn open(path: &Path, batch_tokens: usize) -> Result<ParquetReader, FormatError> {
+        Self::open_with(path, &crate::detect::ReadOptions { batch_tokens, ..Default::default() })
+    }
+
+    /// Opens a trace; a file without moeplace's metadata (written by another tool
+    /// with the documented columns alone) takes its shape from `opts` (`experts`,
+    /// `top_k`; the layers follow from the width of `experts`).
+    pub fn open_with(path: &Path, opts: &crate::detect::ReadOptions) -> Result<ParquetReader, FormatError> {
+        let batch_tokens = opts.batch_tokens;
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
         if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
             return Err(FormatError::file(path, "empty file: expected a Parquet trace"));
@@ -100,26 +177,54 @@ impl ParquetReader {
         check_chunks(path, builder.metadata(), file_len)?;
         let meta = builder.metadata().file_metadata();
         let kv = meta.key_value_metadata().cloned().unwrap_or_default();
-        let get = |k: &str| kv.iter().find(|x| x.key == k).and_then(|x| x.value.clone());
+        let arrow_schema = builder.schema().clone();
+        // The file's key-value metadata, else the Arrow schema's (tools that rewrite
+        // a table may keep one of the two).
+        let get = |k: &str| {
+            kv.iter()
+                .find(|x| x.key == k)
+                .and_then(|x| x.value.clone())
+                .or_else(|| arrow_schema.metadata().get(k).cloned())
+        };
         let part =
             |k: &str| FormatError::new(path, Location::Part(format!("metadata {k}")), "missing or not an integer");
-        if get(KEY_FORMAT).as_deref() != Some("moeplace-trace") {
-            return Err(FormatError::file(
-                path,
-                "no moeplace trace metadata (key moeplace.format = moeplace-trace); see docs/FORMATS.md",
-            ));
-        }
-        if !matches!(get(KEY_VERSION).as_deref(), Some("1" | "2")) {
-            return Err(FormatError::file(
-                path,
-                format!("trace version {:?} is not supported (this build reads 1 and 2)", get(KEY_VERSION)),
-            ));
-        }
-        let num = |k: &str| get(k).and_then(|v| v.parse::<usize>().ok()).ok_or_else(|| part(k));
-        let shape = ModelShape::new(num(KEY_LAYERS)?, num(KEY_EXPERTS)?, num(KEY_TOP_K)?)
-            .map_err(|e| FormatError::file(path, e.to_string()))?;
+        let shape = if get(KEY_FORMAT).is_none() && kv.iter().all(|x| !x.key.starts_with("moeplace.")) {
+            shape_from_columns(path, &arrow_schema, opts)?
+        } else {
+            if get(KEY_FORMAT).as_deref() != Some("moeplace-trace") {
+                return Err(FormatError::file(
+                    path,
+                    "no moeplace trace metadata (key moeplace.format = moeplace-trace); see docs/FORMATS.md",
+                ));
+            }
+            if !matches!(get(KEY_VERSION).as_deref(), Some("1" | "2")) {
+                return Err(FormatError::file(
+                    path,
+                    format!("trace version {:?} is not supported (this build reads 1 and 2)", get(KEY_VERSION)),
+                ));
+            }
+            let num = |k: &str| get(k).and_then(|v| v.parse::<usize>().ok()).ok_or_else(|| part(k));
+            ModelShape::new(num(KEY_LAYERS)?, num(KEY_EXPERTS)?, num(KEY_TOP_K)?)
+                .map_err(|e| FormatError::file(path, e.to_string()))?
+        };
         let rows_total = meta.num_rows().max(0) as u64;
-        let arrow_schema = builder.schema().clone();
+        // As JSONL refuses unknown fields: a misspelt optional column (`famliy`) would
+        // otherwise be dropped silently, and of two columns of one name only the first
+        // would be read.
+        let names: Vec<&str> = arrow_schema.fields().iter().map(|f| f.name().as_str()).collect();
+        for (i, name) in names.iter().enumerate() {
+            let column = || Location::Part(format!("column {name}"));
+            if !COLUMNS.contains(name) {
+                return Err(FormatError::new(
+                    path,
+                    column(),
+                    format!("unknown column (a Parquet trace holds: {})", COLUMNS.join(", ")),
+                ));
+            }
+            if names[..i].contains(name) {
+                return Err(FormatError::new(path, column(), "appears twice"));
+            }
+        }
         for col in ["request", "position", "experts"] {
             if arrow_schema.field_with_name(col).is_err() {
                 let have: Vec<&str> = arrow_schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -331,7 +436,7 @@ fn check_chunks(
             return Err(FormatError::file(path, format!("row group {g} declares {} rows", rg.num_rows())));
         }
         for c in rg.columns() {
-            // Not `byte_range()`: it asserts (panics on) what is checked here.
+            // Computed here: `byte_range()` asserts what a corrupted footer breaks.
             let start = c.dictionary_page_offset().unwrap_or_else(|| c.data_page_offset());
             let size = c.compressed_size();
             let bad = |what: String| {
@@ -467,13 +572,7 @@ impl ParquetWriter {
     }
 
     fn props(&self) -> WriterProperties {
-        let kv = vec![
-            KeyValue::new(KEY_FORMAT.to_string(), "moeplace-trace".to_string()),
-            KeyValue::new(KEY_VERSION.to_string(), "2".to_string()),
-            KeyValue::new(KEY_LAYERS.to_string(), self.shape.layers.to_string()),
-            KeyValue::new(KEY_EXPERTS.to_string(), self.shape.experts.to_string()),
-            KeyValue::new(KEY_TOP_K.to_string(), self.shape.top_k.to_string()),
-        ];
+        let kv = metadata(self.shape).into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
         WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_key_value_metadata(Some(kv))

@@ -216,9 +216,12 @@ impl Encoding {
         }
     }
 
-    /// The encoding an output name asks for: JSON for a `.json` name, binary for any
-    /// other.
+    /// The encoding an output name asks for: JSON for a `.json` name and for standard
+    /// output (`-`, read by people and pipes), binary for any other.
     pub fn for_path(path: &Path) -> Encoding {
+        if crate::atomic::is_stdout(path) {
+            return Encoding::Json;
+        }
         match path.extension() {
             Some(x) if x.eq_ignore_ascii_case("json") => Encoding::Json,
             _ => Encoding::Binary,

@@ -455,7 +455,7 @@ impl Machine<'_> {
     }
 
     fn pairs(&self, at: usize, items: Vec<Value>) -> Result<Vec<(Value, Value)>, FormatError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err(at, "a dict with an odd number of keys and values"));
         }
         let mut it = items.into_iter();

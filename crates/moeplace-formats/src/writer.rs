@@ -13,12 +13,14 @@ use crate::jsonl::JsonlWriter;
 use crate::parquet::ParquetWriter;
 
 /// The format to write `path` in: `to` (a format name) if given, else from the
-/// extension (`.jsonl`, `.parquet`, `.npz`).
+/// extension (`.jsonl`, `.parquet`, `.npz`); JSONL for standard output (`-`).
+/// NumPy archives are zip files, which need a seekable file: never standard output.
 pub fn output_format(path: &Path, to: Option<&str>) -> Result<TraceFormat, FormatError> {
     let format = match to {
         Some(t) => {
             TraceFormat::parse(t).ok_or_else(|| FormatError::file(path, format!("unknown output format {t:?}")))?
         }
+        None if crate::atomic::is_stdout(path) => TraceFormat::Jsonl,
         None => match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("jsonl") => TraceFormat::Jsonl,
             Some("parquet") => TraceFormat::Parquet,
@@ -32,6 +34,10 @@ pub fn output_format(path: &Path, to: Option<&str>) -> Result<TraceFormat, Forma
         },
     };
     match format {
+        TraceFormat::Npz if crate::atomic::is_stdout(path) => Err(FormatError::file(
+            path,
+            "an npz archive cannot go to standard output (a zip file needs a seekable file); give a file name or --to jsonl|parquet",
+        )),
         TraceFormat::Jsonl | TraceFormat::Parquet | TraceFormat::Npz => Ok(format),
         other => Err(FormatError::file(path, format!("{} traces can be read but not written", other.name()))),
     }

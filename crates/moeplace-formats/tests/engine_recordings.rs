@@ -215,9 +215,10 @@ fn trtllm_load_balancer_statistics_need_the_slot_assignments() {
     // Slots 16..19 hold experts 0..3.
     let want = [28., 22., 19., 13., 15., 20., 20., 19., 17., 18., 15., 17., 8., 13., 8., 4.];
     assert_eq!(c.loads.steps[0][..16], want);
-    let (_, b) = read_all(&dir, &opts);
-    assert_eq!(b[0].shape().experts, 16);
-    assert_eq!(b[0].picks(0, 0), &[4, 1, 7, 11]);
+    // The raw files' slot picks are random: under this made-up map some token picks
+    // two copies of one expert, which no router does; the trace reader names it.
+    let e = trace_error(&dir, &ReadOptions { format: Some(TraceFormat::TrtllmRaw), ..opts });
+    assert!(e.contains("rank0_raw.safetensors") && e.contains("appears twice"), "{e}");
 }
 
 // ---- bad input ----

@@ -154,6 +154,29 @@ fn npz_array_the_format_does_not_know_is_refused() {
 }
 
 #[test]
+fn npz_array_stored_twice_is_refused() {
+    // The zip reader keeps the last entry of a name: the first was dropped silently.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.npz");
+    let mut w = ndarray_npy::NpzWriter::new(std::fs::File::create(&p).unwrap());
+    let ids = ndarray::Array3::<i64>::from_shape_vec((1, 2, 2), vec![0, 1, 2, 3]).unwrap();
+    w.add_array("topk_ids", &ids).unwrap();
+    w.add_array("families", &ndarray::Array1::<i64>::from_elem(1, 0)).unwrap();
+    w.finish().unwrap();
+    // Both names are 12 bytes: renaming one entry in place makes two `topk_ids`.
+    let mut bytes = std::fs::read(&p).unwrap();
+    let (from, to) = (b"families.npy", b"topk_ids.npy");
+    let at: Vec<usize> = (0..bytes.len() - from.len()).filter(|&i| &bytes[i..i + from.len()] == from).collect();
+    assert_eq!(at.len(), 2, "local header and central directory");
+    for i in at {
+        bytes[i..i + to.len()].copy_from_slice(to);
+    }
+    std::fs::write(&p, bytes).unwrap();
+    let e = npz::NumpyReader::open(&p, Some(4), 16).err().expect("refused").to_string();
+    assert!(e.contains("t.npz") && e.contains("appears twice"), "{e}");
+}
+
+#[test]
 fn npz_missing_file_is_reported_as_missing_not_empty() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("absent.npz");

@@ -61,6 +61,29 @@ fn write_columns(path: &Path, schema: Arc<Schema>, cols: Vec<ArrayRef>, version:
     w.close().unwrap();
 }
 
+/// A good file with one more string column named `name` (a misspelt optional
+/// column, or a second column of a name already there).
+fn write_with_extra_column(path: &Path, name: &str) {
+    let item = Arc::new(Field::new("item", DataType::UInt16, false));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("request", DataType::Utf8, false),
+        Field::new("family", DataType::Utf8, true),
+        Field::new("position", DataType::UInt32, false),
+        Field::new("experts", DataType::FixedSizeList(item.clone(), 4), false),
+        Field::new(name, DataType::Utf8, true),
+    ]));
+    let flat: Vec<u16> = good_ids(3).into_iter().flatten().collect();
+    let experts = FixedSizeListArray::try_new(item, 4, Arc::new(UInt16Array::from(flat)), None).unwrap();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec!["r0", "r0", "r1"])),
+        Arc::new(StringArray::from(vec!["law", "law", "code"])),
+        Arc::new(UInt32Array::from(vec![0, 1, 0])),
+        Arc::new(experts),
+        Arc::new(StringArray::from(vec!["law", "law", "code"])),
+    ];
+    write_columns(path, schema, cols, "2", Compression::SNAPPY);
+}
+
 fn good_ids(rows: usize) -> Vec<Vec<u16>> {
     (0..rows).map(|i| vec![(i % 4) as u16, ((i + 1) % 4) as u16, ((i + 2) % 4) as u16, ((i + 3) % 4) as u16]).collect()
 }
@@ -107,7 +130,9 @@ fn bad_files_name_the_file_and_the_row_or_column() {
     /// File name, how to make it, what the error must say.
     type Case = (&'static str, Box<dyn Fn(&Path)>, &'static str);
     let cases: Vec<Case> = vec![
-        ("column.parquet", Box::new(|p| write_list_file(p, "expert_ids", 4, &good_ids(3), "2")), "column experts"),
+        ("column.parquet", Box::new(|p| write_list_file(p, "expert_ids", 4, &good_ids(3), "2")), "unknown column"),
+        ("famliy.parquet", Box::new(|p| write_with_extra_column(p, "famliy")), "column famliy: unknown column"),
+        ("twice.parquet", Box::new(|p| write_with_extra_column(p, "family")), "column family: appears twice"),
         ("range.parquet", Box::new(move |p| write_list_file(p, "experts", 4, &out_of_range, "2")), "row 6"),
         ("repeat.parquet", Box::new(move |p| write_list_file(p, "experts", 4, &repeated, "2")), "row 5"),
         (
@@ -246,4 +271,43 @@ fn every_common_codec_reads() {
         let got = read_all(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(ids(&got), ids(&want), "{name}");
     }
+}
+
+/// A Parquet trace written by another tool with the documented columns alone (no
+/// moeplace metadata) reads with the shape given as options, and is refused,
+/// naming what to give, without them.
+#[test]
+fn documented_columns_alone_read_with_the_shape_given() {
+    use moeplace_formats::detect::{open_trace, ReadOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("plain.parquet");
+    let item = Arc::new(Field::new("item", DataType::UInt16, false));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("request", DataType::Utf8, false),
+        Field::new("position", DataType::UInt32, false),
+        Field::new("experts", DataType::FixedSizeList(item.clone(), 4), false),
+    ]));
+    let flat: Vec<u16> = good_ids(3).into_iter().flatten().collect();
+    let experts = FixedSizeListArray::try_new(item, 4, Arc::new(UInt16Array::from(flat)), None).unwrap();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec!["r0", "r0", "r1"])),
+        Arc::new(UInt32Array::from(vec![0, 1, 0])),
+        Arc::new(experts),
+    ];
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&p).unwrap(), schema.clone(), None).unwrap();
+    w.write(&RecordBatch::try_new(schema, cols).unwrap()).unwrap();
+    w.close().unwrap();
+    let e = open_trace(&p, &ReadOptions::default()).err().expect("needs a shape").to_string();
+    assert!(e.contains("plain.parquet") && e.contains("--experts") && e.contains("--top-k"), "{e}");
+    let e = open_trace(&p, &ReadOptions { experts: Some(4), top_k: Some(3), ..Default::default() })
+        .err()
+        .expect("4 ids per row are not layers of top-3")
+        .to_string();
+    assert!(e.contains("top-3"), "{e}");
+    let r = open_trace(&p, &ReadOptions { experts: Some(4), top_k: Some(2), ..Default::default() }).unwrap();
+    assert_eq!(r.shape(), ModelShape::new(2, 4, 2).unwrap());
+    let batches: Vec<TokenBatch> = r.collect::<Result<_, _>>().unwrap();
+    let tokens: Vec<TokenRef<'_>> = batches.iter().flat_map(|b| b.tokens()).collect();
+    assert_eq!(tokens.len(), 3);
+    assert_eq!(tokens[2].experts, &[2, 3, 0, 1]);
 }

@@ -58,11 +58,13 @@ fn experiment_tacg_prints_tables() {
     assert_eq!(replan.len(), 8, "{replanned}");
     assert!(even.iter().zip(&replan).all(|(e, r)| r > e), "even mix {even:?}, re-planned {replan:?}");
     // Re-planned with the setting --tune chose, tacg+gesr keeps Jain >= 0.98 and cuts
-    // remote nodes by 30% or more under every shift (docs/TACG.md).
+    // remote nodes by more than a quarter under every shift (docs/TACG.md; node-aligned
+    // family groups, which keep every group on whole nodes, gave up about two points
+    // of the cut in the worst shift for balance under the others).
     let chosen = "tacg+gesr robust=0.25 locality=0.5";
     let (cut, jain) = (column(&replanned, 2, chosen, 5), column(&replanned, 2, chosen, 6));
     assert_eq!(cut.len(), 8, "{replanned}");
-    assert!(cut.iter().all(|&c| c >= 30.0) && jain.iter().all(|&j| j >= 0.98), "cut {cut:?}, Jain {jain:?}");
+    assert!(cut.iter().all(|&c| c >= 25.0) && jain.iter().all(|&j| j >= 0.98), "cut {cut:?}, Jain {jain:?}");
     assert!(out.contains("Largest remote-node cut at Jain >= 0.98: intent at 70% "), "{out}");
     // Re-planned with the deployed plan given, more `stay` moves fewer slots.
     let fewer = section("### Re-planned with fewer moves");
@@ -77,8 +79,8 @@ fn experiment_tacg_prints_tables() {
     // calibration requests. At a wide tolerance, free first keeps the default plan's
     // remote-node cut and balances far better than the plain rule; with the plan
     // settings --tune ranked first and second on calibration halves it cuts remote
-    // nodes by 40% or more on the held-out requests (docs/TACG.md: the second keeps
-    // Jain >= 0.99, the first falls just short).
+    // nodes by more than a third on the held-out requests, the second at Jain >= 0.99
+    // (docs/TACG.md).
     let unseen = section("### Balance on unseen requests");
     let figures = |label: &str| -> (f64, f64) {
         let line = unseen.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{label}:\n{unseen}"));
@@ -93,7 +95,7 @@ fn experiment_tacg_prints_tables() {
     assert!(free_cut >= plain_cut && free_jain > plain_jain + 0.005, "{unseen}");
     let (first_cut, _) = figures("| locality=0.25 alpha=0 | gesr theta=1.5, free first | held out |");
     let (second_cut, second_jain) = figures("| locality=0.125 alpha=0 | gesr theta=1.5, free first | held out |");
-    assert!(first_cut > second_cut && second_cut >= 40.0 && second_jain >= 0.99, "{unseen}");
+    assert!(first_cut >= 35.0 && second_cut >= 35.0 && second_jain >= 0.99, "{unseen}");
     // At every operating point of coact (one per dispatcher) some tacg+gesr dispatcher
     // is at least as balanced and cuts remote nodes more (the issue's "beats coact on
     // remote nodes at equal or better Jain").

@@ -12,15 +12,16 @@ use crate::model_args::ModelArgs;
 /// The output format follows the output's extension (.jsonl, .parquet, .npz) or --to.
 ///
 /// Examples:
-///   moeplace convert traces/esft esft.jsonl
-///   moeplace convert trace.jsonl trace.parquet
+///   moeplace convert traces/esft -o esft.jsonl
+///   moeplace convert trace.jsonl -o trace.parquet
+///   moeplace convert trace.parquet -o - | head -3
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The trace to read.
     input: PathBuf,
-    /// The file to write.
-    output: PathBuf,
+    #[command(flatten)]
+    output: crate::output::TraceOutput,
     #[command(flatten)]
     trace: TraceArgs,
     #[command(flatten)]
@@ -31,14 +32,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let format = output_format(&args.output, args.to.as_deref())?;
-    crate::output::check_output_of(&args.output, &[&args.input])?;
+    let out = args.output.path();
+    let format = output_format(out, args.to.as_deref())?;
+    crate::output::check_output_of(out, &[&args.input])?;
     let model = args.model.resolve()?;
     let mut reader = args.trace.open_for(&args.input, model.as_ref())?;
     crate::model_args::layers_of(&args.input, reader.layer_map(), model.as_ref())?;
     let pb = byte_progress(reader.progress().1, &format!("converting {}", args.input.display()));
     let mut tokens = 0usize;
-    let mut w = TraceWriter::create(&args.output, format, reader.shape())?;
+    let mut w = TraceWriter::create(out, format, reader.shape())?;
     while let Some(b) = reader.next() {
         let b = b?;
         tokens += b.len();
@@ -52,6 +54,6 @@ pub fn run(args: Args) -> Result<()> {
         anyhow::bail!("{}: the trace holds no tokens; nothing written", args.input.display());
     }
     w.finish()?;
-    eprintln!("wrote {tokens} tokens to {}", args.output.display());
+    eprintln!("wrote {tokens} tokens to {}", out.display());
     Ok(())
 }

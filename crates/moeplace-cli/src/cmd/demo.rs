@@ -43,8 +43,9 @@ pub struct Args {
     /// How plans are served: each as its placer says unless these change it.
     #[command(flatten)]
     serving: ServingArgs,
-    /// Where to write the HTML report.
-    #[arg(long, value_name = "OUT.html", default_value = "moeplace-demo.html")]
+    /// Where to write the HTML report (`-`: standard output; the table then goes to
+    /// standard error).
+    #[arg(short = 'o', long, visible_alias = "output", value_name = "OUT.html", default_value = "moeplace-demo.html")]
     report: PathBuf,
 }
 
@@ -116,7 +117,11 @@ pub fn run(args: Args) -> Result<()> {
     // `s` is a plan's slots per layer (over all its GPUs).
     let layout = |n, g, s| Ok(Cluster::new(n, g, 1)?.with_slots(s)?);
     let eval = evaluate(&test, &plans, &overrides, args.seed, &layout)?;
-    print!("{}", eval.table());
+    if crate::output::is_stdout(&args.report) {
+        eprint!("{}", eval.table());
+    } else {
+        print!("{}", eval.table());
+    }
     write_report(&args.report, &eval, &test, None)?;
     eprintln!("wrote {}", args.report.display());
     Ok(())

@@ -62,8 +62,9 @@ pub struct Args {
     /// Print JSON (per plan: metrics and cut_* percentages) instead of the table.
     #[arg(long)]
     json: bool,
-    /// Also write a self-contained HTML report with plots.
-    #[arg(long, value_name = "OUT.html")]
+    /// Also write a self-contained HTML report with plots (`-`: standard output; the
+    /// table or JSON then goes to standard error).
+    #[arg(short = 'o', long, visible_alias = "output", value_name = "OUT.html")]
     report: Option<PathBuf>,
     /// Layer of the report's co-activation heatmap (default: the middle layer).
     #[arg(long, value_name = "L", requires = "report")]
@@ -117,10 +118,11 @@ pub fn run(args: Args) -> Result<()> {
     let links =
         ClusterArgs { preset: args.links.preset.clone(), cluster: args.links.cluster.clone(), ..Default::default() };
     let eval = evaluate(&trace, &plans, &overrides, args.seed, &|n, g, s| links.for_layout(n, g, s))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&eval.json())?);
+    let text = if args.json { serde_json::to_string_pretty(&eval.json())? + "\n" } else { eval.table() };
+    if args.report.as_deref().is_some_and(crate::output::is_stdout) {
+        eprint!("{text}");
     } else {
-        print!("{}", eval.table());
+        print!("{text}");
     }
     if let Some(path) = &args.report {
         write_report(path, &eval, &trace, args.report_layer)?;

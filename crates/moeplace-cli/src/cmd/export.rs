@@ -38,7 +38,8 @@ pub struct Args {
     to: ExportFormat,
     #[command(flatten)]
     model: ModelArgs,
-    /// Output file (default: the plan's name with .<format>.<ext>).
+    /// Output file (default: the plan's name with .<format>.<ext>; `-`: standard
+    /// output).
     #[arg(short, long, value_name = "OUT")]
     output: Option<PathBuf>,
 }
@@ -80,7 +81,12 @@ pub fn run(args: Args) -> Result<()> {
         ),
         _ => {}
     }
-    crate::input::print_stdout(&server_flags(&out, &plan.placement, &layers, args.to))?;
+    let flags = server_flags(&out, &plan.placement, &layers, args.to);
+    if crate::output::is_stdout(&out) {
+        eprint!("{flags}");
+    } else {
+        crate::input::print_stdout(&flags)?;
+    }
     Ok(())
 }
 

@@ -25,7 +25,7 @@ pub struct Args {
     /// Statistics files to add up.
     #[arg(required = true, value_name = "STATS")]
     inputs: Vec<PathBuf>,
-    /// Where to write the sum.
+    /// Where to write the sum (`-`: JSON on standard output).
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
     /// Encoding of the output whatever its name: binary or json.

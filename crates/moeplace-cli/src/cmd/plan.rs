@@ -82,7 +82,7 @@ pub struct Args {
     /// `--param move_slack`), and `coact`, `tacg`, `tacg+gesr` (with `--param stay`).
     #[arg(long, value_name = "PLAN.json")]
     previous: Option<PathBuf>,
-    /// Where to write the plan.
+    /// Where to write the plan (`-`: standard output).
     #[arg(short, long, value_name = "PLAN.json")]
     output: PathBuf,
 }

@@ -37,7 +37,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Save the statistics (mergeable with `moeplace merge`) to this file: compact
-    /// binary, or JSON for a `.json` name (docs/FORMATS.md).
+    /// binary, or JSON for a `.json` name and for `-` (standard output; the report
+    /// then goes to standard error) (docs/FORMATS.md).
     #[arg(short, long, value_name = "STATS")]
     output: Option<PathBuf>,
     /// Encoding of --output whatever its name: binary or json.
@@ -66,10 +67,12 @@ pub fn run(args: Args) -> Result<()> {
         stats_file::write_as(out, &stats, args.output_format.unwrap_or_else(|| Encoding::for_path(out)))?;
     }
     let report = ProfileReport::from_statistics(&stats);
-    if args.json {
-        print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
+    let text = if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { report.render_text() };
+    // With `-o -` standard output carries the statistics alone.
+    if args.output.as_deref().is_some_and(crate::output::is_stdout) {
+        eprint!("{text}");
     } else {
-        print_stdout(&report.render_text())?;
+        print_stdout(&text)?;
     }
     Ok(())
 }

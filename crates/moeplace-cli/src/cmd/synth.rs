@@ -22,16 +22,17 @@ use moeplace_formats::writer::{output_format, TraceWriter};
 /// Lengths: N, MIN..MAX or lognormal:MEDIAN:SIGMA.
 ///
 /// Examples:
-///   moeplace synth --preset deepseek-v3 --requests 2000 v3.parquet
-///   moeplace synth --layers 12 --experts 64 --top-k 4 --families code=2,math=1 t.jsonl
+///   moeplace synth --preset deepseek-v3 --requests 2000 -o v3.parquet
+///   moeplace synth --layers 12 --experts 64 --top-k 4 --families code=2,math=1 -o t.jsonl
+///   moeplace synth --requests 4 -o - | head -2
 ///   moeplace profile traces/esft -o esft-stats.json
-///   moeplace synth --fit esft-stats.json --compare esft-like.parquet
-///   moeplace synth --fit esft-stats.json --shift without:law shifted.parquet
+///   moeplace synth --fit esft-stats.json --compare -o esft-like.parquet
+///   moeplace synth --fit esft-stats.json --shift without:law -o shifted.parquet
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The trace to write (.jsonl, .parquet or .npz).
-    output: PathBuf,
+    #[command(flatten)]
+    output: crate::output::TraceOutput,
     /// Output format: jsonl, parquet or npz (default: from the output's extension).
     #[arg(long, value_name = "FORMAT")]
     to: Option<String>,
@@ -150,9 +151,9 @@ fn build_config(args: &Args) -> Result<(SynthConfig, Option<Statistics>)> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let format = output_format(&args.output, args.to.as_deref())?;
+    let format = output_format(args.output.path(), args.to.as_deref())?;
     let inputs: Vec<&std::path::Path> = args.fit.iter().map(|p| p.as_path()).collect();
-    crate::output::check_output_of(&args.output, &inputs)?;
+    crate::output::check_output_of(args.output.path(), &inputs)?;
     let (config, real) = build_config(&args)?;
     let shape = config.shape;
     let mut stats = args
@@ -166,18 +167,23 @@ pub fn run(args: Args) -> Result<()> {
         }
         Ok(())
     };
-    let mut w = TraceWriter::create(&args.output, format, shape)?;
+    let mut w = TraceWriter::create(args.output.path(), format, shape)?;
     for b in synth::generate(&config, args.seed)? {
         each(&b)?;
         w.write_batch(b)?;
     }
     w.finish()?;
-    eprintln!("wrote {tokens} synthetic tokens ({shape}) to {}", args.output.display());
+    eprintln!("wrote {tokens} synthetic tokens ({shape}) to {}", args.output.path().display());
     if let (Some(real), Some(synth_stats)) = (real, stats) {
         if real.shape() != shape {
             bail!("--compare needs the fitted shape; the output was retargeted to {shape}");
         }
-        print!("{}", comparison_table(&synth::compare(&real, &synth_stats.finish())?));
+        let table = comparison_table(&synth::compare(&real, &synth_stats.finish())?);
+        if crate::output::is_stdout(args.output.path()) {
+            eprint!("{table}");
+        } else {
+            print!("{table}");
+        }
     }
     Ok(())
 }

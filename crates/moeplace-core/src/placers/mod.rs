@@ -263,29 +263,34 @@ pub(crate) fn fill_redundant_hottest(
         order.sort_by(|&a, &b| load[b].total_cmp(&load[a]).then(a.cmp(&b)));
         let mut copies = vec![1usize; shape.experts];
         let free: usize = gpus.iter().enumerate().map(|(g, l)| cap[g] - l.len()).sum();
+        // GPUs with room, least filled first (ties: lower id).
+        let mut open: std::collections::BTreeSet<(usize, usize)> =
+            (0..cluster.gpus).filter(|&g| gpus[g].len() < cap[g]).map(|g| (gpus[g].len(), g)).collect();
         // Each redundant slot goes to the expert with the highest load per copy that
-        // still fits on some GPU with room (ties: lower id), placed on the
+        // still fits on some GPU with room (ties: hotter, then lower id), placed on the
         // least-filled such GPU (ties: lower id).
+        let mut full_for = vec![false; shape.experts];
         for _ in 0..free {
-            let mut best: Option<(usize, usize)> = None;
-            for &e in &order {
-                let Some(g) = (0..cluster.gpus)
-                    .filter(|&g| gpus[g].len() < cap[g] && !gpus[g].contains(&e))
-                    .min_by_key(|&g| (gpus[g].len(), g))
-                else {
-                    continue;
-                };
-                let better = match best {
-                    None => true,
-                    Some((b, _)) => load[e] / copies[e] as f64 > load[b] / copies[b] as f64,
-                };
-                if better {
-                    best = Some((e, g));
+            full_for.iter_mut().for_each(|f| *f = false);
+            let (e, g) = loop {
+                let mut best: Option<usize> = None;
+                for &e in order.iter().filter(|&&e| !full_for[e]) {
+                    if best.is_none_or(|b| load[e] / copies[e] as f64 > load[b] / copies[b] as f64) {
+                        best = Some(e);
+                    }
                 }
-            }
-            let (e, g) = best.expect("a GPU with room lacks some expert since slots per GPU <= experts");
+                let e = best.expect("a GPU with room lacks some expert since slots per GPU <= experts");
+                match open.iter().find(|&&(_, g)| !gpus[g].contains(&e)) {
+                    Some(&(_, g)) => break (e, g),
+                    None => full_for[e] = true,
+                }
+            };
+            open.remove(&(gpus[g].len(), g));
             copies[e] += 1;
             gpus[g].push(e);
+            if gpus[g].len() < cap[g] {
+                open.insert((gpus[g].len(), g));
+            }
         }
     }
     Ok(Placement::from_gpu_lists(shape.experts, &base)?)

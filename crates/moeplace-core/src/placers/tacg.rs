@@ -554,6 +554,11 @@ pub(crate) fn node_groups(pi: &[f64], cluster: &crate::cluster::Cluster) -> Node
             candidates.push(packed);
         }
     }
+    // Node alignment may round a group down, never below half its share of the GPUs:
+    // a family squeezed further would serve most of its load outside its group, and
+    // the groups would no longer follow the shares (`--family-share`).
+    let total: f64 = pi.iter().sum::<f64>().max(1e-300);
+    candidates.retain(|g| g.iter().zip(pi).all(|(g, p)| g.len() as f64 >= 0.5 * p / total * gpus as f64));
     candidates.push(blind);
     let cost = |g: &Vec<Vec<usize>>| grouping_cost(pi, g, cluster);
     let best = candidates

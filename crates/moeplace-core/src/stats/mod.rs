@@ -116,19 +116,33 @@ fn advise_huge_pages(_ptr: *mut u8, _len: usize) {}
 /// Every token picks k distinct experts per layer, so counted statistics sum to fixed
 /// multiples of their tokens at every layer: loads to k, pairs to k(k-1)/2,
 /// transitions to k^2, a request's counts to k. Loads-only statistics (engine counts)
-/// have no exact token count and are not checked. Catches hand-edited or mixed-up
-/// files whose counts no trace could give.
+/// have no exact token count: engines may drop or pad tokens at some layers, so their
+/// loads must sum to at most tokens x k at every layer. Catches hand-edited or
+/// mixed-up files whose counts no trace could give.
 fn check_sums(
     shape: ModelShape,
     pairs: bool,
     groups: &BTreeMap<GroupKey, GroupStats>,
     requests: &BTreeMap<String, RequestActivation>,
 ) -> Result<(), ShapeError> {
-    if !pairs {
-        return Ok(());
-    }
     let (l, e, k) = (shape.layers, shape.experts, shape.top_k as u128);
     let sum = |v: &[u64]| v.iter().map(|&x| u128::from(x)).sum::<u128>();
+    if !pairs {
+        for g in groups.values() {
+            for layer in 0..l {
+                let found = sum(&g.load[layer * e..(layer + 1) * e]);
+                if found > u128::from(g.tokens) * k {
+                    return Err(ShapeError::BadShape(format!(
+                        "loads-only statistics, layer {layer}: loads sum to {found}, more than {} tokens of top-{k} \
+                         give ({})",
+                        g.tokens,
+                        u128::from(g.tokens) * k
+                    )));
+                }
+            }
+        }
+        return Ok(());
+    }
     let pc = pair_count(e);
     let none = || "(none)".to_string();
     for (key, g) in groups {
@@ -298,7 +312,9 @@ impl Statistics {
 
     /// Statistics that carry expert loads only (engine dumps): one group, no
     /// co-activation, transitions or request vectors. `load` is `[layers * experts]`;
-    /// `tokens` is the number of tokens if known (else loads / k, rounded down).
+    /// `tokens` is the number of tokens if known, else the largest layer's loads / k,
+    /// rounded up: engines may drop or pad tokens at some layers, and no layer can
+    /// hold more picks than tokens x k. Checked like a file's counts.
     pub fn from_loads(shape: ModelShape, load: Vec<u64>, tokens: Option<u64>) -> Result<Self, ShapeError> {
         if load.len() != shape.layers * shape.experts {
             return Err(ShapeError::BadShape(format!(
@@ -309,13 +325,18 @@ impl Statistics {
                 load.len()
             )));
         }
-        let per_layer_picks: u64 = load[..shape.experts].iter().sum();
-        let tokens = tokens.unwrap_or(per_layer_picks / shape.top_k as u64);
+        let most_picks = load
+            .chunks(shape.experts.max(1))
+            .map(|l| l.iter().fold(0u64, |a, &x| a.saturating_add(x)))
+            .max()
+            .unwrap_or(0);
+        let tokens = tokens.unwrap_or(most_picks.div_ceil(shape.top_k as u64));
         let mut groups = BTreeMap::new();
         groups.insert(
             GroupKey { family: None, phase: None },
             GroupStats { tokens, load, coact: Vec::new(), transitions: Vec::new() },
         );
+        check_sums(shape, false, &groups, &BTreeMap::new())?;
         Ok(Statistics {
             shape,
             pairs: false,
@@ -667,6 +688,25 @@ impl ExpertLoads {
 mod tests {
     use super::*;
     use crate::trace::TokenRef;
+
+    #[test]
+    fn loads_only_statistics_count_the_busiest_layer_and_are_checked() {
+        // Layer sums 1033 and 1156 of top-2 (DeepSeek EPLB's worked example): 578
+        // tokens, not 516 (which the second layer's loads would exceed).
+        let shape = ModelShape::new(2, 2, 2).unwrap();
+        let s = Statistics::from_loads(shape, vec![500, 533, 600, 556], None).unwrap();
+        assert_eq!(s.tokens(), 578);
+        // A file of loads-only statistics whose loads exceed its tokens x k is refused.
+        let group = |tokens| GroupStats { tokens, load: vec![500, 533, 600, 556], coact: vec![], transitions: vec![] };
+        let key = GroupKey { family: None, phase: None };
+        let ok =
+            Statistics::from_parts(shape, false, false, BTreeMap::from([(key.clone(), group(578))]), BTreeMap::new());
+        assert!(ok.is_ok());
+        let e = Statistics::from_parts(shape, false, false, BTreeMap::from([(key, group(516))]), BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layer 0") && e.contains("1033") && e.contains("1032"), "{e}");
+    }
 
     #[test]
     fn pair_index_is_a_bijection() {

@@ -78,6 +78,8 @@ pub enum SynthError {
     BadKnob { name: &'static str, value: f64, why: &'static str },
     #[error("bad length distribution {0:?}: expected N, MIN..MAX or lognormal:MEDIAN:SIGMA")]
     BadLength(String),
+    #[error("length distribution {dist:?}: {why}")]
+    LengthOutOfRange { dist: String, why: String },
     #[error("{0}")]
     BadWorkload(String),
     #[error("cannot fit to these statistics: {0}")]
@@ -102,6 +104,14 @@ impl LengthDist {
     /// Parses `N`, `MIN..MAX` or `lognormal:MEDIAN:SIGMA`.
     pub fn parse(s: &str) -> Result<LengthDist, SynthError> {
         let bad = || SynthError::BadLength(s.to_string());
+        // Read wide, so that a length past the limit is named as such, not as bad syntax.
+        let count = |t: &str| -> Result<u32, SynthError> {
+            let n: u64 = t.trim().parse().map_err(|_| bad())?;
+            u32::try_from(n).ok().filter(|&n| n <= MAX_PHASE_TOKENS).ok_or_else(|| SynthError::LengthOutOfRange {
+                dist: s.to_string(),
+                why: format!("{n} tokens is above the limit of {MAX_PHASE_TOKENS} tokens per phase"),
+            })
+        };
         let s_trim = s.trim();
         let d = if let Some(rest) = s_trim.strip_prefix("lognormal:") {
             let (m, sg) = rest.split_once(':').ok_or_else(bad)?;
@@ -110,27 +120,32 @@ impl LengthDist {
                 sigma: sg.trim().parse().map_err(|_| bad())?,
             }
         } else if let Some((a, b)) = s_trim.split_once("..") {
-            LengthDist::Uniform { min: a.trim().parse().map_err(|_| bad())?, max: b.trim().parse().map_err(|_| bad())? }
+            LengthDist::Uniform { min: count(a)?, max: count(b)? }
         } else {
-            LengthDist::Fixed(s_trim.parse().map_err(|_| bad())?)
+            LengthDist::Fixed(count(s_trim)?)
         };
-        d.validate().map_err(|_| bad())?;
+        d.validate()?;
         Ok(d)
     }
 
+    /// Checks the bounds, naming the one broken.
     pub fn validate(&self) -> Result<(), SynthError> {
-        let ok = match *self {
-            LengthDist::Fixed(n) => n <= MAX_PHASE_TOKENS,
-            LengthDist::Uniform { min, max } => min <= max && max <= MAX_PHASE_TOKENS,
-            LengthDist::LogNormal { median, sigma } => {
-                median.is_finite() && median >= 1.0 && sigma.is_finite() && (0.0..=4.0).contains(&sigma)
+        let limit = MAX_PHASE_TOKENS;
+        let why = match *self {
+            LengthDist::Fixed(n) if n > limit => format!("{n} tokens is above the limit of {limit} tokens per phase"),
+            LengthDist::Uniform { max, .. } if max > limit => {
+                format!("{max} tokens is above the limit of {limit} tokens per phase")
             }
+            LengthDist::Uniform { min, max } if min > max => format!("the minimum {min} is above the maximum {max}"),
+            LengthDist::LogNormal { median, .. } if !(median.is_finite() && (1.0..=limit as f64).contains(&median)) => {
+                format!("the median must be between 1 and {limit} tokens per phase")
+            }
+            LengthDist::LogNormal { sigma, .. } if !(sigma.is_finite() && (0.0..=4.0).contains(&sigma)) => {
+                "sigma must be between 0 and 4".to_string()
+            }
+            _ => return Ok(()),
         };
-        if ok {
-            Ok(())
-        } else {
-            Err(SynthError::BadLength(self.to_string()))
-        }
+        Err(SynthError::LengthOutOfRange { dist: self.to_string(), why })
     }
 
     /// The mean length (for sizing; the log-normal's mean before rounding/clamping).
