@@ -1,13 +1,12 @@
 //! `moeplace plan`: statistics (or a trace) + cluster -> a plan file.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use moeplace_core::balance::{balance_figures, per_step_max_over_mean};
 use moeplace_core::model::ModelDescription;
 use moeplace_core::placers::{by_name, registry, Params, PlacerInput, REFINE_SKIPPED_NOTE, SPLIT_GROUPS_NOTE};
-use moeplace_core::stats::{ExpertLoads, ProfileOptions, Statistics};
+use moeplace_core::stats::{parse_family_shares, ExpertLoads, ProfileOptions, Statistics};
 use moeplace_formats::plan_file::{self, Plan};
 
 use crate::cluster_args::ClusterArgs;
@@ -150,28 +149,13 @@ pub fn make_plan(
     Ok(Plan::from_placer(out, cluster.nodes, placer, params, seed, input_digest, stats.layer_map().cloned()))
 }
 
-/// Parses `--family-share` values (FAMILY=SHARE, each family once).
-fn parse_family_shares(values: &[String]) -> Result<BTreeMap<String, f64>> {
-    let mut out = BTreeMap::new();
-    for v in values {
-        let (family, share) =
-            v.split_once('=').with_context(|| format!("--family-share {v:?}: expected FAMILY=SHARE, e.g. law=0.7"))?;
-        let share: f64 =
-            share.trim().parse().map_err(|_| anyhow::anyhow!("--family-share {v:?}: {share:?} is not a number"))?;
-        if out.insert(family.trim().to_string(), share).is_some() {
-            bail!("--family-share: family {:?} given twice", family.trim());
-        }
-    }
-    Ok(out)
-}
-
 pub fn run(args: Args) -> Result<()> {
     let inputs: Vec<&std::path::Path> = [&args.stats, &args.trace_path, &args.previous, &args.cluster.cluster]
         .into_iter()
         .filter_map(|p| p.as_deref())
         .collect();
     crate::output::check_output_of(&args.output, &inputs)?;
-    let shares = parse_family_shares(&args.family_shares)?;
+    let shares = parse_family_shares(args.family_shares.iter().map(String::as_str)).context("--family-share")?;
     let model = args.model.resolve()?;
     let loads_only = by_name(&args.placer).is_some_and(|p| p.loads_only());
     let (mut stats, digest) =

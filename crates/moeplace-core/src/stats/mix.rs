@@ -39,6 +39,30 @@ pub enum MixError {
     NotOne(f64),
     #[error("family {family:?}: share {share} against its {tokens} calibration tokens needs counts too large to hold")]
     TooSkewed { family: String, share: f64, tokens: u64 },
+    #[error("{0:?}: expected FAMILY=SHARE, e.g. law=0.7")]
+    NotAPair(String),
+    #[error("{item:?}: {share:?} is not a number")]
+    NotANumber { item: String, share: String },
+    #[error("family {0:?} given twice")]
+    Twice(String),
+}
+
+/// Parses `FAMILY=SHARE` items (`plan --family-share`), each family once. The
+/// shares themselves are checked against the statistics by
+/// [`Statistics::with_family_shares`].
+pub fn parse_family_shares<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<BTreeMap<String, f64>, MixError> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (family, share) = item.split_once('=').ok_or_else(|| MixError::NotAPair(item.to_string()))?;
+        let share: f64 = share
+            .trim()
+            .parse()
+            .map_err(|_| MixError::NotANumber { item: item.to_string(), share: share.to_string() })?;
+        if out.insert(family.trim().to_string(), share).is_some() {
+            return Err(MixError::Twice(family.trim().to_string()));
+        }
+    }
+    Ok(out)
 }
 
 /// How far above the largest exactly representable count a multiplied count may not go.

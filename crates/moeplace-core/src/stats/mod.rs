@@ -24,7 +24,7 @@ mod sample;
 use std::collections::BTreeMap;
 
 pub use count::StatisticsBuilder;
-pub use mix::MixError;
+pub use mix::{parse_family_shares, MixError};
 pub use sample::{token_hash, SampledToken, TokenSample, DEFAULT_TOKEN_SAMPLE};
 
 use crate::model::LayerMap;
