@@ -54,6 +54,11 @@ pub fn parse(path: &Path, text: &str) -> Result<ModelDescription, FormatError> {
     };
     let hidden = uint(path, cfg, "num_hidden_layers")?
         .ok_or_else(|| part(path, "num_hidden_layers", "missing: is this a model's config.json?"))?;
+    // Layer lists are built from it: refuse a count no model has before allocating.
+    let max = moeplace_core::trace::MAX_LAYERS;
+    if hidden > max {
+        return Err(part(path, "num_hidden_layers", format!("{hidden} is above the limit of {max} layers")));
+    }
     let experts = ["n_routed_experts", "num_experts", "num_local_experts"]
         .into_iter()
         .map(|k| uint(path, cfg, k).map(|x| x.map(|x| (k, x))))
@@ -166,6 +171,11 @@ mod tests {
     #[test]
     fn mixtral_and_olmoe_are_all_moe() {
         let m = p(r#"{"num_hidden_layers": 32, "num_local_experts": 8, "num_experts_per_tok": 2}"#).unwrap();
+        // A layer count no model has is refused before any list is built (found by fuzzing).
+        let e = p(r#"{"num_hidden_layers": 999999999992, "num_local_experts": 8, "num_experts_per_tok": 2}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num_hidden_layers") && e.contains("65536"), "{e}");
         assert_eq!(m.layers, ModelDescription::builtin("mixtral-8x7b").unwrap().layers);
         let o = p(r#"{"num_hidden_layers": 16, "num_experts": 64, "num_experts_per_tok": 8}"#).unwrap();
         assert_eq!(o.shape(), ModelDescription::builtin("olmoe-1b-7b").unwrap().shape());
