@@ -22,10 +22,16 @@ impl TraceOutput {
     }
 }
 
-/// Where a command's own summary goes: standard error when its output is standard
-/// output, which must carry the output alone.
-pub fn is_stdout(path: &Path) -> bool {
-    moeplace_formats::atomic::is_stdout(path)
+/// Prints a command's own summary or table: on standard output, unless the command's
+/// output file `out` is standard output (`-o -`), which must carry that file alone;
+/// then on standard error.
+pub fn print_summary(out: Option<&Path>, text: &str) -> Result<()> {
+    if out.is_some_and(moeplace_formats::atomic::is_stdout) {
+        eprint!("{text}");
+        Ok(())
+    } else {
+        crate::input::print_stdout(text)
+    }
 }
 
 /// Refuses an output path that cannot be written: its folder missing or read-only

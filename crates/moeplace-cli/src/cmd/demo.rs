@@ -117,11 +117,7 @@ pub fn run(args: Args) -> Result<()> {
     // `s` is a plan's slots per layer (over all its GPUs).
     let layout = |n, g, s| Ok(Cluster::new(n, g, 1)?.with_slots(s)?);
     let eval = evaluate(&test, &plans, &overrides, args.seed, &layout)?;
-    if crate::output::is_stdout(&args.report) {
-        eprint!("{}", eval.table());
-    } else {
-        print!("{}", eval.table());
-    }
+    crate::output::print_summary(Some(&args.report), &eval.table())?;
     write_report(&args.report, &eval, &test, None)?;
     eprintln!("wrote {}", args.report.display());
     Ok(())

@@ -119,11 +119,7 @@ pub fn run(args: Args) -> Result<()> {
         ClusterArgs { preset: args.links.preset.clone(), cluster: args.links.cluster.clone(), ..Default::default() };
     let eval = evaluate(&trace, &plans, &overrides, args.seed, &|n, g, s| links.for_layout(n, g, s))?;
     let text = if args.json { serde_json::to_string_pretty(&eval.json())? + "\n" } else { eval.table() };
-    if args.report.as_deref().is_some_and(crate::output::is_stdout) {
-        eprint!("{text}");
-    } else {
-        print!("{text}");
-    }
+    crate::output::print_summary(args.report.as_deref(), &text)?;
     if let Some(path) = &args.report {
         write_report(path, &eval, &trace, args.report_layer)?;
         eprintln!("wrote {}", path.display());

@@ -81,12 +81,7 @@ pub fn run(args: Args) -> Result<()> {
         ),
         _ => {}
     }
-    let flags = server_flags(&out, &plan.placement, &layers, args.to);
-    if crate::output::is_stdout(&out) {
-        eprint!("{flags}");
-    } else {
-        crate::input::print_stdout(&flags)?;
-    }
+    crate::output::print_summary(Some(&out), &server_flags(&out, &plan.placement, &layers, args.to))?;
     Ok(())
 }
 

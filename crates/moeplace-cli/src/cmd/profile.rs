@@ -7,7 +7,7 @@ use moeplace_core::report::ProfileReport;
 use moeplace_core::stats::ProfileOptions;
 use moeplace_formats::stats_file::{self, Encoding};
 
-use crate::input::{print_stdout, profile_inputs, TraceArgs};
+use crate::input::{profile_inputs, TraceArgs};
 use crate::model_args::ModelArgs;
 
 /// Characterise routing traces: expert load skew, entropy, how differently task
@@ -69,10 +69,6 @@ pub fn run(args: Args) -> Result<()> {
     let report = ProfileReport::from_statistics(&stats);
     let text = if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { report.render_text() };
     // With `-o -` standard output carries the statistics alone.
-    if args.output.as_deref().is_some_and(crate::output::is_stdout) {
-        eprint!("{text}");
-    } else {
-        print_stdout(&text)?;
-    }
+    crate::output::print_summary(args.output.as_deref(), &text)?;
     Ok(())
 }

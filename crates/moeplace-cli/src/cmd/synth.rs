@@ -179,11 +179,7 @@ pub fn run(args: Args) -> Result<()> {
             bail!("--compare needs the fitted shape; the output was retargeted to {shape}");
         }
         let table = comparison_table(&synth::compare(&real, &synth_stats.finish())?);
-        if crate::output::is_stdout(args.output.path()) {
-            eprint!("{table}");
-        } else {
-            print!("{table}");
-        }
+        crate::output::print_summary(Some(args.output.path()), &table)?;
     }
     Ok(())
 }
