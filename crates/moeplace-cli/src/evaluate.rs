@@ -11,9 +11,9 @@ use moeplace_core::placement::Placement;
 use moeplace_core::placers::Params;
 use moeplace_core::protocol::{self, METRICS};
 use moeplace_core::serving::{Homes, Serving};
-use moeplace_core::simulate::{cut_percent, simulate, SimResult};
+use moeplace_core::simulate::{cut_percent, Replay, SimResult};
 use moeplace_core::stats::ExpertLoads;
-use moeplace_core::trace::Trace;
+use moeplace_core::trace::{ModelShape, Trace};
 use moeplace_formats::plan_file::Plan;
 use serde_json::{json, Value};
 
@@ -141,33 +141,82 @@ pub fn evaluate(
     seed: u64,
     links: &dyn Fn(usize, usize, usize) -> Result<Cluster>,
 ) -> Result<Evaluation> {
-    let mut baselines: Vec<(Cluster, Placement, SimResult)> = Vec::new();
-    let mut rows = Vec::new();
+    evaluate_windows(trace.shape, plans, overrides, seed, links, |feed| feed(trace))
+}
+
+/// A stream window by window: `source` hands each window of the stream, in order, to
+/// the function it is given. Memory stays bounded by one window (DESIGN.md's
+/// evaluation, each plan and baseline replayed with `simulate::Replay`).
+pub fn evaluate_windows(
+    shape: ModelShape,
+    plans: &[(String, Plan)],
+    overrides: &ServingOverride,
+    seed: u64,
+    links: &dyn Fn(usize, usize, usize) -> Result<Cluster>,
+    source: impl FnOnce(&mut dyn FnMut(&Trace) -> Result<()>) -> Result<()>,
+) -> Result<Evaluation> {
+    let mut baselines: Vec<(Cluster, Placement)> = Vec::new();
+    let mut setups = Vec::new();
     for (label, plan) in plans {
         let p = &plan.placement;
         let cluster = links(plan.num_nodes, p.gpus(), p.slots())?;
-        let b = match baselines.iter().position(|(c, _, _)| c.gpus == cluster.gpus && c.nodes == cluster.nodes) {
+        let b = match baselines.iter().position(|(c, _)| c.gpus == cluster.gpus && c.nodes == cluster.nodes) {
             Some(i) => i,
             None => {
-                baselines.push(protocol::baseline(trace, &cluster)?);
+                baselines.push(protocol::baseline_layout(shape.layers, shape.experts, &cluster)?);
                 baselines.len() - 1
             }
         };
         let serving = overrides.apply(label, plan)?;
         let dispatcher = serving.dispatcher(seed)?;
         let policy = serving.home_policy(plan.family_gpus.as_ref());
-        let result =
-            simulate(trace, p, &cluster, dispatcher.as_ref(), &policy).with_context(|| format!("replaying {label}"))?;
+        setups.push((cluster, dispatcher, policy, serving, b));
+    }
+    let mut base_replays = baselines
+        .iter()
+        .map(|(c, p)| Replay::new(shape, p, c, protocol::BASELINE_DISPATCHER, &protocol::BASELINE_HOMES))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut replays = Vec::new();
+    for ((label, plan), (cluster, dispatcher, policy, _, _)) in plans.iter().zip(&setups) {
+        replays.push(
+            Replay::new(shape, &plan.placement, cluster, dispatcher.as_ref(), policy)
+                .with_context(|| format!("replaying {label}"))?,
+        );
+    }
+    let mut tokens = 0;
+    let mut loads = ExpertLoads {
+        layers: shape.layers,
+        experts: shape.experts,
+        steps: vec![vec![0.0; shape.layers * shape.experts]],
+    };
+    source(&mut |window: &Trace| {
+        tokens += window.tokens();
+        for r in base_replays.iter_mut() {
+            r.feed(window)?;
+        }
+        for (r, (label, _)) in replays.iter_mut().zip(plans) {
+            r.feed(window).with_context(|| format!("replaying {label}"))?;
+        }
+        let w = ExpertLoads::from_trace(window);
+        loads.steps[0].iter_mut().zip(&w.steps[0]).for_each(|(a, b)| *a += b);
+        Ok(())
+    })?;
+    let mut base_results = Vec::new();
+    for ((c, p), r) in baselines.iter().zip(base_replays) {
+        base_results.push((c.clone(), p.clone(), r.finish()?));
+    }
+    let mut rows = Vec::new();
+    for (((label, plan), (_, _, _, serving, b)), r) in plans.iter().zip(&setups).zip(replays) {
         rows.push(Row {
             label: label.clone(),
             placer: plan.provenance.placer.clone(),
-            serving,
-            placement: p.clone(),
-            result,
-            baseline: b,
+            serving: serving.clone(),
+            placement: plan.placement.clone(),
+            result: r.finish().with_context(|| format!("replaying {label}"))?,
+            baseline: *b,
         });
     }
-    Ok(Evaluation { tokens: trace.tokens(), baselines, rows, loads: ExpertLoads::from_trace(trace) })
+    Ok(Evaluation { tokens, baselines: base_results, rows, loads })
 }
 
 impl Evaluation {
@@ -330,21 +379,31 @@ impl Evaluation {
     }
 }
 
-/// Writes the HTML report of `eval` for `trace` (the heatmap shows `layer`, default
-/// the middle layer).
-pub fn write_report(path: &std::path::Path, eval: &Evaluation, trace: &Trace, layer: Option<usize>) -> Result<()> {
-    use moeplace_core::stats::{pair_count, ProfileOptions, Statistics};
+/// The statistics of `trace` the report shows (co-activation; no request vectors).
+pub fn report_statistics(trace: &Trace) -> Result<moeplace_core::stats::Statistics> {
+    use moeplace_core::stats::{ProfileOptions, Statistics};
+    Ok(Statistics::from_batches(
+        trace.shape,
+        ProfileOptions { request_vectors: false, ..Default::default() },
+        &trace.batches,
+    )?)
+}
+
+/// Writes the HTML report of `eval`, with the co-activation of `stats` (the replayed
+/// stream's, [`report_statistics`]) at `layer` (default the middle layer).
+pub fn write_report(
+    path: &std::path::Path,
+    eval: &Evaluation,
+    stats: &moeplace_core::stats::Statistics,
+    layer: Option<usize>,
+) -> Result<()> {
+    use moeplace_core::stats::pair_count;
     use moeplace_formats::report_html::{self, ReportInput, ReportPlan};
-    let shape = trace.shape;
+    let shape = stats.shape();
     let layer = layer.unwrap_or(shape.layers / 2);
     if layer >= shape.layers {
         anyhow::bail!("--report-layer {layer}: the trace has {} layers", shape.layers);
     }
-    let stats = Statistics::from_batches(
-        shape,
-        ProfileOptions { request_vectors: false, ..Default::default() },
-        &trace.batches,
-    )?;
     let pooled = stats.pooled(|_| true);
     let pc = pair_count(shape.experts);
     let coact = if pooled.coact.is_empty() { &[][..] } else { &pooled.coact[layer * pc..(layer + 1) * pc] };

@@ -121,6 +121,7 @@ pub fn profile_inputs(
     model: Option<&ModelDescription>,
     options: ProfileOptions,
 ) -> Result<Statistics> {
+    crate::output::refuse_repeated_inputs(inputs)?;
     let mut acc: Option<Statistics> = None;
     for path in inputs {
         let stats = if is_stats_file(path) {
@@ -163,6 +164,22 @@ pub fn read_trace(path: &Path, args: &TraceArgs) -> Result<Trace> {
 
 /// Reads a whole trace of `model` into memory (see [`TraceArgs::open_for`]).
 pub fn read_trace_for(path: &Path, args: &TraceArgs, model: Option<&ModelDescription>) -> Result<Trace> {
+    let reader = open_trace_for_replay(path, args, model)?;
+    let mut whole = None;
+    read_windows(path, reader, usize::MAX, |w| {
+        whole = Some(w);
+        Ok(())
+    })?;
+    whole.ok_or_else(|| anyhow::anyhow!("{}: the trace holds no tokens", path.display()))
+}
+
+/// Opens a trace to replay token by token (a statistics file is refused with a word
+/// on why), with its layers checked against the model.
+pub fn open_trace_for_replay(
+    path: &Path,
+    args: &TraceArgs,
+    model: Option<&ModelDescription>,
+) -> Result<Box<dyn TraceReader>> {
     // A statistics file would otherwise be refused as a malformed JSONL header.
     if is_stats_file(path) {
         bail!(
@@ -170,20 +187,44 @@ pub fn read_trace_for(path: &Path, args: &TraceArgs, model: Option<&ModelDescrip
             path.display()
         );
     }
-    let mut reader = args.open_for(path, model)?;
+    let reader = args.open_for(path, model)?;
     layers_of(path, reader.layer_map(), model)?;
+    Ok(reader)
+}
+
+/// Reads `reader` in windows of whole batches holding at least `window_tokens`
+/// tokens (the last may hold fewer), handing each to `each` in order, so that memory
+/// holds one window; a trace without tokens is refused naming `path`.
+pub fn read_windows(
+    path: &Path,
+    mut reader: Box<dyn TraceReader>,
+    window_tokens: usize,
+    mut each: impl FnMut(Trace) -> Result<()>,
+) -> Result<()> {
     let shape: ModelShape = reader.shape();
-    let mut trace = Trace::new(shape);
+    let mut window = Trace::new(shape);
+    let (mut in_window, mut total) = (0usize, 0usize);
     let pb = byte_progress(reader.progress().1, &format!("reading {}", path.display()));
     while let Some(batch) = reader.next() {
-        trace.batches.push(batch?);
+        let batch = batch?;
+        in_window += batch.len();
+        window.batches.push(batch);
         pb.set_position(reader.progress().0);
+        if in_window >= window_tokens {
+            total += in_window;
+            in_window = 0;
+            each(std::mem::replace(&mut window, Trace::new(shape)))?;
+        }
     }
     pb.finish_and_clear();
-    if trace.tokens() == 0 {
+    total += in_window;
+    if total == 0 {
         bail!("{}: the trace holds no tokens", path.display());
     }
-    Ok(trace)
+    if in_window > 0 {
+        each(window)?;
+    }
+    Ok(())
 }
 
 /// Prints to stdout; a closed pipe (`moeplace ... | head`) ends quietly instead of

@@ -62,6 +62,22 @@ pub fn parse_stats_encoding(s: &str) -> Result<moeplace_formats::stats_file::Enc
         .ok_or_else(|| format!("unknown statistics format {s:?}; expected one of {}", Encoding::NAMES.join(", ")))
 }
 
+/// Refuses an input given twice (the same path, or one file through links): its
+/// counts would silently be added twice.
+pub fn refuse_repeated_inputs(inputs: &[std::path::PathBuf]) -> Result<()> {
+    for (i, a) in inputs.iter().enumerate() {
+        if let Some(b) = inputs[..i].iter().find(|b| same_file(a, b)) {
+            anyhow::bail!(
+                "{} is given twice (as {} and {}); its counts would be added twice: give each input once",
+                a.display(),
+                b.display(),
+                a.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Whether two paths name one file (after links), or the same path when the output
 /// does not exist yet.
 pub fn same_file(a: &Path, b: &Path) -> bool {

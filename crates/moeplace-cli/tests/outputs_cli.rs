@@ -70,7 +70,9 @@ fn statistics_plans_and_exports_go_to_standard_output() {
     moeplace_ok(&["export", p, "--to", "eplb", "-o", eplb.to_str().unwrap()]);
     assert_eq!(moeplace_ok(&["export", p, "--to", "eplb", "-o", "-"]).as_bytes(), std::fs::read(&eplb).unwrap());
     // A merge.
-    let merged = moeplace_ok(&["merge", s, s, "-o", "-"]);
+    let copy = dir.path().join("copy.stats");
+    std::fs::copy(&stats_path, &copy).unwrap();
+    let merged = moeplace_ok(&["merge", s, copy.to_str().unwrap(), "-o", "-"]);
     assert!(serde_json::from_str::<serde_json::Value>(&merged).is_ok(), "{merged}");
     // The report of eval: HTML alone on standard output, the table on standard error.
     let out = moeplace(&["eval", "--trace", t, "--plan", p, "-o", "-"]);

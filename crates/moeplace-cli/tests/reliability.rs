@@ -67,8 +67,9 @@ fn statistics_files_beyond_the_memory_limit_are_refused() {
         requests.join(",")
     );
     let p = write(dir.path(), "stats.json", &text);
+    let p2 = write(dir.path(), "stats2.json", &text);
     let out = dir.path().join("sum.json");
-    let err = fails(&["merge", s(&p), s(&p), "-o", s(&out)]);
+    let err = fails(&["merge", s(&p), s(&p2), "-o", s(&out)]);
     assert!(err.contains("stats.json") && err.contains("limit of 8 GiB"), "{err}");
 }
 
@@ -311,4 +312,93 @@ fn a_request_with_two_families_is_refused_by_every_command() {
         assert!(err.contains("two.jsonl") && err.contains("\"code\" and of family \"law\""), "{args:?}: {err}");
     }
     assert!(!out.exists());
+}
+
+/// Item 4 of the fault list: a disk that fills up during a write. A file-size limit
+/// (`ulimit -f`, with SIGXFSZ ignored so that the write fails instead of the process
+/// being killed) stands in for a full disk: the failing write is the same error
+/// path. Every command that writes fails with one message naming its output, leaves
+/// no temporary file, and keeps the earlier good output under the final name.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_is_one_error_and_keeps_the_earlier_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let trace = d.join("t.parquet");
+    let synth = ["synth", "--layers", "4", "--experts", "16", "--top-k", "2", "--tokens", "20000", "--seed", "1"];
+    let mut args: Vec<&str> = synth.to_vec();
+    args.extend(["-o", s(&trace)]);
+    common::moeplace_ok(&args);
+    let plan = d.join("p.json");
+    common::moeplace_ok(&["plan", "--placer", "linear", "--trace", s(&trace), "--gpus", "4", "-o", s(&plan)]);
+    // Each command with an output of well over the 16 KiB the limit allows.
+    let cases: Vec<(PathBuf, Vec<String>)> = ["out.parquet", "out.jsonl", "out.npz"]
+        .iter()
+        .map(|name| {
+            let out = d.join(name);
+            let mut a: Vec<String> = synth.iter().map(|x| x.to_string()).collect();
+            a.extend(["-o".into(), s(&out).into()]);
+            (out, a)
+        })
+        .chain(["stats.bin", "stats.json"].iter().map(|name| {
+            let out = d.join(name);
+            (out.clone(), vec!["profile".into(), s(&trace).into(), "-o".into(), s(&out).into()])
+        }))
+        .chain(std::iter::once({
+            let out = d.join("conv.jsonl");
+            (out.clone(), vec!["convert".into(), s(&trace).into(), "-o".into(), s(&out).into()])
+        }))
+        .chain(std::iter::once({
+            let out = d.join("report.html");
+            let a = ["eval", "--trace", s(&trace), "--plan", s(&plan), "-o", s(&out)];
+            let a: Vec<String> = a.iter().map(|x| x.to_string()).collect();
+            (out, a)
+        }))
+        .collect();
+    for (out, args) in &cases {
+        // The earlier good output.
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = moeplace(&a);
+        assert!(r.status.success(), "{args:?}: {}", String::from_utf8_lossy(&r.stderr));
+        let before = std::fs::read(out).unwrap();
+        assert!(before.len() > 32 * 1024, "{} is only {} bytes", out.display(), before.len());
+        // The same command on a disk with room for 16 KiB.
+        let r = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 32; exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_moeplace"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{args:?} on a full disk: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains(out.to_str().unwrap()), "{args:?}: the error names the output: {err}");
+        assert_eq!(std::fs::read(out).unwrap(), before, "{} changed", out.display());
+        let temps: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(temps.is_empty(), "{args:?} left {temps:?}");
+    }
+}
+
+/// The same input given twice (by its path or through a link) would have its counts
+/// added twice: `profile`, `plan --stats` of several and `merge` refuse it.
+#[cfg(unix)]
+#[test]
+fn an_input_given_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, stats, _) = small_inputs(dir.path());
+    let link = dir.path().join("again.jsonl");
+    std::os::unix::fs::symlink(&trace, &link).unwrap();
+    for args in [
+        vec!["profile", s(&trace), s(&trace)],
+        vec!["profile", s(&trace), s(&link)],
+        vec!["merge", s(&stats), s(&stats), "-o", "-"],
+    ] {
+        let err = fails(&args);
+        assert!(err.contains("is given twice") && err.contains(args[1]), "{args:?}: {err}");
+    }
 }

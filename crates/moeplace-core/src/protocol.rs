@@ -198,11 +198,22 @@ pub fn baseline_placement(layers: usize, experts: usize, gpus: usize) -> Result<
 /// The baseline's replay of `trace` on the GPUs, nodes and link figures of `links`:
 /// the cluster it ran on (slots set to the baseline's), its placement and its result.
 pub fn baseline(trace: &Trace, links: &Cluster) -> Result<(Cluster, Placement, SimResult), ProtocolError> {
-    let p = baseline_placement(trace.shape.layers, trace.shape.experts, links.gpus)?;
-    let cluster = links.clone().with_slots(p.slots())?;
-    let r = simulate(trace, &p, &cluster, &Primary, &HomePolicy::RoundRobin)?;
+    let (cluster, p) = baseline_layout(trace.shape.layers, trace.shape.experts, links)?;
+    let r = simulate(trace, &p, &cluster, BASELINE_DISPATCHER, &BASELINE_HOMES)?;
     Ok((cluster, p, r))
 }
+
+/// The baseline's cluster (the GPUs, nodes and link figures of `links`, slots set to
+/// the baseline's) and placement, for replaying a stream window by window.
+pub fn baseline_layout(layers: usize, experts: usize, links: &Cluster) -> Result<(Cluster, Placement), ProtocolError> {
+    let p = baseline_placement(layers, experts, links.gpus)?;
+    Ok((links.clone().with_slots(p.slots())?, p))
+}
+
+/// How the baseline is served: every pick to its expert's first copy.
+pub const BASELINE_DISPATCHER: &Primary = &Primary;
+/// Where the baseline's requests are served: round-robin over all GPUs.
+pub const BASELINE_HOMES: HomePolicy = HomePolicy::RoundRobin;
 
 /// vLLM's balancedness: sum over layers of the mean GPU load / sum over layers of the
 /// maximum GPU load (1 when nothing is served).

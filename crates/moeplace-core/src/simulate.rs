@@ -232,75 +232,203 @@ fn replay(
     homes: &HomePolicy,
     masks: bool,
 ) -> Result<SimResult, SimError> {
-    let shape = trace.shape;
-    if placement.layers() != shape.layers || placement.experts() != shape.experts {
-        return Err(SimError::ShapeMismatch {
-            placement: format!("{} layers x {} experts", placement.layers(), placement.experts()),
-            trace: shape.to_string(),
-        });
+    let mut r = Replay::with_masks(trace.shape, placement, cluster, dispatcher, homes, masks)?;
+    r.feed(trace)?;
+    r.finish()
+}
+
+/// What a replay remembers of a request across windows.
+struct Known {
+    /// Order of first appearance over the whole stream.
+    ordinal: usize,
+    home: usize,
+    /// Tokens replayed so far (keys the dispatcher's per-token choices).
+    seen: u64,
+}
+
+/// A replay fed window by window (consecutive parts of one stream), so that a
+/// stream longer than memory is replayed with memory bounded by one window.
+/// Requests keep their home and ordinal across windows; fed once, it is
+/// [`simulate`]. Fed in windows, chunks (and so the dispatcher's load signal) also
+/// restart at each window.
+pub struct Replay<'a> {
+    shape: ModelShape,
+    cluster: &'a Cluster,
+    dispatcher: &'a dyn Dispatcher,
+    homes: &'a HomePolicy,
+    masks: bool,
+    table: ReplicaTable,
+    node_of: Vec<u32>,
+    fixed: Option<Vec<u32>>,
+    acc: Acc,
+    known: HashMap<String, Known>,
+    /// Requests dealt so far per round-robin counter (`None`: over all GPUs).
+    dealt: BTreeMap<Option<String>, usize>,
+}
+
+impl<'a> Replay<'a> {
+    /// Checks the placement, the cluster and the home policy against each other and
+    /// the stream's shape.
+    pub fn new(
+        shape: ModelShape,
+        placement: &'a Placement,
+        cluster: &'a Cluster,
+        dispatcher: &'a dyn Dispatcher,
+        homes: &'a HomePolicy,
+    ) -> Result<Replay<'a>, SimError> {
+        Replay::with_masks(shape, placement, cluster, dispatcher, homes, true)
     }
-    placement.check_cluster(cluster).map_err(SimError::Cluster)?;
-    cluster.validate().map_err(|e| SimError::Cluster(e.to_string()))?;
-    let g = cluster.gpus;
-    if let HomePolicy::Family(map) = homes {
-        for (f, gpus) in map {
-            if gpus.is_empty() {
-                return Err(SimError::BadFamilyGpus { family: f.clone(), reason: "has no GPUs".into() });
-            }
-            if let Some(x) = gpus.iter().find(|&&x| x >= g) {
-                return Err(SimError::BadFamilyGpus {
-                    family: f.clone(),
-                    reason: format!("GPU {x} is out of range (the cluster has {g} GPUs)"),
-                });
-            }
+
+    fn with_masks(
+        shape: ModelShape,
+        placement: &'a Placement,
+        cluster: &'a Cluster,
+        dispatcher: &'a dyn Dispatcher,
+        homes: &'a HomePolicy,
+        masks: bool,
+    ) -> Result<Replay<'a>, SimError> {
+        if placement.layers() != shape.layers || placement.experts() != shape.experts {
+            return Err(SimError::ShapeMismatch {
+                placement: format!("{} layers x {} experts", placement.layers(), placement.experts()),
+                trace: shape.to_string(),
+            });
         }
-    }
-    if let HomePolicy::Request(map) = homes {
-        if let Some((r, &x)) = map.iter().filter(|(_, &x)| x >= g).min_by_key(|(r, _)| r.as_str()) {
-            return Err(SimError::BadRequestHome { request: r.clone(), gpu: x, gpus: g });
-        }
-    }
-    let requests = index_requests(trace);
-    if requests.is_empty() {
-        return Err(SimError::Empty);
-    }
-    let home_of = assign_homes(&requests, g, homes);
-    // Fixed chunks of consecutive requests.
-    let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
-    let mut start = 0;
-    let mut n = 0;
-    for (i, r) in requests.iter().enumerate() {
-        n += r.tokens.len();
-        if n >= CHUNK_TOKENS {
-            chunks.push(start..i + 1);
-            start = i + 1;
-            n = 0;
-        }
-    }
-    if start < requests.len() {
-        chunks.push(start..requests.len());
-    }
-    let table = ReplicaTable::new(placement);
-    let node_of: Vec<u32> = (0..g).map(|x| cluster.node_of(x) as u32).collect();
-    let (layers, k) = (shape.layers, shape.top_k);
-    let fixed = (dispatcher.always_primary() || table.single_copies()).then(|| table.primaries());
-    let route = Route { table: &table, node_of: &node_of, dispatcher, fixed: fixed.as_deref() };
-    let acc = chunks
-        .par_iter()
-        .fold(
-            || (Acc::new(layers, g, cluster.nodes), Scratch::new(layers, g, cluster.nodes, k, masks)),
-            |(mut acc, mut scratch), chunk| {
-                scratch.running.iter_mut().for_each(|x| *x = 0);
-                for ri in chunk.clone() {
-                    let home = home_of[ri];
-                    replay_request(trace, &requests[ri], ri, home, &route, &mut acc, &mut scratch);
+        placement.check_cluster(cluster).map_err(SimError::Cluster)?;
+        cluster.validate().map_err(|e| SimError::Cluster(e.to_string()))?;
+        let g = cluster.gpus;
+        if let HomePolicy::Family(map) = homes {
+            for (f, gpus) in map {
+                if gpus.is_empty() {
+                    return Err(SimError::BadFamilyGpus { family: f.clone(), reason: "has no GPUs".into() });
                 }
-                (acc, scratch)
+                if let Some(x) = gpus.iter().find(|&&x| x >= g) {
+                    return Err(SimError::BadFamilyGpus {
+                        family: f.clone(),
+                        reason: format!("GPU {x} is out of range (the cluster has {g} GPUs)"),
+                    });
+                }
+            }
+        }
+        if let HomePolicy::Request(map) = homes {
+            if let Some((r, &x)) = map.iter().filter(|(_, &x)| x >= g).min_by_key(|(r, _)| r.as_str()) {
+                return Err(SimError::BadRequestHome { request: r.clone(), gpu: x, gpus: g });
+            }
+        }
+        let table = ReplicaTable::new(placement);
+        let fixed = (dispatcher.always_primary() || table.single_copies()).then(|| table.primaries());
+        Ok(Replay {
+            shape,
+            cluster,
+            dispatcher,
+            homes,
+            masks,
+            node_of: (0..g).map(|x| cluster.node_of(x) as u32).collect(),
+            table,
+            fixed,
+            acc: Acc::new(shape.layers, g, cluster.nodes),
+            known: HashMap::new(),
+            dealt: BTreeMap::new(),
+        })
+    }
+
+    /// The next home of a round-robin counter over `list` (all GPUs when `None`).
+    fn deal(&mut self, counter: Option<&str>, list: Option<&[usize]>) -> usize {
+        let c = self.dealt.entry(counter.map(str::to_string)).or_insert(0);
+        *c += 1;
+        match list {
+            Some(l) => l[(*c - 1) % l.len()],
+            None => (*c - 1) % self.cluster.gpus,
+        }
+    }
+
+    fn home_of(&mut self, req: &Request, ordinal: usize) -> usize {
+        let homes: &'a HomePolicy = self.homes;
+        match homes {
+            HomePolicy::RoundRobin => ordinal % self.cluster.gpus,
+            HomePolicy::Request(map) => match map.get(&req.name) {
+                Some(&h) => h,
+                None => self.deal(None, None),
             },
-        )
-        .map(|(a, _)| a)
-        .reduce(|| Acc::new(layers, g, cluster.nodes), Acc::add);
-    Ok(finish(acc, cluster, layers, &node_of))
+            HomePolicy::Family(map) => match req.family.as_deref().and_then(|f| map.get(f).map(|g| (f, g))) {
+                Some((f, list)) => self.deal(Some(f), Some(list)),
+                None => self.deal(None, None),
+            },
+        }
+    }
+
+    /// Replays the next window of the stream.
+    pub fn feed(&mut self, trace: &Trace) -> Result<(), SimError> {
+        if trace.shape != self.shape {
+            return Err(SimError::ShapeMismatch { placement: self.shape.to_string(), trace: trace.shape.to_string() });
+        }
+        let requests = index_requests(trace);
+        let mut placed: Vec<(usize, usize, u64)> = Vec::with_capacity(requests.len());
+        for r in &requests {
+            let (ordinal, home, seen) = match self.known.get_mut(&r.name) {
+                Some(k) => {
+                    let seen = k.seen;
+                    k.seen += r.tokens.len() as u64;
+                    (k.ordinal, k.home, seen)
+                }
+                None => {
+                    let ordinal = self.known.len();
+                    let home = self.home_of(r, ordinal);
+                    self.known.insert(r.name.clone(), Known { ordinal, home, seen: r.tokens.len() as u64 });
+                    (ordinal, home, 0)
+                }
+            };
+            placed.push((ordinal, home, seen));
+        }
+        // Fixed chunks of consecutive requests.
+        let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut start = 0;
+        let mut n = 0;
+        for (i, r) in requests.iter().enumerate() {
+            n += r.tokens.len();
+            if n >= CHUNK_TOKENS {
+                chunks.push(start..i + 1);
+                start = i + 1;
+                n = 0;
+            }
+        }
+        if start < requests.len() {
+            chunks.push(start..requests.len());
+        }
+        let (layers, k, g, nodes, masks) =
+            (self.shape.layers, self.shape.top_k, self.cluster.gpus, self.cluster.nodes, self.masks);
+        let route = Route {
+            table: &self.table,
+            node_of: &self.node_of,
+            dispatcher: self.dispatcher,
+            fixed: self.fixed.as_deref(),
+        };
+        let window = chunks
+            .par_iter()
+            .fold(
+                || (Acc::new(layers, g, nodes), Scratch::new(layers, g, nodes, k, masks)),
+                |(mut acc, mut scratch), chunk| {
+                    scratch.running.iter_mut().for_each(|x| *x = 0);
+                    for ri in chunk.clone() {
+                        let (ordinal, home, seen) = placed[ri];
+                        replay_request(trace, &requests[ri], ordinal, seen, home, &route, &mut acc, &mut scratch);
+                    }
+                    (acc, scratch)
+                },
+            )
+            .map(|(a, _)| a)
+            .reduce(|| Acc::new(layers, g, nodes), Acc::add);
+        let acc = std::mem::replace(&mut self.acc, Acc::new(0, 0, 0));
+        self.acc = acc.add(window);
+        Ok(())
+    }
+
+    /// The results of everything fed so far.
+    pub fn finish(self) -> Result<SimResult, SimError> {
+        if self.acc.counts.tokens == 0 {
+            return Err(SimError::Empty);
+        }
+        Ok(finish(self.acc, self.cluster, self.shape.layers, &self.node_of))
+    }
 }
 
 struct Scratch {
@@ -338,10 +466,12 @@ struct Route<'a> {
 }
 
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn replay_request(
     trace: &Trace,
     req: &Request,
     ordinal: usize,
+    seen: u64,
     home: usize,
     route: &Route<'_>,
     acc: &mut Acc,
@@ -359,7 +489,7 @@ fn replay_request(
     let (mut rg, mut rn, mut cn, mut hops) = (0u64, 0u64, 0u64, 0u64);
     for (ti, &(b, t)) in req.tokens.iter().enumerate() {
         let ids = trace.batches[b as usize].expert_ids();
-        let token_key = ((ordinal as u64) << 32) | ti as u64;
+        let token_key = ((ordinal as u64) << 32) | (seen + ti as u64);
         let base = t as usize * layers * k;
         for layer in 0..layers {
             let picks = &ids[base + layer * k..base + (layer + 1) * k];
@@ -475,45 +605,6 @@ fn index_requests(trace: &Trace) -> Vec<Request> {
         }
     }
     out
-}
-
-fn assign_homes(requests: &[Request], gpus: usize, homes: &HomePolicy) -> Vec<usize> {
-    match homes {
-        HomePolicy::RoundRobin => (0..requests.len()).map(|i| i % gpus).collect(),
-        HomePolicy::Request(map) => {
-            let mut next = 0usize;
-            requests
-                .iter()
-                .map(|r| {
-                    map.get(&r.name).copied().unwrap_or_else(|| {
-                        next += 1;
-                        (next - 1) % gpus
-                    })
-                })
-                .collect()
-        }
-        HomePolicy::Family(map) => {
-            let mut next: BTreeMap<Option<&str>, usize> = BTreeMap::new();
-            requests
-                .iter()
-                .map(|r| {
-                    let listed = r.family.as_deref().and_then(|f| map.get(f).map(|g| (f, g)));
-                    match listed {
-                        Some((f, list)) => {
-                            let c = next.entry(Some(f)).or_insert(0);
-                            *c += 1;
-                            list[(*c - 1) % list.len()]
-                        }
-                        None => {
-                            let c = next.entry(None).or_insert(0);
-                            *c += 1;
-                            (*c - 1) % gpus
-                        }
-                    }
-                })
-                .collect()
-        }
-    }
 }
 
 /// The slowest GPU's all-to-all time (one direction) for a message pattern: `intra`
@@ -697,6 +788,37 @@ mod tests {
         b.push(tok("b", &[2, 3, 1, 3])).unwrap();
         b.push(tok("a", &[0, 3, 2, 3])).unwrap();
         (Trace { shape, batches: vec![b] }, Cluster::new(2, 2, 2).unwrap())
+    }
+
+    #[test]
+    fn a_stream_fed_in_windows_keeps_homes_and_counts() {
+        // Request "a" spans both windows: it keeps home 0, and "b" is still the
+        // second request (home 1), so with fixed routes the counts are the whole
+        // stream's.
+        let (trace, cluster) = tiny();
+        let p = Placement::new(4, 2, 2, vec![vec![0, 1, 2, 3]; 2]).unwrap();
+        let whole = simulate(&trace, &p, &cluster, &Primary, &HomePolicy::RoundRobin).unwrap();
+        let b = &trace.batches[0];
+        let mut windows = Vec::new();
+        for range in [0..2, 2..3] {
+            let mut w = TokenBatch::new(trace.shape);
+            for t in range {
+                w.push(b.token(t)).unwrap();
+            }
+            windows.push(Trace { shape: trace.shape, batches: vec![w] });
+        }
+        let mut r = Replay::new(trace.shape, &p, &cluster, &Primary, &HomePolicy::RoundRobin).unwrap();
+        for w in &windows {
+            r.feed(w).unwrap();
+        }
+        assert_eq!(r.finish().unwrap(), whole);
+        let fam: HomePolicy = HomePolicy::Request([("b".to_string(), 0usize)].into());
+        let whole = simulate(&trace, &p, &cluster, &Primary, &fam).unwrap();
+        let mut r = Replay::new(trace.shape, &p, &cluster, &Primary, &fam).unwrap();
+        windows.iter().for_each(|w| r.feed(w).unwrap());
+        assert_eq!(r.finish().unwrap(), whole);
+        let r = Replay::new(trace.shape, &p, &cluster, &Primary, &HomePolicy::RoundRobin).unwrap();
+        assert_eq!(r.finish().unwrap_err(), SimError::Empty);
     }
 
     #[test]

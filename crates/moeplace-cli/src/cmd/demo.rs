@@ -15,7 +15,7 @@ use moeplace_core::stats::{ProfileOptions, Statistics};
 use moeplace_core::trace::Trace;
 
 use crate::cmd::plan::make_plan;
-use crate::evaluate::{evaluate, write_report, ServingArgs};
+use crate::evaluate::{evaluate, report_statistics, write_report, ServingArgs};
 use crate::output::check_output;
 
 /// Run moeplace end to end on a synthetic multi-task workload (4 task families with
@@ -118,7 +118,7 @@ pub fn run(args: Args) -> Result<()> {
     let layout = |n, g, s| Ok(Cluster::new(n, g, 1)?.with_slots(s)?);
     let eval = evaluate(&test, &plans, &overrides, args.seed, &layout)?;
     crate::output::print_summary(Some(&args.report), &eval.table())?;
-    write_report(&args.report, &eval, &test, None)?;
+    write_report(&args.report, &eval, &report_statistics(&test)?, None)?;
     eprintln!("wrote {}", args.report.display());
     Ok(())
 }

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use moeplace_core::protocol;
+use moeplace_core::stats::Statistics;
 use moeplace_formats::plan_file;
 
 use crate::cluster_args::ClusterArgs;
-use crate::evaluate::{evaluate, write_report, ServingArgs};
-use crate::input::{read_trace_for, TraceArgs};
+use crate::evaluate::{evaluate_windows, report_statistics, write_report, ServingArgs};
+use crate::input::{open_trace_for_replay, read_windows, TraceArgs};
 use crate::model_args::ModelArgs;
 use crate::output::check_output_of;
 
@@ -29,9 +30,16 @@ use crate::output::check_output_of;
 ///   moeplace eval --trace test.jsonl --plan p.json --homes family --dispatcher gesr \
 ///       --dispatcher-param theta=1.5 --json --report report.html
 ///
+/// The trace is read and replayed in windows of 262,144 tokens, so memory holds one
+/// window whatever the trace's length; families interleave within a window, and a
+/// request keeps its home GPU across windows.
+///
 /// Each plan is served as it says (its `serving`: the dispatcher its placer was made
 /// for, with its parameters, and where requests are served); --dispatcher,
 /// --dispatcher-param and --homes change that for every plan.
+/// Tokens per replay window (whole batches; see the command's documentation).
+const WINDOW_TOKENS: usize = 1 << 18;
+
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -99,29 +107,47 @@ pub fn run(args: Args) -> Result<()> {
         let label = if plans.iter().any(|(l, _)| *l == stem) { p.display().to_string() } else { stem };
         plans.push((label, plan));
     }
-    let trace = read_trace_for(&args.trace_path, &args.trace, model.as_ref())?;
+    let reader = open_trace_for_replay(&args.trace_path, &args.trace, model.as_ref())?;
+    let shape = reader.shape();
     for ((_, plan), path) in plans.iter().zip(&args.plans) {
         let p = &plan.placement;
-        if p.layers() != trace.shape.layers || p.experts() != trace.shape.experts {
+        if p.layers() != shape.layers || p.experts() != shape.experts {
             anyhow::bail!(
                 "{}: the plan is for {} layers x {} experts but the trace {} is {}",
                 path.display(),
                 p.layers(),
                 p.experts(),
                 args.trace_path.display(),
-                trace.shape
+                shape
             );
         }
     }
+    if let Some(layer) = args.report_layer.filter(|&l| l >= shape.layers) {
+        anyhow::bail!("--report-layer {layer}: the trace has {} layers", shape.layers);
+    }
     warn_calibration_input(&args.trace_path, &plans)?;
-    let trace = if args.no_interleave { trace } else { protocol::interleave_families(&trace) };
     let links =
         ClusterArgs { preset: args.links.preset.clone(), cluster: args.links.cluster.clone(), ..Default::default() };
-    let eval = evaluate(&trace, &plans, &overrides, args.seed, &|n, g, s| links.for_layout(n, g, s))?;
+    // The co-activation the report shows, counted window by window.
+    let mut seen: Option<Statistics> = None;
+    let eval = evaluate_windows(shape, &plans, &overrides, args.seed, &|n, g, s| links.for_layout(n, g, s), |feed| {
+        read_windows(&args.trace_path, reader, WINDOW_TOKENS, |window| {
+            let window = if args.no_interleave { window } else { protocol::interleave_families(&window) };
+            feed(&window)?;
+            if args.report.is_some() {
+                let w = report_statistics(&window)?;
+                match &mut seen {
+                    Some(s) => s.merge(&w)?,
+                    None => seen = Some(w),
+                }
+            }
+            Ok(())
+        })
+    })?;
     let text = if args.json { serde_json::to_string_pretty(&eval.json())? + "\n" } else { eval.table() };
     crate::output::print_summary(args.report.as_deref(), &text)?;
-    if let Some(path) = &args.report {
-        write_report(path, &eval, &trace, args.report_layer)?;
+    if let (Some(path), Some(seen)) = (&args.report, &seen) {
+        write_report(path, &eval, seen, args.report_layer)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

@@ -36,6 +36,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let inputs: Vec<&std::path::Path> = args.inputs.iter().map(|p| p.as_path()).collect();
     crate::output::check_output_of(&args.output, &inputs)?;
+    crate::output::refuse_repeated_inputs(&args.inputs)?;
     let start = Instant::now();
     let mut acc = stats_file::read(&args.inputs[0])?;
     for p in &args.inputs[1..] {
