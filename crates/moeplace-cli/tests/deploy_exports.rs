@@ -111,7 +111,10 @@ fn check_exports(dir: &Path, plan_path: &Path, case: &Case, extra: &[&str]) {
                     let row: Vec<i64> = r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
                     assert_eq!(row, rows[k.parse::<usize>().unwrap()]);
                 }
-                assert!(flags.contains("--enable-eplb"));
+                assert!(flags.contains(&format!(
+                    "--eplb-config '{{\"num_redundant_experts\": {redundant}, \"initial_mapping_path\": \"{}\"",
+                    out.display()
+                )));
             }
             ExportFormat::VllmMap => {
                 let all = int_rows(&json(&out));

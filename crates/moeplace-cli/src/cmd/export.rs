@@ -107,9 +107,10 @@ pub fn server_flags(out: &Path, p: &Placement, layers: &LayerMap, to: ExportForm
              \"initial_expert_map_path\": \"{file}\"}}'\n"
         ),
         ExportFormat::Vllm => format!(
-            "# vLLM with PR #41141 (reads the eplb_initial_mapping record): {g} GPUs in expert parallel\n\
-             --enable-expert-parallel --enable-eplb --eplb-config '{{\"num_redundant_experts\": {r}}}'\n\
-             # and point the PR's initial-mapping option at {file}\n"
+            "# vLLM with PR #41141: {g} GPUs in expert parallel, {r} redundant experts; the plan stays in \
+             place (drop disable_online_rebalancing to let vLLM rebalance from it)\n\
+             --enable-expert-parallel --enable-eplb --eplb-config '{{\"num_redundant_experts\": {r}, \
+             \"initial_mapping_path\": \"{file}\", \"disable_online_rebalancing\": true}}'\n"
         ),
         ExportFormat::Eplb => format!(
             "# DeepSeek-EPLB arrays for {g} GPUs, {s} physical experts per layer ({r} redundant): load phy2log, \
