@@ -21,10 +21,15 @@ tokens="${1:-33000}"
 held=$((tokens / 4))
 placers="${PLACERS:-linear round-robin eplb balance coact tacg tacg+gesr cluster-homes grace}"
 
-# "seconds peak-MB" of a command (its standard output discarded, its standard error kept).
+# "seconds peak-MB" of a command (its standard output discarded), or "refused" when
+# it fails (a placer may refuse a shape, e.g. too few requests for its GPU groups).
 measure() {
-  /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
-  awk '{ printf "%s %.0f", $1, $2 / 1024 }' "$work/t"
+  if /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null 2>"$work/err"; then
+    awk '{ printf "%s %.0f", $1, $2 / 1024 }' "$work/t"
+  else
+    echo "refused -"
+    grep -m1 '^error' "$work/err" >&2 || true
+  fi
 }
 
 shapes=(
@@ -53,11 +58,15 @@ for entry in "${shapes[@]}"; do
   for p in $placers; do
     # shellcheck disable=SC2086
     figures[$p]=$(measure "$bin" plan --placer "$p" --stats "$work/s$i.bin" $cluster -o "$work/$p.json")
-    plans+=(--plan "$work/$p.json")
+    [ -f "$work/$p.json" ] && plans+=(--plan "$work/$p.json")
   done
   "$bin" eval --trace "$work/held$i.parquet" "${plans[@]}" --json >"$work/eval.json" 2>/dev/null
   for p in $placers; do
     read -r secs peak <<<"${figures[$p]}"
+    if [ "$secs" = refused ]; then
+      echo "| $name | $size | $p | refused | - | - | - |"
+      continue
+    fi
     read -r cut mom < <(python3 - "$work/eval.json" "$p" <<'EOF'
 import json, sys
 v = json.load(open(sys.argv[1]))
