@@ -327,15 +327,18 @@ fn moe_rows_of(path: &Path, loads: &ExpertLoads, m: &ModelDescription) -> Result
 
 /// Reads `--stats`: a statistics file or an engine count dump, with the digest of
 /// its bytes.
-pub fn read_statistics(
+/// Only `parts` of a statistics file are decoded (what a placer needs); engine
+/// counts are read whole.
+pub fn read_statistics_parts(
     path: &Path,
     args: &TraceArgs,
     model: Option<&ModelDescription>,
+    parts: moeplace_core::stats::Parts,
 ) -> Result<(Statistics, String)> {
     match engine_statistics(path, args, model) {
         Some(s) => Ok((s?, moeplace_formats::plan_file::digest_file(path)?)),
         None => {
-            let (stats, digest) = stats_file::read_with_digest(path)?;
+            let (stats, digest) = stats_file::read_parts_with_digest(path, parts)?;
             check_shape_flags(path, stats.shape(), args)?;
             Ok((with_model(path, stats, model)?, digest))
         }

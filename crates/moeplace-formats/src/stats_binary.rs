@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use moeplace_core::stats::{
-    pair_count, GroupKey, GroupStats, RequestActivation, SampledToken, Statistics, TokenSample,
+    pair_count, GroupKey, GroupStats, Parts, RequestActivation, SampledToken, Statistics, TokenSample,
 };
 use moeplace_core::trace::{ModelShape, Phase};
 use rayon::prelude::*;
@@ -464,6 +464,13 @@ pub fn is_binary(bytes: &[u8]) -> bool {
 
 /// Parses a binary statistics file; `path` is only used in messages.
 pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Statistics, FormatError> {
+    from_bytes_parts(path, bytes, Parts::ALL)
+}
+
+/// [`from_bytes`] decoding only the sections of `parts` (a placer's needs): skipped
+/// sections are neither checked against their CRC nor decompressed, which is most of
+/// the work and memory for large models.
+pub fn from_bytes_parts(path: &Path, bytes: &[u8], parts: Parts) -> Result<Statistics, FormatError> {
     let bad = |what: String| FormatError::file(path, what);
     if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
         return Err(bad("the file ends inside its header: it is truncated".into()));
@@ -518,7 +525,8 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Statistics, FormatError> 
         return Err(bad(format!("{} bytes after the last section", bytes.len() - pos)));
     }
     let sections = Sections { path, by_name };
-    let pairs = header.pairs;
+    let pairs = header.pairs && parts.pairs;
+    let transitions = pairs && parts.transitions;
     let groups: Vec<(GroupKey, GroupStats)> = header
         .groups
         .par_iter()
@@ -528,11 +536,13 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Statistics, FormatError> 
                 tokens: g.tokens,
                 load: vec![0; l * e],
                 coact: if pairs { vec![0; l * pair_count(e)] } else { Vec::new() },
-                transitions: if pairs { vec![0; l * e * e] } else { Vec::new() },
+                transitions: if transitions { vec![0; l * e * e] } else { Vec::new() },
             };
             sections.counts(&format!("group.{i}.load"), &mut gs.load)?;
             if pairs {
                 sections.counts(&format!("group.{i}.coact"), &mut gs.coact)?;
+            }
+            if transitions {
                 let stored = l.saturating_sub(1) * e * e;
                 sections.counts(&format!("group.{i}.transitions"), &mut gs.transitions[..stored])?;
             }
@@ -545,9 +555,10 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Statistics, FormatError> 
             return Err(bad(format!("group {key:?} appears twice")));
         }
     }
-    let index: Vec<RequestEntry> = sections.json("requests")?;
+    let read_vectors = parts.request_vectors;
+    let index: Vec<RequestEntry> = if read_vectors { sections.json("requests")? } else { Vec::new() };
     let n_vectors: usize = index.iter().map(|r| r.phases.len()).sum();
-    if n_vectors as u64 != header.request_vectors_stored {
+    if read_vectors && n_vectors as u64 != header.request_vectors_stored {
         return Err(bad(format!(
             "the request index lists {n_vectors} activation vectors, the header {}",
             header.request_vectors_stored
@@ -555,7 +566,9 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Statistics, FormatError> 
     }
     n_vectors.checked_mul(l * e).ok_or_else(|| bad("too many request vectors".into()))?;
     let mut vectors: Vec<Vec<u32>> = (0..n_vectors).map(|_| vec![0u32; l * e]).collect();
-    sections.request_counts(&mut vectors, l * e)?;
+    if read_vectors {
+        sections.request_counts(&mut vectors, l * e)?;
+    }
     let mut requests = BTreeMap::new();
     let mut vectors = vectors.into_iter();
     for r in index {
@@ -571,12 +584,15 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Statistics, FormatError> 
             return Err(bad(format!("request {:?} appears twice", r.id)));
         }
     }
-    let stats = Statistics::from_parts(shape, pairs, header.request_vectors, group_map, requests)
+    let stats = Statistics::from_some_parts(shape, header.pairs, header.request_vectors, group_map, requests, parts)
         .map_err(|e| bad(e.to_string()))?;
     if stats.groups().values().all(|g| g.tokens == 0) {
         return Err(bad("the statistics hold no tokens".into()));
     }
     let Some(sample) = header.token_sample else { return Ok(stats) };
+    if !parts.token_sample {
+        return Ok(stats.into_partial());
+    }
     let entries: Vec<SampledEntry> = sections.json("sample_tokens")?;
     if entries.len() != sample.tokens {
         return Err(bad(format!("the token sample lists {} tokens, the header {}", entries.len(), sample.tokens)));

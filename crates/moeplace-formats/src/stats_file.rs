@@ -244,6 +244,12 @@ pub fn write(path: &Path, stats: &Statistics) -> Result<(), FormatError> {
 
 /// Writes statistics atomically in `encoding`.
 pub fn write_as(path: &Path, stats: &Statistics, encoding: Encoding) -> Result<(), FormatError> {
+    if stats.is_partial() {
+        return Err(FormatError::file(
+            path,
+            "statistics read in part (for one placer) are not written; read them whole",
+        ));
+    }
     atomic::write_bytes(path, &to_bytes(stats, encoding))
 }
 
@@ -258,6 +264,20 @@ pub fn read(path: &Path) -> Result<Statistics, FormatError> {
 pub fn read_with_digest(path: &Path) -> Result<(Statistics, String), FormatError> {
     let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
     let digest = crate::plan_file::digest(&bytes);
+    Ok((from_bytes(path, &bytes)?, digest))
+}
+
+/// [`read_with_digest`] decoding only `parts` of a binary file (a placer's needs;
+/// JSON files are read whole). The digest is of the whole file's bytes.
+pub fn read_parts_with_digest(
+    path: &Path,
+    parts: moeplace_core::stats::Parts,
+) -> Result<(Statistics, String), FormatError> {
+    let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
+    let digest = crate::plan_file::digest(&bytes);
+    if crate::stats_binary::is_binary(&bytes) {
+        return Ok((crate::stats_binary::from_bytes_parts(path, &bytes, parts)?, digest));
+    }
     Ok((from_bytes(path, &bytes)?, digest))
 }
 

@@ -18,6 +18,11 @@ use crate::output::check_output_of;
 /// no replicas, requests round-robin over all GPUs) and the "cut" of each traffic
 /// metric: 100 x (1 - plan / baseline).
 ///
+/// The baseline on the plan's GPUs and nodes: expert e on GPU floor(e x G / E),
+/// primary copies. With more GPUs than experts (e.g. 256 experts on 320 GPUs) a GPU
+/// left without an expert holds an unserved copy of its lower neighbour's expert: it
+/// serves nothing and counts as idle in the balance figures (docs/PLANS.md).
+///
 /// Metrics per token and MoE layer: remote GPUs (distinct GPUs other than home the
 /// token is sent to), remote nodes, cross-node GPUs, remote hops (picks served off
 /// home); per layer over GPUs: Jain, balancedness (mean/max, SGLang's form), MaxVio

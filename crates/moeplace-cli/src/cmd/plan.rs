@@ -6,11 +6,11 @@ use anyhow::{bail, Context, Result};
 use moeplace_core::balance::{balance_figures, per_step_max_over_mean};
 use moeplace_core::model::ModelDescription;
 use moeplace_core::placers::{by_name, registry, Params, PlacerInput, REFINE_SKIPPED_NOTE, SPLIT_GROUPS_NOTE};
-use moeplace_core::stats::{parse_family_shares, ExpertLoads, ProfileOptions, Statistics};
+use moeplace_core::stats::{parse_family_shares, ExpertLoads, Parts, ProfileOptions, Statistics};
 use moeplace_formats::plan_file::{self, Plan};
 
 use crate::cluster_args::ClusterArgs;
-use crate::input::{engine_counts, profile_inputs, read_statistics, TraceArgs};
+use crate::input::{engine_counts, profile_inputs, read_statistics_parts, TraceArgs};
 use crate::model_args::ModelArgs;
 
 /// Plan an expert placement with a placer, from calibration statistics (`moeplace
@@ -92,15 +92,27 @@ fn placer_help() -> String {
     format!("The placer: {}", list.join("; "))
 }
 
+/// A spinner line on stderr for a step that may take seconds (hidden when stderr is
+/// not a terminal).
+fn spinner(msg: String) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    pb.set_message(msg);
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb
+}
+
 /// Reads the calibration input into statistics, with the digest of the input's
 /// bytes (the plan's `input_digest`). `loads_only`: the placer reads only expert
-/// loads, so engine counts need no top-k (1 stands in for it).
+/// loads, so engine counts need no top-k (1 stands in for it). `parts`: what of a
+/// statistics file the placer reads; the rest is not decoded.
 pub fn calibration(
     stats: Option<&PathBuf>,
     trace: Option<&PathBuf>,
     args: &TraceArgs,
     model: Option<&ModelDescription>,
     loads_only: bool,
+    parts: Parts,
 ) -> Result<(Statistics, String)> {
     match (stats, trace) {
         (Some(s), _) => {
@@ -108,7 +120,10 @@ pub fn calibration(
             if loads_only && args.top_k.is_none() && model.is_none() && engine_counts(s, &args, None).is_some() {
                 args.top_k = Some(1);
             }
-            read_statistics(s, &args, model)
+            let pb = spinner(format!("reading {}", s.display()));
+            let read = read_statistics_parts(s, &args, model, parts);
+            pb.finish_and_clear();
+            read
         }
         (None, Some(t)) => {
             let stats = profile_inputs(std::slice::from_ref(t), args, model, ProfileOptions::default())?;
@@ -157,9 +172,11 @@ pub fn run(args: Args) -> Result<()> {
     crate::output::check_output_of(&args.output, &inputs)?;
     let shares = parse_family_shares(args.family_shares.iter().map(String::as_str)).context("--family-share")?;
     let model = args.model.resolve()?;
-    let loads_only = by_name(&args.placer).is_some_and(|p| p.loads_only());
+    let placer = by_name(&args.placer);
+    let loads_only = placer.as_ref().is_some_and(|p| p.loads_only());
+    let parts = placer.as_ref().map_or(Parts::ALL, |p| p.needs());
     let (mut stats, digest) =
-        calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace, model.as_ref(), loads_only)?;
+        calibration(args.stats.as_ref(), args.trace_path.as_ref(), &args.trace, model.as_ref(), loads_only, parts)?;
     if !shares.is_empty() {
         stats = stats.with_family_shares(&shares).context("--family-share")?;
     }
@@ -206,8 +223,11 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => engine_counts(p, &args.trace, model.as_ref()).transpose()?.map(|c| c.loads),
         None => None,
     };
-    let mut plan =
-        make_plan(&args.placer, &stats, digest, step_loads.as_ref(), &cluster, &params, args.seed, previous.as_ref())?;
+    let pb = spinner(format!("placing with {} ({shape} on {} GPUs)", args.placer, cluster.gpus));
+    let plan =
+        make_plan(&args.placer, &stats, digest, step_loads.as_ref(), &cluster, &params, args.seed, previous.as_ref());
+    pb.finish_and_clear();
+    let mut plan = plan?;
     plan.notes.extend(shares.iter().map(|(f, s)| (format!("family_share_{f}"), *s)));
     plan_file::write(&args.output, &plan)?;
     let p = &plan.placement;

@@ -358,6 +358,10 @@ impl Placer for ClusterHomesPlacer {
          (needs profiled request vectors)"
     }
 
+    fn needs(&self) -> crate::stats::Parts {
+        crate::stats::Parts { request_vectors: true, ..crate::stats::Parts::LOADS }
+    }
+
     fn params(&self) -> Vec<ParamDoc> {
         vec![
             ParamDoc {

@@ -130,6 +130,10 @@ impl Placer for Coact {
         "pooled co-activation graph per layer, exact-capacity partition (nodes, then GPUs); hottest experts copied"
     }
 
+    fn needs(&self) -> crate::stats::Parts {
+        crate::stats::Parts { pairs: true, token_sample: true, ..crate::stats::Parts::LOADS }
+    }
+
     fn params(&self) -> Vec<ParamDoc> {
         [&PARTITION_DOCS[..], &[STAY_DOC]].concat()
     }

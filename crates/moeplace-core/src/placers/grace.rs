@@ -264,6 +264,10 @@ impl Placer for Grace {
         "GRACE-MoE: affinity groups by node then GPU with sizes at the knee, then replicas of hot experts"
     }
 
+    fn needs(&self) -> crate::stats::Parts {
+        crate::stats::Parts { pairs: true, token_sample: true, ..crate::stats::Parts::LOADS }
+    }
+
     fn params(&self) -> Vec<ParamDoc> {
         let own = [
             ParamDoc {

@@ -16,6 +16,10 @@ impl Placer for Linear {
         "expert e on GPU e/(E/G) in id order; redundant slots copy the hottest experts (the baseline)"
     }
 
+    fn needs(&self) -> crate::stats::Parts {
+        crate::stats::Parts::LOADS
+    }
+
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::cluster::Cluster;
 use crate::placement::{Placement, PlacementError};
-use crate::stats::{ExpertLoads, Statistics};
+use crate::stats::{ExpertLoads, Parts, Statistics};
 use crate::trace::ModelShape;
 
 mod balance;
@@ -187,6 +187,15 @@ pub trait Placer: Send + Sync {
     /// so that count files without top-k are enough.
     fn loads_only(&self) -> bool {
         false
+    }
+    /// The parts of statistics files it reads ([`Parts`]), so that reading skips the
+    /// rest (by default everything but transitions, which no placer reads).
+    fn needs(&self) -> Parts {
+        if self.loads_only() {
+            Parts::LOADS
+        } else {
+            Parts { transitions: false, ..Parts::ALL }
+        }
     }
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError>;
     /// How its plans are served (written into every plan): by default the `nearest`

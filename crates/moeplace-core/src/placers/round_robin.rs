@@ -14,6 +14,10 @@ impl Placer for RoundRobin {
         "expert e on GPU e mod G; redundant slots copy the hottest experts"
     }
 
+    fn needs(&self) -> crate::stats::Parts {
+        crate::stats::Parts::LOADS
+    }
+
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;

@@ -53,7 +53,7 @@ impl GroupCounter {
             load: written_zeros(l * e),
             ordered_pairs: written_zeros(l * e * e),
             transitions: written_zeros(l * e * e),
-            total: GroupStats::zeros(shape, true),
+            total: GroupStats::zeros(shape, true, true),
         }
     }
 
@@ -444,7 +444,7 @@ mod tests {
         let mut out: BTreeMap<GroupKey, GroupStats> = BTreeMap::new();
         for tok in b.tokens() {
             let key = GroupKey { family: tok.family.map(str::to_string), phase: tok.phase };
-            let g = out.entry(key).or_insert_with(|| GroupStats::zeros(s, true));
+            let g = out.entry(key).or_insert_with(|| GroupStats::zeros(s, true, true));
             g.tokens += 1;
             for layer in 0..l {
                 let p = &tok.experts[layer * k..(layer + 1) * k];
@@ -478,7 +478,7 @@ mod tests {
             let got = builder.finish();
             let mut want = naive(&b1);
             for (key, g) in naive(&b2) {
-                want.entry(key).or_insert_with(|| GroupStats::zeros(shape, true)).add(&g);
+                want.entry(key).or_insert_with(|| GroupStats::zeros(shape, true, true)).add(&g);
             }
             assert_eq!(got.groups(), &want, "shape {shape}");
         }

@@ -58,18 +58,18 @@ pub struct GroupStats {
     /// `[layers * pair_count(experts)]`; empty when the statistics carry loads only.
     pub coact: Vec<u64>,
     /// `[layers * experts * experts]`, the last layer's block all zero; empty when
-    /// the statistics carry loads only.
+    /// the statistics carry loads only, or were read without them ([`Parts`]).
     pub transitions: Vec<u64>,
 }
 
 impl GroupStats {
-    fn zeros(shape: ModelShape, pairs: bool) -> Self {
+    fn zeros(shape: ModelShape, pairs: bool, transitions: bool) -> Self {
         let (l, e) = (shape.layers, shape.experts);
         GroupStats {
             tokens: 0,
             load: written_zeros(l * e),
             coact: if pairs { written_zeros(l * pair_count(e)) } else { Vec::new() },
-            transitions: if pairs { written_zeros(l * e * e) } else { Vec::new() },
+            transitions: if pairs && transitions { written_zeros(l * e * e) } else { Vec::new() },
         }
     }
 
@@ -122,6 +122,7 @@ fn advise_huge_pages(_ptr: *mut u8, _len: usize) {}
 fn check_sums(
     shape: ModelShape,
     pairs: bool,
+    transitions: bool,
     groups: &BTreeMap<GroupKey, GroupStats>,
     requests: &BTreeMap<String, RequestActivation>,
 ) -> Result<(), ShapeError> {
@@ -154,7 +155,7 @@ fn check_sums(
                 ("expert loads", sum(&g.load[layer * e..(layer + 1) * e]), t * k),
                 ("co-activation counts", sum(&g.coact[layer * pc..(layer + 1) * pc]), t * k * (k - 1) / 2),
             ];
-            let transitions = (layer + 1 < l)
+            let transitions = (transitions && layer + 1 < l)
                 .then(|| ("transition counts", sum(&g.transitions[layer * e * e..(layer + 1) * e * e]), t * k * k));
             for (what, found, expected) in tables.into_iter().chain(transitions) {
                 if found != expected {
@@ -259,6 +260,41 @@ pub enum MergeError {
     LayersMismatch,
     #[error("together the inputs hold more tokens than the statistics' counters can count")]
     TooManyTokens,
+    #[error("statistics read in part (for one placer) cannot be merged; read them whole")]
+    Partial,
+}
+
+/// Which parts of statistics to read from a file. A placer needs only some
+/// ([`crate::placers::Placer::needs`]): load balancers read expert loads alone, and no
+/// placer reads transitions. Expert loads and group tokens are always read; statistics
+/// read in part cannot be merged or written (they would lose what was skipped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts {
+    /// Co-activation pair counts.
+    pub pairs: bool,
+    /// Layer-to-layer transition counts (with `pairs`).
+    pub transitions: bool,
+    /// Per-request activation vectors.
+    pub request_vectors: bool,
+    /// The token-path sample.
+    pub token_sample: bool,
+}
+
+impl Parts {
+    /// Everything a file holds.
+    pub const ALL: Parts = Parts { pairs: true, transitions: true, request_vectors: true, token_sample: true };
+    /// Expert loads (and group tokens) only.
+    pub const LOADS: Parts = Parts { pairs: false, transitions: false, request_vectors: false, token_sample: false };
+
+    /// These parts and those of `other`.
+    pub fn union(self, other: Parts) -> Parts {
+        Parts {
+            pairs: self.pairs || other.pairs,
+            transitions: self.transitions || other.transitions,
+            request_vectors: self.request_vectors || other.request_vectors,
+            token_sample: self.token_sample || other.token_sample,
+        }
+    }
 }
 
 /// What to collect while profiling.
@@ -284,6 +320,10 @@ pub struct Statistics {
     /// Whether co-activation and transition counts are present (false for counts
     /// read from engine dumps, which only record loads).
     pairs: bool,
+    /// Whether transition counts are held (with `pairs`; false when read without).
+    transitions: bool,
+    /// Read in part ([`Parts`]): some counts the file held were skipped.
+    partial: bool,
     /// Whether per-request vectors were collected.
     request_vectors: bool,
     groups: BTreeMap<GroupKey, GroupStats>,
@@ -301,6 +341,8 @@ impl Statistics {
         Statistics {
             shape,
             pairs: true,
+            transitions: true,
+            partial: false,
             request_vectors: options.request_vectors,
             groups: BTreeMap::new(),
             requests: BTreeMap::new(),
@@ -336,10 +378,12 @@ impl Statistics {
             GroupKey { family: None, phase: None },
             GroupStats { tokens, load, coact: Vec::new(), transitions: Vec::new() },
         );
-        check_sums(shape, false, &groups, &BTreeMap::new())?;
+        check_sums(shape, false, false, &groups, &BTreeMap::new())?;
         Ok(Statistics {
             shape,
             pairs: false,
+            transitions: false,
+            partial: false,
             request_vectors: false,
             groups,
             requests: BTreeMap::new(),
@@ -358,13 +402,34 @@ impl Statistics {
         groups: BTreeMap<GroupKey, GroupStats>,
         requests: BTreeMap<String, RequestActivation>,
     ) -> Result<Self, ShapeError> {
+        Self::from_some_parts(shape, pairs, request_vectors, groups, requests, Parts::ALL)
+    }
+
+    /// [`Statistics::from_parts`] for a reader that decoded only `read` of what the
+    /// file holds (`pairs` and `request_vectors` say what the file holds): skipped
+    /// tables are empty, skipped requests absent, and the statistics are marked as
+    /// read in part unless nothing the file holds was skipped.
+    pub fn from_some_parts(
+        shape: ModelShape,
+        pairs: bool,
+        request_vectors: bool,
+        groups: BTreeMap<GroupKey, GroupStats>,
+        requests: BTreeMap<String, RequestActivation>,
+        read: Parts,
+    ) -> Result<Self, ShapeError> {
         shape.validate()?;
+        let partial = (pairs && !(read.pairs && read.transitions)) || (request_vectors && !read.request_vectors);
+        let request_vectors = request_vectors && read.request_vectors;
+        let pairs = pairs && read.pairs;
+        let transitions = pairs && read.transitions;
         let vectors = requests.values().map(|r| r.by_phase.len()).sum();
         let (l, e) = (shape.layers, shape.experts);
         for (key, g) in &groups {
             let bad = g.load.len() != l * e
-                || (pairs && (g.coact.len() != l * pair_count(e) || g.transitions.len() != l * e * e))
-                || (!pairs && (!g.coact.is_empty() || !g.transitions.is_empty()));
+                || (pairs && g.coact.len() != l * pair_count(e))
+                || (transitions && g.transitions.len() != l * e * e)
+                || (!pairs && !g.coact.is_empty())
+                || (!transitions && !g.transitions.is_empty());
             if bad {
                 return Err(ShapeError::BadShape(format!("group {key:?}: count arrays do not match {shape}")));
             }
@@ -374,11 +439,13 @@ impl Statistics {
                 return Err(ShapeError::BadShape(format!("request {id:?}: activation vector does not match {shape}")));
             }
         }
-        check_sums(shape, pairs, &groups, &requests)?;
+        check_sums(shape, pairs, transitions, &groups, &requests)?;
         check_totals(&groups, &requests)?;
         Ok(Statistics {
             shape,
             pairs,
+            transitions,
+            partial,
             request_vectors,
             groups,
             requests,
@@ -434,6 +501,25 @@ impl Statistics {
         self.pairs
     }
 
+    /// Whether layer-to-layer transition counts are held (with pairs, unless read
+    /// without them).
+    pub fn has_transitions(&self) -> bool {
+        self.transitions
+    }
+
+    /// Whether these statistics were read in part ([`Parts`]): they are for
+    /// placing, and are neither merged nor written.
+    pub fn is_partial(&self) -> bool {
+        self.partial
+    }
+
+    /// These statistics marked as read in part: a reader that skipped the token
+    /// sample says so.
+    pub fn into_partial(mut self) -> Self {
+        self.partial = true;
+        self
+    }
+
     pub fn has_request_vectors(&self) -> bool {
         self.request_vectors
     }
@@ -469,7 +555,7 @@ impl Statistics {
 
     /// Sum of the groups selected by `keep`, as one group.
     pub fn pooled(&self, mut keep: impl FnMut(&GroupKey) -> bool) -> GroupStats {
-        let mut acc = GroupStats::zeros(self.shape, self.pairs);
+        let mut acc = GroupStats::zeros(self.shape, self.pairs, self.transitions);
         for (k, g) in &self.groups {
             if keep(k) {
                 acc.add(g);
@@ -540,6 +626,9 @@ impl Statistics {
             if !a.same_layers(b) {
                 return Err(MergeError::LayersMismatch);
             }
+        }
+        if self.partial || other.partial {
+            return Err(MergeError::Partial);
         }
         if other.pairs != self.pairs {
             return Err(MergeError::PairsMismatch);
@@ -612,9 +701,15 @@ impl Statistics {
 
     /// Expert loads `[layers][experts]` over the groups selected by `keep`, as floats
     /// (the input placers take).
-    pub fn loads(&self, keep: impl FnMut(&GroupKey) -> bool) -> ExpertLoads {
-        let g = self.pooled(keep);
-        ExpertLoads::new(self.shape.layers, self.shape.experts, vec![g.load.iter().map(|&x| x as f64).collect()])
+    pub fn loads(&self, mut keep: impl FnMut(&GroupKey) -> bool) -> ExpertLoads {
+        // Loads alone: pooling the pair tables too would cost far more than the loads.
+        let mut load = vec![0u64; self.shape.layers * self.shape.experts];
+        for (k, g) in &self.groups {
+            if keep(k) {
+                add_into(&mut load, &g.load);
+            }
+        }
+        ExpertLoads::new(self.shape.layers, self.shape.experts, vec![load.iter().map(|&x| x as f64).collect()])
             .expect("pooled loads match the shape")
     }
 }

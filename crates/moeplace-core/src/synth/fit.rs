@@ -96,7 +96,7 @@ pub fn fit(stats: &Statistics) -> Result<SynthConfig, SynthError> {
     // Real load shares per family, [l * e], summing to 1 per layer.
     let shares: Vec<Vec<f64>> =
         groups.iter().map(|g| g.load.iter().map(|&x| x as f64 / (g.tokens as f64 * k as f64)).collect()).collect();
-    let pairs = stats.has_pairs() && e > 1;
+    let pairs = stats.has_pairs() && stats.has_transitions() && e > 1;
     let mut families = Vec::with_capacity(keys.len());
     for ((_, name, _), (g, share)) in keys.iter().zip(groups.iter().zip(&shares)) {
         let layers = (0..l)
@@ -278,13 +278,15 @@ fn measure(stats: &Statistics) -> Targets {
         v.sort_unstable_by(|a, b| b.cmp(a));
         v.iter().take(n).sum::<u64>() as f64 / total as f64
     };
-    let (top_pairs, top_transitions) = if stats.has_pairs() {
-        (
-            (0..l).map(|x| top_share(&pooled.coact[x * pc..(x + 1) * pc], e)).collect(),
-            (0..l).map(|x| top_share(&pooled.transitions[x * e * e..(x + 1) * e * e], e)).collect(),
-        )
+    let top_pairs = if stats.has_pairs() {
+        (0..l).map(|x| top_share(&pooled.coact[x * pc..(x + 1) * pc], e)).collect()
     } else {
-        (vec![0.0; l], vec![0.0; l])
+        vec![0.0; l]
+    };
+    let top_transitions = if stats.has_transitions() {
+        (0..l).map(|x| top_share(&pooled.transitions[x * e * e..(x + 1) * e * e], e)).collect()
+    } else {
+        vec![0.0; l]
     };
     // Over-dispersion of per-request counts around the family profile: the
     // method-of-moments estimate of exp(sigma^2) - 1 for a log-normal factor.
