@@ -235,7 +235,7 @@ const PREDICTION_SCALE: f64 = 16.0;
 
 /// What the `predicted` encoding of a pair table derives from the group's loads and
 /// tokens (both stored before it): each cell's expected count, and the order in
-/// which the cells are stored, by class of expected count.
+/// which the cells are stored: by class of expected count, in cell order within a class.
 ///
 /// Why: a pair count is close to what the two experts' loads predict if tokens chose
 /// them independently, and its spread grows with that expectation. Stored by
@@ -244,7 +244,7 @@ const PREDICTION_SCALE: f64 = 16.0;
 /// removes what the loads already say.
 struct Prediction {
     expected: Vec<u64>,
-    order: Vec<u32>,
+    class: Vec<u8>,
 }
 
 impl Prediction {
@@ -262,22 +262,10 @@ impl Prediction {
                 (shift + 2) * 4 + ((x >> shift) & 3) as usize
             }
         };
-        let mut start = [0usize; 257];
-        for &x in &scaled {
-            start[class(x) + 1] += 1;
-        }
-        for c in 0..256 {
-            start[c + 1] += start[c];
-        }
-        let mut order = vec![0u32; scaled.len()];
-        for (i, x) in scaled.iter_mut().enumerate() {
-            let c = class(*x);
-            order[start[c]] = i as u32;
-            start[c] += 1;
-            // Rounded to the nearest count.
-            *x = (*x >> 4) + ((*x >> 3) & 1);
-        }
-        Prediction { expected: scaled, order }
+        let class = scaled.iter().map(|&x| class(x) as u8).collect();
+        // Rounded to the nearest count.
+        scaled.iter_mut().for_each(|x| *x = (*x >> 4) + ((*x >> 3) & 1));
+        Prediction { expected: scaled, class }
     }
 
     /// Transitions `[(L-1) x E x E]`: load of a at layer l times load of b at layer
@@ -298,11 +286,7 @@ impl Prediction {
     /// Co-activation `[L x E(E-1)/2]`: the two loads over the tokens, times (k-1)/k
     /// (a token's k picks are distinct).
     fn coact(load: &[u64], tokens: u64, l: usize, e: usize, k: usize) -> Prediction {
-        let s = if tokens == 0 || k < 2 {
-            0.0
-        } else {
-            PREDICTION_SCALE * (k - 1) as f64 / (k as f64 * tokens as f64)
-        };
+        let s = if tokens == 0 || k < 2 { 0.0 } else { PREDICTION_SCALE * (k - 1) as f64 / (k as f64 * tokens as f64) };
         let mut x = Vec::with_capacity(l * pair_count(e));
         for layer in 0..l {
             let row = &load[layer * e..(layer + 1) * e];
@@ -324,29 +308,41 @@ fn encode_pairs(values: &[u64], prediction: impl FnOnce() -> Prediction) -> (&'s
         return encode_counts(&[values]);
     }
     let p = prediction();
-    let mut out = Vec::with_capacity(z.dense + z.dense / 4);
-    for &i in &p.order {
-        let i = i as usize;
-        let d = values[i].wrapping_sub(p.expected[i]) as i64;
-        put_varint(&mut out, ((d << 1) ^ (d >> 63)) as u64);
+    // One stream per class, filled in cell order (memory is read in order), then
+    // the streams one after another: the same bytes as visiting the cells by class.
+    let mut streams = vec![Vec::new(); 256];
+    for ((&v, &e), &c) in values.iter().zip(&p.expected).zip(&p.class) {
+        let d = v.wrapping_sub(e) as i64;
+        put_varint(&mut streams[c as usize], ((d << 1) ^ (d >> 63)) as u64);
     }
-    ("predicted", values.len() as u64, out)
+    ("predicted", values.len() as u64, streams.concat())
 }
 
 /// Decodes a `predicted` pair table into `out` (all of it is written).
 fn decode_predicted(buf: &[u8], p: &Prediction, out: &mut [u64]) -> Result<(), String> {
-    if p.order.len() != out.len() {
-        return Err(format!("{} cells predicted for a table of {}", p.order.len(), out.len()));
+    if p.class.len() != out.len() {
+        return Err(format!("{} cells predicted for a table of {}", p.class.len(), out.len()));
     }
-    let mut pos = 0;
-    for &i in &p.order {
-        let i = i as usize;
-        let z = get_varint(buf, &mut pos).ok_or_else(|| "the counts end early".to_string())?;
-        let d = ((z >> 1) as i64 ^ -((z & 1) as i64)) as u64;
-        out[i] = p.expected[i].wrapping_add(d);
+    // Where each class's stream starts: its cells' varints end in a byte below 0x80.
+    let mut count = [0usize; 256];
+    p.class.iter().for_each(|&c| count[c as usize] += 1);
+    let (mut cursor, mut pos) = ([0usize; 256], 0usize);
+    for c in 0..256 {
+        cursor[c] = pos;
+        let mut left = count[c];
+        while left > 0 {
+            let b = *buf.get(pos).ok_or_else(|| "the counts end early".to_string())?;
+            pos += 1;
+            left -= usize::from(b < 0x80);
+        }
     }
     if pos != buf.len() {
         return Err(format!("{} bytes after the last count", buf.len() - pos));
+    }
+    for ((o, &e), &c) in out.iter_mut().zip(&p.expected).zip(&p.class) {
+        let z = get_varint(buf, &mut cursor[c as usize]).ok_or_else(|| "a count overflows 64 bits".to_string())?;
+        let d = ((z >> 1) as i64 ^ -((z & 1) as i64)) as u64;
+        *o = e.wrapping_add(d);
     }
     Ok(())
 }
@@ -716,7 +712,8 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Statistics, FormatError> 
             sections.counts(&format!("group.{i}.load"), &mut gs.load)?;
             if pairs {
                 let (load, tokens) = (&gs.load, gs.tokens);
-                sections.pairs(&format!("group.{i}.coact"), &mut gs.coact, || Prediction::coact(load, tokens, l, e, k))?;
+                sections
+                    .pairs(&format!("group.{i}.coact"), &mut gs.coact, || Prediction::coact(load, tokens, l, e, k))?;
                 let stored = l.saturating_sub(1) * e * e;
                 sections.pairs(&format!("group.{i}.transitions"), &mut gs.transitions[..stored], || {
                     Prediction::transitions(load, tokens, l, e)
