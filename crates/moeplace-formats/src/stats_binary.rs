@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use moeplace_core::model::{LayerMap, LayerSource};
 use moeplace_core::stats::{
     pair_count, GroupKey, GroupStats, Parts, RequestActivation, SampledToken, Statistics, TokenSample,
 };
@@ -34,8 +35,13 @@ use crate::stats_file::{FORMAT_NAME, MAX_PAIR_CELLS};
 /// a look at the head tell what the file is.
 pub const MAGIC: &[u8] = b"\x89moeplace-stats\r\n\x1a\n";
 
-/// Version of the binary layout (the JSON file has its own).
-pub const VERSION: u64 = 1;
+/// Version of the binary layout (the JSON file has its own). Version 2 added the
+/// `predicted` pair tables and the token sample as gaps (`sample_pick_gaps`); this
+/// build still reads version 1.
+pub const VERSION: u64 = 2;
+
+/// The oldest binary version this build reads.
+const OLDEST_VERSION: u64 = 1;
 
 /// zstd level: level 1 compresses these varint tables within a few percent of level
 /// 3 in half the time (docs/FORMATS.md).
@@ -65,6 +71,13 @@ struct Header {
     request_vectors_stored: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token_sample: Option<SampleHeader>,
+    /// The layer map, as in the JSON file (optional, together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hidden_layers: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    moe_layers: Option<Vec<usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layer_source: Option<String>,
     sections: Vec<Section>,
 }
 
@@ -142,16 +155,26 @@ fn get_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
-/// A table of counts as the concatenation of `parts`, encoded dense, sparse or at a
-/// fixed width, whichever is smallest. Returns (encoding, cells, bytes).
-fn encode_counts<T: Copy + Into<u64> + Sync>(parts: &[&[T]]) -> (&'static str, u64, Vec<u8>) {
+/// Bytes before compression of a table's `dense`, `sparse` and fixed-width
+/// encodings.
+struct Sizes {
+    cells: usize,
+    dense: usize,
+    sparse: usize,
+    nonzero: u64,
+    /// Bytes per cell of the fixed-width encoding.
+    width: usize,
+}
+
+fn sizes<T: Copy + Into<u64>>(parts: &[&[T]]) -> Sizes {
     let cells: usize = parts.iter().map(|p| p.len()).sum();
-    let (mut dense, mut sparse, mut nonzero, mut last) = (0usize, 0usize, 0u64, None::<usize>);
+    let (mut dense, mut sparse, mut nonzero, mut last, mut max) = (0usize, 0usize, 0u64, None::<usize>, 0u64);
     let mut i = 0;
     for p in parts {
         for &v in p.iter() {
             let v: u64 = v.into();
             dense += varint_len(v);
+            max = max.max(v);
             if v != 0 {
                 let gap = last.map_or(i, |l| i - l - 1);
                 sparse += varint_len(gap as u64) + varint_len(v);
@@ -162,10 +185,16 @@ fn encode_counts<T: Copy + Into<u64> + Sync>(parts: &[&[T]]) -> (&'static str, u
         }
     }
     sparse += varint_len(nonzero);
+    let width = (64 - max.leading_zeros() as usize).div_ceil(8).max(1);
+    Sizes { cells, dense, sparse, nonzero, width }
+}
+
+/// A table of counts as the concatenation of `parts`, encoded dense, sparse or at a
+/// fixed width, whichever is smallest. Returns (encoding, cells, bytes).
+fn encode_counts<T: Copy + Into<u64> + Sync>(parts: &[&[T]]) -> (&'static str, u64, Vec<u8>) {
+    let Sizes { cells, dense, sparse, nonzero, width } = sizes(parts);
     // Fixed width pays when values are spread over their range (expert ids of the
     // token sample): a varint spends a bit of each byte on its length.
-    let max = parts.iter().flat_map(|p| p.iter()).map(|&v| -> u64 { v.into() }).max().unwrap_or(0);
-    let width = (64 - max.leading_zeros() as usize).div_ceil(8).max(1);
     if cells * width < dense.min(sparse) {
         let mut out = Vec::with_capacity(cells * width);
         for p in parts {
@@ -198,6 +227,124 @@ fn encode_counts<T: Copy + Into<u64> + Sync>(parts: &[&[T]]) -> (&'static str, u
         gaps.extend_from_slice(&values);
         ("sparse", cells as u64, gaps)
     }
+}
+
+/// Scale of the predictions: `predicted` keeps 16 x the expected count as an integer,
+/// so that the classes below separate expectations under 1.
+const PREDICTION_SCALE: f64 = 16.0;
+
+/// What the `predicted` encoding of a pair table derives from the group's loads and
+/// tokens (both stored before it): each cell's expected count, and the order in
+/// which the cells are stored: by class of expected count, in cell order within a class.
+///
+/// Why: a pair count is close to what the two experts' loads predict if tokens chose
+/// them independently, and its spread grows with that expectation. Stored by
+/// increasing expectation, cells of one zstd block have similar magnitudes, so the
+/// block's entropy coder fits them; storing the difference to the expectation
+/// removes what the loads already say.
+struct Prediction {
+    expected: Vec<u64>,
+    class: Vec<u8>,
+}
+
+impl Prediction {
+    /// From every cell's scaled expectation. The arithmetic is f64 multiplications
+    /// and truncations only, which IEEE 754 makes the same on every platform, so
+    /// writer and reader derive the same prediction.
+    fn from_scaled(mut scaled: Vec<u64>) -> Prediction {
+        // Classes: the scaled value below 8, else its top three bits (an exponent
+        // and two bits of mantissa): at most 256 classes.
+        let class = |x: u64| -> usize {
+            if x < 8 {
+                x as usize
+            } else {
+                let shift = 61 - x.leading_zeros() as usize;
+                (shift + 2) * 4 + ((x >> shift) & 3) as usize
+            }
+        };
+        let class = scaled.iter().map(|&x| class(x) as u8).collect();
+        // Rounded to the nearest count.
+        scaled.iter_mut().for_each(|x| *x = (*x >> 4) + ((*x >> 3) & 1));
+        Prediction { expected: scaled, class }
+    }
+
+    /// Transitions `[(L-1) x E x E]`: load of a at layer l times load of b at layer
+    /// l + 1, over the tokens (every token adds k x k transitions).
+    fn transitions(load: &[u64], tokens: u64, l: usize, e: usize) -> Prediction {
+        let s = if tokens == 0 { 0.0 } else { PREDICTION_SCALE / tokens as f64 };
+        let mut x = Vec::with_capacity(l.saturating_sub(1) * e * e);
+        for layer in 0..l.saturating_sub(1) {
+            let next = &load[(layer + 1) * e..(layer + 2) * e];
+            for &la in &load[layer * e..(layer + 1) * e] {
+                let ra = la as f64 * s;
+                x.extend(next.iter().map(|&lb| (ra * lb as f64) as u64));
+            }
+        }
+        Prediction::from_scaled(x)
+    }
+
+    /// Co-activation `[L x E(E-1)/2]`: the two loads over the tokens, times (k-1)/k
+    /// (a token's k picks are distinct).
+    fn coact(load: &[u64], tokens: u64, l: usize, e: usize, k: usize) -> Prediction {
+        let s = if tokens == 0 || k < 2 { 0.0 } else { PREDICTION_SCALE * (k - 1) as f64 / (k as f64 * tokens as f64) };
+        let mut x = Vec::with_capacity(l * pair_count(e));
+        for layer in 0..l {
+            let row = &load[layer * e..(layer + 1) * e];
+            for (a, &la) in row.iter().enumerate() {
+                let ra = la as f64 * s;
+                x.extend(row[a + 1..].iter().map(|&lb| (ra * lb as f64) as u64));
+            }
+        }
+        Prediction::from_scaled(x)
+    }
+}
+
+/// A pair table, `predicted` (the zigzag varints of each cell's difference to its
+/// expectation, in the prediction's order) unless it is mostly zeros, which `sparse`
+/// stores better.
+fn encode_pairs(values: &[u64], prediction: impl FnOnce() -> Prediction) -> (&'static str, u64, Vec<u8>) {
+    let z = sizes(&[values]);
+    if z.sparse < z.dense.min(z.cells * z.width) {
+        return encode_counts(&[values]);
+    }
+    let p = prediction();
+    // One stream per class, filled in cell order (memory is read in order), then
+    // the streams one after another: the same bytes as visiting the cells by class.
+    let mut streams = vec![Vec::new(); 256];
+    for ((&v, &e), &c) in values.iter().zip(&p.expected).zip(&p.class) {
+        let d = v.wrapping_sub(e) as i64;
+        put_varint(&mut streams[c as usize], ((d << 1) ^ (d >> 63)) as u64);
+    }
+    ("predicted", values.len() as u64, streams.concat())
+}
+
+/// Decodes a `predicted` pair table into `out` (all of it is written).
+fn decode_predicted(buf: &[u8], p: &Prediction, out: &mut [u64]) -> Result<(), String> {
+    if p.class.len() != out.len() {
+        return Err(format!("{} cells predicted for a table of {}", p.class.len(), out.len()));
+    }
+    // Where each class's stream starts: its cells' varints end in a byte below 0x80.
+    let mut count = [0usize; 256];
+    p.class.iter().for_each(|&c| count[c as usize] += 1);
+    let (mut cursor, mut pos) = ([0usize; 256], 0usize);
+    for c in 0..256 {
+        cursor[c] = pos;
+        let mut left = count[c];
+        while left > 0 {
+            let b = *buf.get(pos).ok_or_else(|| "the counts end early".to_string())?;
+            pos += 1;
+            left -= usize::from(b < 0x80);
+        }
+    }
+    if pos != buf.len() {
+        return Err(format!("{} bytes after the last count", buf.len() - pos));
+    }
+    for ((o, &e), &c) in out.iter_mut().zip(&p.expected).zip(&p.class) {
+        let z = get_varint(buf, &mut cursor[c as usize]).ok_or_else(|| "a count overflows 64 bits".to_string())?;
+        let d = ((z >> 1) as i64 ^ -((z & 1) as i64)) as u64;
+        *o = e.wrapping_add(d);
+    }
+    Ok(())
 }
 
 /// Fixed-width little-endian encodings, by width in bytes.
@@ -289,7 +436,7 @@ type SectionJob<'a> = Box<dyn Fn() -> Encoded + Send + Sync + 'a>;
 /// The binary file's bytes. Deterministic: the same statistics give the same bytes.
 pub fn to_bytes(stats: &Statistics) -> Vec<u8> {
     let shape = stats.shape();
-    let (l, e) = (shape.layers, shape.experts);
+    let (l, e, k) = (shape.layers, shape.experts, shape.top_k);
     // Declared before the jobs, which borrow them.
     let vectors: Vec<&[u32]> = stats.requests().values().flat_map(|r| r.by_phase.values().map(Vec::as_slice)).collect();
     let mut jobs: Vec<SectionJob> = Vec::new();
@@ -300,12 +447,13 @@ pub fn to_bytes(stats: &Statistics) -> Vec<u8> {
         }));
         if stats.has_pairs() {
             jobs.push(Box::new(move || {
-                let (enc, cells, raw) = encode_counts(&[&g.coact[..]]);
+                let (enc, cells, raw) = encode_pairs(&g.coact, || Prediction::coact(&g.load, g.tokens, l, e, k));
                 compress(format!("group.{i}.coact"), enc, cells, raw)
             }));
             // The last layer's block has no next layer and is always zero: not stored.
             jobs.push(Box::new(move || {
-                let (enc, cells, raw) = encode_counts(&[&g.transitions[..l.saturating_sub(1) * e * e]]);
+                let stored = &g.transitions[..l.saturating_sub(1) * e * e];
+                let (enc, cells, raw) = encode_pairs(stored, || Prediction::transitions(&g.load, g.tokens, l, e));
                 compress(format!("group.{i}.transitions"), enc, cells, raw)
             }));
         }
@@ -341,9 +489,21 @@ pub fn to_bytes(stats: &Statistics) -> Vec<u8> {
             compress("sample_tokens".into(), "json", 0, raw)
         }));
         jobs.push(Box::new(move || {
-            let picks: Vec<&[u16]> = sample.tokens().iter().map(|t| t.picks.as_slice()).collect();
-            let (enc, cells, raw) = encode_counts(&picks);
-            compress("sample_picks".into(), enc, cells, raw)
+            // Each layer's picks are a set kept in increasing order: the first id,
+            // then the gaps to the next (a fifth fewer bits than the ids once
+            // compressed).
+            let mut gaps = Vec::with_capacity(sample.tokens().len() * l * k);
+            for t in sample.tokens() {
+                for layer in t.picks.chunks(k.max(1)) {
+                    let mut prev = 0;
+                    for &x in layer {
+                        gaps.push(x.wrapping_sub(prev));
+                        prev = x;
+                    }
+                }
+            }
+            let (enc, cells, raw) = encode_counts(&[&gaps[..]]);
+            compress("sample_pick_gaps".into(), enc, cells, raw)
         }));
     }
     let sections: Vec<Encoded> = jobs.par_iter().map(|job| job()).collect();
@@ -365,6 +525,9 @@ pub fn to_bytes(stats: &Statistics) -> Vec<u8> {
         request_vectors_stored: n_vectors,
         token_sample: (sample.capacity() > 0)
             .then(|| SampleHeader { capacity: sample.capacity(), tokens: sample.tokens().len() }),
+        hidden_layers: stats.layer_map().map(|m| m.hidden_layers()),
+        moe_layers: stats.layer_map().map(|m| m.moe_layers().to_vec()),
+        layer_source: stats.layer_map().map(|m| crate::plan_file::layer_source_name(m.source()).to_string()),
         sections: sections
             .iter()
             .map(|s| Section {
@@ -439,6 +602,21 @@ impl<'a> Sections<'a> {
         .map_err(|e| FormatError::new(self.path, crate::error::Location::Part(name.into()), e))
     }
 
+    /// A pair table decoded into `out` (all zero on entry); `prediction` is asked
+    /// for only when the table is `predicted`.
+    fn pairs(&self, name: &str, out: &mut [u64], prediction: impl FnOnce() -> Prediction) -> Result<(), FormatError> {
+        let (s, raw) = self.get(name, true, out.len() as u64)?;
+        let at = |e: String| FormatError::new(self.path, crate::error::Location::Part(name.into()), e);
+        if s.encoding == "predicted" {
+            return decode_predicted(&raw, &prediction(), out).map_err(at);
+        }
+        decode_counts(&s.encoding, s.cells, &raw, |i, v| {
+            out[i] = v;
+            Ok(())
+        })
+        .map_err(at)
+    }
+
     /// The `request_counts` section decoded into `vectors` (each `per` cells, zero).
     fn request_counts(&self, vectors: &mut [Vec<u32>], per: usize) -> Result<(), FormatError> {
         let name = "request_counts";
@@ -492,9 +670,10 @@ pub fn from_bytes_parts(path: &Path, bytes: &[u8], parts: Parts) -> Result<Stati
             header.format, header.encoding
         )));
     }
-    if header.version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&header.version) {
         return Err(bad(format!(
-            "binary statistics version {} is not supported (this build reads {VERSION}); a newer moeplace wrote it",
+            "binary statistics version {} is not supported (this build reads versions {OLDEST_VERSION} to \
+             {VERSION}); a newer moeplace wrote it",
             header.version
         )));
     }
@@ -502,7 +681,7 @@ pub fn from_bytes_parts(path: &Path, bytes: &[u8], parts: Parts) -> Result<Stati
         return Err(bad(format!("the file needs {r:?}, which this build does not know; a newer moeplace wrote it")));
     }
     let shape = ModelShape::new(header.layers, header.experts, header.top_k).map_err(|e| bad(e.to_string()))?;
-    let (l, e) = (shape.layers, shape.experts);
+    let (l, e, k) = (shape.layers, shape.experts, shape.top_k);
     if header.pairs && l.saturating_mul(e).saturating_mul(e) > MAX_PAIR_CELLS {
         return Err(bad(format!(
             "pair counts of {l} layers x {e} experts need {l} x {e}^2 cells, more than the {MAX_PAIR_CELLS} \
@@ -540,11 +719,16 @@ pub fn from_bytes_parts(path: &Path, bytes: &[u8], parts: Parts) -> Result<Stati
             };
             sections.counts(&format!("group.{i}.load"), &mut gs.load)?;
             if pairs {
-                sections.counts(&format!("group.{i}.coact"), &mut gs.coact)?;
+                let (load, tokens) = (&gs.load, gs.tokens);
+                sections
+                    .pairs(&format!("group.{i}.coact"), &mut gs.coact, || Prediction::coact(load, tokens, l, e, k))?;
             }
             if transitions {
+                let (load, tokens) = (&gs.load, gs.tokens);
                 let stored = l.saturating_sub(1) * e * e;
-                sections.counts(&format!("group.{i}.transitions"), &mut gs.transitions[..stored])?;
+                sections.pairs(&format!("group.{i}.transitions"), &mut gs.transitions[..stored], || {
+                    Prediction::transitions(load, tokens, l, e)
+                })?;
             }
             Ok((GroupKey { family: g.family.clone(), phase: g.phase }, gs))
         })
@@ -589,6 +773,19 @@ pub fn from_bytes_parts(path: &Path, bytes: &[u8], parts: Parts) -> Result<Stati
     if stats.groups().values().all(|g| g.tokens == 0) {
         return Err(bad("the statistics hold no tokens".into()));
     }
+    let layer_map = match (header.hidden_layers, header.moe_layers, header.layer_source.as_deref()) {
+        (None, None, None) => None,
+        (Some(h), Some(ids), src) => {
+            let source = match src {
+                None => LayerSource::Recorded,
+                Some(s) => crate::plan_file::parse_layer_source(s)
+                    .ok_or_else(|| bad(format!("layer_source {s:?} is not input, model or default")))?,
+            };
+            Some(LayerMap::new(h, ids, source).map_err(|e| bad(format!("moe_layers: {e}")))?)
+        }
+        _ => return Err(bad("hidden_layers and moe_layers must be given together".into())),
+    };
+    let stats = stats.with_layer_map(layer_map).map_err(|e| bad(format!("moe_layers: {e}")))?;
     let Some(sample) = header.token_sample else { return Ok(stats) };
     if !parts.token_sample {
         return Ok(stats.into_partial());
@@ -597,9 +794,19 @@ pub fn from_bytes_parts(path: &Path, bytes: &[u8], parts: Parts) -> Result<Stati
     if entries.len() != sample.tokens {
         return Err(bad(format!("the token sample lists {} tokens, the header {}", entries.len(), sample.tokens)));
     }
-    let per = l * shape.top_k;
+    let per = l * k;
     let mut picks = vec![0u16; entries.len() * per];
-    sections.counts("sample_picks", &mut picks)?;
+    if header.version == 1 {
+        sections.counts("sample_picks", &mut picks)?;
+    } else {
+        sections.counts("sample_pick_gaps", &mut picks)?;
+        // Wrapping, as written: ids out of range are refused below with the token.
+        for layer in picks.chunks_mut(k) {
+            for j in 1..layer.len() {
+                layer[j] = layer[j - 1].wrapping_add(layer[j]);
+            }
+        }
+    }
     let tokens = entries
         .into_iter()
         .zip(picks.chunks_exact(per))

@@ -373,13 +373,15 @@ pub fn read_trace<'py>(
 #[pymethods]
 impl PyStatistics {
     /// Statistics of top-k arrays; codes and names as the NumPy trace format has them.
+    /// With a model (a built-in name or config.json text), the arrays must be its
+    /// shape and the statistics carry its layer map, as `profile --model` gives.
     #[staticmethod]
-    #[pyo3(signature = (topk_ids, num_experts, request_ids=None, request_names=None, families=None, family_names=None, phases=None, positions=None, request_vectors=true, token_sample=moeplace_core::stats::DEFAULT_TOKEN_SAMPLE))]
+    #[pyo3(signature = (topk_ids, num_experts=None, request_ids=None, request_names=None, families=None, family_names=None, phases=None, positions=None, request_vectors=true, token_sample=moeplace_core::stats::DEFAULT_TOKEN_SAMPLE, model=None, model_config=None))]
     #[allow(clippy::too_many_arguments)]
     fn from_topk(
         py: Python<'_>,
         topk_ids: PyReadonlyArrayDyn<'_, i64>,
-        num_experts: usize,
+        num_experts: Option<usize>,
         request_ids: Option<PyReadonlyArrayDyn<'_, i64>>,
         request_names: Option<Vec<String>>,
         families: Option<PyReadonlyArrayDyn<'_, i64>>,
@@ -388,9 +390,21 @@ impl PyStatistics {
         positions: Option<PyReadonlyArrayDyn<'_, i64>>,
         request_vectors: bool,
         token_sample: usize,
+        model: Option<&str>,
+        model_config: Option<&str>,
     ) -> PyResult<PyStatistics> {
+        let model = model_description(model, model_config)?;
         let dims = shape_of(&topk_ids, "topk_ids", 3, "[tokens, layers, k]")?;
-        let shape = ModelShape::new(dims[1], num_experts, dims[2]).map_err(value_error)?;
+        let experts = match (num_experts, &model) {
+            (Some(e), _) => e,
+            (None, Some(m)) => m.experts,
+            (None, None) => return Err(value_error("give num_experts=E, or model= (a built-in name or config.json)")),
+        };
+        let shape = ModelShape::new(dims[1], experts, dims[2]).map_err(value_error)?;
+        // Checked before counting: arrays of another model are refused at once.
+        if let Some(why) = model.as_ref().and_then(|m| m.mismatch(shape)) {
+            return Err(value_error(format!("topk_ids [tokens, {}, {}]: {why}", dims[1], dims[2])));
+        }
         let ids = elements(&topk_ids);
         let (req, fam, ph, pos) = (
             column(&request_ids, "request_ids")?,
@@ -407,7 +421,15 @@ impl PyStatistics {
             positions: pos.as_deref(),
         };
         let options = ProfileOptions { request_vectors, token_sample };
-        let stats = py.detach(|| count_topk(shape, &ids, &columns, options)).map_err(value_error)?;
+        let stats = py
+            .detach(|| {
+                let stats = count_topk(shape, &ids, &columns, options)?;
+                match &model {
+                    None => Ok(stats),
+                    Some(m) => with_model(Path::new("topk_ids"), stats, m),
+                }
+            })
+            .map_err(value_error)?;
         Ok(PyStatistics::new(stats))
     }
 

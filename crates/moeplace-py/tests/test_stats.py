@@ -121,16 +121,41 @@ def test_bad_arrays_raise_value_error(change, message):
         moeplace.Statistics.from_topk(change(topk), num_experts=16, request_ids=req)
 
 
-def test_expert_count_from_a_model_description(tmp_path):
+def test_expert_count_and_layers_from_a_model_description(tmp_path):
     topk, req, _, _ = arrays(tokens=300)
-    (tmp_path / "config.json").write_text('{"n_routed_experts": 16, "num_experts_per_tok": 2}')
+    # 5 decoder layers, the first dense: the 4 MoE layers of the arrays are 1..4.
+    config = {"num_hidden_layers": 5, "first_k_dense_replace": 1, "n_routed_experts": 16,
+              "num_experts_per_tok": 2, "model_type": "deepseek_v3"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
     a = moeplace.Statistics.from_topk(topk, model=tmp_path / "config.json", request_ids=req)
-    b = moeplace.Statistics.from_topk(topk, model={"num_local_experts": 16}, request_ids=req)
-    assert a == b == moeplace.Statistics.from_topk(topk, num_experts=16, request_ids=req)
-    with pytest.raises(ValueError, match="n_routed_experts"):
-        moeplace.Statistics.from_topk(topk, model={"hidden_size": 8})
+    b = moeplace.Statistics.from_topk(topk, model=config, request_ids=req)
+    assert a == b
+    p = moeplace.plan(a, "balance", gpus=4, slots_per_gpu=5)
+    assert p.moe_layers == [1, 2, 3, 4] and p.hidden_layers == 5
+    # The layer map survives a binary file.
+    a.save(tmp_path / "s.bin")
+    again = moeplace.plan(moeplace.Statistics.load(tmp_path / "s.bin"), "balance", gpus=4, slots_per_gpu=5)
+    assert again.moe_layers == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        moeplace.Statistics.from_topk(topk, model={"n_routed_experts": 16, "num_experts_per_tok": 2})
     with pytest.raises(ValueError, match="num_experts"):
         moeplace.Statistics.from_topk(topk)
+
+
+def test_from_topk_with_a_builtin_model_exports_its_decoder_layers():
+    # DeepSeek-V2-Lite: 27 decoder layers, the first dense; 64 experts, top-6.
+    rng = np.random.default_rng(3)
+    topk = np.argsort(rng.random((200, 26, 64)), axis=2)[:, :, :6].astype(np.int64)
+    s = moeplace.Statistics.from_topk(topk, model="deepseek-v2-lite")
+    p = moeplace.plan(s, "balance", gpus=8, slots_per_gpu=8)
+    assert p.moe_layers == list(range(1, 27)) and p.hidden_layers == 27
+    rows = json.loads(p.export("sglang"))["physical_to_logical_map"]
+    assert len(rows) == 27 and all(len(r) == 64 for r in rows)
+    # A layer count the model does not have is refused before counting.
+    with pytest.raises(ValueError, match="26|layers"):
+        moeplace.Statistics.from_topk(topk[:, :25, :], model="deepseek-v2-lite")
+    with pytest.raises(ValueError, match="is not a built-in model"):
+        moeplace.Statistics.from_topk(topk, model="no-such-model")
 
 
 def test_bad_columns_raise_value_error():

@@ -456,8 +456,10 @@ impl Statistics {
     }
 
     /// These statistics with `sample` as their token-path sample (the statistics file
-    /// reader). Checks every path's length and expert ids against the shape.
-    pub fn with_sample(mut self, sample: TokenSample) -> Result<Self, ShapeError> {
+    /// reader). Checks every path's length and expert ids against the shape, and puts
+    /// each layer's picks in increasing order (files written before the sample kept them so).
+    pub fn with_sample(mut self, mut sample: TokenSample) -> Result<Self, ShapeError> {
+        sample.sort_picks(self.shape.top_k);
         for t in sample.tokens() {
             // Count, range and no expert twice in a layer's top-k, as for trace tokens.
             crate::trace::check_token(self.shape, &t.picks, None)

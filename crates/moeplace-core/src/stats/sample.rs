@@ -27,7 +27,10 @@ pub struct SampledToken {
     pub hash: u64,
     pub family: Option<String>,
     pub phase: Option<Phase>,
-    /// `[layers * top_k]` expert ids, layer-major.
+    /// `[layers * top_k]` expert ids, layer-major, each layer's k ids in increasing
+    /// order: a token's picks at a layer are a set (the placers that read the sample
+    /// ask which experts a token uses, not in which order the router ranked them),
+    /// and the canonical order lets the statistics file store them as gaps.
     pub picks: Vec<u16>,
 }
 
@@ -80,11 +83,13 @@ impl TokenSample {
             if hash > bar || (hash == bar && self.tokens.len() >= self.capacity) {
                 continue;
             }
+            let mut picks = ids[t * per_token..(t + 1) * per_token].to_vec();
+            sort_layers(&mut picks, batch.shape().top_k);
             self.tokens.push(SampledToken {
                 hash,
                 family: batch.family_indices()[t].map(|f| batch.family_names()[f as usize].clone()),
                 phase,
-                picks: ids[t * per_token..(t + 1) * per_token].to_vec(),
+                picks,
             });
             if self.tokens.len() >= 2 * self.capacity {
                 self.trim();
@@ -101,9 +106,23 @@ impl TokenSample {
         self.trim();
     }
 
+    /// Puts every sampled token's picks in the canonical order (each layer's `top_k`
+    /// ids increasing), for samples rebuilt from files written before it was kept.
+    pub(crate) fn sort_picks(&mut self, top_k: usize) {
+        self.tokens.iter_mut().for_each(|t| sort_layers(&mut t.picks, top_k));
+        self.tokens.sort();
+    }
+
     fn trim(&mut self) {
         self.tokens.sort();
         self.tokens.truncate(self.capacity);
+    }
+}
+
+/// Sorts each run of `top_k` ids (one layer's picks) of a token path.
+fn sort_layers(picks: &mut [u16], top_k: usize) {
+    if top_k > 1 {
+        picks.chunks_mut(top_k).for_each(|c| c.sort_unstable());
     }
 }
 

@@ -206,27 +206,6 @@ def _phase_codes(phases: Any) -> Optional[np.ndarray]:
     return table_arr[codes]
 
 
-_EXPERT_KEYS = ("n_routed_experts", "num_experts", "num_local_experts")
-
-
-def _experts_of(num_experts: Optional[int], model: Any) -> int:
-    """The routed expert count: ``num_experts``, or read from a model description."""
-    if num_experts is not None:
-        return int(num_experts)
-    if isinstance(model, (str, os.PathLike)):
-        try:
-            with open(model) as f:
-                model = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"model: {os.fspath(model)}: {e}") from None
-    if isinstance(model, Mapping):
-        for key in _EXPERT_KEYS:
-            if isinstance(model.get(key), int):
-                return int(model[key])
-        raise ValueError(f"model: the description names none of {', '.join(_EXPERT_KEYS)}")
-    raise ValueError("give num_experts=E, or model= a Hugging Face config.json (path or dict)")
-
-
 class Statistics:
     """Mergeable statistics of routing traces, per (family, phase) group and layer:
     tokens, expert loads, co-activation pairs, layer-to-layer transitions, per-request
@@ -261,10 +240,13 @@ class Statistics:
         Args:
             topk_ids: ``[tokens, layers, k]`` integer expert ids (NumPy or torch CPU),
                 each below ``num_experts``, distinct within a token's layer.
-            num_experts: routed experts per layer.
-            model: instead of ``num_experts``, the model's Hugging Face ``config.json``
-                (a path or the loaded dict): ``n_routed_experts``, ``num_experts`` or
-                ``num_local_experts``.
+            num_experts: routed experts per layer (default: the model's).
+            model: the model the ids come from: a built-in name (``"deepseek-v3"``,
+                ``"deepseek-v2-lite"``, ...) or its Hugging Face ``config.json`` (a path or
+                the loaded dict), as ``moeplace profile --model`` / ``--model-config``.
+                The arrays must have its MoE layer count, experts and top-k; the
+                statistics (and plans and exports made from them) carry its layer
+                map (the decoder layer of each MoE layer).
             request_ids: ``[tokens]`` request of each token: integer codes (request
                 ``r<code>``) or strings. Default: one request.
             families: ``[tokens]`` task family: integer codes (family ``f<code>``,
@@ -282,15 +264,18 @@ class Statistics:
         Raises:
             ValueError: wrong dtype or rank, ids out of range or repeated in a
                 token's layer, columns of another length (the message names the
-                token).
+                token), arrays whose shape is not the model's.
         """
         ids = _ints(topk_ids, "topk_ids", 3, "[tokens, layers, k]")
+        if num_experts is None and model is None:
+            raise ValueError("give num_experts=E, or model= (a built-in model name or a config.json)")
+        name, config = _model_args(model)
         req, req_names = _codes(request_ids, "request_ids", allow_none=False)
         fam, fam_names = _codes(families, "families", allow_none=True)
         pos = None if positions is None else _ints(positions, "positions", 1, "[tokens]")
         native = _native.Statistics.from_topk(
             ids,
-            _experts_of(num_experts, model),
+            None if num_experts is None else int(num_experts),
             request_ids=req,
             request_names=req_names,
             families=fam,
@@ -299,6 +284,8 @@ class Statistics:
             positions=pos,
             request_vectors=bool(request_vectors),
             token_sample=int(token_sample),
+            model=name,
+            model_config=config,
         )
         return cls(native)
 

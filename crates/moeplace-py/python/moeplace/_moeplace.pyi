@@ -11,7 +11,7 @@ class Statistics:
     @staticmethod
     def from_topk(
         topk_ids: np.ndarray,
-        num_experts: int,
+        num_experts: Optional[int] = ...,
         request_ids: Optional[np.ndarray] = ...,
         request_names: Optional[List[str]] = ...,
         families: Optional[np.ndarray] = ...,
@@ -20,6 +20,8 @@ class Statistics:
         positions: Optional[np.ndarray] = ...,
         request_vectors: bool = ...,
         token_sample: int = ...,
+        model: Optional[str] = ...,
+        model_config: Optional[str] = ...,
     ) -> Statistics: ...
     @staticmethod
     def load(path: str) -> Statistics: ...
