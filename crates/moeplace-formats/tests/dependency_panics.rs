@@ -41,8 +41,14 @@ fn valid_trace(path: &Path) {
     let mut batch = TokenBatch::new(shape);
     for t in 0..6u16 {
         let experts = [t % 4, (t + 1) % 4, (t + 2) % 4, (t + 3) % 4];
-        let token =
-            TokenRef { request: "r0", family: None, phase: None, position: t as u32, experts: &experts, gate_weights: None };
+        let token = TokenRef {
+            request: "r0",
+            family: None,
+            phase: None,
+            position: t as u32,
+            experts: &experts,
+            gate_weights: None,
+        };
         batch.push(token).unwrap();
     }
     let mut w = ParquetWriter::create(path, shape).unwrap();
@@ -64,7 +70,10 @@ fn parquet_crate_panic(path: &Path) -> Option<String> {
         }
     }));
     r.err().map(|p| {
-        p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
     })
 }
 
