@@ -226,6 +226,54 @@ fn corrupted_parquet_is_read_or_refused_never_a_panic() {
     }
 }
 
+/// Defect 3, each dependency panic of `crates/moeplace-formats/tests/dependency_panics.rs`
+/// (the same small trace, the same changed byte) through `profile`: exit 1, the file
+/// named, no panic message on stderr.
+#[test]
+fn each_dependency_panic_is_refused_by_profile_without_a_panic_message() {
+    use moeplace_core::trace::{ModelShape, TokenBatch, TokenRef};
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.parquet");
+    let shape = ModelShape::new(2, 4, 2).unwrap();
+    let mut batch = TokenBatch::new(shape);
+    for t in 0..6u16 {
+        let experts = [t % 4, (t + 1) % 4, (t + 2) % 4, (t + 3) % 4];
+        let token = TokenRef {
+            request: "r0",
+            family: None,
+            phase: None,
+            position: t as u32,
+            experts: &experts,
+            gate_weights: None,
+        };
+        batch.push(token).unwrap();
+    }
+    let mut w = moeplace_formats::parquet::ParquetWriter::create(&good, shape).unwrap();
+    w.write_batch(&batch).unwrap();
+    w.finish().unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    assert_eq!(bytes.len(), 1918, "the writer's bytes changed: the offsets below no longer apply");
+    for (offset, value) in [
+        (12, 0x00),
+        (506, 0x00),
+        (783, 0xa6),
+        (1116, 0x42),
+        (1484, 0x66),
+        (1572, 0x43),
+        (1719, 0x51),
+        (29, 0x00),
+        (85, 0xff),
+    ] {
+        let mut bad = bytes.clone();
+        bad[offset] = value;
+        let path = dir.path().join(format!("byte{offset}.parquet"));
+        std::fs::write(&path, &bad).unwrap();
+        let err = fails(&["profile", s(&path)]);
+        assert!(err.contains(&format!("byte{offset}.parquet")) && err.contains("corrupted"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one message: {err}");
+    }
+}
+
 /// Defect 16: a request length above the generator's limit was reported as bad
 /// syntax; it names the limit, whichever form the length takes.
 #[test]
