@@ -144,3 +144,47 @@ fn plans_name_their_input_by_its_bytes_and_stay_byte_identical() {
     ]);
     assert_eq!(digest_of(&from_trace), moeplace_formats::plan_file::digest(&std::fs::read(&t[0]).unwrap()));
 }
+
+/// A statistics file of format version 1 (written by moeplace before version 2 existed,
+/// from the trace of the `synth` command below) still reads, as the statistics a
+/// profile of that trace gives today.
+#[test]
+fn a_version_1_statistics_file_still_reads() {
+    let v1 = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/stats-version-1.bin"));
+    let head = std::fs::read(v1).unwrap();
+    assert!(String::from_utf8_lossy(&head[..200]).contains("\"version\":1,"), "the fixture is version 1");
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    moeplace_ok(&[
+        "synth",
+        "--layers",
+        "3",
+        "--experts",
+        "8",
+        "--top-k",
+        "2",
+        "--families",
+        "code=1,math=1",
+        "--requests",
+        "4",
+        "--prefill-len",
+        "20",
+        "--decode-len",
+        "10",
+        "--seed",
+        "3",
+        "-o",
+        s(&trace),
+    ]);
+    let (from_v1, profiled, v2) = (dir.path().join("v1.json"), dir.path().join("p.json"), dir.path().join("v2.bin"));
+    moeplace_ok(&["merge", s(v1), "-o", s(&from_v1)]);
+    moeplace_ok(&["profile", s(&trace), "-o", s(&profiled)]);
+    assert_eq!(std::fs::read(&from_v1).unwrap(), std::fs::read(&profiled).unwrap());
+    // Today's writer writes version 2, and it reads back to the same statistics.
+    moeplace_ok(&["profile", s(&trace), "-o", s(&v2)]);
+    let bytes = std::fs::read(&v2).unwrap();
+    assert!(String::from_utf8_lossy(&bytes[..200]).contains("\"version\":2,"));
+    let back = dir.path().join("v2.json");
+    moeplace_ok(&["merge", s(&v2), "-o", s(&back)]);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&profiled).unwrap());
+}

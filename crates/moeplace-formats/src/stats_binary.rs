@@ -871,4 +871,77 @@ mod tests {
         let e = decode_counts("dense", 1, &[1, 2], |_, _| Ok(())).unwrap_err();
         assert!(e.contains("after the last count"), "{e}");
     }
+
+    /// Loads and co-activation counts of `tokens` tokens of 2 layers x 6 experts,
+    /// top-3, from a fixed pseudo-random choice.
+    fn dense_coact(tokens: u64) -> (Vec<u64>, Vec<u64>) {
+        let (e, k) = (6usize, 3usize);
+        let mut load = vec![0u64; 2 * e];
+        let mut pairs = vec![0u64; 2 * pair_count(e)];
+        let mut x = 12345u64;
+        for _ in 0..tokens {
+            for layer in 0..2 {
+                let mut picks = Vec::new();
+                while picks.len() < k {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    // Skewed: low experts chosen more often.
+                    let p = ((x >> 33) % 21) as usize;
+                    let expert = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 4, 4, 5][p];
+                    if !picks.contains(&expert) {
+                        picks.push(expert);
+                    }
+                }
+                picks.sort();
+                for (i, &a) in picks.iter().enumerate() {
+                    load[layer * e + a] += 1;
+                    for &b in &picks[i + 1..] {
+                        pairs[layer * pair_count(e) + moeplace_core::stats::pair_index(a, b, e)] += 1;
+                    }
+                }
+            }
+        }
+        (load, pairs)
+    }
+
+    #[test]
+    fn dense_pair_tables_are_stored_against_their_prediction_and_read_back() {
+        let tokens = 500;
+        let (load, pairs) = dense_coact(tokens);
+        let predict = || Prediction::coact(&load, tokens, 2, 6, 3);
+        let (enc, cells, raw) = encode_pairs(&pairs, predict);
+        assert_eq!((enc, cells), ("predicted", pairs.len() as u64));
+        let mut back = vec![u64::MAX; pairs.len()];
+        decode_predicted(&raw, &predict(), &mut back).unwrap();
+        assert_eq!(back, pairs);
+        // Close predictions make small differences: fewer bytes than plain varints.
+        let plain: usize = pairs.iter().map(|&v| varint_len(v)).sum();
+        assert!(raw.len() < plain, "{} bytes against {plain}", raw.len());
+        // Mostly zeros: stored sparse, whatever the prediction.
+        let mut zeros = vec![0u64; 200];
+        zeros[7] = 3;
+        assert_eq!(encode_pairs(&zeros, || unreachable!("sparse needs no prediction")).0, "sparse");
+    }
+
+    #[test]
+    fn damaged_predicted_tables_are_refused() {
+        let tokens = 200;
+        let (load, pairs) = dense_coact(tokens);
+        let p = Prediction::coact(&load, tokens, 2, 6, 3);
+        let (_, _, raw) = encode_pairs(&pairs, || Prediction::coact(&load, tokens, 2, 6, 3));
+        let mut out = vec![0u64; pairs.len()];
+        let e = decode_predicted(&raw[..raw.len() - 1], &p, &mut out).unwrap_err();
+        assert!(e.contains("end early"), "{e}");
+        let mut longer = raw.clone();
+        longer.push(0);
+        let e = decode_predicted(&longer, &p, &mut out).unwrap_err();
+        assert!(e.contains("1 bytes after the last count"), "{e}");
+        let e = decode_predicted(&raw, &p, &mut out[1..]).unwrap_err();
+        assert!(e.contains("predicted for a table of"), "{e}");
+        // A varint of eleven continuation bytes overflows 64 bits.
+        let mut over = vec![0xffu8; 10];
+        over.push(0x02);
+        let one = Prediction::from_scaled(vec![0]);
+        let e = decode_predicted(&over, &one, &mut [0u64]).unwrap_err();
+        assert!(e.contains("overflows"), "{e}");
+    }
 }
