@@ -263,6 +263,8 @@ fn each_dependency_panic_is_refused_by_profile_without_a_panic_message() {
         (1719, 0x51),
         (29, 0x00),
         (85, 0xff),
+        (203, 0x04),
+        (179, 0x12),
     ] {
         let mut bad = bytes.clone();
         bad[offset] = value;

@@ -17,7 +17,7 @@ use moeplace_formats::parquet::{ParquetReader, ParquetWriter};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// (byte offset, new value, the panic message's start).
-const CASES: [(usize, u8, &str); 9] = [
+const CASES: [(usize, u8, &str); 11] = [
     // parquet arrow/array_reader/byte_array.rs:391 (a page header of `request`).
     (12, 0x00, "attempt to divide by zero"),
     // parquet arrow/array_reader/fixed_len_byte_array.rs:481 (a page of `experts`).
@@ -34,6 +34,12 @@ const CASES: [(usize, u8, &str); 9] = [
     (29, 0x00, "index out of bounds: the len is 0 but the index is 0"),
     // arrow-buffer util/bit_chunk_iterator.rs:224.
     (85, 0xff, "offset + len out of bounds"),
+    // parquet arrow/array_reader/fixed_len_byte_array.rs:489: the PLAIN data page of
+    // `experts` declares PLAIN_DICTIONARY, and the column has no dictionary page.
+    (203, 0x04, "called `Option::unwrap()` on a `None` value"),
+    // parquet encodings/decoding/byte_stream_split_decoder.rs:61: an RLE_DICTIONARY
+    // data page declares BYTE_STREAM_SPLIT.
+    (179, 0x12, "index out of bounds"),
 ];
 
 fn valid_trace(path: &Path) {
