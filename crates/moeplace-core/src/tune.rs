@@ -47,6 +47,24 @@ impl TuneGrid {
     pub fn is_empty(&self) -> bool {
         self.placer.iter().all(|(_, v)| v.len() <= 1) && self.serving.len() <= 1
     }
+
+    /// One line: `alpha {0, 0.25} x robust {0, 0.5}; serving theta=0.15 | theta=1 free_first=true`.
+    pub fn describe(&self) -> String {
+        let axes: Vec<String> = self.placer.iter().map(|(n, v)| format!("{n} {{{}}}", v.join(", "))).collect();
+        let mut s = axes.join(" x ");
+        if !self.serving.is_empty() {
+            let variants: Vec<String> = self
+                .serving
+                .iter()
+                .map(|v| v.iter().map(|(k, x)| format!("{k}={x}")).collect::<Vec<_>>().join(" "))
+                .collect();
+            if !s.is_empty() {
+                s.push_str("; ");
+            }
+            s.push_str(&format!("serving {}", variants.join(" | ")));
+        }
+        s
+    }
 }
 
 /// What tuning maximises the cut of (against the protocol's baseline).
