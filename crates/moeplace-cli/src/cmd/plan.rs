@@ -413,6 +413,18 @@ fn print_tuned(t: &Tuned) {
         o.objective.describe(),
         o.min_jain
     );
+    eprintln!("settings tried ({} cut % and Jain: mean, least over folds):", o.objective.name());
+    for (i, s) in t.scores.iter().enumerate() {
+        eprintln!(
+            "  {} {:>6.1} {:>6.1}  {:.4} {:.4}  {}",
+            if i == t.chosen { '*' } else { ' ' },
+            s.cut().mean,
+            s.cut().min,
+            s.jain().mean,
+            s.jain().min,
+            s.setting.label()
+        );
+    }
     eprintln!("chosen: {}", c.setting.label());
     eprintln!(
         "expected on requests the plan has not seen (mean, min..max over {} folds): {} cut {:.1}% ({:.1}..{:.1}), \

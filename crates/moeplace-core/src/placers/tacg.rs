@@ -160,7 +160,7 @@ impl Placer for Tacg {
     fn tuning(&self) -> crate::tune::TuneGrid {
         use crate::tune::TuneGrid;
         // Around the defaults: the task-modulated graph and the per-family balance.
-        TuneGrid { placer: vec![("alpha", &["0", "0.25"]), ("robust", &["0", "0.5"])], serving: vec![] }
+        TuneGrid { placer: vec![("alpha", &["0", "0.25"]), ("robust", &["0", "0.25", "0.5"])], serving: vec![] }
     }
 
     fn params(&self) -> Vec<ParamDoc> {

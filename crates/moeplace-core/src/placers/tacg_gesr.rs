@@ -89,7 +89,7 @@ impl Placer for TacgGesr {
         // Around the defaults: the task-modulated graph, locality copies, per-family balance, and gesr's load tolerance
         // with and without free first.
         TuneGrid {
-            placer: vec![("alpha", &["0", "0.25"]), ("locality", &["0", "0.25"]), ("robust", &["0", "0.5"])],
+            placer: vec![("alpha", &["0", "0.25"]), ("locality", &["0", "0.25"]), ("robust", &["0", "0.25", "0.5"])],
             serving: vec![&[("theta", "0.15")], &[("theta", "1"), ("free_first", "true")]],
         }
     }
