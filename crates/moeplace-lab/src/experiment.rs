@@ -85,9 +85,9 @@ enum What {
     Grace(GraceArgs),
     /// Plans that tune themselves (docs/TUNING.md): the ESFT DeepSeek-V2-Lite
     /// requests split by request with seeds 1..=N (half of each family's requests
-    /// held out); on each split balance, coact and tacg+gesr with their defaults and
+    /// held out); on each split balance, coact and tacg+gesr with their defaults,
     /// coact and tacg+gesr tuned as `plan` tunes them (cross-validation over the
-    /// calibration requests), replayed on the held-out requests as each plan says;
+    /// calibration requests), and tacg+gesr tuned with `--min-jain 0.98`, replayed on the held-out requests as each plan says;
     /// 16 GPUs in 4 nodes, 5 slots per GPU. Mean and spread over the splits, and the
     /// setting each split chose with its expected and measured remote-node cut.
     ///

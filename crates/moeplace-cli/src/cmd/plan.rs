@@ -263,8 +263,9 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => engine_counts(p, &args.trace, model.as_ref()).transpose()?.map(|c| c.loads),
         None => None,
     };
-    let tunable = placer.as_ref().filter(|p| tune::candidates(p.as_ref(), &params).0.len() > 1 || {
-        tune::candidates(p.as_ref(), &params).1.len() > 1
+    let tunable = placer.as_ref().filter(|p| {
+        let (settings, servings) = tune::candidates(p.as_ref(), &params);
+        settings.len() * servings.len() > 1
     });
     let tuned = match (tunable, &args.trace_path) {
         (Some(p), Some(path)) if !args.no_tune && shares.is_empty() => {

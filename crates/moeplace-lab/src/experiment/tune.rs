@@ -34,10 +34,25 @@ const NODES: usize = 4;
 const GPUS: usize = 16;
 const SLOTS_PER_GPU: usize = 5;
 
-/// The rows: placer and whether `plan` tunes it (as with a trace) or uses its
-/// defaults (`--no-tune`).
-const ROWS: [(&str, bool); 5] =
-    [("balance", false), ("coact", false), ("coact", true), ("tacg+gesr", false), ("tacg+gesr", true)];
+/// The rows: placer and the Jain floor `plan` tunes it for (as with a trace and
+/// `--min-jain`), or `None` for its defaults (`--no-tune`).
+const ROWS: [(&str, Option<f64>); 6] = [
+    ("balance", None),
+    ("coact", None),
+    ("coact", Some(tune::DEFAULT_MIN_JAIN)),
+    ("tacg+gesr", None),
+    ("tacg+gesr", Some(tune::DEFAULT_MIN_JAIN)),
+    ("tacg+gesr", Some(0.98)),
+];
+
+/// A row's name in tables.
+fn row_name(placer: &str, floor: Option<f64>) -> String {
+    match floor {
+        None => placer.to_string(),
+        Some(f) if f == tune::DEFAULT_MIN_JAIN => format!("{placer} (tuned)"),
+        Some(f) => format!("{placer} (tuned, --min-jain {f})"),
+    }
+}
 
 /// One row's figures on one split.
 struct Figures {
@@ -62,10 +77,10 @@ pub(super) fn tune(args: TuneArgs) -> Result<()> {
         let held = protocol::interleave_families(&held);
         let stats = profile(&calib)?;
         let base = common::baseline(&held, &cluster)?;
-        for (i, &(placer, tuned)) in ROWS.iter().enumerate() {
-            let f = row(placer, tuned, &calib, &held, &stats, &cluster, &base, seed)
+        for (i, &(placer, floor)) in ROWS.iter().enumerate() {
+            let f = row(placer, floor, &calib, &held, &stats, &cluster, &base, seed)
                 .with_context(|| format!("split {seed}: {placer}"))?;
-            eprintln!("split {seed}: {placer}{}: {:.1}% remote nodes", if tuned { " (tuned)" } else { "" }, f.nodes_cut);
+            eprintln!("split {seed}: {}: {:.1}% remote nodes", row_name(placer, floor), f.nodes_cut);
             per_row[i].push(f);
         }
     }
@@ -75,7 +90,7 @@ pub(super) fn tune(args: TuneArgs) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn row(
     placer: &str,
-    tuned: bool,
+    floor: Option<f64>,
     calib: &Trace,
     held: &Trace,
     stats: &moeplace_core::stats::Statistics,
@@ -84,8 +99,8 @@ fn row(
     seed: u64,
 ) -> Result<Figures> {
     let p = by_name(placer).context("a registered placer")?;
-    let (params, serving, expected): (Params, Serving, Option<f64>) = if tuned {
-        let options = TuneOptions { objective: Objective::RemoteNodes, min_jain: tune::DEFAULT_MIN_JAIN, folds: tune::DEFAULT_FOLDS, seed };
+    let (params, serving, expected): (Params, Serving, Option<f64>) = if let Some(min_jain) = floor {
+        let options = TuneOptions { objective: Objective::RemoteNodes, min_jain, folds: tune::DEFAULT_FOLDS, seed };
         let t = tune::cross_validate(p.as_ref(), calib, cluster, &Params::default(), options, ProfileOptions::default(), None, &|| {})?;
         let c = t.chosen();
         (c.setting.params.clone(), c.setting.serving.clone(), Some(c.cut().mean))
@@ -123,11 +138,11 @@ fn render(args: &TuneArgs, trace: &Trace, rows: &[Vec<Figures>]) -> String {
         trace.tokens(),
         args.holdout * 100.0
     );
-    for ((placer, tuned), figs) in ROWS.iter().zip(rows) {
+    for ((placer, floor), figs) in ROWS.iter().zip(rows) {
         let get = |f: fn(&Figures) -> f64| figs.iter().map(f).collect::<Vec<f64>>();
         out.push_str(&format!(
-            "| {placer}{} | {} | {} | {} | {} of {} |\n",
-            if *tuned { " (tuned)" } else { "" },
+            "| {} | {} | {} | {} | {} of {} |\n",
+            row_name(placer, *floor),
             cell(&get(|f| f.nodes_cut), 1),
             cell(&get(|f| f.gpus_cut), 1),
             cell(&get(|f| f.jain), 4),
@@ -140,11 +155,12 @@ fn render(args: &TuneArgs, trace: &Trace, rows: &[Vec<Figures>]) -> String {
          measured on the held-out requests:\n\n| split | plan | setting chosen | expected % | measured % |\n\
          |---:|---|---|---:|---:|\n",
     );
-    for ((placer, _), figs) in ROWS.iter().zip(rows).filter(|((_, tuned), _)| *tuned) {
+    for ((placer, floor), figs) in ROWS.iter().zip(rows).filter(|((_, floor), _)| floor.is_some()) {
         for (i, f) in figs.iter().enumerate() {
             out.push_str(&format!(
-                "| {} | {placer} | {} | {:.1} | {:.1} |\n",
+                "| {} | {} | {} | {:.1} | {:.1} |\n",
                 i + 1,
+                row_name(placer, *floor),
                 f.setting,
                 f.expected.unwrap_or(f64::NAN),
                 f.nodes_cut
