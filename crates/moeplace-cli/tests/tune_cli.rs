@@ -29,7 +29,8 @@ fn trace(dir: &Path) -> std::path::PathBuf {
 /// and stderr.
 fn plan(t: &Path, out: &Path, extra: &[&str], threads: &str) -> (String, String) {
     let args = [&["plan", "--placer", "tacg+gesr", "--trace", s(t), "-o", s(out)][..], &CLUSTER[..], extra].concat();
-    let o = Command::new(env!("CARGO_BIN_EXE_moeplace")).args(&args).env("RAYON_NUM_THREADS", threads).output().unwrap();
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_moeplace")).args(&args).env("RAYON_NUM_THREADS", threads).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "plan {args:?} failed: {err}");
     (std::fs::read_to_string(out).unwrap(), err)
@@ -54,8 +55,11 @@ fn tuning_keeps_jain_on_every_fold_and_records_its_choice() {
     assert_eq!(note(&v, "tune_min_jain"), 0.98);
     assert_eq!(note(&v, "tune_folds"), 4.0);
     assert!(note(&v, "tune_settings") > 1.0);
-    let (lo, mean, hi) =
-        (note(&v, "tune_cut_remote_nodes_min"), note(&v, "tune_cut_remote_nodes_mean"), note(&v, "tune_cut_remote_nodes_max"));
+    let (lo, mean, hi) = (
+        note(&v, "tune_cut_remote_nodes_min"),
+        note(&v, "tune_cut_remote_nodes_mean"),
+        note(&v, "tune_cut_remote_nodes_max"),
+    );
     assert!(lo <= mean && mean <= hi, "{lo} {mean} {hi}");
     // The chosen parameters are the plan's; its serving names the chosen gesr settings.
     for k in ["alpha", "locality", "robust"] {
@@ -115,7 +119,8 @@ fn bad_tuning_flags_are_clear_errors() {
     let t = trace(dir.path());
     let p = dir.path().join("p.json");
     let run = |extra: &[&str]| {
-        let args = [&["plan", "--placer", "tacg+gesr", "--trace", s(&t), "-o", s(&p)][..], &CLUSTER[..], extra].concat();
+        let args =
+            [&["plan", "--placer", "tacg+gesr", "--trace", s(&t), "-o", s(&p)][..], &CLUSTER[..], extra].concat();
         let o = moeplace(&args);
         assert_eq!(o.status.code(), Some(1), "{extra:?}");
         String::from_utf8_lossy(&o.stderr).into_owned()
@@ -141,8 +146,11 @@ fn tuning_on_the_esft_logs_reports_held_out_figures() {
     assert!(o.status.success(), "{err}");
     let v = json(&std::fs::read_to_string(&out).unwrap());
     assert_eq!(note(&v, "tune_folds"), 4.0);
-    let (lo, mean, hi) =
-        (note(&v, "tune_cut_remote_nodes_min"), note(&v, "tune_cut_remote_nodes_mean"), note(&v, "tune_cut_remote_nodes_max"));
+    let (lo, mean, hi) = (
+        note(&v, "tune_cut_remote_nodes_min"),
+        note(&v, "tune_cut_remote_nodes_mean"),
+        note(&v, "tune_cut_remote_nodes_max"),
+    );
     assert!(lo <= mean && mean <= hi, "{err}");
     // Tuned plans cut remote nodes against the baseline on held-out folds.
     assert!(lo > 0.0, "{err}");

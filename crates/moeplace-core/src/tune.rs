@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::cluster::Cluster;
 use crate::placement::Placement;
-use crate::placers::{PlaceError, Placer, PlacerInput, Params};
+use crate::placers::{Params, PlaceError, Placer, PlacerInput};
 use crate::protocol::{self, ProtocolError};
 use crate::serving::Serving;
 use crate::simulate::{cut_percent, simulate, SimError, SimResult};
@@ -287,10 +287,7 @@ pub fn candidates(placer: &dyn Placer, user: &Params) -> (Vec<Params>, Vec<Servi
     let mut servings: Vec<Serving> = if grid.serving.is_empty() {
         vec![base]
     } else {
-        grid.serving
-            .iter()
-            .map(|variant| variant.iter().fold(base.clone(), |s, (k, v)| s.with_param(k, v)))
-            .collect()
+        grid.serving.iter().map(|variant| variant.iter().fold(base.clone(), |s, (k, v)| s.with_param(k, v))).collect()
     };
     dedup(&mut servings);
     (placers, servings)
@@ -403,7 +400,8 @@ pub fn cross_validate(
                 params: &placers[p],
                 seed: options.seed,
             };
-            let out = placer.place(&input).map_err(|error| TuneError::Place { setting: setting(&servings[0]), error })?;
+            let out =
+                placer.place(&input).map_err(|error| TuneError::Place { setting: setting(&servings[0]), error })?;
             let mut row = Vec::with_capacity(servings.len());
             for s in &servings {
                 let d = s.dispatcher(options.seed).map_err(|error| TuneError::Place { setting: setting(s), error })?;
@@ -537,7 +535,11 @@ mod tests {
 
     #[test]
     fn the_choice_needs_the_floor_on_every_fold() {
-        let s = [scored(&[50.0, 50.0], &[0.995, 0.98]), scored(&[30.0, 30.0], &[0.995, 0.992]), scored(&[20.0, 40.0], &[0.999, 0.999])];
+        let s = [
+            scored(&[50.0, 50.0], &[0.995, 0.98]),
+            scored(&[30.0, 30.0], &[0.995, 0.992]),
+            scored(&[20.0, 40.0], &[0.999, 0.999]),
+        ];
         assert_eq!(choose(&s, 0.99), (1, true));
         // Above anything reached: the most balanced.
         assert_eq!(choose(&s, 0.9999), (2, false));

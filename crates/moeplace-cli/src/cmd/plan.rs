@@ -377,7 +377,8 @@ fn tune_on(
     previous: Option<&moeplace_core::placement::Placement>,
 ) -> Result<Tuned> {
     let trace = read_trace_for(path, &args.trace, model)?;
-    let k = tune::folds(&trace, options.folds, options.seed).with_context(|| format!("tuning on {}", path.display()))?;
+    let k =
+        tune::folds(&trace, options.folds, options.seed).with_context(|| format!("tuning on {}", path.display()))?;
     let pb = indicatif::ProgressBar::new(tune::jobs(placer, params, k.len()) as u64);
     pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     pb.set_style(
@@ -386,16 +387,10 @@ fn tune_on(
             .progress_chars("=> "),
     );
     pb.set_message(format!("tuning {} ({}-fold cross-validation)", placer.name(), k.len()));
-    let tuned = tune::cross_validate(
-        placer,
-        &trace,
-        cluster,
-        params,
-        options,
-        ProfileOptions::default(),
-        previous,
-        &|| pb.inc(1),
-    );
+    let tuned =
+        tune::cross_validate(placer, &trace, cluster, params, options, ProfileOptions::default(), previous, &|| {
+            pb.inc(1)
+        });
     pb.finish_and_clear();
     tuned.with_context(|| format!("tuning {} on {}", placer.name(), path.display()))
 }

@@ -11,8 +11,8 @@ use moeplace_core::protocol;
 use moeplace_core::serving::Serving;
 use moeplace_core::simulate::{cut_percent, simulate, SimResult};
 use moeplace_core::stats::ProfileOptions;
-use moeplace_core::tune::{self, Objective, Spread, TuneOptions};
 use moeplace_core::trace::Trace;
+use moeplace_core::tune::{self, Objective, Spread, TuneOptions};
 
 use super::common::{self, profile};
 use crate::io::{print_stdout, read_trace};
@@ -101,7 +101,16 @@ fn row(
     let p = by_name(placer).context("a registered placer")?;
     let (params, serving, expected): (Params, Serving, Option<f64>) = if let Some(min_jain) = floor {
         let options = TuneOptions { objective: Objective::RemoteNodes, min_jain, folds: tune::DEFAULT_FOLDS, seed };
-        let t = tune::cross_validate(p.as_ref(), calib, cluster, &Params::default(), options, ProfileOptions::default(), None, &|| {})?;
+        let t = tune::cross_validate(
+            p.as_ref(),
+            calib,
+            cluster,
+            &Params::default(),
+            options,
+            ProfileOptions::default(),
+            None,
+            &|| {},
+        )?;
         let c = t.chosen();
         (c.setting.params.clone(), c.setting.serving.clone(), Some(c.cut().mean))
     } else {
