@@ -140,6 +140,8 @@ pub struct TuneOptions {
     pub folds: usize,
     /// Seeds the folds (and the placers and dispatchers that draw numbers).
     pub seed: u64,
+    /// How the folds' statistics are profiled (as for the final plan).
+    pub profile: ProfileOptions,
 }
 
 /// Default folds.
@@ -351,8 +353,7 @@ struct Fold {
 
 /// Cross-validates `placer`'s candidates (see the module documentation) on the
 /// calibration `trace` for `cluster`. `user` are the parameters given (fixed in every
-/// setting), `profile` how the statistics are profiled (as for the final plan),
-/// `previous` the deployed plan for placers that keep copies in place. `progress` is
+/// setting), `previous` the deployed plan for placers that keep copies in place. `progress` is
 /// called once per (placer setting, fold) done; [`jobs`] says how many there are.
 pub fn cross_validate(
     placer: &dyn Placer,
@@ -360,7 +361,6 @@ pub fn cross_validate(
     cluster: &Cluster,
     user: &Params,
     options: TuneOptions,
-    profile: ProfileOptions,
     previous: Option<&Placement>,
     progress: &(dyn Fn() + Sync),
 ) -> Result<Tuned, TuneError> {
@@ -378,7 +378,7 @@ pub fn cross_validate(
         .map(|part| -> Result<Fold, TuneError> {
             let train = trace.filter(|t| !part.contains(t.request));
             let held = protocol::interleave_families(&trace.filter(|t| part.contains(t.request)));
-            let stats = Statistics::from_batches(trace.shape, profile, &train.batches)?;
+            let stats = Statistics::from_batches(trace.shape, options.profile, &train.batches)?;
             let (_, _, baseline) = protocol::baseline(&held, cluster)?;
             Ok(Fold { stats, held, baseline })
         })

@@ -269,7 +269,13 @@ pub fn run(args: Args) -> Result<()> {
     });
     let tuned = match (tunable, &args.trace_path) {
         (Some(p), Some(path)) if !args.no_tune && shares.is_empty() => {
-            let options = TuneOptions { objective, min_jain: args.min_jain, folds: args.folds, seed: args.seed };
+            let options = TuneOptions {
+                objective,
+                min_jain: args.min_jain,
+                folds: args.folds,
+                seed: args.seed,
+                profile: ProfileOptions::default(),
+            };
             Some(tune_on(p.as_ref(), path, &args, model.as_ref(), &cluster, &params, options, previous.as_ref())?)
         }
         (Some(_), _) if !args.no_tune => {
@@ -387,10 +393,7 @@ fn tune_on(
             .progress_chars("=> "),
     );
     pb.set_message(format!("tuning {} ({}-fold cross-validation)", placer.name(), k.len()));
-    let tuned =
-        tune::cross_validate(placer, &trace, cluster, params, options, ProfileOptions::default(), previous, &|| {
-            pb.inc(1)
-        });
+    let tuned = tune::cross_validate(placer, &trace, cluster, params, options, previous, &|| pb.inc(1));
     pb.finish_and_clear();
     tuned.with_context(|| format!("tuning {} on {}", placer.name(), path.display()))
 }

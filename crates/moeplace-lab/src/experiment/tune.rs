@@ -100,17 +100,14 @@ fn row(
 ) -> Result<Figures> {
     let p = by_name(placer).context("a registered placer")?;
     let (params, serving, expected): (Params, Serving, Option<f64>) = if let Some(min_jain) = floor {
-        let options = TuneOptions { objective: Objective::RemoteNodes, min_jain, folds: tune::DEFAULT_FOLDS, seed };
-        let t = tune::cross_validate(
-            p.as_ref(),
-            calib,
-            cluster,
-            &Params::default(),
-            options,
-            ProfileOptions::default(),
-            None,
-            &|| {},
-        )?;
+        let options = TuneOptions {
+            objective: Objective::RemoteNodes,
+            min_jain,
+            folds: tune::DEFAULT_FOLDS,
+            seed,
+            profile: ProfileOptions::default(),
+        };
+        let t = tune::cross_validate(p.as_ref(), calib, cluster, &Params::default(), options, None, &|| {})?;
         let c = t.chosen();
         (c.setting.params.clone(), c.setting.serving.clone(), Some(c.cut().mean))
     } else {
