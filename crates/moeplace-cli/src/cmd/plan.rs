@@ -383,8 +383,8 @@ fn tune_on(
     previous: Option<&moeplace_core::placement::Placement>,
 ) -> Result<Tuned> {
     let trace = read_trace_for(path, &args.trace, model)?;
-    let k =
-        tune::folds(&trace, options.folds, options.seed).with_context(|| format!("tuning on {}", path.display()))?;
+    let k = tune::folds(&trace, options.folds, options.seed)
+        .with_context(|| format!("tuning on {} (--no-tune plans with the defaults)", path.display()))?;
     let pb = indicatif::ProgressBar::new(tune::jobs(placer, params, k.len()) as u64);
     pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     pb.set_style(
