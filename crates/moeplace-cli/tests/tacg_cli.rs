@@ -26,6 +26,7 @@ fn tacg_gesr_plan_carries_family_gpus_and_eval_uses_them() {
         "4",
         "--slots-per-gpu",
         "5",
+        "--no-tune",
         "-o",
         plan_s,
     ]);
@@ -114,7 +115,8 @@ fn plan_for_another_family_mix() {
 
     // Re-planned with the deployed plan given, `stay` moves fewer slots.
     let deployed = dir.path().join("deployed.json");
-    let base = ["plan", "--placer", "tacg+gesr", "--trace", esft.to_str().unwrap(), "--gpus", "16", "--nodes", "4"];
+    let esft_s = esft.to_str().unwrap();
+    let base = ["plan", "--placer", "tacg+gesr", "--trace", esft_s, "--gpus", "16", "--nodes", "4", "--no-tune"];
     moeplace_ok(&[&base[..], &["--slots-per-gpu", "5", "-o", deployed.to_str().unwrap()]].concat());
     let moves = |stay: &str| -> usize {
         let out = dir.path().join(format!("stay-{stay}.json"));

@@ -13,6 +13,7 @@
 //! - [`synth`]: synthetic multi-task routing workloads at any model scale, and fitting them to real statistics.
 //! - [`dispatch`]: serving-time replica choice per token pick, one per file.
 //! - [`simulate`]: the replay simulator and the metrics of DESIGN.md.
+//! - [`tune`]: a placer's and its serving's parameters chosen by cross-validation over the calibration requests.
 //! - [`requests`]: request-side locality: prefill signatures, balanced K-means, ELDR decode routing, the decode simulator, cluster homes.
 
 pub mod balance;
@@ -31,3 +32,4 @@ pub mod simulate;
 pub mod stats;
 pub mod synth;
 pub mod trace;
+pub mod tune;

@@ -1,7 +1,7 @@
 //! `moeplace-lab experiment`: the evaluations of the project's notes, each one command
 //! that prints the markdown tables the notes quote. One subcommand per experiment,
 //! one module each: `requests` (docs/REQUESTS.md), `tacg` (docs/TACG.md), `grace`
-//! (docs/GRACE.md); `common` holds the pieces they share.
+//! (docs/GRACE.md), `tune` (docs/TUNING.md); `common` holds the pieces they share.
 
 use anyhow::Result;
 
@@ -9,10 +9,12 @@ mod common;
 mod grace;
 mod requests;
 mod tacg;
+mod tune;
 
 use grace::GraceArgs;
 use requests::RequestsArgs;
 use tacg::TacgArgs;
+use tune::TuneArgs;
 
 /// Run one of the project's experiments and print its tables (markdown). The notes
 /// in docs/ quote these tables and name the command.
@@ -81,6 +83,16 @@ enum What {
     ///
     /// Example: moeplace experiment grace --data ../shared/data/esft-deepseek-v2-lite
     Grace(GraceArgs),
+    /// Plans that tune themselves (docs/TUNING.md): the ESFT DeepSeek-V2-Lite
+    /// requests split by request with seeds 1..=N (half of each family's requests
+    /// held out); on each split balance, coact and tacg+gesr with their defaults,
+    /// coact and tacg+gesr tuned as `plan` tunes them (cross-validation over the
+    /// calibration requests), and tacg+gesr tuned with `--min-jain 0.98`, replayed on the held-out requests as each plan says;
+    /// 16 GPUs in 4 nodes, 5 slots per GPU. Mean and spread over the splits, and the
+    /// setting each split chose with its expected and measured remote-node cut.
+    ///
+    /// Example: moeplace-lab experiment tune --data ../shared/data/esft-deepseek-v2-lite
+    Tune(TuneArgs),
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -88,5 +100,6 @@ pub fn run(args: Args) -> Result<()> {
         What::Requests(a) => requests::requests(a),
         What::Tacg(a) => tacg::tacg(a),
         What::Grace(a) => grace::grace(a),
+        What::Tune(a) => tune::tune(a),
     }
 }

@@ -6,8 +6,8 @@ use moeplace_core::{dispatch, placers};
 use crate::input::print_stdout;
 
 /// List the placers (`plan --placer`) with what each does and the parameters it
-/// takes (`plan --param KEY=VALUE`, defaults shown), then the dispatchers (`eval
-/// --dispatcher`).
+/// takes (`plan --param KEY=VALUE`, defaults shown) and the settings `plan` tries
+/// when it tunes, then the dispatchers (`eval --dispatcher`).
 ///
 /// Examples:
 ///   moeplace placers              every placer and dispatcher
@@ -36,6 +36,10 @@ pub fn run(args: Args) -> Result<()> {
     for p in chosen {
         out.push_str(&format!("{}: {}\n", p.name(), p.about()));
         out.push_str(&format!("  served with: {}\n", p.serving().label()));
+        let grid = p.tuning();
+        if !grid.is_empty() {
+            out.push_str(&format!("  tuned (plan --trace) over: {}\n", grid.describe()));
+        }
         let params = p.params();
         if params.is_empty() {
             out.push_str("  (no parameters)\n");

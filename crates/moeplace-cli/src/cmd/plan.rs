@@ -10,7 +10,9 @@ use moeplace_core::stats::{parse_family_shares, ExpertLoads, Parts, ProfileOptio
 use moeplace_formats::plan_file::{self, Plan};
 
 use crate::cluster_args::ClusterArgs;
-use crate::input::{engine_counts, profile_inputs, read_statistics_parts, TraceArgs};
+use moeplace_core::tune::{self, Objective, TuneOptions, Tuned};
+
+use crate::input::{engine_counts, profile_inputs, read_statistics_parts, read_trace_for, TraceArgs};
 use crate::model_args::ModelArgs;
 
 /// Plan an expert placement with a placer, from calibration statistics (`moeplace
@@ -35,6 +37,20 @@ use crate::model_args::ModelArgs;
 /// expert statistics folder (add --slot-assignments when taken with the load balancer
 /// on) or vLLM `eplb_load_stats` JSONL. Only TensorRT-LLM records top-k; for the others
 /// pass --top-k or --model, except for the load-only placers eplb and balance.
+///
+/// Tuning (the default with --trace): placers with a tuning grid (coact, tacg,
+/// tacg+gesr, cluster-homes, grace; `moeplace placers` lists them) choose their own
+/// parameters and their serving's (e.g. gesr's tolerance and free first) by K-fold
+/// cross-validation over the calibration requests: folds by request, seeded by
+/// --seed, every family in every fold; each setting is planned on K-1 folds and
+/// replayed on the held-out one as it would be served. The setting with the best
+/// mean cut of --objective among those keeping Jain >= --min-jain on every fold is
+/// then planned on all calibration requests; the plan records it (parameters,
+/// serving, and the held-out figures in `notes`, `tune_*`) and `plan` prints the
+/// figures with their spread over folds. Parameters given with --param are kept
+/// fixed. --no-tune plans with the defaults; plans from --stats, or with
+/// --family-share, are not tuned (they have no requests to hold out). Tuning holds
+/// the calibration trace in memory.
 ///
 /// The plan records which decoder layer each of its rows is (`moe_layers`,
 /// `hidden_layers`): as the input recorded it, else as --model / --model-config say,
@@ -82,6 +98,21 @@ pub struct Args {
     /// `--param move_slack`), and `coact`, `tacg`, `tacg+gesr` (with `--param stay`).
     #[arg(long, value_name = "PLAN.json")]
     previous: Option<PathBuf>,
+    /// What tuning maximises the cut of, against the baseline on held-out folds:
+    /// remote-nodes, remote-gpus, bytes or all-to-all-time.
+    #[arg(long, value_name = "OBJECTIVE", default_value = "remote-nodes")]
+    objective: String,
+    /// The Jain index (GPU load) a tuned setting must keep on every held-out fold;
+    /// when none does, the most balanced setting is chosen, with a note.
+    #[arg(long, value_name = "J", default_value_t = tune::DEFAULT_MIN_JAIN)]
+    min_jain: f64,
+    /// Folds of the calibration requests for tuning (fewer when a family has fewer
+    /// requests).
+    #[arg(long, value_name = "K", default_value_t = tune::DEFAULT_FOLDS)]
+    folds: usize,
+    /// Plan with the placer's defaults (and the --param given) instead of tuning.
+    #[arg(long)]
+    no_tune: bool,
     /// Where to write the plan (`-`: standard output).
     #[arg(short, long, value_name = "PLAN.json")]
     output: PathBuf,
@@ -171,6 +202,15 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     crate::output::check_output_of(&args.output, &inputs)?;
     let shares = parse_family_shares(args.family_shares.iter().map(String::as_str)).context("--family-share")?;
+    let objective = Objective::parse(&args.objective).ok_or_else(|| {
+        anyhow::anyhow!("--objective {:?}: unknown objective (known: {})", args.objective, Objective::NAMES.join(", "))
+    })?;
+    if !(args.min_jain > 0.0 && args.min_jain <= 1.0) {
+        bail!("--min-jain {}: the Jain index lies in (0, 1]; give a floor in that range", args.min_jain);
+    }
+    if args.folds < 2 {
+        bail!("--folds {}: cross-validation needs at least 2 folds", args.folds);
+    }
     let model = args.model.resolve()?;
     let placer = by_name(&args.placer);
     let loads_only = placer.as_ref().is_some_and(|p| p.loads_only());
@@ -223,12 +263,48 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => engine_counts(p, &args.trace, model.as_ref()).transpose()?.map(|c| c.loads),
         None => None,
     };
+    let tunable = placer.as_ref().filter(|p| {
+        let (settings, servings) = tune::candidates(p.as_ref(), &params);
+        settings.len() * servings.len() > 1
+    });
+    let tuned = match (tunable, &args.trace_path) {
+        (Some(p), Some(path)) if !args.no_tune && shares.is_empty() => {
+            let options = TuneOptions {
+                objective,
+                min_jain: args.min_jain,
+                folds: args.folds,
+                seed: args.seed,
+                profile: ProfileOptions::default(),
+            };
+            Some(tune_on(p.as_ref(), path, &args, model.as_ref(), &cluster, &params, options, previous.as_ref())?)
+        }
+        (Some(_), _) if !args.no_tune => {
+            eprintln!(
+                "note: {} plans with its defaults (and the --param given): {}",
+                args.placer,
+                if shares.is_empty() {
+                    "tuning needs the calibration requests (--trace), not statistics"
+                } else {
+                    "tuning replays calibration requests, which --family-share re-weights"
+                }
+            );
+            None
+        }
+        _ => None,
+    };
+    if let Some(t) = &tuned {
+        params = t.chosen().setting.params.clone();
+    }
     let pb = spinner(format!("placing with {} ({shape} on {} GPUs)", args.placer, cluster.gpus));
     let plan =
         make_plan(&args.placer, &stats, digest, step_loads.as_ref(), &cluster, &params, args.seed, previous.as_ref());
     pb.finish_and_clear();
     let mut plan = plan?;
     plan.notes.extend(shares.iter().map(|(f, s)| (format!("family_share_{f}"), *s)));
+    if let Some(t) = &tuned {
+        plan.serving = Some(t.chosen().setting.serving.clone());
+        plan.notes.extend(t.notes());
+    }
     plan_file::write(&args.output, &plan)?;
     let p = &plan.placement;
     let f = balance_figures(p, &stats.loads(|_| true));
@@ -257,6 +333,9 @@ pub fn run(args: Args) -> Result<()> {
              least)",
             args.placer
         );
+    }
+    if let Some(t) = &tuned {
+        print_tuned(t);
     }
     if let Some(l) = step_loads.as_ref().filter(|l| l.steps.len() > 1) {
         eprintln!("per step ({} steps): max/mean {:.4}", l.steps.len(), per_step_max_over_mean(p, l));
@@ -288,6 +367,83 @@ pub fn run(args: Args) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// Cross-validates `placer`'s settings on the calibration trace at `path` (read
+/// whole), with a progress bar over (placer settings x folds).
+#[allow(clippy::too_many_arguments)]
+fn tune_on(
+    placer: &dyn moeplace_core::placers::Placer,
+    path: &std::path::Path,
+    args: &Args,
+    model: Option<&ModelDescription>,
+    cluster: &moeplace_core::cluster::Cluster,
+    params: &Params,
+    options: TuneOptions,
+    previous: Option<&moeplace_core::placement::Placement>,
+) -> Result<Tuned> {
+    let trace = read_trace_for(path, &args.trace, model)?;
+    let k = tune::folds(&trace, options.folds, options.seed)
+        .with_context(|| format!("tuning on {} (--no-tune plans with the defaults)", path.display()))?;
+    let pb = indicatif::ProgressBar::new(tune::jobs(placer, params, k.len()) as u64);
+    pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} plans ({eta} left)")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(format!("tuning {} ({}-fold cross-validation)", placer.name(), k.len()));
+    let tuned = tune::cross_validate(placer, &trace, cluster, params, options, previous, &|| pb.inc(1));
+    pb.finish_and_clear();
+    tuned.with_context(|| format!("tuning {} on {}", placer.name(), path.display()))
+}
+
+/// What tuning chose and the held-out figures it expects, on stderr.
+fn print_tuned(t: &Tuned) {
+    let o = t.options;
+    let c = t.chosen();
+    let (cut, jain) = (c.cut(), c.jain());
+    eprintln!(
+        "tuned by {}-fold cross-validation over the calibration requests: {} settings, objective {} ({}), Jain >= {} \
+         on every fold",
+        t.folds,
+        t.scores.len(),
+        o.objective.name(),
+        o.objective.describe(),
+        o.min_jain
+    );
+    eprintln!("settings tried ({} cut % and Jain: mean, least over folds):", o.objective.name());
+    for (i, s) in t.scores.iter().enumerate() {
+        eprintln!(
+            "  {} {:>6.1} {:>6.1}  {:.4} {:.4}  {}",
+            if i == t.chosen { '*' } else { ' ' },
+            s.cut().mean,
+            s.cut().min,
+            s.jain().mean,
+            s.jain().min,
+            s.setting.label()
+        );
+    }
+    eprintln!("chosen: {}", c.setting.label());
+    eprintln!(
+        "expected on requests the plan has not seen (mean, min..max over {} folds): {} cut {:.1}% ({:.1}..{:.1}), \
+         Jain {:.4} ({:.4}..{:.4})",
+        t.folds,
+        o.objective.name(),
+        cut.mean,
+        cut.min,
+        cut.max,
+        jain.mean,
+        jain.min,
+        jain.max
+    );
+    if !t.held {
+        eprintln!(
+            "note: no setting keeps Jain >= {} on every fold; chose the most balanced one (least Jain {:.4}); lower \
+             --min-jain, or give more slots per GPU",
+            o.min_jain, jain.min
+        );
+    }
 }
 
 /// `a..=b` when ids are consecutive, else the list.

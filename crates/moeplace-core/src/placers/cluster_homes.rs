@@ -362,6 +362,12 @@ impl Placer for ClusterHomesPlacer {
         crate::stats::Parts { request_vectors: true, ..crate::stats::Parts::LOADS }
     }
 
+    fn tuning(&self) -> crate::tune::TuneGrid {
+        use crate::tune::TuneGrid;
+        // Around the defaults: how far a group may take more than its share of requests.
+        TuneGrid { placer: vec![("slack", &["0.1", "0.25", "0.5"])], serving: vec![] }
+    }
+
     fn params(&self) -> Vec<ParamDoc> {
         vec![
             ParamDoc {

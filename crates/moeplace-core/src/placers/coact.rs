@@ -134,6 +134,12 @@ impl Placer for Coact {
         crate::stats::Parts { pairs: true, token_sample: true, ..crate::stats::Parts::LOADS }
     }
 
+    fn tuning(&self) -> crate::tune::TuneGrid {
+        use crate::tune::TuneGrid;
+        // Around the defaults: the load-spread weight against co-activation affinity.
+        TuneGrid { placer: vec![("balance", &["2", "8", "32"])], serving: vec![] }
+    }
+
     fn params(&self) -> Vec<ParamDoc> {
         [&PARTITION_DOCS[..], &[STAY_DOC]].concat()
     }

@@ -268,6 +268,12 @@ impl Placer for Grace {
         crate::stats::Parts { pairs: true, token_sample: true, ..crate::stats::Parts::LOADS }
     }
 
+    fn tuning(&self) -> crate::tune::TuneGrid {
+        use crate::tune::TuneGrid;
+        // Around the defaults: the share of replica slots given to locality copies.
+        TuneGrid { placer: vec![("locality", &["0", "0.25", "0.5"])], serving: vec![] }
+    }
+
     fn params(&self) -> Vec<ParamDoc> {
         let own = [
             ParamDoc {

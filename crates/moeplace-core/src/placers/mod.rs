@@ -203,6 +203,12 @@ pub trait Placer: Send + Sync {
     fn serving(&self) -> crate::serving::Serving {
         crate::serving::Serving::default()
     }
+    /// The settings `plan` tries by cross-validation when it tunes ([`crate::tune`]):
+    /// a few values of its main parameters and of its dispatcher's; empty (nothing
+    /// to tune) by default.
+    fn tuning(&self) -> crate::tune::TuneGrid {
+        crate::tune::TuneGrid::default()
+    }
 }
 
 /// Every placer, in the order tables list them.

@@ -157,6 +157,12 @@ impl Placer for Tacg {
         "task-aware co-activation grouping: family preferences, task-modulated graph, family GPU groups"
     }
 
+    fn tuning(&self) -> crate::tune::TuneGrid {
+        use crate::tune::TuneGrid;
+        // Around the defaults: the task-modulated graph and the per-family balance.
+        TuneGrid { placer: vec![("alpha", &["0", "0.25"]), ("robust", &["0", "0.25", "0.5"])], serving: vec![] }
+    }
+
     fn params(&self) -> Vec<ParamDoc> {
         tacg_params()
     }

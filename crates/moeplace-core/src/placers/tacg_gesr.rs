@@ -84,6 +84,16 @@ impl Placer for TacgGesr {
         "tacg plus copies of generic experts in each family group that uses them (serve with --dispatcher gesr)"
     }
 
+    fn tuning(&self) -> crate::tune::TuneGrid {
+        use crate::tune::TuneGrid;
+        // Around the defaults: the task-modulated graph, locality copies, per-family balance, and gesr's load tolerance
+        // with and without free first.
+        TuneGrid {
+            placer: vec![("alpha", &["0", "0.25"]), ("locality", &["0", "0.25"]), ("robust", &["0", "0.25", "0.5"])],
+            serving: vec![&[("theta", "0.15")], &[("theta", "1"), ("free_first", "true")]],
+        }
+    }
+
     fn params(&self) -> Vec<ParamDoc> {
         let own = [
             ParamDoc {
