@@ -42,15 +42,24 @@
 //! Parallelism and determinism: requests are cut into fixed chunks of consecutive
 //! requests (about [`CHUNK_TOKENS`] tokens each, independent of the thread count);
 //! each chunk starts a fresh load signal for the dispatcher; chunks run in parallel
-//! (rayon) and count into integer accumulators whose sums are exact whatever the
-//! order, so results are identical for any thread count.
+//! (one worker per rayon thread taking chunks in turn) and count into the worker's
+//! integer accumulators, whose sums are exact whatever the order, so results are
+//! identical for any thread count.
+//!
+//! Inside a chunk the replay goes layer by layer: the dispatcher serves one layer of
+//! the chunk's tokens at a time ([`Dispatcher::dispatch_layer`]), in token order. The
+//! load signal of a layer counts only that layer's picks, so every choice is the one
+//! a token-by-token replay makes, while the per-GPU rows a layer touches stay in
+//! cache.
 
 use std::collections::{BTreeMap, HashMap};
 
 use rayon::prelude::*;
 
 use crate::cluster::Cluster;
-use crate::dispatch::{DispatchContext, Dispatcher, ReplicaTable};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::dispatch::{Dispatcher, LayerBatch, ReplicaTable};
 use crate::placement::Placement;
 use crate::trace::{ModelShape, TokenBatch, TokenRef, Trace};
 
@@ -219,20 +228,7 @@ pub fn simulate(
     dispatcher: &dyn Dispatcher,
     homes: &HomePolicy,
 ) -> Result<SimResult, SimError> {
-    replay(trace, placement, cluster, dispatcher, homes, true)
-}
-
-/// `simulate`, with the bit-mask path for up to 64 GPUs switchable (tests compare
-/// both paths).
-fn replay(
-    trace: &Trace,
-    placement: &Placement,
-    cluster: &Cluster,
-    dispatcher: &dyn Dispatcher,
-    homes: &HomePolicy,
-    masks: bool,
-) -> Result<SimResult, SimError> {
-    let mut r = Replay::with_masks(trace.shape, placement, cluster, dispatcher, homes, masks)?;
+    let mut r = Replay::new(trace.shape, placement, cluster, dispatcher, homes)?;
     r.feed(trace)?;
     r.finish()
 }
@@ -256,11 +252,11 @@ pub struct Replay<'a> {
     cluster: &'a Cluster,
     dispatcher: &'a dyn Dispatcher,
     homes: &'a HomePolicy,
-    masks: bool,
     table: ReplicaTable,
     node_of: Vec<u32>,
     fixed: Option<Vec<u32>>,
-    acc: Acc,
+    /// One per worker; each counts the chunks it replayed, over every window.
+    workers: Vec<Worker>,
     known: HashMap<String, Known>,
     /// Requests dealt so far per round-robin counter (`None`: over all GPUs).
     dealt: BTreeMap<Option<String>, usize>,
@@ -275,17 +271,6 @@ impl<'a> Replay<'a> {
         cluster: &'a Cluster,
         dispatcher: &'a dyn Dispatcher,
         homes: &'a HomePolicy,
-    ) -> Result<Replay<'a>, SimError> {
-        Replay::with_masks(shape, placement, cluster, dispatcher, homes, true)
-    }
-
-    fn with_masks(
-        shape: ModelShape,
-        placement: &'a Placement,
-        cluster: &'a Cluster,
-        dispatcher: &'a dyn Dispatcher,
-        homes: &'a HomePolicy,
-        masks: bool,
     ) -> Result<Replay<'a>, SimError> {
         if placement.layers() != shape.layers || placement.experts() != shape.experts {
             return Err(SimError::ShapeMismatch {
@@ -321,11 +306,10 @@ impl<'a> Replay<'a> {
             cluster,
             dispatcher,
             homes,
-            masks,
             node_of: (0..g).map(|x| cluster.node_of(x) as u32).collect(),
             table,
             fixed,
-            acc: Acc::new(shape.layers, g, cluster.nodes),
+            workers: Vec::new(),
             known: HashMap::new(),
             dealt: BTreeMap::new(),
         })
@@ -394,65 +378,37 @@ impl<'a> Replay<'a> {
         if start < requests.len() {
             chunks.push(start..requests.len());
         }
-        let (layers, k, g, nodes, masks) =
-            (self.shape.layers, self.shape.top_k, self.cluster.gpus, self.cluster.nodes, self.masks);
+        let (layers, g, nodes) = (self.shape.layers, self.cluster.gpus, self.cluster.nodes);
+        let threads = rayon::current_num_threads().clamp(1, chunks.len().max(1));
+        while self.workers.len() < threads {
+            self.workers.push(Worker { acc: Acc::new(layers, g, nodes), scratch: Scratch::new(g, nodes) });
+        }
         let route = Route {
             table: &self.table,
             node_of: &self.node_of,
             dispatcher: self.dispatcher,
             fixed: self.fixed.as_deref(),
         };
-        let window = chunks
-            .par_iter()
-            .fold(
-                || (Acc::new(layers, g, nodes), Scratch::new(layers, g, nodes, k, masks)),
-                |(mut acc, mut scratch), chunk| {
-                    scratch.running.iter_mut().for_each(|x| *x = 0);
-                    for ri in chunk.clone() {
-                        let (ordinal, home, seen) = placed[ri];
-                        replay_request(trace, &requests[ri], ordinal, seen, home, &route, &mut acc, &mut scratch);
-                    }
-                    (acc, scratch)
-                },
-            )
-            .map(|(a, _)| a)
-            .reduce(|| Acc::new(layers, g, nodes), Acc::add);
-        let acc = std::mem::replace(&mut self.acc, Acc::new(0, 0, 0));
-        self.acc = acc.add(window);
+        // Each worker takes the next chunk until none is left; which worker counts a
+        // chunk does not change the sums.
+        let next = AtomicUsize::new(0);
+        self.workers[..threads].par_iter_mut().for_each(|w| loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            let Some(chunk) = chunks.get(c) else { break };
+            w.replay_chunk(trace, &requests[chunk.clone()], &placed[chunk.clone()], &route);
+        });
         Ok(())
     }
 
     /// The results of everything fed so far.
     pub fn finish(self) -> Result<SimResult, SimError> {
-        if self.acc.counts.tokens == 0 {
+        let (layers, g, nodes) = (self.shape.layers, self.cluster.gpus, self.cluster.nodes);
+        let acc =
+            self.workers.into_iter().map(|w| w.acc).reduce(Acc::add).unwrap_or_else(|| Acc::new(layers, g, nodes));
+        if acc.counts.tokens == 0 {
             return Err(SimError::Empty);
         }
-        Ok(finish(self.acc, self.cluster, self.shape.layers, &self.node_of))
-    }
-}
-
-struct Scratch {
-    running: Vec<u64>,
-    out: Vec<u32>,
-    stamp_gpu: Vec<u64>,
-    stamp_node: Vec<u64>,
-    stamp: u64,
-    /// With at most 64 GPUs: per node, the bit mask of its GPUs.
-    node_masks: Option<Vec<u64>>,
-}
-
-impl Scratch {
-    fn new(layers: usize, gpus: usize, nodes: usize, k: usize, masks: bool) -> Scratch {
-        let per = gpus / nodes;
-        Scratch {
-            node_masks: (masks && gpus <= 64)
-                .then(|| (0..nodes).map(|n| (n * per..(n + 1) * per).fold(0u64, |m, x| m | (1u64 << x))).collect()),
-            running: vec![0; layers * gpus],
-            out: vec![0; k],
-            stamp_gpu: vec![0; gpus],
-            stamp_node: vec![0; nodes],
-            stamp: 0,
-        }
+        Ok(finish(acc, self.cluster, layers, &self.node_of))
     }
 }
 
@@ -465,120 +421,138 @@ struct Route<'a> {
     fixed: Option<&'a [u32]>,
 }
 
-#[inline]
-#[allow(clippy::too_many_arguments)]
-fn replay_request(
-    trace: &Trace,
-    req: &Request,
-    ordinal: usize,
-    seen: u64,
-    home: usize,
-    route: &Route<'_>,
-    acc: &mut Acc,
-    s: &mut Scratch,
-) {
-    let node_of = route.node_of;
-    let experts = trace.shape.experts;
-    let shape = trace.shape;
-    let (layers, k) = (shape.layers, shape.top_k);
-    let g = node_of.len();
-    let home_node = node_of[home];
-    acc.home_tokens[home] += req.tokens.len() as u64;
-    acc.counts.tokens += req.tokens.len() as u64;
-    acc.counts.token_layers += (req.tokens.len() * layers) as u64;
-    let (mut rg, mut rn, mut cn, mut hops) = (0u64, 0u64, 0u64, 0u64);
-    for (ti, &(b, t)) in req.tokens.iter().enumerate() {
-        let ids = trace.batches[b as usize].expert_ids();
-        let token_key = ((ordinal as u64) << 32) | (seen + ti as u64);
-        let base = t as usize * layers * k;
+/// A replay worker: its accumulators and the buffers it reuses from chunk to chunk.
+struct Worker {
+    acc: Acc,
+    scratch: Scratch,
+}
+
+struct Scratch {
+    /// Per token of the chunk: where its ids start (batch, offset), home, key.
+    starts: Vec<(u32, usize)>,
+    homes: Vec<u32>,
+    keys: Vec<u64>,
+    /// One layer of the chunk: `tokens x k` expert ids and the GPUs serving them.
+    picks: Vec<u16>,
+    out: Vec<u32>,
+    /// The layer's load signal: picks served per GPU so far in the chunk.
+    running: Vec<u64>,
+    /// Last token-layer (stamp) that sent to a GPU / crossed to a node.
+    stamp_gpu: Vec<u64>,
+    stamp_node: Vec<u64>,
+    stamp: u64,
+}
+
+impl Scratch {
+    fn new(gpus: usize, nodes: usize) -> Scratch {
+        Scratch {
+            starts: Vec::new(),
+            homes: Vec::new(),
+            keys: Vec::new(),
+            picks: Vec::new(),
+            out: Vec::new(),
+            running: vec![0; gpus],
+            stamp_gpu: vec![0; gpus],
+            stamp_node: vec![0; nodes],
+            stamp: 0,
+        }
+    }
+}
+
+impl Worker {
+    /// Replays one chunk (consecutive requests with their ordinal, home and tokens
+    /// already replayed), layer by layer.
+    fn replay_chunk(&mut self, trace: &Trace, requests: &[Request], placed: &[(usize, usize, u64)], route: &Route<'_>) {
+        let (acc, s) = (&mut self.acc, &mut self.scratch);
+        let shape = trace.shape;
+        let (layers, k, experts) = (shape.layers, shape.top_k, shape.experts);
+        let node_of = route.node_of;
+        let (g, nodes) = (node_of.len(), s.stamp_node.len());
+        s.starts.clear();
+        s.homes.clear();
+        s.keys.clear();
+        for (req, &(ordinal, home, seen)) in requests.iter().zip(placed) {
+            let n = req.tokens.len() as u64;
+            acc.home_tokens[home] += n;
+            acc.counts.tokens += n;
+            acc.counts.token_layers += n * layers as u64;
+            for (ti, &(b, t)) in req.tokens.iter().enumerate() {
+                s.starts.push((b, t as usize * layers * k));
+                s.homes.push(home as u32);
+                s.keys.push(((ordinal as u64) << 32) | (seen + ti as u64));
+            }
+        }
+        let tokens = s.homes.len();
+        s.picks.resize(tokens * k, 0);
+        s.out.resize(tokens * k, 0);
+        let (mut rg, mut rn, mut cn, mut hops) = (0u64, 0u64, 0u64, 0u64);
         for layer in 0..layers {
-            let picks = &ids[base + layer * k..base + (layer + 1) * k];
-            let row = layer * g;
-            if let Some(fixed) = route.fixed {
-                let lut = &fixed[layer * experts..(layer + 1) * experts];
-                for (o, &e) in s.out.iter_mut().zip(picks) {
-                    *o = lut[e as usize];
-                }
-            } else {
-                let ctx = DispatchContext {
-                    replicas: route.table,
-                    node_of,
-                    layer,
-                    home,
-                    home_node: home_node as usize,
-                    token_key,
-                    loads: &s.running[row..row + g],
-                };
-                route.dispatcher.dispatch(&ctx, picks, &mut s.out);
+            for (row, &(b, start)) in s.picks.chunks_exact_mut(k).zip(&s.starts) {
+                let ids = trace.batches[b as usize].expert_ids();
+                row.copy_from_slice(&ids[start + layer * k..start + (layer + 1) * k]);
             }
-            let traffic = &mut acc.traffic[(row + home) * g..(row + home + 1) * g];
-            let nodes = s.stamp_node.len();
-            let node_traffic = &mut acc.node_traffic[(row + home) * nodes..(row + home + 1) * nodes];
-            let load = &mut acc.load[row..row + g];
-            if route.fixed.is_none() {
-                let running = &mut s.running[row..row + g];
-                for &gpu in &s.out {
-                    running[gpu as usize] += 1;
+            match route.fixed {
+                Some(fixed) => {
+                    let lut = &fixed[layer * experts..(layer + 1) * experts];
+                    for (o, &e) in s.out.iter_mut().zip(&s.picks) {
+                        *o = lut[e as usize];
+                    }
+                }
+                None => {
+                    s.running.iter_mut().for_each(|x| *x = 0);
+                    let batch = LayerBatch {
+                        replicas: route.table,
+                        node_of,
+                        layer,
+                        k,
+                        picks: &s.picks,
+                        homes: &s.homes,
+                        keys: &s.keys,
+                    };
+                    route.dispatcher.dispatch_layer(&batch, &mut s.running, &mut s.out);
                 }
             }
-            let mut layer_hops = 0;
-            if let Some(node_masks) = &s.node_masks {
-                // Up to 64 GPUs: the token's destination GPUs as one bit mask.
-                let mut mask = 0u64;
-                for &gpu in &s.out {
-                    load[gpu as usize] += 1;
-                    mask |= 1u64 << gpu;
-                    layer_hops += u64::from(gpu as usize != home);
-                }
-                let remote = mask & !(1u64 << home);
-                let cross = remote & !node_masks[home_node as usize];
-                rg += u64::from(remote.count_ones());
-                cn += u64::from(cross.count_ones());
-                let mut m = remote;
-                while m != 0 {
-                    traffic[m.trailing_zeros() as usize] += 1;
-                    m &= m - 1;
-                }
-                let mut m = cross;
-                while m != 0 {
-                    let node = node_of[m.trailing_zeros() as usize] as usize;
-                    rn += 1;
-                    node_traffic[node] += 1;
-                    m &= !node_masks[node];
-                }
-            } else {
+            // Count the layer: every token's distinct remote GPUs and nodes, marked
+            // with a fresh stamp per token (no branch on what was seen).
+            let load = &mut acc.load[layer * g..(layer + 1) * g];
+            let traffic = &mut acc.traffic[layer * g * g..(layer + 1) * g * g];
+            let node_traffic = &mut acc.node_traffic[layer * g * nodes..(layer + 1) * g * nodes];
+            let mut layer_hops = 0u64;
+            for (dest, &home) in s.out.chunks_exact(k).zip(&s.homes) {
+                let home = home as usize;
+                let home_node = node_of[home];
                 s.stamp += 1;
                 let stamp = s.stamp;
-                for &gpu in &s.out {
+                let traffic = &mut traffic[home * g..(home + 1) * g];
+                let node_traffic = &mut node_traffic[home * nodes..(home + 1) * nodes];
+                for &gpu in dest {
                     let gpu = gpu as usize;
                     load[gpu] += 1;
-                    if gpu != home {
-                        layer_hops += 1;
-                        if s.stamp_gpu[gpu] != stamp {
-                            s.stamp_gpu[gpu] = stamp;
-                            rg += 1;
-                            traffic[gpu] += 1;
-                            let node = node_of[gpu];
-                            if node != home_node {
-                                cn += 1;
-                                if s.stamp_node[node as usize] != stamp {
-                                    s.stamp_node[node as usize] = stamp;
-                                    rn += 1;
-                                    node_traffic[node as usize] += 1;
-                                }
-                            }
-                        }
+                    let remote = gpu != home;
+                    layer_hops += u64::from(remote);
+                    let send = remote & (s.stamp_gpu[gpu] != stamp);
+                    s.stamp_gpu[gpu] = stamp;
+                    rg += u64::from(send);
+                    traffic[gpu] += u64::from(send);
+                    let node = node_of[gpu] as usize;
+                    let cross = send & (node as u32 != home_node);
+                    cn += u64::from(cross);
+                    let crossing = cross & (s.stamp_node[node] != stamp);
+                    if cross {
+                        s.stamp_node[node] = stamp;
                     }
+                    rn += u64::from(crossing);
+                    node_traffic[node] += u64::from(crossing);
                 }
             }
             hops += layer_hops;
             acc.hops[layer] += layer_hops;
         }
+        acc.counts.remote_gpus += rg;
+        acc.counts.remote_nodes += rn;
+        acc.counts.cross_node_gpus += cn;
+        acc.counts.remote_hops += hops;
     }
-    acc.counts.remote_gpus += rg;
-    acc.counts.remote_nodes += rn;
-    acc.counts.cross_node_gpus += cn;
-    acc.counts.remote_hops += hops;
 }
 
 /// Requests in order of first appearance across the trace's batches.
@@ -770,7 +744,8 @@ pub fn cut_percent(plan: f64, baseline: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::{Nearest, Primary};
+    use crate::dispatch::{registry, DispatchContext, Gesr, Nearest, Primary};
+    use std::collections::BTreeSet;
 
     /// 2 layers, 4 experts, top-2; 2 GPUs in 2 nodes, 2 slots each.
     fn tiny() -> (Trace, Cluster) {
@@ -858,20 +833,136 @@ mod tests {
         assert!(matches!(simulate(&trace, &p, &cluster, &Nearest, &bad), Err(SimError::BadRequestHome { .. })));
     }
 
+    /// A straightforward replay to check the fast one against: requests one after
+    /// another, tokens one by one through every layer, the dispatcher's `dispatch`
+    /// per token-layer, destinations deduplicated with sets; round-robin homes, the
+    /// same chunks (the load signal restarts after a request that fills one).
+    fn reference(trace: &Trace, p: &Placement, cluster: &Cluster, d: &dyn Dispatcher) -> SimResult {
+        let (layers, k) = (trace.shape.layers, trace.shape.top_k);
+        let (g, nodes) = (cluster.gpus, cluster.nodes);
+        let node_of: Vec<u32> = (0..g).map(|x| cluster.node_of(x) as u32).collect();
+        let table = ReplicaTable::new(p);
+        let mut acc = Acc::new(layers, g, nodes);
+        let mut running = vec![0u64; layers * g];
+        let mut in_chunk = 0;
+        for (ordinal, r) in index_requests(trace).iter().enumerate() {
+            let home = ordinal % g;
+            let home_node = node_of[home];
+            for (ti, &(b, t)) in r.tokens.iter().enumerate() {
+                acc.counts.tokens += 1;
+                acc.home_tokens[home] += 1;
+                for layer in 0..layers {
+                    acc.counts.token_layers += 1;
+                    let ctx = DispatchContext {
+                        replicas: &table,
+                        node_of: &node_of,
+                        layer,
+                        home,
+                        home_node: home_node as usize,
+                        token_key: ((ordinal as u64) << 32) | ti as u64,
+                        loads: &running[layer * g..(layer + 1) * g],
+                    };
+                    let mut out = vec![0u32; k];
+                    d.dispatch(&ctx, trace.batches[b as usize].picks(t as usize, layer), &mut out);
+                    let mut sends = BTreeSet::new();
+                    for &x in &out {
+                        let x = x as usize;
+                        running[layer * g + x] += 1;
+                        acc.load[layer * g + x] += 1;
+                        if x != home {
+                            acc.hops[layer] += 1;
+                            acc.counts.remote_hops += 1;
+                            sends.insert(x);
+                        }
+                    }
+                    let mut crossings = BTreeSet::new();
+                    for &x in &sends {
+                        acc.counts.remote_gpus += 1;
+                        acc.traffic[(layer * g + home) * g + x] += 1;
+                        if node_of[x] != home_node {
+                            acc.counts.cross_node_gpus += 1;
+                            crossings.insert(node_of[x] as usize);
+                        }
+                    }
+                    for &n in &crossings {
+                        acc.counts.remote_nodes += 1;
+                        acc.node_traffic[(layer * g + home) * nodes + n] += 1;
+                    }
+                }
+            }
+            in_chunk += r.tokens.len();
+            if in_chunk >= CHUNK_TOKENS {
+                running.iter_mut().for_each(|x| *x = 0);
+                in_chunk = 0;
+            }
+        }
+        finish(acc, cluster, layers, &node_of)
+    }
+
+    /// A placement of `slots` slots per layer holding permutations of the experts one
+    /// after another (every expert once, then replicas), drawn until no GPU holds an
+    /// expert twice.
+    fn random_placement(layers: usize, experts: usize, gpus: usize, slots: usize, seed: &mut u64) -> Placement {
+        let mut next = |n: usize| {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((*seed >> 33) % n as u64) as usize
+        };
+        for _ in 0..1000 {
+            let rows: Vec<Vec<i64>> = (0..layers)
+                .map(|_| {
+                    let mut row = Vec::with_capacity(slots);
+                    while row.len() < slots {
+                        let mut perm: Vec<i64> = (0..experts as i64).collect();
+                        for i in (1..experts).rev() {
+                            perm.swap(i, next(i + 1));
+                        }
+                        row.extend(perm);
+                    }
+                    row.truncate(slots);
+                    row
+                })
+                .collect();
+            if let Ok(p) = Placement::with_slots(experts, gpus, slots, rows) {
+                return p;
+            }
+        }
+        panic!("no valid placement drawn");
+    }
+
     #[test]
-    fn mask_and_general_paths_agree() {
-        let shape = ModelShape::new(3, 32, 4).unwrap();
-        let trace = benchmark_trace(shape, 3000, 37, 9);
-        let cluster = Cluster::new(4, 16, 3).unwrap();
-        // Slot s holds expert 7s mod 32: every expert once in slots 0..32, 16 of them
-        // twice, never twice on one GPU (a GPU's slots differ by 7 and 14).
-        let row: Vec<i64> = (0..48).map(|s| (s * 7 % 32) as i64).collect();
-        let p = Placement::new(32, 16, 3, vec![row; 3]).unwrap();
-        for d in crate::dispatch::registry(3) {
-            let a = replay(&trace, &p, &cluster, d.as_ref(), &HomePolicy::RoundRobin, true).unwrap();
-            let b = replay(&trace, &p, &cluster, d.as_ref(), &HomePolicy::RoundRobin, false).unwrap();
-            assert_eq!(a, b, "{}", d.name());
-            assert!(a.counts.remote_nodes > 0 && a.counts.remote_gpus > a.counts.remote_nodes);
+    fn fast_replay_matches_a_straightforward_one() {
+        // (GPUs, nodes, experts, slots): up to 64 GPUs, and more, with nodes whose
+        // GPUs do not divide 64 and a node of more than 64 GPUs.
+        let cases = [
+            (8, 2, 16, 24),
+            (64, 4, 96, 160),
+            (72, 6, 96, 160),
+            (72, 9, 64, 144),
+            (130, 13, 96, 260),
+            (130, 2, 160, 390),
+        ];
+        let mut seed = 7;
+        for (g, nodes, experts, slots) in cases {
+            let shape = ModelShape::new(3, experts, 6).unwrap();
+            // More than two chunks, so that the load signal restarts.
+            let trace = benchmark_trace(shape, 2 * CHUNK_TOKENS + 900, 37, g as u64);
+            let replicated = random_placement(3, experts, g, slots, &mut seed);
+            let baseline = crate::protocol::baseline_placement(3, experts, g).unwrap();
+            let mut dispatchers = registry(5);
+            dispatchers.push(Box::new(Gesr { free_first: true, ..Gesr::default() }));
+            dispatchers.push(Box::new(Gesr { mean_reference: false, join_nodes: false, ..Gesr::default() }));
+            for p in [&replicated, &baseline] {
+                let cluster = Cluster::new(nodes, g, 1).unwrap().with_slots(p.slots()).unwrap();
+                for d in &dispatchers {
+                    let want = reference(&trace, p, &cluster, d.as_ref());
+                    assert!(want.counts.remote_nodes > 0 && want.counts.remote_gpus > want.counts.remote_nodes);
+                    for threads in [1, 3] {
+                        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                        let got = pool.install(|| simulate(&trace, p, &cluster, d.as_ref(), &HomePolicy::RoundRobin));
+                        assert_eq!(got.unwrap(), want, "{} on {g} GPUs in {nodes} nodes, {threads} threads", d.name());
+                    }
+                }
+            }
         }
     }
 

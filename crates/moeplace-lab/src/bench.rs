@@ -29,9 +29,11 @@ enum What {
     /// memory for two trace lengths.
     Profile(ProfileArgs),
     /// The replay simulator on a DeepSeek-V3-shaped trace (58 layers, 256 experts,
-    /// top-8) with 64 GPUs in 8 nodes: linear placement with the `primary` and
-    /// `nearest` dispatchers, and 64 replicas (5 slots per GPU) with `nearest`, in
-    /// token-layers per second (wall clock and per CPU-second).
+    /// top-8) on 64 GPUs in 8 nodes (linear placement with `primary` and `nearest`,
+    /// 64 replicas with `nearest` and `gesr`), a 61 x 384 model on 256 GPUs and the
+    /// DeepSeek-V3 shape on 320 GPUs (each with the baseline placement and `primary`,
+    /// and with 128 or 256 replicas with `nearest` and `gesr`), in token-layers per second
+    /// (wall clock and per CPU-second).
     Simulate(SimulateArgs),
     /// The synthetic workload generator: each preset's trace profiled (the
     /// properties docs/SYNTH.md compares with the papers), then one million
@@ -338,18 +340,44 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// A placement for replay measurements: `experts` primaries in id order and
+/// `replicas` extra copies, one after every `experts / replicas`-th expert, each a copy
+/// of the expert half the id range away (so never on its primary's GPU), laid out
+/// over the slots in that order: every GPU holds primaries and replicas alike.
+fn replay_bench_placement(
+    layers: usize,
+    experts: usize,
+    gpus: usize,
+    replicas: usize,
+) -> Result<moeplace_core::placement::Placement> {
+    anyhow::ensure!(replicas > 0 && replicas <= experts, "replicas must be in 1..=experts");
+    let every = experts / replicas;
+    let mut row: Vec<i64> = Vec::with_capacity(experts + replicas);
+    for e in 0..experts {
+        row.push(e as i64);
+        if e % every == 0 && e / every < replicas {
+            row.push(((e + experts / 2) % experts) as i64);
+        }
+    }
+    Ok(moeplace_core::placement::Placement::with_slots(experts, gpus, row.len(), vec![row; layers])?)
+}
+
 fn bench_simulate(a: SimulateArgs) -> Result<()> {
     use moeplace_core::cluster::Cluster;
     use moeplace_core::dispatch::by_name;
     use moeplace_core::placement::Placement;
+    use moeplace_core::protocol::baseline_placement;
     use moeplace_core::simulate::{benchmark_trace, simulate, HomePolicy};
-    use moeplace_core::trace::ModelShape;
+    use moeplace_core::trace::{ModelShape, Trace};
 
     anyhow::ensure!(a.tokens > 0 && a.repeat > 0, "--tokens and --repeat must be positive");
-    let shape = ModelShape::new(58, 256, 8)?;
-    let trace = benchmark_trace(shape, a.tokens, 500, 1);
+    let v3 = ModelShape::new(58, 256, 8)?;
+    let wide = ModelShape::new(61, 384, 8)?;
+    let v3_trace = benchmark_trace(v3, a.tokens, 500, 1);
+    let wide_trace = benchmark_trace(wide, a.tokens, 500, 1);
     let linear = Placement::new(256, 64, 4, vec![(0..256).collect(); 58])?;
-    // 5 slots per GPU: a copy of every fourth expert on a GPU 16 away, so `nearest` chooses.
+    // 5 slots per GPU: a copy of every fourth expert on a GPU 16 away, so the
+    // dispatcher chooses.
     let lists: Vec<Vec<usize>> = (0..64)
         .map(|gpu| {
             let mut l: Vec<usize> = (gpu * 4..gpu * 4 + 4).collect();
@@ -358,25 +386,43 @@ fn bench_simulate(a: SimulateArgs) -> Result<()> {
         })
         .collect();
     let replicated = Placement::from_gpu_lists(256, &vec![lists; 58])?;
-    let cases = [
-        ("linear, 4 slots/GPU", "primary", &linear, Cluster::new(8, 64, 4)?),
-        ("linear, 4 slots/GPU", "nearest", &linear, Cluster::new(8, 64, 4)?),
-        ("64 replicas, 5 slots/GPU", "nearest", &replicated, Cluster::new(8, 64, 5)?),
+    let ep256 = baseline_placement(61, 384, 256)?;
+    let ep256_r = replay_bench_placement(61, 384, 256, 128)?;
+    let ep320 = baseline_placement(58, 256, 320)?;
+    let ep320_r = replay_bench_placement(58, 256, 320, 256)?;
+    let c64 = Cluster::new(8, 64, 1)?;
+    let (c256, c320) = (Cluster::new(32, 256, 1)?, Cluster::new(40, 320, 1)?);
+    // (shape label, placement label, dispatcher, trace, placement, nodes and links)
+    let cases: Vec<(&str, &str, &str, &Trace, &Placement, &Cluster)> = vec![
+        ("58x256, 64 GPUs", "linear, 4 slots/GPU", "primary", &v3_trace, &linear, &c64),
+        ("58x256, 64 GPUs", "linear, 4 slots/GPU", "nearest", &v3_trace, &linear, &c64),
+        ("58x256, 64 GPUs", "64 replicas, 5 slots/GPU", "nearest", &v3_trace, &replicated, &c64),
+        ("58x256, 64 GPUs", "64 replicas, 5 slots/GPU", "gesr", &v3_trace, &replicated, &c64),
+        ("61x384, 256 GPUs", "baseline, 384 slots", "primary", &wide_trace, &ep256, &c256),
+        ("61x384, 256 GPUs", "128 replicas, 512 slots", "nearest", &wide_trace, &ep256_r, &c256),
+        ("61x384, 256 GPUs", "128 replicas, 512 slots", "gesr", &wide_trace, &ep256_r, &c256),
+        ("58x256, 320 GPUs", "baseline, 320 slots", "primary", &v3_trace, &ep320, &c320),
+        ("58x256, 320 GPUs", "baseline, 320 slots", "nearest", &v3_trace, &ep320, &c320),
+        ("58x256, 320 GPUs", "256 replicas, 512 slots", "nearest", &v3_trace, &ep320_r, &c320),
+        ("58x256, 320 GPUs", "256 replicas, 512 slots", "gesr", &v3_trace, &ep320_r, &c320),
     ];
-    let token_layers = (a.tokens * shape.layers) as f64;
     let mut out = format!(
-        "simulate: {} tokens x 58 layers (256 experts, top-8), 64 GPUs in 8 nodes, {} threads, best of {}\n",
+        "simulate: {} tokens (requests of 500, top-8), 8 GPUs per node, round-robin homes, {} threads, best of {}\n",
         a.tokens,
         rayon::current_num_threads(),
         a.repeat
     );
-    out.push_str("placement                 dispatcher  seconds  M token-layers/s  M per CPU-second\n");
-    for (name, dispatcher, placement, cluster) in cases {
+    out.push_str(
+        "model, GPUs        placement                 dispatcher  seconds  M token-layers/s  M per CPU-second\n",
+    );
+    for (shape, name, dispatcher, trace, placement, links) in cases {
+        let cluster = links.clone().with_slots(placement.slots())?;
         let d = by_name(dispatcher, 0).context("unknown dispatcher")?;
+        let token_layers = (a.tokens * trace.shape.layers) as f64;
         let (mut best, mut best_cpu) = (f64::INFINITY, f64::INFINITY);
         for _ in 0..a.repeat {
             let (t0, c0) = (Instant::now(), cpu_seconds());
-            simulate(&trace, placement, &cluster, d.as_ref(), &HomePolicy::RoundRobin)?;
+            simulate(trace, placement, &cluster, d.as_ref(), &HomePolicy::RoundRobin)?;
             best = best.min(t0.elapsed().as_secs_f64());
             if let (Some(c0), Some(c1)) = (c0, cpu_seconds()) {
                 best_cpu = best_cpu.min(c1 - c0);
@@ -388,7 +434,7 @@ fn bench_simulate(a: SimulateArgs) -> Result<()> {
             "-".into()
         };
         out.push_str(&format!(
-            "{name:<25} {dispatcher:<10} {best:>8.3} {:>17.1} {per_cpu:>17}\n",
+            "{shape:<18} {name:<25} {dispatcher:<10} {best:>8.3} {:>17.1} {per_cpu:>17}\n",
             token_layers / best / 1e6
         ));
     }

@@ -4,7 +4,7 @@
 //! from zero (the batch is one replay chunk), the token key the token's index in the
 //! batch (the tokens of one request, in order).
 
-use super::{DispatchContext, Dispatcher, ReplicaTable};
+use super::{Dispatcher, LayerBatch, ReplicaTable};
 use crate::placement::Placement;
 
 /// What is wrong with a batch; nothing is written when one is refused.
@@ -124,31 +124,26 @@ impl BatchDispatch {
             }
             return Ok(());
         }
+        let picks: Vec<u16> = ids.iter().map(|&x| wide(x) as u16).collect();
+        let homes: Vec<u32> = homes.iter().map(|&x| wide(x) as u32).collect();
+        let keys: Vec<u64> = (0..tokens as u64).collect();
         let mut loads = vec![0u64; gpus];
-        let mut picks = vec![0u16; k];
-        let mut chosen = vec![0u32; k];
-        for (t, (row, &home)) in ids.chunks_exact(k).zip(homes).enumerate() {
-            for (p, &x) in picks.iter_mut().zip(row) {
-                *p = wide(x) as u16;
-            }
-            let home = wide(home) as usize;
-            let ctx = DispatchContext {
-                replicas: &self.table,
-                node_of: &self.node_of,
-                layer,
-                home,
-                home_node: self.node_of[home] as usize,
-                token_key: t as u64,
-                loads: &loads,
-            };
-            self.dispatcher.dispatch(&ctx, &picks, &mut chosen);
-            for (j, (&p, &g)) in picks.iter().zip(&chosen).enumerate() {
-                loads[g as usize] += 1;
-                let i = base + p as usize;
-                let copies = &self.slots[self.offsets[i] as usize..self.offsets[i + 1] as usize];
-                let at = self.table.gpus(layer, p as usize).iter().position(|&c| c == g).expect("a copy's GPU");
-                out[t * k + j] = i64::from(copies[at]);
-            }
+        let mut chosen = vec![0u32; picks.len()];
+        let batch = LayerBatch {
+            replicas: &self.table,
+            node_of: &self.node_of,
+            layer,
+            k,
+            picks: &picks,
+            homes: &homes,
+            keys: &keys,
+        };
+        self.dispatcher.dispatch_layer(&batch, &mut loads, &mut chosen);
+        for ((o, &p), &g) in out.iter_mut().zip(&picks).zip(&chosen) {
+            let i = base + p as usize;
+            let copies = &self.slots[self.offsets[i] as usize..self.offsets[i + 1] as usize];
+            let at = self.table.gpus(layer, p as usize).iter().position(|&c| c == g).expect("a copy's GPU");
+            *o = i64::from(copies[at]);
         }
         Ok(())
     }

@@ -59,7 +59,7 @@
 //! per GPU in the current replay chunk (`dispatch` module documentation), so the
 //! replay uses that window in place of the decayed average.
 
-use super::{fix_forced, sends_to_node, DispatchContext, Dispatcher, PENDING};
+use super::{fix_forced, sends_to_node, DispatchContext, Dispatcher, LayerBatch, PENDING};
 use crate::placers::{ParamDoc, Params, PlaceError};
 
 /// The `gesr` dispatcher; `theta` is the load tolerance.
@@ -200,15 +200,50 @@ impl Dispatcher for Gesr {
     }
 
     fn dispatch(&self, ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]) {
+        self.dispatch_with_total(ctx, picks, out, || ctx.loads.iter().sum());
+    }
+
+    /// As `dispatch`, with the batch's running total of picks served instead of a
+    /// sum over all GPUs per token.
+    fn dispatch_layer(&self, batch: &LayerBatch<'_>, loads: &mut [u64], out: &mut [u32]) {
+        let k = batch.k;
+        let mut total: u64 = loads.iter().sum();
+        for (t, (&home, &token_key)) in batch.homes.iter().zip(batch.keys).enumerate() {
+            let o = &mut out[t * k..(t + 1) * k];
+            let ctx = DispatchContext {
+                replicas: batch.replicas,
+                node_of: batch.node_of,
+                layer: batch.layer,
+                home: home as usize,
+                home_node: batch.node_of[home as usize] as usize,
+                token_key,
+                loads,
+            };
+            self.dispatch_with_total(&ctx, &batch.picks[t * k..(t + 1) * k], o, || total);
+            for &g in o.iter() {
+                loads[g as usize] += 1;
+            }
+            total += k as u64;
+        }
+    }
+}
+
+impl Gesr {
+    /// `dispatch`, given the sum of `ctx.loads` (asked for only when a pick has a
+    /// choice and the mean is the reference).
+    #[inline]
+    fn dispatch_with_total(
+        &self,
+        ctx: &DispatchContext<'_>,
+        picks: &[u16],
+        out: &mut [u32],
+        total: impl FnOnce() -> u64,
+    ) {
         if !fix_forced(ctx, picks, out, false) {
             return;
         }
         let home = ctx.home as u32;
-        let mean = if self.mean_reference {
-            ctx.loads.iter().sum::<u64>() as f64 / ctx.loads.len().max(1) as f64
-        } else {
-            0.0
-        };
+        let mean = if self.mean_reference { total() as f64 / ctx.loads.len().max(1) as f64 } else { 0.0 };
         for i in 0..out.len() {
             if out[i] != PENDING {
                 continue;

@@ -78,6 +78,28 @@ impl ReplicaTable {
         let i = layer * self.experts + expert;
         &self.gpus[self.offsets[i] as usize..self.offsets[i + 1] as usize]
     }
+
+    /// One layer's table: `gpus(layer, e)` is `layer.copies(e)`, without the
+    /// layer's offset arithmetic per pick.
+    #[inline]
+    pub fn layer(&self, layer: usize) -> LayerReplicas<'_> {
+        LayerReplicas { offsets: &self.offsets[layer * self.experts..(layer + 1) * self.experts + 1], gpus: &self.gpus }
+    }
+}
+
+/// The replica GPUs of one layer's experts (see [`ReplicaTable::layer`]).
+#[derive(Clone, Copy)]
+pub struct LayerReplicas<'a> {
+    offsets: &'a [u32],
+    gpus: &'a [u32],
+}
+
+impl<'a> LayerReplicas<'a> {
+    /// GPUs holding `expert`, in slot order.
+    #[inline]
+    pub fn copies(&self, expert: usize) -> &'a [u32] {
+        &self.gpus[self.offsets[expert] as usize..self.offsets[expert + 1] as usize]
+    }
 }
 
 /// What a dispatcher knows when it serves one token at one MoE layer.
@@ -93,6 +115,23 @@ pub struct DispatchContext<'a> {
     pub token_key: u64,
     /// Running picks served per GPU at this layer in the current replay chunk.
     pub loads: &'a [u64],
+}
+
+/// One MoE layer of consecutive tokens, served in order: a replay chunk's tokens at
+/// one layer, or one serving batch.
+pub struct LayerBatch<'a> {
+    pub replicas: &'a ReplicaTable,
+    /// Node of every GPU.
+    pub node_of: &'a [u32],
+    pub layer: usize,
+    /// Picks per token.
+    pub k: usize,
+    /// `tokens x k` expert ids, token by token.
+    pub picks: &'a [u16],
+    /// Home GPU of every token.
+    pub homes: &'a [u32],
+    /// Stable key of every token ([`DispatchContext::token_key`]).
+    pub keys: &'a [u64],
 }
 
 /// Marks a pick not yet given a GPU in the dispatchers that decide in two passes.
@@ -133,6 +172,31 @@ pub trait Dispatcher: Send + Sync {
     /// Writes into `out[i]` the GPU serving `picks[i]`; it must be one of the GPUs
     /// holding that expert in this layer. `out.len() == picks.len()`.
     fn dispatch(&self, ctx: &DispatchContext<'_>, picks: &[u16], out: &mut [u32]);
+    /// Serves every token of `batch` in order, writing into `out[t * k + j]` the GPU
+    /// serving pick j of token t and adding each token's picks to `loads` (the load
+    /// signal, picks served per GPU at this layer) before the next token is served.
+    /// `out.len() == batch.picks.len()`. The provided version calls
+    /// [`Dispatcher::dispatch`] per token; a dispatcher may serve the batch faster
+    /// but must choose exactly what that would.
+    fn dispatch_layer(&self, batch: &LayerBatch<'_>, loads: &mut [u64], out: &mut [u32]) {
+        let k = batch.k;
+        for (t, (&home, &token_key)) in batch.homes.iter().zip(batch.keys).enumerate() {
+            let o = &mut out[t * k..(t + 1) * k];
+            let ctx = DispatchContext {
+                replicas: batch.replicas,
+                node_of: batch.node_of,
+                layer: batch.layer,
+                home: home as usize,
+                home_node: batch.node_of[home as usize] as usize,
+                token_key,
+                loads,
+            };
+            self.dispatch(&ctx, &batch.picks[t * k..(t + 1) * k], o);
+            for &g in o.iter() {
+                loads[g as usize] += 1;
+            }
+        }
+    }
     /// True if the dispatcher always takes the first copy whatever the context; the
     /// simulator then uses a direct lookup table (as it does for any dispatcher when
     /// no expert has a second copy).

@@ -12,8 +12,12 @@
 //! has served at this layer in the current replay chunk (see the module `dispatch`).
 //! Ties go to the lower slot. Steps 1 run for all picks before steps 2-5, so a later
 //! pick forced onto a GPU can attract an earlier pick's copy.
+//!
+//! A layer of a batch is served by `dispatch_layer` with the same steps, written out
+//! for speed (one layer's table, one scan over a pick's copies); the tests check it
+//! against `dispatch`.
 
-use super::{fix_forced, sends_to_node, DispatchContext, Dispatcher, PENDING};
+use super::{fix_forced, sends_to_node, DispatchContext, Dispatcher, LayerBatch, PENDING};
 
 pub struct Nearest;
 
@@ -48,6 +52,71 @@ impl Dispatcher for Nearest {
                 .or_else(|| least(&joined))
                 .or_else(|| least(&|_| true))
                 .expect("every expert has a copy");
+        }
+    }
+
+    fn dispatch_layer(&self, batch: &LayerBatch<'_>, loads: &mut [u64], out: &mut [u32]) {
+        let (k, node_of) = (batch.k, batch.node_of);
+        let table = batch.replicas.layer(batch.layer);
+        for ((picks, o), &home) in batch.picks.chunks_exact(k).zip(out.chunks_exact_mut(k)).zip(batch.homes) {
+            let home_node = node_of[home as usize];
+            // Step 1 for every pick first.
+            let mut pending = false;
+            for (x, &e) in o.iter_mut().zip(picks) {
+                let reps = table.copies(e as usize);
+                *x = if reps.len() == 1 {
+                    reps[0]
+                } else if reps.contains(&home) {
+                    home
+                } else {
+                    pending = true;
+                    PENDING
+                };
+            }
+            if pending {
+                for i in 0..k {
+                    if o[i] != PENDING {
+                        continue;
+                    }
+                    let reps = table.copies(picks[i] as usize);
+                    if let Some(&g) = reps.iter().find(|g| o.contains(g)) {
+                        o[i] = g;
+                        continue;
+                    }
+                    // The least loaded copy on the home node, else anywhere (first
+                    // in slot order among equals).
+                    let (mut near, mut any) = ((u64::MAX, PENDING), (u64::MAX, PENDING));
+                    for &g in reps {
+                        let l = loads[g as usize];
+                        if node_of[g as usize] == home_node && (near.1 == PENDING || l < near.0) {
+                            near = (l, g);
+                        }
+                        if any.1 == PENDING || l < any.0 {
+                            any = (l, g);
+                        }
+                    }
+                    o[i] = if near.1 != PENDING {
+                        near.1
+                    } else {
+                        // No copy on the home node: a node the token already crosses to.
+                        let mut joined = (u64::MAX, PENDING);
+                        for &g in reps {
+                            let l = loads[g as usize];
+                            if (joined.1 == PENDING || l < joined.0) && sends_to_node(o, node_of, node_of[g as usize]) {
+                                joined = (l, g);
+                            }
+                        }
+                        if joined.1 != PENDING {
+                            joined.1
+                        } else {
+                            any.1
+                        }
+                    };
+                }
+            }
+            for &g in o.iter() {
+                loads[g as usize] += 1;
+            }
         }
     }
 }
