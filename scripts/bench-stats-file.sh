@@ -15,6 +15,8 @@ sizes=("${@:-10000 33000 40000 160000}")
 # Seconds of wall time of a command (its output discarded).
 wall() { /usr/bin/time -f %e -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }; cat "$work/t"; }
 mb() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.1f", b / 1e6 }'; }
+echo "Load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
+echo
 echo "| tokens | requests | trace (Parquet) MB | statistics MB | JSON MB | write s | read s | profile s | profile -o s | plan linear s |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in ${sizes[*]}; do
@@ -37,3 +39,5 @@ for n in ${sizes[*]}; do
   echo "| $n | $requests | $(mb "$t") | $(mb "$work/s.bin") | $json | $write_s | $read_s | $p | $po | $plan |"
   rm -f "$t" "$work/s.bin" "$work/again.bin"
 done
+echo
+echo "Load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
