@@ -7,8 +7,11 @@
 # Usage: scripts/bench-stats-file.sh [TOKENS ...]   (default: 10000 33000 40000 160000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p moeplace-cli
-bin="$PWD/target/release/moeplace"
+# MOEPLACE_BIN: a release binary already built (skips the build).
+if [ -z "${MOEPLACE_BIN:-}" ]; then
+  cargo build --release -q -p moeplace-cli
+fi
+bin="${MOEPLACE_BIN:-$PWD/target/release/moeplace}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 sizes=("${@:-10000 33000 40000 160000}")

@@ -342,6 +342,7 @@ fn negative_placer_weights_are_refused() {
             "2",
             "--param",
             param,
+            "--no-tune",
             "-o",
             out.to_str().unwrap(),
         ]);
