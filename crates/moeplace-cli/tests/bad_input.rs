@@ -321,34 +321,48 @@ fn negative_placer_weights_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let other = GOOD.replace("\"r0\"", "\"r1\"").replace("\"a\"", "\"b\"").replace("[0,1]", "[1,2]");
-    let trace = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n{other}\n"));
+    // One request per family is too few to tune on (plan takes the defaults); with
+    // four per family, tuning runs and meets the bad parameter in its first setting.
+    let small = write(d, "t.jsonl", &format!("{HEADER}\n{GOOD}\n{other}\n"));
+    let mut lines = vec![HEADER.to_string()];
+    for i in 0..8 {
+        let family = if i % 2 == 0 { "a" } else { "b" };
+        for position in 0..3 {
+            let (x, y) = ((i + position) % 4, (i + position + 1) % 4);
+            lines.push(format!(
+                r#"{{"request":"q{i}","family":"{family}","position":{position},"experts":[[{x},{y}],[{y},{x}]]}}"#
+            ));
+        }
+    }
+    let large = write(d, "t8.jsonl", &(lines.join("\n") + "\n"));
     let out = d.join("p.json");
-    for (placer, param) in [
-        ("coact", "balance=-1"),
-        ("grace", "balance=-0.5"),
-        ("tacg", "eta=-1"),
-        ("tacg+gesr", "lambda1=-1"),
-        ("tacg+gesr", "lambda2=-2"),
-        ("tacg+gesr", "pay=-1"),
-        ("cluster-homes", "slack=-1"),
-    ] {
-        let err = fails(&[
-            "plan",
-            "--placer",
-            placer,
-            "--trace",
-            trace.to_str().unwrap(),
-            "--gpus",
-            "2",
-            "--param",
-            param,
-            "--no-tune",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        let key = param.split('=').next().unwrap();
-        assert!(err.contains(key) && err.contains("must not be negative"), "{placer} {param}: {err}");
-        assert!(!out.exists(), "{placer} {param}: no plan written");
+    for trace in [small, large] {
+        for (placer, param) in [
+            ("coact", "balance=-1"),
+            ("grace", "balance=-0.5"),
+            ("tacg", "eta=-1"),
+            ("tacg+gesr", "lambda1=-1"),
+            ("tacg+gesr", "lambda2=-2"),
+            ("tacg+gesr", "pay=-1"),
+            ("cluster-homes", "slack=-1"),
+        ] {
+            let err = fails(&[
+                "plan",
+                "--placer",
+                placer,
+                "--trace",
+                trace.to_str().unwrap(),
+                "--gpus",
+                "2",
+                "--param",
+                param,
+                "-o",
+                out.to_str().unwrap(),
+            ]);
+            let key = param.split('=').next().unwrap();
+            assert!(err.contains(key) && err.contains("must not be negative"), "{placer} {param}: {err}");
+            assert!(!out.exists(), "{placer} {param}: no plan written");
+        }
     }
 }
 

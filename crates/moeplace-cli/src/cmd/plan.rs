@@ -276,7 +276,7 @@ pub fn run(args: Args) -> Result<()> {
                 seed: args.seed,
                 profile: ProfileOptions::default(),
             };
-            Some(tune_on(p.as_ref(), path, &args, model.as_ref(), &cluster, &params, options, previous.as_ref())?)
+            tune_on(p.as_ref(), path, &args, model.as_ref(), &cluster, &params, options, previous.as_ref())?
         }
         (Some(_), _) if !args.no_tune => {
             eprintln!(
@@ -370,7 +370,9 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// Cross-validates `placer`'s settings on the calibration trace at `path` (read
-/// whole), with a progress bar over (placer settings x folds).
+/// whole), with a progress bar over (placer settings x folds). None, with a note,
+/// when the trace has too few requests to hold any out: the plan then takes the
+/// defaults, as with --no-tune.
 #[allow(clippy::too_many_arguments)]
 fn tune_on(
     placer: &dyn moeplace_core::placers::Placer,
@@ -381,10 +383,19 @@ fn tune_on(
     params: &Params,
     options: TuneOptions,
     previous: Option<&moeplace_core::placement::Placement>,
-) -> Result<Tuned> {
+) -> Result<Option<Tuned>> {
     let trace = read_trace_for(path, &args.trace, model)?;
-    let k = tune::folds(&trace, options.folds, options.seed)
-        .with_context(|| format!("tuning on {} (--no-tune plans with the defaults)", path.display()))?;
+    let k = match tune::folds(&trace, options.folds, options.seed) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!(
+                "note: {} plans with its defaults (and the --param given): {}: {e}",
+                placer.name(),
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
     let pb = indicatif::ProgressBar::new(tune::jobs(placer, params, k.len()) as u64);
     pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     pb.set_style(
@@ -395,7 +406,13 @@ fn tune_on(
     pb.set_message(format!("tuning {} ({}-fold cross-validation)", placer.name(), k.len()));
     let tuned = tune::cross_validate(placer, &trace, cluster, params, options, previous, &|| pb.inc(1));
     pb.finish_and_clear();
-    tuned.with_context(|| format!("tuning {} on {}", placer.name(), path.display()))
+    match tuned {
+        // A parameter the user gave is wrong in every setting: say so as planning would.
+        Err(tune::TuneError::Place { error: error @ moeplace_core::placers::PlaceError::BadParam(_), .. }) => {
+            Err(anyhow::Error::new(error).context(format!("{}: --param", placer.name())))
+        }
+        t => t.map(Some).with_context(|| format!("tuning {} on {}", placer.name(), path.display())),
+    }
 }
 
 /// What tuning chose and the held-out figures it expects, on stderr.
