@@ -129,6 +129,26 @@ impl Gesr {
         mean: f64,
         load: impl Fn(u32) -> f64,
     ) -> u32 {
+        let visited = |g: u32| chosen.contains(&g);
+        let crosses = |node: u32| sends_to_node(chosen, node_of, node);
+        self.choose_by(replicas, home, home_node, node_of, visited, crosses, mean, load)
+    }
+
+    /// [`Gesr::choose`] with the token's GPUs and nodes as tests: `visited(g)`, the
+    /// token already sends to GPU g; `crosses(n)`, it already sends to node n.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn choose_by(
+        &self,
+        replicas: &[u32],
+        home: u32,
+        home_node: u32,
+        node_of: &[u32],
+        visited: impl Fn(u32) -> bool,
+        crosses: impl Fn(u32) -> bool,
+        mean: f64,
+        load: impl Fn(u32) -> f64,
+    ) -> u32 {
         let mut min = f64::INFINITY;
         let mut least = replicas[0];
         for &g in replicas {
@@ -141,7 +161,7 @@ impl Gesr {
         let reference = if self.mean_reference { min.max(mean) } else { min };
         let limit = (1.0 + self.theta) * reference + 1.0;
         // The least loaded candidate of each step (ties: the lower slot), with its load.
-        let (mut at_home, mut visited, mut near, mut joined) = (None, None, None, None);
+        let (mut at_home, mut at_visited, mut near, mut joined) = (None, None, None, None);
         let keep = |step: &mut Option<(u32, f64)>, g: u32, l: f64| {
             if step.is_none_or(|(_, best)| l < best) {
                 *step = Some((g, l));
@@ -159,14 +179,14 @@ impl Gesr {
                 at_home = Some((g, l));
                 continue;
             }
-            if chosen.contains(&g) {
-                keep(&mut visited, g, l);
+            if visited(g) {
+                keep(&mut at_visited, g, l);
             }
             let node = node_of[g as usize];
             if node == home_node {
                 keep(&mut near, g, l);
             }
-            if self.join_nodes && sends_to_node(chosen, node_of, node) {
+            if self.join_nodes && crosses(node) {
                 keep(&mut joined, g, l);
             }
         }
@@ -178,11 +198,11 @@ impl Gesr {
                 (Some(x), Some(y)) => Some(if y.1 < x.1 { y } else { x }),
                 (x, y) => x.or(y),
             };
-            let (free, local) = (lesser(at_home, visited), lesser(near, joined));
+            let (free, local) = (lesser(at_home, at_visited), lesser(near, joined));
             let cool = |c: &(u32, f64)| c.1 <= reference + 1.0;
             return free.filter(cool).or(local.filter(cool)).or(free).or(local).map_or(least, |c| c.0);
         }
-        visited.or(near).or(joined).map_or(least, |c| c.0)
+        at_visited.or(near).or(joined).map_or(least, |c| c.0)
     }
 }
 
@@ -204,22 +224,56 @@ impl Dispatcher for Gesr {
     }
 
     /// As `dispatch`, with the batch's running total of picks served instead of a
-    /// sum over all GPUs per token.
+    /// sum over all GPUs per token, one layer's table, and the GPUs and nodes a token
+    /// already sends to kept as the token's stamp (its index + 1) on per-GPU and
+    /// per-node arrays instead of scans of its picks.
     fn dispatch_layer(&self, batch: &LayerBatch<'_>, loads: &mut [u64], out: &mut [u32]) {
-        let k = batch.k;
+        let (k, node_of) = (batch.k, batch.node_of);
+        let table = batch.replicas.layer(batch.layer);
         let mut total: u64 = loads.iter().sum();
-        for (t, (&home, &token_key)) in batch.homes.iter().zip(batch.keys).enumerate() {
-            let o = &mut out[t * k..(t + 1) * k];
-            let ctx = DispatchContext {
-                replicas: batch.replicas,
-                node_of: batch.node_of,
-                layer: batch.layer,
-                home: home as usize,
-                home_node: batch.node_of[home as usize] as usize,
-                token_key,
-                loads,
-            };
-            self.dispatch_with_total(&ctx, &batch.picks[t * k..(t + 1) * k], o, || total);
+        let mut used = vec![0u32; node_of.len()];
+        let mut crossed = vec![0u32; node_of.len()];
+        for (t, ((picks, o), &home)) in
+            batch.picks.chunks_exact(k).zip(out.chunks_exact_mut(k)).zip(batch.homes).enumerate()
+        {
+            let stamp = t as u32 + 1;
+            // Picks with one copy first (`fix_forced` without the home rule).
+            let mut pending = false;
+            for (x, &e) in o.iter_mut().zip(picks) {
+                let reps = table.copies(e as usize);
+                *x = if reps.len() == 1 {
+                    reps[0]
+                } else {
+                    pending = true;
+                    PENDING
+                };
+            }
+            if pending {
+                for &g in o.iter().filter(|&&g| g != PENDING) {
+                    used[g as usize] = stamp;
+                    crossed[node_of[g as usize] as usize] = stamp;
+                }
+                let home_node = node_of[home as usize];
+                let mean = if self.mean_reference { total as f64 / loads.len().max(1) as f64 } else { 0.0 };
+                for i in 0..k {
+                    if o[i] != PENDING {
+                        continue;
+                    }
+                    let g = self.choose_by(
+                        table.copies(picks[i] as usize),
+                        home,
+                        home_node,
+                        node_of,
+                        |g| used[g as usize] == stamp,
+                        |n| crossed[n as usize] == stamp,
+                        mean,
+                        |g| loads[g as usize] as f64,
+                    );
+                    o[i] = g;
+                    used[g as usize] = stamp;
+                    crossed[node_of[g as usize] as usize] = stamp;
+                }
+            }
             for &g in o.iter() {
                 loads[g as usize] += 1;
             }

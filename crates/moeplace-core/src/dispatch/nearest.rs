@@ -14,8 +14,9 @@
 //! pick forced onto a GPU can attract an earlier pick's copy.
 //!
 //! A layer of a batch is served by `dispatch_layer` with the same steps, written out
-//! for speed (one layer's table, one scan over a pick's copies); the tests check it
-//! against `dispatch`.
+//! for speed (one layer's table, one scan over a pick's copies, the GPUs and nodes a
+//! token already sends to kept as stamps instead of scans of its picks); the replay's
+//! reference test checks it against `dispatch`.
 
 use super::{fix_forced, sends_to_node, DispatchContext, Dispatcher, LayerBatch, PENDING};
 
@@ -58,7 +59,15 @@ impl Dispatcher for Nearest {
     fn dispatch_layer(&self, batch: &LayerBatch<'_>, loads: &mut [u64], out: &mut [u32]) {
         let (k, node_of) = (batch.k, batch.node_of);
         let table = batch.replicas.layer(batch.layer);
-        for ((picks, o), &home) in batch.picks.chunks_exact(k).zip(out.chunks_exact_mut(k)).zip(batch.homes) {
+        // The GPUs and nodes a token already sends to, as the token's stamp (its
+        // index + 1) on per-GPU and per-node arrays: one load instead of a scan of
+        // the token's picks per copy.
+        let mut used = vec![0u32; node_of.len()];
+        let mut crossed = vec![0u32; node_of.len()];
+        for (t, ((picks, o), &home)) in
+            batch.picks.chunks_exact(k).zip(out.chunks_exact_mut(k)).zip(batch.homes).enumerate()
+        {
+            let stamp = t as u32 + 1;
             let home_node = node_of[home as usize];
             // Step 1 for every pick first.
             let mut pending = false;
@@ -74,44 +83,41 @@ impl Dispatcher for Nearest {
                 };
             }
             if pending {
+                for &g in o.iter().filter(|&&g| g != PENDING) {
+                    used[g as usize] = stamp;
+                    crossed[node_of[g as usize] as usize] = stamp;
+                }
                 for i in 0..k {
                     if o[i] != PENDING {
                         continue;
                     }
                     let reps = table.copies(picks[i] as usize);
-                    if let Some(&g) = reps.iter().find(|g| o.contains(g)) {
-                        o[i] = g;
-                        continue;
-                    }
-                    // The least loaded copy on the home node, else anywhere (first
-                    // in slot order among equals).
-                    let (mut near, mut any) = ((u64::MAX, PENDING), (u64::MAX, PENDING));
-                    for &g in reps {
-                        let l = loads[g as usize];
-                        if node_of[g as usize] == home_node && (near.1 == PENDING || l < near.0) {
-                            near = (l, g);
-                        }
-                        if any.1 == PENDING || l < any.0 {
-                            any = (l, g);
-                        }
-                    }
-                    o[i] = if near.1 != PENDING {
-                        near.1
-                    } else {
-                        // No copy on the home node: a node the token already crosses to.
-                        let mut joined = (u64::MAX, PENDING);
-                        for &g in reps {
-                            let l = loads[g as usize];
-                            if (joined.1 == PENDING || l < joined.0) && sends_to_node(o, node_of, node_of[g as usize]) {
-                                joined = (l, g);
+                    let g = match reps.iter().find(|&&g| used[g as usize] == stamp) {
+                        Some(&g) => g,
+                        None => {
+                            // The least loaded copy on the home node, else on a node
+                            // the token already crosses to, else anywhere (first in
+                            // slot order among equals).
+                            let (mut near, mut joined, mut any) =
+                                ((u64::MAX, PENDING), (u64::MAX, PENDING), (u64::MAX, PENDING));
+                            for &g in reps {
+                                let (l, node) = (loads[g as usize], node_of[g as usize]);
+                                if node == home_node && (near.1 == PENDING || l < near.0) {
+                                    near = (l, g);
+                                }
+                                if crossed[node as usize] == stamp && (joined.1 == PENDING || l < joined.0) {
+                                    joined = (l, g);
+                                }
+                                if any.1 == PENDING || l < any.0 {
+                                    any = (l, g);
+                                }
                             }
-                        }
-                        if joined.1 != PENDING {
-                            joined.1
-                        } else {
-                            any.1
+                            [near.1, joined.1, any.1].into_iter().find(|&g| g != PENDING).unwrap_or(any.1)
                         }
                     };
+                    o[i] = g;
+                    used[g as usize] = stamp;
+                    crossed[node_of[g as usize] as usize] = stamp;
                 }
             }
             for &g in o.iter() {
