@@ -10,6 +10,7 @@ use moeplace_core::synth::{self, SynthConfig};
 use moeplace_formats::jsonl::JsonlWriter;
 use moeplace_formats::parquet::ParquetWriter;
 use moeplace_formats::{open_trace, ReadOptions, TraceFormat};
+use rayon::prelude::*;
 
 use crate::io::print_stdout;
 
@@ -193,24 +194,81 @@ fn write_trace(config: &SynthConfig, seed: u64, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How a row of `bench profile` runs.
+#[derive(Clone, Copy, PartialEq)]
+enum ProfileRun {
+    /// Read and count, as `moeplace profile` does.
+    Full,
+    /// Read (decode and validate) only.
+    ReadOnly,
+    /// Count batches already decoded into memory (read first, untimed).
+    CountOnly,
+}
+
 /// Profiles `path` (read + statistics, as `moeplace profile` does them, without the
-/// report); with `read_only`, only reads it.
-fn profile_file(path: &Path, format: TraceFormat, options: ProfileOptions, read_only: bool) -> Result<(u64, f64)> {
-    let start = Instant::now();
+/// report), or only one half of that: token count, wall seconds and CPU seconds.
+fn profile_file(
+    path: &Path,
+    format: TraceFormat,
+    options: ProfileOptions,
+    run: ProfileRun,
+) -> Result<(u64, f64, Option<f64>)> {
     let opts = ReadOptions { format: Some(format), batch_tokens: crate::io::BATCH_TOKENS, ..Default::default() };
-    let mut r = open_trace(path, &opts)?;
-    let mut s = StatisticsBuilder::new(r.shape(), options);
+    let in_memory = match run {
+        ProfileRun::CountOnly => Some(open_trace(path, &opts)?.collect::<Result<Vec<_>, _>>()?),
+        _ => None,
+    };
+    let (start, cpu) = (Instant::now(), cpu_seconds());
     let mut tokens = 0u64;
-    for b in r.by_ref() {
-        let b = b?;
-        tokens += b.len() as u64;
-        if !read_only {
-            s.add_batch(&b)?;
+    // Token-layers per CPU-second compare runs on a machine shared with other work,
+    // where wall-clock rates do not.
+    let stats = if let Some(batches) = &in_memory {
+        let shape = batches.first().map(|b| b.shape()).context("empty trace")?;
+        let mut s = StatisticsBuilder::new(shape, options);
+        for b in batches {
+            tokens += b.len() as u64;
+            s.add_batch(b)?;
         }
+        s.finish()
+    } else {
+        let mut r = open_trace(path, &opts)?;
+        let mut s = StatisticsBuilder::new(r.shape(), options);
+        for b in r.by_ref() {
+            let b = b?;
+            tokens += b.len() as u64;
+            if run == ProfileRun::Full {
+                s.add_batch(&b)?;
+            }
+        }
+        s.finish()
+    };
+    let (secs, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds().zip(cpu).map(|(b, a)| b - a));
+    anyhow::ensure!(
+        run == ProfileRun::ReadOnly || stats.tokens() == tokens,
+        "statistics count {} tokens of {tokens}",
+        stats.tokens()
+    );
+    drop(stats);
+    Ok((tokens, secs, cpu))
+}
+
+/// Memory copy bandwidth with every thread of the pool copying its own buffer
+/// (GB/s of bytes read plus bytes written; the best of a few rounds), the bound
+/// the counting kernel's cost model compares against.
+fn copy_bandwidth_gbs() -> f64 {
+    const BYTES: usize = 256 << 20;
+    let threads = rayon::current_num_threads().max(1);
+    let per = BYTES / threads;
+    let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = (0..threads).map(|i| (vec![i as u8 + 1; per], vec![0u8; per])).collect();
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        bufs.par_iter_mut().for_each(|(src, dst)| dst.copy_from_slice(src));
+        let secs = start.elapsed().as_secs_f64();
+        best = best.max(2.0 * (per * threads) as f64 / secs / 1e9);
     }
-    let stats = s.finish();
-    anyhow::ensure!(read_only || stats.tokens() == tokens, "statistics count {} tokens of {tokens}", stats.tokens());
-    Ok((tokens, start.elapsed().as_secs_f64()))
+    std::hint::black_box(&bufs);
+    best
 }
 
 fn bench_profile(a: ProfileArgs) -> Result<()> {
@@ -218,29 +276,38 @@ fn bench_profile(a: ProfileArgs) -> Result<()> {
     let options = ProfileOptions { request_vectors: a.request_vectors, ..Default::default() };
     let mut out = String::new();
     out.push_str(&format!(
-        "bench profile: preset {}, request vectors {}, {} threads\n",
+        "bench profile: preset {}, request vectors {}, token sample {}, {} threads; memory copy {:.1} GB/s \
+         (read + written)\n",
         a.preset,
         if a.request_vectors { "on" } else { "off" },
-        rayon::current_num_threads()
+        options.token_sample,
+        rayon::current_num_threads(),
+        copy_bandwidth_gbs()
     ));
-    out.push_str("format               tokens     token-layers   seconds  M token-layers/s  peak RSS MiB\n");
+    out.push_str(
+        "format                    tokens   token-layers   seconds  M token-layers/s  CPU s  M per CPU-s  peak RSS MiB\n",
+    );
     // Smaller trace first: peak RSS only grows, so the larger run shows any growth.
+    // The in-memory row holds the whole trace, so it comes last.
     for tokens in [a.tokens / 4, a.tokens] {
         let mut config = SynthConfig::preset(&a.preset)?;
         config.tokens = Some(tokens);
         config.requests = usize::MAX / 2;
         eprintln!("generating {tokens} tokens ...");
         write_trace(&config, a.seed, dir.path())?;
-        for (name, file, format, read_only) in [
-            ("jsonl", "t.jsonl", TraceFormat::Jsonl, false),
-            ("parquet", "t.parquet", TraceFormat::Parquet, false),
-            ("parquet (read only)", "t.parquet", TraceFormat::Parquet, true),
+        for (name, file, format, run) in [
+            ("jsonl", "t.jsonl", TraceFormat::Jsonl, ProfileRun::Full),
+            ("parquet", "t.parquet", TraceFormat::Parquet, ProfileRun::Full),
+            ("parquet (read only)", "t.parquet", TraceFormat::Parquet, ProfileRun::ReadOnly),
+            ("parquet (count only)", "t.parquet", TraceFormat::Parquet, ProfileRun::CountOnly),
         ] {
-            let (n, secs) = profile_file(&dir.path().join(file), format, options, read_only)?;
+            let (n, secs, cpu) = profile_file(&dir.path().join(file), format, options, run)?;
             let tl = n * config.shape.layers as u64;
             out.push_str(&format!(
-                "{name:<20} {n:>8} {tl:>14} {secs:>9.3} {:>17.2} {:>13}\n",
+                "{name:<21} {n:>10} {tl:>14} {secs:>9.3} {:>17.2} {:>6} {:>12} {:>13}\n",
                 tl as f64 / secs / 1e6,
+                cpu.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+                cpu.map(|c| format!("{:.2}", tl as f64 / c / 1e6)).unwrap_or_else(|| "-".into()),
                 peak_rss_mib().map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
             ));
         }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::{memory, pair_count, written_zeros, GroupKey, GroupStats, ProfileOptions, Statistics};
+use super::{huge_vec, memory, pair_count, written_zeros, GroupKey, GroupStats, ProfileOptions, Statistics};
 use crate::trace::{ModelShape, Phase, ShapeError, TokenBatch};
 
 /// Tokens per pass of [`count_batch`]: their ids are copied layer by layer into a
@@ -53,16 +53,30 @@ impl GroupCounter {
             load: written_zeros(l * e),
             ordered_pairs: written_zeros(l * e * e),
             transitions: written_zeros(l * e * e),
-            total: GroupStats::zeros(shape, true, true),
+            // The u64 totals are made by the first drain, from the pending counts: most
+            // runs drain once, at the end, and zeroed totals would be written twice.
+            total: GroupStats { tokens: 0, load: Vec::new(), coact: Vec::new(), transitions: Vec::new() },
         }
     }
 
-    /// Adds the pending counts into the totals and zeroes them.
-    fn drain(&mut self, experts: usize) {
+    /// Adds the pending counts into the totals; zeroes them when `reuse` (else they
+    /// are about to be dropped).
+    fn drain(&mut self, experts: usize, reuse: bool) {
         let e = experts;
         let pc = pair_count(e);
         let g = &mut self.total;
         g.tokens += std::mem::take(&mut self.pending_tokens);
+        if g.load.is_empty() {
+            g.load = widened(&self.load);
+            g.transitions = widened(&self.transitions);
+            g.coact = folded_pairs(&self.ordered_pairs, e);
+            if reuse {
+                for t in [&mut self.load, &mut self.ordered_pairs, &mut self.transitions] {
+                    t.par_chunks_mut(1 << 16).for_each(|c| c.fill(0));
+                }
+            }
+            return;
+        }
         g.load.par_iter_mut().zip(self.load.par_iter_mut()).with_min_len(1 << 14).for_each(|(d, s)| {
             *d += std::mem::take(s) as u64;
         });
@@ -80,6 +94,37 @@ impl GroupCounter {
             m.fill(0);
         });
     }
+}
+
+/// `src` as `u64`, written once (no zeroing first), on huge pages when large.
+fn widened(src: &[u16]) -> Vec<u64> {
+    let mut v = huge_vec(src.len());
+    v.par_extend(src.par_iter().with_min_len(1 << 14).map(|&x| u64::from(x)));
+    v
+}
+
+/// The upper-triangle pair counts (layer after layer, [`crate::stats::pair_index`]
+/// order) of full `experts x experts` tables of ordered-pair counts.
+fn folded_pairs(ordered: &[u16], experts: usize) -> Vec<u64> {
+    let e = experts;
+    let pc = pair_count(e);
+    let layers = ordered.len() / (e * e);
+    if pc == 0 {
+        return Vec::new();
+    }
+    let mut v = huge_vec(layers * pc);
+    v.spare_capacity_mut()[..layers * pc].par_chunks_mut(pc).zip(ordered.par_chunks(e * e)).for_each(|(dst, m)| {
+        let mut i = 0;
+        for a in 0..e {
+            for b in a + 1..e {
+                dst[i].write(u64::from(m[a * e + b]) + u64::from(m[b * e + a]));
+                i += 1;
+            }
+        }
+    });
+    // SAFETY: the loop above wrote all `pc` elements of each of the `layers` chunks.
+    unsafe { v.set_len(layers * pc) };
+    v
 }
 
 /// One layer's tables of one group, and where the group's tokens sit in the
@@ -210,7 +255,7 @@ fn count_batch(
         for (g, counter) in groups.iter_mut().enumerate() {
             let r = run(g).len() as u64;
             if r > 0 && counter.pending_tokens + r > drain_at {
-                counter.drain(e);
+                counter.drain(e, true);
             }
             counter.pending_tokens += r;
         }
@@ -385,7 +430,7 @@ impl StatisticsBuilder {
     pub fn finish(mut self) -> Statistics {
         let e = self.stats.shape.experts;
         for (key, mut c) in std::mem::take(&mut self.counters) {
-            c.drain(e);
+            c.drain(e, false);
             self.stats.groups.insert(key, c.total);
         }
         self.stats

@@ -90,9 +90,16 @@ impl GroupStats {
 /// tables cost as much as counting 100k tokens (`cargo bench -p moeplace-core
 /// --bench statistics`, 25k vs 100k tokens).
 pub(crate) fn written_zeros<T: Copy + Default>(n: usize) -> Vec<T> {
+    let mut v = huge_vec(n);
+    v.resize(n, T::default());
+    v
+}
+
+/// An empty vector with room for `n`, its large part marked for huge pages (see
+/// [`written_zeros`]); fill it by writing.
+pub(crate) fn huge_vec<T>(n: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
     advise_huge_pages(v.as_mut_ptr() as *mut u8, n * std::mem::size_of::<T>());
-    v.resize(n, T::default());
     v
 }
 
