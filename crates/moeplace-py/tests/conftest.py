@@ -28,6 +28,16 @@ def shared_data() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def torch():
+    """torch, for the torch-in, torch-out paths (CI installs it; elsewhere optional)."""
+    try:
+        import torch as t
+    except ImportError:
+        _missing("torch (pip install torch)")
+    return t
+
+
+@pytest.fixture(scope="session")
 def cli():
     """Runs the `moeplace` binary (MOEPLACE_BIN, else target/debug or target/release)."""
     candidates = [os.environ.get("MOEPLACE_BIN"), ROOT / "target" / "debug" / "moeplace",

@@ -61,8 +61,7 @@ def test_balance_is_valid_and_no_worse_than_eplb(shared_data):
     assert (max_gpu_load(p, cnt) <= max_gpu_load(e[0], e[2]) + 1e-9).all()
 
 
-def test_torch_in_torch_out(shared_data):
-    torch = pytest.importorskip("torch")
+def test_torch_in_torch_out(shared_data, torch):
     ex = readme_example(shared_data)
     out = moeplace.rebalance_experts(torch.tensor(ex["weight"], dtype=torch.float32), *args(ex), method="eplb")
     assert all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in out)

@@ -49,8 +49,7 @@ def test_dispatch_spreads_over_replicas_with_nearest(setup):
     assert len(used) > 16, "copies beyond the first are used"
 
 
-def test_dispatch_torch(setup):
-    torch = pytest.importorskip("torch")
+def test_dispatch_torch(setup, torch):
     plan, batch, _ = setup
     d = moeplace.Dispatcher(plan, "nearest")
     out = d.dispatch(0, torch.from_numpy(batch[:, 0, :].copy()), torch.zeros(len(batch), dtype=torch.int64))
