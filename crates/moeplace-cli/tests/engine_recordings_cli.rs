@@ -17,6 +17,7 @@ fn fails(args: &[&str]) -> String {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn profile_of_routed_experts_responses_gives_requests_and_phases() {
     let Some(data) = shared_data() else { return };
     let p = data.join("engines/sglang/responses_routed_experts.jsonl");
@@ -35,6 +36,7 @@ fn profile_of_routed_experts_responses_gives_requests_and_phases() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn every_engine_recording_profiles_by_path() {
     let Some(data) = shared_data() else { return };
     let e = data.join("engines");
@@ -65,6 +67,7 @@ fn every_engine_recording_profiles_by_path() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn load_balancer_statistics_need_slot_assignments() {
     let Some(data) = shared_data() else { return };
     let dir = data.join("engines/trtllm/stats_with_load_balancer");
@@ -85,6 +88,7 @@ fn load_balancer_statistics_need_slot_assignments() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn plans_and_conversions_from_engine_recordings() {
     let Some(data) = shared_data() else { return };
     let e = data.join("engines");
@@ -107,6 +111,7 @@ fn plans_and_conversions_from_engine_recordings() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn bad_engine_recordings_fail_with_one_clear_error() {
     let Some(data) = shared_data() else { return };
     let tmp = tempfile::tempdir().unwrap();

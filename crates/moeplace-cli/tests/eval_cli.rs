@@ -129,6 +129,7 @@ fn independent(esft: &Path) -> Expected {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn esft_linear_eval_matches_a_plain_implementation() {
     let Some(data) = data_dir() else { return };
     let esft = data.join("esft-deepseek-v2-lite");

@@ -6,6 +6,7 @@ mod common;
 use common::{moeplace, moeplace_ok, shared_data};
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn eplb_plan_from_sglang_logical_count_matches_the_readme() {
     let Some(data) = shared_data() else { return };
     let ex: serde_json::Value =

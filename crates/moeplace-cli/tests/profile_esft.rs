@@ -6,6 +6,7 @@ mod common;
 use common::{moeplace_ok, shared_data};
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn profile_reports_the_esft_token_counts_and_shape() {
     let Some(data) = shared_data() else { return };
     let esft = data.join("esft-deepseek-v2-lite");
@@ -29,6 +30,7 @@ fn profile_reports_the_esft_token_counts_and_shape() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn profiling_families_one_by_one_and_merging_is_byte_identical() {
     let Some(data) = shared_data() else { return };
     let esft = data.join("esft-deepseek-v2-lite");

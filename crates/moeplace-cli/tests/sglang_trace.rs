@@ -6,6 +6,7 @@ mod common;
 use common::{moeplace, moeplace_ok, shared_data};
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn sglang_trace_reads_with_phases_and_correlation() {
     let Some(data) = shared_data() else { return };
     let trace = data.join("sglang-granite/routing-trace.jsonl");
@@ -23,6 +24,7 @@ fn sglang_trace_reads_with_phases_and_correlation() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn sglang_trace_cut_before_its_footer_is_refused() {
     // The recorded trace ends with a footer; cut at a row boundary before it, the
     // trace read as a complete one with fewer tokens.

@@ -23,6 +23,7 @@ const PAIRS_REL: f64 = 0.4;
 const PAIRS_MEAN_REL: f64 = 0.3;
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn fitted_generator_matches_the_esft_logs() {
     let Some(data) = common::shared_data() else { return };
     let path = data.join("esft-deepseek-v2-lite");

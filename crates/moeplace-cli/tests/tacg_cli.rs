@@ -8,6 +8,7 @@ mod common;
 use common::{moeplace_ok, shared_data};
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn tacg_gesr_plan_carries_family_gpus_and_eval_uses_them() {
     let Some(data) = shared_data() else { return };
     let esft = data.join("esft-deepseek-v2-lite");
@@ -85,6 +86,7 @@ fn tacg_gesr_plan_carries_family_gpus_and_eval_uses_them() {
 /// `plan --family-share` plans for another family mix: the groups follow the shares,
 /// and a family with share 0 gets none.
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn plan_for_another_family_mix() {
     let Some(data) = shared_data() else { return };
     let esft = data.join("esft-deepseek-v2-lite");
@@ -137,6 +139,7 @@ fn plan_for_another_family_mix() {
 /// `plan` says what the token-level refinement did, and says so when the statistics
 /// carry no token-path sample (so the steps were skipped) instead of staying silent.
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn plan_reports_the_refinement_or_its_absence() {
     let Some(data) = shared_data() else { return };
     let esft = data.join("esft-deepseek-v2-lite");

@@ -135,6 +135,7 @@ fn bad_tuning_flags_are_clear_errors() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn tuning_on_the_esft_logs_reports_held_out_figures() {
     let Some(data) = shared_data() else { return };
     let esft = data.join("esft-deepseek-v2-lite");

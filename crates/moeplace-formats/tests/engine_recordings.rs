@@ -50,6 +50,7 @@ fn read_all(path: &Path, opts: &ReadOptions) -> (Option<LayerMap>, Vec<TokenBatc
 const STAT_LAYER1: [u64; 16] = [66, 44, 44, 54, 57, 39, 52, 55, 68, 31, 30, 23, 51, 43, 71, 40];
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn sglang_stat_dump_reads_as_counts_on_the_moe_layers() {
     let Some(d) = engines() else { return };
     let c = counts(&d.join("sglang/stat_mode.pt"), &ReadOptions::default());
@@ -68,6 +69,7 @@ fn sglang_stat_dump_reads_as_counts_on_the_moe_layers() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn sglang_per_pass_dump_maps_slots_to_logical_experts() {
     let Some(d) = engines() else { return };
     let c = counts(&d.join("sglang/per_pass_mode_rank0.pt"), &ReadOptions::default());
@@ -79,6 +81,7 @@ fn sglang_per_pass_dump_maps_slots_to_logical_experts() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn sglang_per_token_dump_reads_as_a_trace() {
     let Some(d) = engines() else { return };
     let p = d.join("sglang/per_token_mode_rank0.pt");
@@ -101,6 +104,7 @@ fn sglang_per_token_dump_reads_as_a_trace() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn sglang_routed_experts_responses_read_with_requests_and_phases() {
     let Some(d) = engines() else { return };
     let p = d.join("sglang/responses_routed_experts.jsonl");
@@ -125,6 +129,7 @@ fn sglang_routed_experts_responses_read_with_requests_and_phases() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn vllm_routed_experts_npy_drops_the_dense_layer() {
     let Some(d) = engines() else { return };
     let p = d.join("vllm/routed_experts.npy");
@@ -142,6 +147,7 @@ fn vllm_routed_experts_npy_drops_the_dense_layer() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn vllm_eplb_load_stats_map_physical_loads_back() {
     let Some(d) = engines() else { return };
     let c = counts(&d.join("vllm/eplb_load_stats.jsonl"), &ReadOptions::default());
@@ -159,6 +165,7 @@ fn vllm_eplb_load_stats_map_physical_loads_back() {
 const TRT_ITER100_LAYER1: [f64; 16] = [24., 33., 18., 26., 23., 26., 25., 15., 13., 14., 9., 8., 8., 6., 5., 3.];
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn trtllm_statistics_keep_top_k_and_decoder_layers() {
     let Some(d) = engines() else { return };
     let dir = d.join("trtllm/stats_no_load_balancer");
@@ -197,6 +204,7 @@ fn assignments(dir: &Path) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn trtllm_load_balancer_statistics_need_the_slot_assignments() {
     let Some(d) = engines() else { return };
     let dir = d.join("trtllm/stats_with_load_balancer");
@@ -248,6 +256,7 @@ fn trace_error(path: &Path, opts: &ReadOptions) -> String {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn bad_torch_files_get_one_clear_error() {
     let Some(d) = engines() else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -283,6 +292,7 @@ fn bad_torch_files_get_one_clear_error() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn a_slot_id_beyond_the_slot_count_is_refused() {
     let Some(d) = engines() else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -299,6 +309,7 @@ fn a_slot_id_beyond_the_slot_count_is_refused() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn bad_routed_experts_get_one_clear_error() {
     let Some(d) = engines() else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -348,6 +359,7 @@ fn bad_routed_experts_get_one_clear_error() {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn bad_load_stats_get_one_clear_error() {
     let Some(d) = engines() else { return };
     let tmp = tempfile::tempdir().unwrap();

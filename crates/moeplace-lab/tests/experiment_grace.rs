@@ -17,6 +17,7 @@ fn rows<'a>(out: &'a str, label: &str) -> Vec<Vec<&'a str>> {
 }
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn experiment_grace_quick_prints_sane_tables() {
     let Some(data) = shared_data() else { return };
     let esft = data.join("esft-deepseek-v2-lite");

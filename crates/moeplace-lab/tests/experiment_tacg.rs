@@ -6,6 +6,7 @@ mod common;
 use common::{lab as moeplace, lab_ok as moeplace_ok, shared_data};
 
 #[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
 fn experiment_tacg_prints_tables() {
     let Some(data) = shared_data() else { return };
     let esft = data.join("esft-deepseek-v2-lite");

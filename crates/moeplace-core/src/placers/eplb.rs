@@ -452,6 +452,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the repository")]
     fn reproduces_the_readme_example_exactly() {
         let Some(ex) = readme() else { return };
         let w: Vec<Vec<f64>> = mat(&ex["weight"]);
