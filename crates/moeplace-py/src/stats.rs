@@ -176,14 +176,25 @@ fn profile_one(path: &Path, opts: &ReadOptions, options: ProfileOptions) -> Resu
     let shown = path.display();
     let stats = if stats_file::is_statistics_file(path) {
         stats_file::read(path).map_err(|e| e.to_string())?
-    } else if let Some(loads) = moeplace_formats::engine_counts::read_engine_counts(path) {
-        let loads = loads.map_err(|e| e.to_string())?;
-        let k = opts.top_k.ok_or_else(|| format!("{shown}: engine counts do not record top-k; pass top_k="))?;
+    } else if let Some(counts) = moeplace_formats::engine_counts::read_engine_recording(path, opts) {
+        // As `moeplace profile` reads them: top-k from the recording where it tells,
+        // and the decoder layers it recorded, so both give the same statistics.
+        let counts = counts.map_err(|e| e.to_string())?;
+        let k = match (counts.top_k, opts.top_k) {
+            (Some(r), Some(g)) if r != g => {
+                return Err(format!("{shown}: the counts record top-{r} but top_k={g} was given"));
+            }
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) => return Err(format!("{shown}: engine counts do not record top-k; pass top_k=")),
+        };
+        let loads = counts.loads;
         let shape = ModelShape::new(loads.layers, loads.experts, k).map_err(|e| format!("{shown}: {e}"))?;
         let total: Vec<u64> = loads.total().iter().map(|x| x.round() as u64).collect();
-        Statistics::from_loads(shape, total, None).map_err(|e| format!("{shown}: {e}"))?
+        let stats = Statistics::from_loads(shape, total, None).map_err(|e| format!("{shown}: {e}"))?;
+        stats.with_layer_map(counts.layer_map).map_err(|e| format!("{shown}: {e}"))?
     } else {
         let mut reader = open_trace(path, opts).map_err(|e| e.to_string())?;
+        let recorded = reader.layer_map();
         let mut builder = StatisticsBuilder::new(reader.shape(), options);
         for batch in &mut reader {
             builder.add_batch(&batch.map_err(|e| e.to_string())?).map_err(|e| format!("{shown}: {e}"))?;
@@ -192,7 +203,7 @@ fn profile_one(path: &Path, opts: &ReadOptions, options: ProfileOptions) -> Resu
         if stats.tokens() == 0 {
             return Err(format!("{shown}: the trace holds no tokens"));
         }
-        return Ok(stats);
+        return stats.with_layer_map(recorded).map_err(|e| format!("{shown}: {e}"));
     };
     let shape = stats.shape();
     for (what, given, recorded) in [("experts", opts.experts, shape.experts), ("top_k", opts.top_k, shape.top_k)] {
