@@ -24,8 +24,8 @@ const PINNED: &[(&str, u64)] = &[
     ("coact", 0x30907b8736c94dae),
     ("tacg", 0x1e44c6fa0aee2360),
     ("tacg+gesr", 0x7809404cad5e58f9),
-    ("cluster-homes", 0xfbd0c868a504816f),
-    ("grace", 0xe58016ada6dc636e),
+    ("cluster-homes", 0x922b25fd675ca769),
+    ("grace", 0xaac9c06a23ccc090),
 ];
 
 #[test]

@@ -15,7 +15,7 @@ use moeplace_formats::writer::{output_format, TraceWriter};
 /// Same options and seed, same bytes.
 ///
 /// The model shape comes from --preset (deepseek-v2-lite, deepseek-v3,
-/// qwen3-30b-a3b, qwen3-235b-a22b, mixtral-8x7b, olmoe-1b-7b), from
+/// qwen3-30b-a3b, qwen3-235b-a22b, mixtral-8x7b, olmoe-1b-7b, llama-4-maverick), from
 /// --layers/--experts/--top-k, or from --fit STATS (statistics of a real trace from
 /// `moeplace profile -o`), which fits the generator to that trace; --fit with a
 /// shape option carries the fitted structure to another model scale.

@@ -13,12 +13,18 @@
 //! 3. per layer, experts are placed to maximise node-local tokens (picks of cluster
 //!    c's tokens whose expert has a copy in group c) under exact slot capacity (a
 //!    group holds as many copies as its GPUs own slots, at most one copy of an expert
-//!    per group). Choice, since the paper does not publish its solver: each group
-//!    first takes the experts its cluster picks most (as many as it has slots); then
-//!    every expert left without a copy replaces, in the group where that loses the
-//!    fewest local picks, an expert that has a copy elsewhere (hottest uncovered
-//!    experts first); then, inside a group, experts go heaviest first to the GPU with
-//!    the least load that has a free slot (load balance inside the group);
+//!    per GPU). Choice, since the paper does not publish its solver: each group
+//!    first takes the experts its cluster picks most (as many copies as it has
+//!    slots), an expert its cluster picks more than a GPU's share of the group's
+//!    picks taking that many copies (one per GPU at most), since the group's copies
+//!    share its picks; then every expert left without a copy replaces, in the group
+//!    where that loses the fewest local picks (a copy is worth the picks it serves,
+//!    its cluster's picks of the expert over its copies in the group), a copy of an
+//!    expert copied elsewhere (hottest uncovered experts first); then, inside a
+//!    group, experts with several copies go first to the GPUs with the most free
+//!    slots, the rest heaviest first to the GPU with the least load that has a free
+//!    slot (load balance inside the group); finally the served balance fallback
+//!    (`placers/served.rs`);
 //! 4. a prefill signature model ([`SignatureModel`]) and, per cluster, the mean of its
 //!    members' signatures: the classifier.
 //!
@@ -288,51 +294,75 @@ fn place_for_clusters(
             }
         }
         let total: Vec<u64> = (0..experts).map(|e| (0..k).map(|c| w[c][e]).sum()).collect();
-        let mut chosen: Vec<Vec<bool>> = vec![vec![false; experts]; k];
+        // chosen[c][e]: copies of e in group c. An expert its cluster picks more
+        // than a GPU's share of the group's picks gets that many copies on distinct
+        // GPUs of the group (up to one per GPU): the home node serves it, and
+        // `nearest` spreads a node's picks over the node's copies, so one copy
+        // would make its GPU the group's bottleneck (at top-1 a hot expert is a
+        // whole token's load).
+        let mut chosen: Vec<Vec<usize>> = vec![vec![0; experts]; k];
         let mut copies = vec![0usize; experts];
         for c in 0..k {
             let mut order: Vec<usize> = (0..experts).collect();
             order.sort_by(|&a, &b| w[c][b].cmp(&w[c][a]).then(total[b].cmp(&total[a])).then(a.cmp(&b)));
-            for &e in order.iter().take(cap[c]) {
-                chosen[c][e] = true;
-                copies[e] += 1;
+            let share = (w[c].iter().sum::<u64>() as f64 / groups[c].len() as f64).max(1.0);
+            let mut room = cap[c];
+            for &e in &order {
+                if room == 0 {
+                    break;
+                }
+                let want = ((w[c][e] as f64 / share).ceil() as usize).clamp(1, groups[c].len()).min(room);
+                chosen[c][e] = want;
+                copies[e] += want;
+                room -= want;
             }
         }
         let mut uncovered: Vec<usize> = (0..experts).filter(|&e| copies[e] == 0).collect();
         uncovered.sort_by(|&a, &b| total[b].cmp(&total[a]).then(a.cmp(&b)));
         for u in uncovered {
-            // The cheapest (group, victim) with the victim copied elsewhere.
-            let mut best: Option<(i64, usize, usize)> = None;
+            // The cheapest (group, victim) with the victim copied elsewhere; a copy
+            // is worth the picks of its cluster it serves.
+            let mut best: Option<(f64, usize, usize)> = None;
             for c in 0..k {
-                for v in (0..experts).filter(|&v| chosen[c][v] && copies[v] >= 2) {
-                    let loss = w[c][v] as i64 - w[c][u] as i64;
+                for v in (0..experts).filter(|&v| chosen[c][v] > 0 && copies[v] >= 2) {
+                    let loss = w[c][v] as f64 / chosen[c][v] as f64 - w[c][u] as f64;
                     if best.is_none_or(|b| loss < b.0) {
                         best = Some((loss, c, v));
                     }
                 }
             }
             let (_, c, v) = best.expect("total slots >= experts leaves some expert with two copies");
-            chosen[c][v] = false;
+            chosen[c][v] -= 1;
             copies[v] -= 1;
-            chosen[c][u] = true;
+            chosen[c][u] += 1;
             copies[u] += 1;
         }
         let mut row = vec![0i64; cluster.slots()];
         for (c, gpus) in groups.iter().enumerate() {
-            local += (0..experts).filter(|&e| chosen[c][e]).map(|e| w[c][e]).sum::<u64>();
-            let mut mine: Vec<usize> = (0..experts).filter(|&e| chosen[c][e]).collect();
+            local += (0..experts).filter(|&e| chosen[c][e] > 0).map(|e| w[c][e]).sum::<u64>();
+            let mut mine: Vec<usize> = (0..experts).filter(|&e| chosen[c][e] > 0).collect();
             let load = |e: usize| total[e] as f64 / copies[e] as f64;
-            mine.sort_by(|&a, &b| load(b).total_cmp(&load(a)).then(a.cmp(&b)));
-            let mut fill = vec![0usize; gpus.len()];
+            // Experts with several copies first, onto the GPUs with the most free
+            // slots (so every copy finds a GPU without one), then the rest heaviest
+            // first onto the least-loaded GPU with a free slot.
+            mine.sort_by(|&a, &b| chosen[c][b].cmp(&chosen[c][a]).then(load(b).total_cmp(&load(a))).then(a.cmp(&b)));
+            let mut held: Vec<Vec<usize>> = vec![Vec::new(); gpus.len()];
             let mut gload = vec![0f64; gpus.len()];
             for e in mine {
-                let i = (0..gpus.len())
-                    .filter(|&i| fill[i] < cluster.gpu_slot_count(gpus[i]))
-                    .min_by(|&a, &b| gload[a].total_cmp(&gload[b]).then(a.cmp(&b)))
-                    .expect("a group's chosen experts fit its slots");
-                row[cluster.gpu_slots(gpus[i]).start + fill[i]] = e as i64;
-                fill[i] += 1;
-                gload[i] += load(e);
+                for _ in 0..chosen[c][e] {
+                    let free = |i: usize| cluster.gpu_slot_count(gpus[i]) - held[i].len();
+                    let i = (0..gpus.len())
+                        .filter(|&i| free(i) > 0 && !held[i].contains(&e))
+                        .min_by(|&a, &b| {
+                            let by_room =
+                                if chosen[c][e] > 1 { free(b).cmp(&free(a)) } else { std::cmp::Ordering::Equal };
+                            by_room.then(gload[a].total_cmp(&gload[b])).then(a.cmp(&b))
+                        })
+                        .expect("a group's chosen copies fit its slots, one per GPU");
+                    row[cluster.gpu_slots(gpus[i]).start + held[i].len()] = e as i64;
+                    held[i].push(e);
+                    gload[i] += load(e);
+                }
             }
         }
         rows.push(row);
@@ -447,7 +477,7 @@ impl Placer for ClusterHomesPlacer {
         // of, the GPUs per node; otherwise the plan says how many straddle.
         out.notes
             .insert(super::SPLIT_GROUPS_NOTE.into(), super::tacg::split_groups(&model.groups, input.cluster) as f64);
-        Ok(out)
+        super::served::hold_served_balance(input, out, &self.serving())
     }
 }
 

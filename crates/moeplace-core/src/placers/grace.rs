@@ -363,7 +363,7 @@ impl Placer for Grace {
         out.notes.append(&mut notes);
         out.notes.insert("knee_r".into(), knee_r);
         out.notes.insert("hot_experts".into(), hot);
-        Ok(out)
+        super::served::hold_served_balance(input, out, &self.serving())
     }
 }
 

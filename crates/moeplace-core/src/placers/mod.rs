@@ -19,6 +19,8 @@ pub use eplb::{rebalance_experts, EplbArrays};
 mod grace;
 mod linear;
 mod round_robin;
+mod served;
+pub use served::{REVERTED_LAYERS_NOTE, SERVED_SWAPS_NOTE};
 mod tacg;
 pub use tacg::SPLIT_GROUPS_NOTE;
 mod tacg_gesr;
@@ -323,7 +325,8 @@ pub const BALANCE_FLOOR: f64 = 0.99;
 /// [`BALANCE_FLOOR`], swaps pairs of experts between the heaviest GPU and another,
 /// each time the swap that lowers the sum of squared GPU loads most, until the layer
 /// reaches the floor or no swap helps. Slot counts and copy counts stay as they are,
-/// so a plan above the floor is returned unchanged. Returns the swaps made.
+/// so a plan above the floor is returned unchanged. Returns the swaps made. Expected
+/// loads do not see how a plan is served; `served.rs` judges it as served.
 pub(crate) fn hold_balance(placement: Placement, loads: &ExpertLoads) -> Result<(Placement, usize), PlaceError> {
     let (gpus, experts) = (placement.gpus(), placement.experts());
     let mut lists: Vec<Vec<Vec<usize>>> = (0..placement.layers())

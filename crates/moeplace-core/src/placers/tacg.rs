@@ -187,7 +187,7 @@ impl Placer for Tacg {
         let mut out = fm.output(placement);
         out.notes.insert(super::BALANCE_FALLBACK_NOTE.into(), swaps as f64);
         fm.refine_notes(&mut out, refined);
-        Ok(out)
+        super::served::hold_served_balance(input, out, &self.serving())
     }
 }
 

@@ -185,7 +185,7 @@ impl Placer for TacgGesr {
         fm.refine_notes(&mut out, results.iter().map(|r| r.2).collect());
         let pinned: usize = results.iter().map(|(_, r, _)| r).sum();
         out.notes.insert("pinned_copies_per_layer".into(), pinned as f64 / results.len().max(1) as f64);
-        Ok(out)
+        super::served::hold_served_balance(input, out, &self.serving())
     }
 }
 

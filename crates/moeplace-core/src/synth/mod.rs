@@ -332,10 +332,12 @@ pub struct Preset {
 
 /// The built-in model shapes (MoE layers, routed experts per layer, top-k).
 /// Decode drifts of the presets, measured with `moeplace-lab bench synth` (prefill/decode
-/// correlation about 0.55 for DeepSeek-V3 and 0.68 otherwise, as in the paper).
+/// correlation about 0.55 for DeepSeek-V3, 0.82 for Llama 4 Maverick and 0.68
+/// otherwise, as in the paper).
 const DD_V3: f64 = 1.5;
 const DD_Q: f64 = 1.2;
 const DD_MID: f64 = 1.2;
+const DD_MAVERICK: f64 = 0.55;
 
 pub const PRESETS: &[Preset] = &[
     Preset { name: "deepseek-v2-lite", layers: 26, experts: 64, top_k: 6, decode_drift: DD_MID },
@@ -344,6 +346,10 @@ pub const PRESETS: &[Preset] = &[
     Preset { name: "qwen3-235b-a22b", layers: 94, experts: 128, top_k: 8, decode_drift: DD_Q },
     Preset { name: "mixtral-8x7b", layers: 32, experts: 8, top_k: 2, decode_drift: DD_MID },
     Preset { name: "olmoe-1b-7b", layers: 16, experts: 64, top_k: 8, decode_drift: DD_MID },
+    // Llama 4 Maverick: 48 decoder layers, every second one MoE (24), each with 128
+    // routed experts picked top-1 beside an always-on shared expert, which is dense
+    // and not placed. The top-1 shape, where one hot expert is a whole token's load.
+    Preset { name: "llama-4-maverick", layers: 24, experts: 128, top_k: 1, decode_drift: DD_MAVERICK },
 ];
 
 /// The default family mix: the four request families of METHODS.md section 2.
