@@ -9,7 +9,7 @@ use moeplace_core::model::ModelDescription;
 use moeplace_core::stats::{ExpertLoads, ProfileOptions, Statistics, StatisticsBuilder};
 use moeplace_core::trace::{ModelShape, Trace};
 use moeplace_formats::engine_counts::EngineCounts;
-use moeplace_formats::{open_trace, stats_file, ReadOptions, TraceFormat, TraceReader};
+use moeplace_formats::{open_trace, stats_file, ProgressUnit, ReadOptions, TraceFormat, TraceReader};
 
 use crate::model_args::{check_shape, layers_of, with_model};
 
@@ -94,11 +94,16 @@ impl TraceArgs {
     }
 }
 
-/// A progress bar over bytes on stderr (hidden when stderr is not a terminal).
-pub fn byte_progress(total: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(total);
+/// A progress bar on stderr over what `reader` counts (bytes of the file, or tokens)
+/// (hidden when stderr is not a terminal).
+pub fn read_progress(reader: &dyn TraceReader, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(reader.progress().1);
+    let counts = match reader.progress_unit() {
+        ProgressUnit::Bytes => "{bytes}/{total_bytes}",
+        ProgressUnit::Tokens => "{human_pos}/{human_len} tokens",
+    };
     pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+        ProgressStyle::with_template(&format!("{{msg}} [{{bar:30}}] {counts} ({{eta}})"))
             .expect("valid template")
             .progress_chars("=> "),
     );
@@ -134,7 +139,7 @@ pub fn profile_inputs(
             let mut reader = args.open_for(path, model)?;
             let recorded = reader.layer_map();
             let mut stats = StatisticsBuilder::new(reader.shape(), options);
-            let pb = byte_progress(reader.progress().1, &format!("profiling {}", path.display()));
+            let pb = read_progress(reader.as_ref(), &format!("profiling {}", path.display()));
             while let Some(batch) = reader.next() {
                 let batch = batch?;
                 stats.add_batch(&batch).with_context(|| format!("{}", path.display()))?;
@@ -204,7 +209,7 @@ pub fn read_windows(
     let shape: ModelShape = reader.shape();
     let mut window = Trace::new(shape);
     let (mut in_window, mut total) = (0usize, 0usize);
-    let pb = byte_progress(reader.progress().1, &format!("reading {}", path.display()));
+    let pb = read_progress(reader.as_ref(), &format!("reading {}", path.display()));
     while let Some(batch) = reader.next() {
         let batch = batch?;
         in_window += batch.len();

@@ -164,10 +164,23 @@ pub trait TraceReader: Iterator<Item = Result<TokenBatch, FormatError>> + Send {
     fn layer_map(&self) -> Option<LayerMap> {
         None
     }
-    /// Bytes read so far and total bytes, for progress bars (approximate).
+    /// Done so far and total, for progress bars (approximate), in the unit
+    /// [`TraceReader::progress_unit`] says.
     fn progress(&self) -> (u64, u64) {
         (0, 0)
     }
+    /// What [`TraceReader::progress`] counts: bytes of the file, or tokens for
+    /// readers that know their token count before reading.
+    fn progress_unit(&self) -> ProgressUnit {
+        ProgressUnit::Bytes
+    }
+}
+
+/// The unit of a reader's progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressUnit {
+    Bytes,
+    Tokens,
 }
 
 /// Opens `path` with the format chosen by `opts` or detected from the path. The

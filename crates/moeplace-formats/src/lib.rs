@@ -49,5 +49,5 @@ pub mod torch_pt;
 pub mod trtllm_raw;
 pub mod writer;
 
-pub use detect::{open_trace, ReadOptions, TraceFormat, TraceReader};
+pub use detect::{open_trace, ProgressUnit, ReadOptions, TraceFormat, TraceReader};
 pub use error::FormatError;

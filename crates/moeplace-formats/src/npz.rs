@@ -403,6 +403,9 @@ impl TraceReader for NumpyReader {
     fn progress(&self) -> (u64, u64) {
         (self.next as u64, self.tokens as u64)
     }
+    fn progress_unit(&self) -> crate::ProgressUnit {
+        crate::ProgressUnit::Tokens
+    }
 }
 
 /// Adds `array` to the archive as `NAME.npy`, stored (numpy reads archives it did not

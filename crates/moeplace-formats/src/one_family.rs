@@ -81,4 +81,7 @@ impl TraceReader for OneFamilyPerRequest {
     fn progress(&self) -> (u64, u64) {
         self.inner.progress()
     }
+    fn progress_unit(&self) -> crate::ProgressUnit {
+        self.inner.progress_unit()
+    }
 }

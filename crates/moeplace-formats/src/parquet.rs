@@ -535,9 +535,11 @@ impl TraceReader for ParquetReader {
         self.shape
     }
 
-    /// Rows, not bytes.
     fn progress(&self) -> (u64, u64) {
         (self.rows_done, self.rows_total)
+    }
+    fn progress_unit(&self) -> crate::ProgressUnit {
+        crate::ProgressUnit::Tokens
     }
 }
 

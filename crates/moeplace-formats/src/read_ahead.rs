@@ -27,6 +27,7 @@ pub struct ReadAhead {
     batches: Option<Receiver<Result<TokenBatch, FormatError>>>,
     /// (done, total) of the wrapped reader, updated after each batch it yields.
     progress: Arc<(AtomicU64, AtomicU64)>,
+    unit: crate::ProgressUnit,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -34,6 +35,7 @@ impl ReadAhead {
     pub fn new(mut inner: Box<dyn TraceReader>) -> ReadAhead {
         let shape = inner.shape();
         let layer_map = inner.layer_map();
+        let unit = inner.progress_unit();
         let progress = Arc::new((AtomicU64::new(0), AtomicU64::new(inner.progress().1)));
         let (tx, rx) = sync_channel(DEPTH);
         let shared = Arc::clone(&progress);
@@ -52,7 +54,7 @@ impl ReadAhead {
                 }
             })
             .expect("spawning the reader thread");
-        ReadAhead { shape, layer_map, batches: Some(rx), progress, thread: Some(thread) }
+        ReadAhead { shape, layer_map, batches: Some(rx), progress, unit, thread: Some(thread) }
     }
 }
 
@@ -97,6 +99,9 @@ impl TraceReader for ReadAhead {
 
     fn progress(&self) -> (u64, u64) {
         (self.progress.0.load(Ordering::Relaxed), self.progress.1.load(Ordering::Relaxed))
+    }
+    fn progress_unit(&self) -> crate::ProgressUnit {
+        self.unit
     }
 }
 

@@ -171,3 +171,35 @@ fn npz_needs_the_expert_count_and_checks_ids() {
     assert_eq!(t[0].len(), 2);
     assert_eq!(t[0].picks(1, 0), &[2, 5]);
 }
+
+#[test]
+fn progress_counts_what_its_unit_says() {
+    // Progress bars print bytes for readers that count bytes and tokens for those
+    // that count tokens; a bar that took tokens for bytes showed "KiB" for tokens.
+    use moeplace_formats::ProgressUnit;
+    let shape = ModelShape::new(2, 8, 2).unwrap();
+    let t = trace_from(shape, &(0..30u8).map(|i| (i % 4, 0, 1, vec![i as u16, 3])).collect::<Vec<_>>(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let (j, p, n) = (dir.path().join("t.jsonl"), dir.path().join("t.parquet"), dir.path().join("t.npz"));
+    let mut w = JsonlWriter::create(&j, shape).unwrap();
+    w.write_batch(&t.batches[0]).unwrap();
+    w.finish().unwrap();
+    let mut w = ParquetWriter::create(&p, shape).unwrap();
+    w.write_batch(&t.batches[0]).unwrap();
+    w.finish().unwrap();
+    moeplace_formats::npz::write_npz(&n, shape, &t.batches).unwrap();
+    let bytes = std::fs::metadata(&j).unwrap().len();
+    for (path, unit, total) in
+        [(&j, ProgressUnit::Bytes, bytes), (&p, ProgressUnit::Tokens, 30), (&n, ProgressUnit::Tokens, 30)]
+    {
+        let mut r = open_trace(path, &ReadOptions::default()).unwrap();
+        assert_eq!(r.progress_unit(), unit, "{}", path.display());
+        for b in r.by_ref() {
+            b.unwrap();
+        }
+        let (done, all) = r.progress();
+        assert_eq!(all, total, "{}", path.display());
+        // Bytes are approximate (read buffers); tokens are exact.
+        assert!(done <= all && (unit == ProgressUnit::Bytes || done == all), "{}: {done}/{all}", path.display());
+    }
+}

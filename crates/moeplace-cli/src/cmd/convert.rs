@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use moeplace_formats::writer::{output_format, TraceWriter};
 
-use crate::input::{byte_progress, TraceArgs};
+use crate::input::{read_progress, TraceArgs};
 use crate::model_args::ModelArgs;
 
 /// Convert a routing trace between formats, streaming (memory stays bounded).
@@ -38,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
     let model = args.model.resolve()?;
     let mut reader = args.trace.open_for(&args.input, model.as_ref())?;
     crate::model_args::layers_of(&args.input, reader.layer_map(), model.as_ref())?;
-    let pb = byte_progress(reader.progress().1, &format!("converting {}", args.input.display()));
+    let pb = read_progress(reader.as_ref(), &format!("converting {}", args.input.display()));
     let mut tokens = 0usize;
     let mut w = TraceWriter::create(out, format, reader.shape())?;
     while let Some(b) = reader.next() {
