@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import zipfile
 
 import numpy as np
@@ -83,7 +84,10 @@ def cli_solve_times(exe: str, w: np.ndarray, repeat: int) -> dict:
 
 
 def vllm_eplb():
-    """vllm's EPLB `rebalance_experts`, from its wheel downloaded at run time."""
+    """vllm's EPLB `rebalance_experts`, from its wheel downloaded at run time: a
+    module-level function in older releases, a classmethod of the default policy
+    (`eplb/policy/default.py`) in newer ones. The eplb folder is loaded as a package
+    of its own, so vllm's own `__init__` (and its GPU imports) never runs."""
     import torch  # noqa: F401  (vllm's EPLB is torch code)
 
     tmp = tempfile.mkdtemp(prefix="vllm-wheel-")
@@ -91,12 +95,26 @@ def vllm_eplb():
     wheel = glob.glob(os.path.join(tmp, "vllm-*.whl"))[0]
     with zipfile.ZipFile(wheel) as z:
         names = [n for n in z.namelist() if "/eplb/" in n and n.endswith(".py")]
-        source = next(n for n in names if "def rebalance_experts" in z.read(n).decode())
-        path = z.extract(source, tmp)
-    spec = importlib.util.spec_from_file_location("vllm_eplb", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return os.path.basename(wheel), mod
+        z.extractall(tmp, names)
+        sources = [n for n in names if "def rebalance_experts" in z.read(n).decode()]
+    for source in sources:
+        folder = os.path.dirname(os.path.join(tmp, source))
+        package = "vllm_eplb_" + str(abs(hash(folder)))
+        pkg = types.ModuleType(package)
+        pkg.__path__ = [folder]
+        sys.modules[package] = pkg
+        stem = os.path.splitext(os.path.basename(source))[0]
+        try:
+            mod = importlib.import_module(f"{package}.{stem}")
+        except ImportError:
+            continue
+        if callable(getattr(mod, "rebalance_experts", None)):
+            return os.path.basename(wheel), mod.rebalance_experts
+        for value in vars(mod).values():
+            method = getattr(value, "rebalance_experts", None)
+            if isinstance(value, type) and callable(method) and not getattr(method, "__isabstractmethod__", False):
+                return os.path.basename(wheel), method
+    raise RuntimeError(f"no concrete rebalance_experts in {os.path.basename(wheel)}'s eplb folder")
 
 
 def dispatch_rate(plan: moeplace.Plan, name: str, repeat: int) -> float:
@@ -126,11 +144,11 @@ def main() -> None:
         rows.append((f"moeplace.rebalance_experts(method={method!r})", f"{t * 1e3:.1f} ms"))
     if args.vllm:
         try:
-            wheel, mod = vllm_eplb()
+            wheel, rebalance = vllm_eplb()
             import torch
 
             wt = torch.from_numpy(w)
-            t = best_of(lambda: mod.rebalance_experts(wt, SLOTS, GROUPS, NODES, GPUS), args.repeat)
+            t = best_of(lambda: rebalance(wt, SLOTS, GROUPS, NODES, GPUS), args.repeat)
             rows.append((f"vllm EPLB ({wheel}, torch {torch.__version__})", f"{t * 1e3:.1f} ms"))
         except Exception as e:  # reported, not hidden: the table says why the row is missing
             rows.append(("vllm EPLB", f"not run: {type(e).__name__}: {e}"))
