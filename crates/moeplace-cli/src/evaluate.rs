@@ -11,7 +11,7 @@ use moeplace_core::placement::Placement;
 use moeplace_core::placers::Params;
 use moeplace_core::protocol::{self, METRICS};
 use moeplace_core::serving::{Homes, Serving};
-use moeplace_core::simulate::{cut_percent, Replay, SimResult};
+use moeplace_core::simulate::{cut_percent, HomePolicy, Replay, SimResult};
 use moeplace_core::stats::ExpertLoads;
 use moeplace_core::trace::{ModelShape, Trace};
 use moeplace_formats::plan_file::Plan;
@@ -184,6 +184,7 @@ pub fn evaluate_windows(
         );
     }
     let mut tokens = 0;
+    let mut families: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut loads = ExpertLoads {
         layers: shape.layers,
         experts: shape.experts,
@@ -191,6 +192,9 @@ pub fn evaluate_windows(
     };
     source(&mut |window: &Trace| {
         tokens += window.tokens();
+        for b in &window.batches {
+            families.extend(b.family_names().iter().cloned());
+        }
         for r in base_replays.iter_mut() {
             r.feed(window)?;
         }
@@ -201,6 +205,7 @@ pub fn evaluate_windows(
         loads.steps[0].iter_mut().zip(&w.steps[0]).for_each(|(a, b)| *a += b);
         Ok(())
     })?;
+    warn_unknown_families(plans, &setups, &families);
     let mut base_results = Vec::new();
     for ((c, p), r) in baselines.iter().zip(base_replays) {
         base_results.push((c.clone(), p.clone(), r.finish()?));
@@ -217,6 +222,29 @@ pub fn evaluate_windows(
         });
     }
     Ok(Evaluation { tokens, baselines: base_results, rows, loads })
+}
+
+/// Says on stderr which of the trace's families a plan homed by family has no GPUs
+/// for: their requests are homed round-robin over all GPUs, away from the groups the
+/// plan built, so its figures for them are not what the plan was made for.
+fn warn_unknown_families<D, S, B>(
+    plans: &[(String, Plan)],
+    setups: &[(Cluster, D, HomePolicy, S, B)],
+    families: &std::collections::BTreeSet<String>,
+) {
+    for ((label, _), (_, _, policy, _, _)) in plans.iter().zip(setups) {
+        if let HomePolicy::Family(map) = policy {
+            let unknown: Vec<&str> = families.iter().filter(|f| !map.contains_key(*f)).map(String::as_str).collect();
+            if !unknown.is_empty() {
+                eprintln!(
+                    "warning: {label} homes requests by family but has no GPUs for famil{} {} of this trace; \
+                     their requests are homed round-robin over all GPUs",
+                    if unknown.len() == 1 { "y" } else { "ies" },
+                    unknown.join(", ")
+                );
+            }
+        }
+    }
 }
 
 impl Evaluation {

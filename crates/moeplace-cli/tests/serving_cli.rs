@@ -69,6 +69,17 @@ fn plans_are_served_as_they_say_unless_told_otherwise() {
     let label = format!("p (tacg+gesr): served with gesr{}, homes family", params.unwrap_or_default());
     assert!(out.contains(&label), "{label}\n{out}");
     assert!(!err.contains("calibrated on this very trace"), "{err}");
+    assert!(!err.contains("has no GPUs for"), "{err}");
+
+    // Requests of a family the plan has no GPUs for are homed round-robin, said so.
+    let family = v["family_gpus"].as_object().unwrap().keys().next().unwrap().clone();
+    let renamed = dir.path().join("renamed.jsonl");
+    let text = std::fs::read_to_string(&held).unwrap();
+    let from = format!("\"family\":\"{family}\"");
+    assert!(text.contains(&from), "{family} in {}", &text[..text.len().min(400)]);
+    std::fs::write(&renamed, text.replace(&from, "\"family\":\"unseen\"")).unwrap();
+    let (ok, _, err) = stderr_of(&["eval", "--trace", s(&renamed), "--plan", s(&plan)]);
+    assert!(ok && err.contains("has no GPUs for family unseen of this trace"), "{err}");
 
     let args = ["eval", "--trace", s(&held), "--plan", s(&plan), "--dispatcher-param", "theta=1.5", "--json"];
     let v: serde_json::Value = serde_json::from_str(&moeplace_ok(&args)).unwrap();
