@@ -150,6 +150,19 @@ fn build_config(args: &Args) -> Result<(SynthConfig, Option<Statistics>)> {
     Ok((config, real))
 }
 
+/// A progress bar over the tokens written (a counter when only requests are set),
+/// on stderr when it is a terminal.
+fn synth_progress(tokens: Option<u64>) -> indicatif::ProgressBar {
+    let (pb, template) = match tokens {
+        Some(t) => {
+            (indicatif::ProgressBar::new(t as u64), "synthesising [{bar:30}] {human_pos}/{human_len} tokens ({eta})")
+        }
+        None => (indicatif::ProgressBar::new_spinner(), "synthesising {spinner} {human_pos} tokens"),
+    };
+    pb.set_style(indicatif::ProgressStyle::with_template(template).expect("a valid template").progress_chars("=> "));
+    pb
+}
+
 pub fn run(args: Args) -> Result<()> {
     let format = output_format(args.output.path(), args.to.as_deref())?;
     let inputs: Vec<&std::path::Path> = args.fit.iter().map(|p| p.as_path()).collect();
@@ -168,10 +181,13 @@ pub fn run(args: Args) -> Result<()> {
         Ok(())
     };
     let mut w = TraceWriter::create(args.output.path(), format, shape)?;
+    let pb = synth_progress(config.tokens);
     for b in synth::generate(&config, args.seed)? {
         each(&b)?;
+        pb.inc(b.len() as u64);
         w.write_batch(b)?;
     }
+    pb.finish_and_clear();
     w.finish()?;
     eprintln!("wrote {tokens} synthetic tokens ({shape}) to {}", args.output.path().display());
     if let (Some(real), Some(synth_stats)) = (real, stats) {
