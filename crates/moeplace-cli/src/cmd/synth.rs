@@ -154,9 +154,7 @@ fn build_config(args: &Args) -> Result<(SynthConfig, Option<Statistics>)> {
 /// on stderr when it is a terminal.
 fn synth_progress(tokens: Option<u64>) -> indicatif::ProgressBar {
     let (pb, template) = match tokens {
-        Some(t) => {
-            (indicatif::ProgressBar::new(t as u64), "synthesising [{bar:30}] {human_pos}/{human_len} tokens ({eta})")
-        }
+        Some(t) => (indicatif::ProgressBar::new(t), "synthesising [{bar:30}] {human_pos}/{human_len} tokens ({eta})"),
         None => (indicatif::ProgressBar::new_spinner(), "synthesising {spinner} {human_pos} tokens"),
     };
     pb.set_style(indicatif::ProgressStyle::with_template(template).expect("a valid template").progress_chars("=> "));
