@@ -338,40 +338,56 @@ pub(crate) fn hold_balance(placement: Placement, loads: &ExpertLoads) -> Result<
         let mut copies = vec![0usize; experts];
         gl.iter().flatten().for_each(|&x| copies[x] += 1);
         let per: Vec<f64> = (0..experts).map(|x| total[x] / copies[x].max(1) as f64).collect();
-        let mut load: Vec<f64> = gl.iter().map(|l| l.iter().map(|&x| per[x]).sum()).collect();
-        for _ in 0..placement.slots() {
-            if jain(&load) >= BALANCE_FLOOR {
-                break;
-            }
-            let h = (0..gpus).max_by(|&a, &b| load[a].total_cmp(&load[b]).then(b.cmp(&a))).expect("GPUs");
-            let mut best: Option<(f64, usize, usize, usize)> = None;
-            for (i, &a) in gl[h].iter().enumerate() {
-                for g in (0..gpus).filter(|&g| g != h && !gl[g].contains(&a)) {
-                    for (j, &b) in gl[g].iter().enumerate() {
-                        if gl[h].contains(&b) {
-                            continue;
-                        }
-                        let d = per[b] - per[a];
-                        let gain = load[h].powi(2) + load[g].powi(2) - (load[h] + d).powi(2) - (load[g] - d).powi(2);
-                        if gain > 1e-12 * load[h].powi(2) && best.is_none_or(|(bg, ..)| gain > bg) {
-                            best = Some((gain, g, i, j));
-                        }
-                    }
-                }
-            }
-            let Some((_, g, i, j)) = best else { break };
-            let (a, b) = (gl[h][i], gl[g][j]);
-            gl[h][i] = b;
-            gl[g][j] = a;
-            load[h] += per[b] - per[a];
-            load[g] += per[a] - per[b];
-            swaps += 1;
-        }
+        let w: Vec<Vec<f64>> = gl.iter().map(|l| l.iter().map(|&x| per[x]).collect()).collect();
+        swaps += swap_to_floor(gl, w);
     }
     if swaps == 0 {
         return Ok((placement, 0));
     }
     Ok((Placement::from_gpu_lists(experts, &lists)?, swaps))
+}
+
+/// Swaps of one layer's experts (`gl[gpu]`, with `w[gpu][i]` the load carried by
+/// `gl[gpu][i]`: expected or served) toward an even load, each time the swap that
+/// lowers the sum of squared GPU loads most; returns the swaps made.
+pub(crate) fn swap_to_floor(gl: &mut [Vec<usize>], mut w: Vec<Vec<f64>>) -> usize {
+    let gpus = gl.len();
+    let mut load: Vec<f64> = w.iter().map(|l| l.iter().sum()).collect();
+    let slots: usize = gl.iter().map(Vec::len).sum();
+    let mut swaps = 0;
+    for _ in 0..slots {
+        if jain(&load) >= BALANCE_FLOOR {
+            break;
+        }
+        let h = (0..gpus).max_by(|&a, &b| load[a].total_cmp(&load[b]).then(b.cmp(&a))).expect("GPUs");
+        let mut best: Option<(f64, usize, usize, usize)> = None;
+        for (i, &a) in gl[h].iter().enumerate() {
+            for g in (0..gpus).filter(|&g| g != h && !gl[g].contains(&a)) {
+                for (j, &b) in gl[g].iter().enumerate() {
+                    if gl[h].contains(&b) {
+                        continue;
+                    }
+                    let d = w[g][j] - w[h][i];
+                    let gain = load[h].powi(2) + load[g].powi(2) - (load[h] + d).powi(2) - (load[g] - d).powi(2);
+                    if gain > 1e-12 * load[h].powi(2) && best.is_none_or(|(bg, ..)| gain > bg) {
+                        best = Some((gain, g, i, j));
+                    }
+                }
+            }
+        }
+        let Some((_, g, i, j)) = best else { break };
+        let d = w[g][j] - w[h][i];
+        let (a, b) = (gl[h][i], gl[g][j]);
+        gl[h][i] = b;
+        gl[g][j] = a;
+        let (wa, wb) = (w[h][i], w[g][j]);
+        w[h][i] = wb;
+        w[g][j] = wa;
+        load[h] += d;
+        load[g] -= d;
+        swaps += 1;
+    }
+    swaps
 }
 
 /// Jain's fairness index of per-GPU loads (1 when even).

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{jain, Params, PlaceError, Placer, PlacerInput, PlacerOutput, BALANCE_FLOOR};
+use super::{jain, swap_to_floor, Params, PlaceError, Placer, PlacerInput, PlacerOutput, BALANCE_FLOOR};
 use crate::cluster::Cluster;
 use crate::dispatch::BatchDispatch;
 use crate::placement::Placement;
@@ -224,48 +224,6 @@ fn swap_rounds(
         }
     }
     Ok((best, best_jain, best_made.iter().sum()))
-}
-
-/// Swaps of one layer's experts (`gl[gpu]`, with `w[gpu][i]` the load served by
-/// `gl[gpu][i]`) toward an even served load; returns the swaps made.
-fn swap_to_floor(gl: &mut [Vec<usize>], mut w: Vec<Vec<f64>>) -> usize {
-    let gpus = gl.len();
-    let mut load: Vec<f64> = w.iter().map(|l| l.iter().sum()).collect();
-    let slots: usize = gl.iter().map(Vec::len).sum();
-    let mut swaps = 0;
-    for _ in 0..slots {
-        if jain(&load) >= BALANCE_FLOOR {
-            break;
-        }
-        let h = (0..gpus).max_by(|&a, &b| load[a].total_cmp(&load[b]).then(b.cmp(&a))).expect("GPUs");
-        let mut best: Option<(f64, usize, usize, usize)> = None;
-        for (i, &a) in gl[h].iter().enumerate() {
-            for g in (0..gpus).filter(|&g| g != h && !gl[g].contains(&a)) {
-                for (j, &b) in gl[g].iter().enumerate() {
-                    if gl[h].contains(&b) {
-                        continue;
-                    }
-                    let d = w[g][j] - w[h][i];
-                    let gain = load[h].powi(2) + load[g].powi(2) - (load[h] + d).powi(2) - (load[g] - d).powi(2);
-                    if gain > 1e-12 * load[h].powi(2) && best.is_none_or(|(bg, ..)| gain > bg) {
-                        best = Some((gain, g, i, j));
-                    }
-                }
-            }
-        }
-        let Some((_, g, i, j)) = best else { break };
-        let d = w[g][j] - w[h][i];
-        let (a, b) = (gl[h][i], gl[g][j]);
-        gl[h][i] = b;
-        gl[g][j] = a;
-        let (wa, wb) = (w[h][i], w[g][j]);
-        w[h][i] = wb;
-        w[g][j] = wa;
-        load[h] += d;
-        load[g] -= d;
-        swaps += 1;
-    }
-    swaps
 }
 
 #[cfg(test)]
