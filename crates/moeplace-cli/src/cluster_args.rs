@@ -1,19 +1,19 @@
 //! Cluster flags shared by `plan` and `eval`: the layout by `--gpus/--nodes/
-//! --slots-per-gpu`, a preset's links by `--preset`, or a whole `--cluster` file.
+//! --slots-per-gpu`, a named machine's links by `--machine`, or a whole `--cluster` file.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use moeplace_core::cluster::{Cluster, Preset};
+use moeplace_core::cluster::{Cluster, Machine};
 use moeplace_formats::cluster_file;
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ClusterArgs {
-    /// GPUs in the cluster (expert-parallel size). With --preset: nodes x the preset's
+    /// GPUs in the cluster (expert-parallel size). With --machine: nodes x the machine's
     /// GPUs per node unless given.
     #[arg(long, value_name = "G")]
     pub gpus: Option<usize>,
-    /// Nodes the GPUs are spread over (default 1, with or without --preset).
+    /// Nodes the GPUs are spread over (default 1, with or without --machine).
     #[arg(long, value_name = "N")]
     pub nodes: Option<usize>,
     /// Expert slots per GPU per layer (default: no redundant slots). Redundant slots
@@ -28,7 +28,7 @@ pub struct ClusterArgs {
     /// Link figures of a named machine: h100 (8 GPUs/node, NVLink, 400 Gb/s IB) or
     /// a100-eth (4 GPUs/node, NVLink, 25 Gb/s Ethernet). Default links: h100's.
     #[arg(long, value_name = "NAME", conflicts_with = "cluster")]
-    pub preset: Option<String>,
+    pub machine: Option<String>,
     /// A cluster TOML file (layout, links, model sizes); see docs/FORMATS.md.
     #[arg(long, value_name = "CLUSTER.toml")]
     pub cluster: Option<PathBuf>,
@@ -44,9 +44,9 @@ impl ClusterArgs {
             return Ok(cluster_file::read(path)?);
         }
         let preset =
-            match &self.preset {
-                Some(name) => Some(Preset::by_name(name).ok_or_else(|| {
-                    anyhow::anyhow!("unknown preset {name:?} (known: {})", Preset::names().join(", "))
+            match &self.machine {
+                Some(name) => Some(Machine::by_name(name).ok_or_else(|| {
+                    anyhow::anyhow!("unknown machine {name:?} (known: {})", Machine::names().join(", "))
                 })?),
                 None => None,
             };
@@ -56,7 +56,7 @@ impl ClusterArgs {
             (None, Some(p)) => {
                 nodes.checked_mul(p.gpus_per_node).ok_or_else(|| anyhow::anyhow!("--nodes {nodes} is too large"))?
             }
-            (None, None) => bail!("give the cluster: --gpus G [--nodes N] [--slots-per-gpu S], --preset or --cluster"),
+            (None, None) => bail!("give the cluster: --gpus G [--nodes N] [--slots-per-gpu S], --machine or --cluster"),
         };
         let slots = match (self.slots_per_gpu, self.slots) {
             (Some(s), _) => gpus
@@ -93,9 +93,9 @@ impl ClusterArgs {
             return Ok(c);
         }
         let mut c = Cluster::new(nodes, gpus, 1)?.with_slots(slots)?;
-        if let Some(name) = &self.preset {
-            let p = Preset::by_name(name)
-                .ok_or_else(|| anyhow::anyhow!("unknown preset {name:?} (known: {})", Preset::names().join(", ")))?;
+        if let Some(name) = &self.machine {
+            let p = Machine::by_name(name)
+                .ok_or_else(|| anyhow::anyhow!("unknown machine {name:?} (known: {})", Machine::names().join(", ")))?;
             c = c.with_links_of(&p);
         }
         Ok(c)
@@ -112,7 +112,7 @@ mod tests {
         let args = ClusterArgs { gpus: Some(big), slots_per_gpu: Some(big), ..Default::default() };
         let e = args.resolve(8).unwrap_err().to_string();
         assert!(e.contains("--slots-per-gpu") && e.contains("too large"), "{e}");
-        let args = ClusterArgs { nodes: Some(usize::MAX / 2), preset: Some("h100".into()), ..Default::default() };
+        let args = ClusterArgs { nodes: Some(usize::MAX / 2), machine: Some("h100".into()), ..Default::default() };
         let e = args.resolve(8).unwrap_err().to_string();
         assert!(e.contains("--nodes") && e.contains("too large"), "{e}");
     }

@@ -338,8 +338,8 @@ fn negative_placer_weights_are_refused() {
     let out = d.join("p.json");
     for trace in [small, large] {
         for (placer, param) in [
-            ("coact", "balance=-1"),
-            ("grace", "balance=-0.5"),
+            ("coact", "load_spread=-1"),
+            ("grace", "load_spread=-0.5"),
             ("tacg", "eta=-1"),
             ("tacg+gesr", "lambda1=-1"),
             ("tacg+gesr", "lambda2=-2"),

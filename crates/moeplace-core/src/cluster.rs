@@ -1,7 +1,7 @@
 //! The cluster a placement is for: N nodes x (G/N) GPUs, S slots per GPU per layer,
 //! and the links and sizes that turn traffic counts into time.
 //!
-//! Presets ([`Preset`]) give explicit link figures for common machines; a cluster
+//! Named machines ([`Machine`]) give explicit link figures for common machines; a cluster
 //! file (moeplace-formats `cluster_file`) or command-line flags override any field.
 //!
 //! Cost model of the simulator (see `simulate`): moving one token activation costs
@@ -38,7 +38,7 @@ pub struct Cluster {
     pub gpu_tflops: f64,
 }
 
-/// DeepSeek-V3's hidden size, the default model the presets assume.
+/// DeepSeek-V3's hidden size, the default model the named machines assume.
 pub const DEEPSEEK_V3_HIDDEN: usize = 7168;
 /// DeepSeek-V3's routed-expert intermediate size.
 pub const DEEPSEEK_V3_EXPERT_INTERMEDIATE: usize = 2048;
@@ -69,7 +69,7 @@ pub const MAX_SLOTS: usize = 16384;
 /// Both assume a DeepSeek-V3-sized expert (hidden 7168, intermediate 2048, bf16);
 /// set `hidden_size` / `expert_flops_per_token` for other models.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Preset {
+pub struct Machine {
     pub name: &'static str,
     pub gpus_per_node: usize,
     pub intra_node_gbps: f64,
@@ -79,9 +79,9 @@ pub struct Preset {
     pub gpu_tflops: f64,
 }
 
-/// Every preset, by name.
-pub const PRESETS: &[Preset] = &[
-    Preset {
+/// Every named machine.
+pub const MACHINES: &[Machine] = &[
+    Machine {
         name: "h100",
         gpus_per_node: 8,
         intra_node_gbps: 450.0,
@@ -90,7 +90,7 @@ pub const PRESETS: &[Preset] = &[
         inter_node_latency_us: 5.0,
         gpu_tflops: 400.0,
     },
-    Preset {
+    Machine {
         name: "a100-eth",
         gpus_per_node: 4,
         intra_node_gbps: 300.0,
@@ -101,15 +101,15 @@ pub const PRESETS: &[Preset] = &[
     },
 ];
 
-impl Preset {
-    /// The preset called `name`.
-    pub fn by_name(name: &str) -> Option<Preset> {
-        PRESETS.iter().copied().find(|p| p.name == name)
+impl Machine {
+    /// The machine called `name`.
+    pub fn by_name(name: &str) -> Option<Machine> {
+        MACHINES.iter().copied().find(|p| p.name == name)
     }
 
-    /// Names of every preset, for help texts and errors.
+    /// Names of every machine, for help texts and errors.
     pub fn names() -> Vec<&'static str> {
-        PRESETS.iter().map(|p| p.name).collect()
+        MACHINES.iter().map(|p| p.name).collect()
     }
 
     /// A cluster of `nodes` such machines with `slots_per_gpu` slots per GPU.
@@ -143,11 +143,11 @@ pub fn expert_flops(hidden: usize, intermediate: usize) -> f64 {
 pub struct ClusterError(pub String);
 
 impl Cluster {
-    /// A cluster with the given layout and the `h100` preset's links and costs
+    /// A cluster with the given layout and the `h100` machine's links and costs
     /// (NVLink inside a node, 400 Gb/s InfiniBand between nodes, DeepSeek-V3-sized
     /// experts in bf16), whatever the GPUs per node.
     pub fn new(nodes: usize, gpus: usize, slots_per_gpu: usize) -> Result<Cluster, ClusterError> {
-        let p = PRESETS[0];
+        let p = MACHINES[0];
         let c = Cluster {
             nodes,
             gpus,
@@ -173,13 +173,13 @@ impl Cluster {
         Ok(self)
     }
 
-    /// The same layout with the link and compute figures of `preset`.
-    pub fn with_links_of(mut self, preset: &Preset) -> Cluster {
-        self.intra_node_gbps = preset.intra_node_gbps;
-        self.inter_node_gbps = preset.inter_node_gbps;
-        self.intra_node_latency_us = preset.intra_node_latency_us;
-        self.inter_node_latency_us = preset.inter_node_latency_us;
-        self.gpu_tflops = preset.gpu_tflops;
+    /// The same layout with the link and compute figures of `machine`.
+    pub fn with_links_of(mut self, machine: &Machine) -> Cluster {
+        self.intra_node_gbps = machine.intra_node_gbps;
+        self.inter_node_gbps = machine.inter_node_gbps;
+        self.intra_node_latency_us = machine.intra_node_latency_us;
+        self.inter_node_latency_us = machine.inter_node_latency_us;
+        self.gpu_tflops = machine.gpu_tflops;
         self
     }
 
@@ -295,13 +295,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn presets_have_their_layout() {
-        let h = Preset::by_name("h100").unwrap().cluster(8, 4).unwrap();
+    fn machines_have_their_layout() {
+        let h = Machine::by_name("h100").unwrap().cluster(8, 4).unwrap();
         assert_eq!((h.gpus, h.gpus_per_node(), h.inter_node_gbps), (64, 8, 50.0));
-        let a = Preset::by_name("a100-eth").unwrap().cluster(4, 2).unwrap();
+        let a = Machine::by_name("a100-eth").unwrap().cluster(4, 2).unwrap();
         assert_eq!((a.gpus, a.gpus_per_node()), (16, 4));
         assert!((a.inter_node_gbps - 0.78125).abs() < 1e-12);
-        assert!(Preset::by_name("tpu").is_none());
-        assert!(Preset::by_name("h100").unwrap().cluster(0, 4).is_err());
+        assert!(Machine::by_name("tpu").is_none());
+        assert!(Machine::by_name("h100").unwrap().cluster(0, 4).is_err());
     }
 }

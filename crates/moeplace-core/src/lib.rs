@@ -20,6 +20,7 @@ pub mod balance;
 pub mod cluster;
 pub mod dispatch;
 pub mod model;
+pub mod params;
 pub mod partition;
 pub mod placement;
 pub mod placers;

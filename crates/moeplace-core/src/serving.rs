@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::dispatch::{self, Dispatcher};
-use crate::placers::{ParamDoc, Params, PlaceError};
+use crate::placers::{Params, PlaceError};
 use crate::simulate::HomePolicy;
 
 /// Where requests are served.
@@ -109,26 +109,6 @@ impl Serving {
     }
 }
 
-/// Refuses parameters a dispatcher does not declare.
-pub(crate) fn allow_only(dispatcher: &str, declared: &[ParamDoc], params: &Params) -> Result<(), PlaceError> {
-    for k in params.0.keys() {
-        if !declared.iter().any(|d| d.name == k) {
-            let names: Vec<&str> = declared.iter().map(|d| d.name).collect();
-            return Err(PlaceError::BadParam(format!(
-                "dispatcher {dispatcher} has no parameter {k:?} (it takes: {})",
-                if names.is_empty() { "none".to_string() } else { names.join(", ") }
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The default a declaration gives, parsed (declarations are code: a bad one is a bug
-/// the dispatcher tests catch).
-pub(crate) fn declared_default<'a>(declared: &'a [ParamDoc], name: &str) -> &'a str {
-    declared.iter().find(|d| d.name == name).map(|d| d.default).expect("a declared parameter")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +118,7 @@ mod tests {
         for d in dispatch::registry(0) {
             let mut params = Params::default();
             for p in d.params() {
-                params.0.insert(p.name.to_string(), p.default.to_string());
+                params.0.insert(p.name.to_string(), p.default_text());
             }
             let built = dispatch::build(d.name(), &params, 0).unwrap();
             assert_eq!(built.name(), d.name());

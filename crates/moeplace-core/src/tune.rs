@@ -166,6 +166,14 @@ pub enum TuneError {
     Replay { setting: String, error: SimError },
 }
 
+/// What the user fixed: placer parameters (`--param`, a preset's) and serving
+/// parameters (a preset's); tuning varies only the rest.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fixed {
+    pub placer: Params,
+    pub serving: Params,
+}
+
 /// One candidate: the placer's parameters and the serving.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Setting {
@@ -265,8 +273,10 @@ impl Tuned {
 }
 
 /// The placer settings (the grid's product with the user's parameters on top, which
-/// fix what they name) and serving variants, each without repeats, in grid order.
-pub fn candidates(placer: &dyn Placer, user: &Params) -> (Vec<Params>, Vec<Serving>) {
+/// fix what they name) and serving variants (the user's serving parameters on top),
+/// each without repeats, in grid order.
+pub fn candidates(placer: &dyn Placer, fixed: &Fixed) -> (Vec<Params>, Vec<Serving>) {
+    let user = &fixed.placer;
     let grid = placer.tuning();
     let mut placers: Vec<Params> = vec![Params::default()];
     for (name, values) in &grid.placer {
@@ -291,6 +301,9 @@ pub fn candidates(placer: &dyn Placer, user: &Params) -> (Vec<Params>, Vec<Servi
     } else {
         grid.serving.iter().map(|variant| variant.iter().fold(base.clone(), |s, (k, v)| s.with_param(k, v))).collect()
     };
+    for s in servings.iter_mut() {
+        s.params = fixed.serving.over(&s.params);
+    }
     dedup(&mut servings);
     (placers, servings)
 }
@@ -352,14 +365,14 @@ struct Fold {
 }
 
 /// Cross-validates `placer`'s candidates (see the module documentation) on the
-/// calibration `trace` for `cluster`. `user` are the parameters given (fixed in every
+/// calibration `trace` for `cluster`. `fixed` are the parameters given (fixed in every
 /// setting), `previous` the deployed plan for placers that keep copies in place. `progress` is
 /// called once per (placer setting, fold) done; [`jobs`] says how many there are.
 pub fn cross_validate(
     placer: &dyn Placer,
     trace: &Trace,
     cluster: &Cluster,
-    user: &Params,
+    fixed: &Fixed,
     options: TuneOptions,
     previous: Option<&Placement>,
     progress: &(dyn Fn() + Sync),
@@ -370,7 +383,7 @@ pub fn cross_validate(
             options.min_jain
         )));
     }
-    let (placers, servings) = candidates(placer, user);
+    let (placers, servings) = candidates(placer, fixed);
     let parts = folds(trace, options.folds, options.seed)?;
     let k = parts.len();
     let data: Vec<Fold> = parts
@@ -430,10 +443,10 @@ pub fn cross_validate(
     Ok(Tuned { options, folds: k, scores, chosen, held })
 }
 
-/// (placer settings x folds) jobs [`cross_validate`] runs for `placer` with `user`'s
+/// (placer settings x folds) jobs [`cross_validate`] runs for `placer` with `fixed`'s
 /// parameters and `folds` folds (at most; fewer when a family has fewer requests).
-pub fn jobs(placer: &dyn Placer, user: &Params, folds: usize) -> usize {
-    candidates(placer, user).0.len() * folds
+pub fn jobs(placer: &dyn Placer, fixed: &Fixed, folds: usize) -> usize {
+    candidates(placer, fixed).0.len() * folds
 }
 
 /// The chosen index and whether it holds the floor: the best mean cut among the
@@ -479,12 +492,12 @@ mod tests {
                 assert!(p.params().iter().any(|d| d.name == *name), "{}: {name} is not a parameter", p.name());
                 assert!(!values.is_empty(), "{}: {name} has no values", p.name());
             }
-            let (_, servings) = candidates(p.as_ref(), &Params::default());
+            let (_, servings) = candidates(p.as_ref(), &Fixed::default());
             for s in servings {
                 s.check().unwrap_or_else(|e| panic!("{}: {e}", p.name()));
                 assert!(dispatch::names().contains(&s.dispatcher.as_str()));
             }
-            let n = jobs(p.as_ref(), &Params::default(), 1) * candidates(p.as_ref(), &Params::default()).1.len();
+            let n = jobs(p.as_ref(), &Fixed::default(), 1) * candidates(p.as_ref(), &Fixed::default()).1.len();
             assert!(n <= 24, "{}: {n} settings is more than a small grid", p.name());
         }
     }
@@ -492,12 +505,17 @@ mod tests {
     #[test]
     fn user_parameters_fix_what_they_name() {
         let p = crate::placers::by_name("tacg+gesr").unwrap();
-        let (all, servings) = candidates(p.as_ref(), &Params::default());
+        let (all, servings) = candidates(p.as_ref(), &Fixed::default());
         assert!(all.len() > 1 && servings.len() > 1);
         let user = Params::parse(["alpha=0.5"]).unwrap();
-        let (fixed, _) = candidates(p.as_ref(), &user);
+        let (fixed, _) = candidates(p.as_ref(), &Fixed { placer: user.clone(), ..Fixed::default() });
         assert!(fixed.len() < all.len());
         assert!(fixed.iter().all(|q| q.0["alpha"] == "0.5"));
+        // Serving parameters a preset fixes collapse the serving variants.
+        let serving = Params::parse(["theta=1.5", "free_first=true"]).unwrap();
+        let (_, one) = candidates(p.as_ref(), &Fixed { serving, ..Fixed::default() });
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].params.0["theta"], "1.5");
     }
 
     #[test]

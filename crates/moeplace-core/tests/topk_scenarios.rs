@@ -103,8 +103,16 @@ fn run(s: &Scenario) -> BTreeMap<String, Row> {
     for placer in registry() {
         let mut settings = vec![(placer.name().to_string(), Params::default(), placer.serving())];
         if !placer.tuning().is_empty() {
-            let tuned = cross_validate(placer.as_ref(), &calib, &cluster, &Params::default(), options, None, &|| {})
-                .unwrap_or_else(|e| panic!("{}: tuning {}: {e}", s.name, placer.name()));
+            let tuned = cross_validate(
+                placer.as_ref(),
+                &calib,
+                &cluster,
+                &moeplace_core::tune::Fixed::default(),
+                options,
+                None,
+                &|| {},
+            )
+            .unwrap_or_else(|e| panic!("{}: tuning {}: {e}", s.name, placer.name()));
             let chosen = tuned.chosen().setting.clone();
             settings.push((format!("{} (tuned)", placer.name()), chosen.params, chosen.serving));
         }

@@ -1,9 +1,9 @@
 //! Cluster files: a small TOML description of the cluster a plan is for.
 //!
 //! ```toml
-//! preset = "h100"          # optional: start from a preset's links (h100, a100-eth)
+//! machine = "h100"         # optional: start from a named machine's links (h100, a100-eth)
 //! nodes = 2                # required
-//! gpus = 16                # default: nodes x the preset's GPUs per node
+//! gpus = 16                # default: nodes x the machine's GPUs per node
 //! slots_per_gpu = 5        # required, or `slots = 288`: slots per layer over all GPUs
 //!                          # (GPU g owns [g*S/G, (g+1)*S/G), so counts may differ by one)
 //! intra_node_gbps = 450.0  # GB/s per GPU, one direction
@@ -15,20 +15,22 @@
 //! expert_flops_per_token = 88080384.0
 //! gpu_tflops = 400.0
 //! ```
-//! Without a preset, unspecified links are the `h100` preset's and `gpus` is required.
+//! Without a machine, unspecified links are the `h100` machine's and `gpus` is required
+//! (`preset` is read as an older name of `machine`).
 //! `hidden_size x bytes_per_element` is at most 16 MiB (`Cluster::validate`).
 //! Unknown keys are refused (typos must not pass silently).
 
 use std::path::Path;
 
-use moeplace_core::cluster::{Cluster, Preset};
+use moeplace_core::cluster::{Cluster, Machine};
 
 use crate::error::FormatError;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClusterRepr {
-    preset: Option<String>,
+    #[serde(alias = "preset")]
+    machine: Option<String>,
     nodes: usize,
     gpus: Option<usize>,
     slots_per_gpu: Option<usize>,
@@ -60,10 +62,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, FormatError> {
         (None, None) => Err(FormatError::file(path, "give `slots_per_gpu` or `slots` (slots per layer over all GPUs)")),
         (Some(_), Some(_)) => Err(FormatError::file(path, "give `slots_per_gpu` or `slots`, not both")),
     };
-    let mut c = match &r.preset {
+    let mut c = match &r.machine {
         Some(name) => {
-            let p = Preset::by_name(name).ok_or_else(|| {
-                FormatError::file(path, format!("unknown preset {name:?} (known: {})", Preset::names().join(", ")))
+            let p = Machine::by_name(name).ok_or_else(|| {
+                FormatError::file(path, format!("unknown machine {name:?} (known: {})", Machine::names().join(", ")))
             })?;
             let mut c = p.cluster(r.nodes.max(1), 1).map_err(|e| FormatError::file(path, e.to_string()))?;
             c.nodes = r.nodes;
@@ -74,7 +76,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, FormatError> {
             c
         }
         None => {
-            let gpus = r.gpus.ok_or_else(|| FormatError::file(path, "`gpus` is required without a preset"))?;
+            let gpus = r.gpus.ok_or_else(|| FormatError::file(path, "`gpus` is required without a machine"))?;
             let mut c = Cluster::new(1, 1, 1).expect("a 1-GPU cluster is valid");
             c.nodes = r.nodes;
             c.gpus = gpus;
@@ -106,7 +108,7 @@ mod tests {
     #[test]
     fn preset_and_overrides() {
         let p = Path::new("c.toml");
-        let c = parse(p, "preset = \"a100-eth\"\nnodes = 2\nslots_per_gpu = 5\ngpu_tflops = 100.0\n").unwrap();
+        let c = parse(p, "machine = \"a100-eth\"\nnodes = 2\nslots_per_gpu = 5\ngpu_tflops = 100.0\n").unwrap();
         assert_eq!((c.nodes, c.gpus, c.slots, c.gpu_tflops), (2, 8, 40, 100.0));
         let c = parse(p, "preset = \"h100\"\nnodes = 8\nslots = 288\n").unwrap();
         assert_eq!((c.gpus, c.slots, c.max_slots_per_gpu(), c.uniform_slots_per_gpu()), (64, 288, 5, None));

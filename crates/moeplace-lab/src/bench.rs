@@ -950,7 +950,7 @@ fn bench_tacg(a: TacgBenchArgs) -> Result<()> {
     let mut config = SynthConfig::preset("deepseek-v3")?;
     config.tokens = Some(a.tokens);
     let batches = synth::generate_all(&config, 1)?;
-    // With per-request vectors, as `profile` keeps them (`--param resample=S` needs them).
+    // With per-request vectors, as `profile` keeps them (cluster-homes needs them).
     let stats = Statistics::from_batches(config.shape, ProfileOptions::default(), &batches)?;
     let shape = stats.shape();
     let cluster = Cluster::new(8, 64, 4)?.with_slots(a.slots)?;

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use moeplace_core::cluster::{Cluster, Preset};
+use moeplace_core::cluster::{Cluster, Machine};
 use moeplace_core::placement::Placement;
 use moeplace_core::placers::{self as core_placers, Params, PlacerInput};
 use moeplace_core::serving::{Homes, Serving};
@@ -99,7 +99,7 @@ fn balance_placement(
 /// preset's links.
 fn cluster_of(
     file: Option<PathBuf>,
-    preset: Option<&str>,
+    machine: Option<&str>,
     nodes: usize,
     gpus: usize,
     slots: usize,
@@ -118,11 +118,11 @@ fn cluster_of(
         return Ok(c);
     }
     let c = Cluster::new(nodes, gpus, 1).and_then(|c| c.with_slots(slots)).map_err(|e| e.to_string())?;
-    match preset {
+    match machine {
         None => Ok(c),
-        Some(name) => Preset::by_name(name)
+        Some(name) => Machine::by_name(name)
             .map(|p| c.with_links_of(&p))
-            .ok_or_else(|| format!("unknown preset {name:?} (known: {})", Preset::names().join(", "))),
+            .ok_or_else(|| format!("unknown machine {name:?} (known: {})", Machine::names().join(", "))),
     }
 }
 
@@ -267,7 +267,7 @@ impl PyPlan {
 
 /// Plans a placement with a placer, as `moeplace plan` does.
 #[pyfunction]
-#[pyo3(signature = (stats, placer, gpus, nodes=1, slots_per_gpu=None, slots=None, params=None, seed=0, previous=None, family_shares=None, preset=None, cluster=None))]
+#[pyo3(signature = (stats, placer, gpus, nodes=1, slots_per_gpu=None, slots=None, params=None, seed=0, previous=None, family_shares=None, preset=None, machine=None, cluster=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     py: Python<'_>,
@@ -282,6 +282,7 @@ pub fn plan(
     previous: Option<PyRef<'_, PyPlan>>,
     family_shares: Option<BTreeMap<String, f64>>,
     preset: Option<&str>,
+    machine: Option<&str>,
     cluster: Option<PathBuf>,
 ) -> PyResult<PyPlan> {
     let experts = stats.inner.shape().experts;
@@ -291,13 +292,23 @@ pub fn plan(
         (None, Some(s)) => s,
         (None, None) => experts,
     };
-    let cluster = cluster_of(cluster, preset, nodes, gpus, slots).map_err(value_error)?;
-    let params = Params(params.unwrap_or_default());
+    let cluster = cluster_of(cluster, machine, nodes, gpus, slots).map_err(value_error)?;
+    let mut params = Params(params.unwrap_or_default());
     let previous = previous.map(|p| p.inner.placement.clone());
     let p = core_placers::by_name(placer).ok_or_else(|| {
         let names: Vec<&str> = core_placers::registry().iter().map(|p| p.name()).collect();
         value_error(format!("unknown placer {placer:?} (known: {})", names.join(", ")))
     })?;
+    let preset = match preset {
+        None => None,
+        Some(name) => Some(core_placers::preset(p.as_ref(), name).map_err(|e| {
+            let hint = if Machine::by_name(name).is_some() { " (link figures of a machine: machine=...)" } else { "" };
+            value_error(format!("preset: {e}{hint}"))
+        })?),
+    };
+    if let Some(preset) = &preset {
+        params = params.over(&preset.placer_params());
+    }
     let digest = stats.input_digest();
     let stats = &stats.inner;
     let out = py
@@ -321,13 +332,19 @@ pub fn plan(
                 seed,
             };
             let out = p.place(&input).map_err(|e| format!("placer {placer}: {e}"))?;
-            Ok(Plan::from_placer(out, cluster.nodes, placer, &params, seed, digest, stats.layer_map().cloned()))
+            let mut plan =
+                Plan::from_placer(out, cluster.nodes, placer, &params, seed, digest, stats.layer_map().cloned());
+            if let (Some(serving), Some(preset)) = (plan.serving.as_mut(), &preset) {
+                serving.params = preset.serving_params().over(&serving.params);
+            }
+            Ok(plan)
         })
         .map_err(value_error)?;
     Ok(PyPlan { inner: out })
 }
 
-/// Every placer: name, description and parameters (name, default, about).
+/// Every placer: name, description, serving, presets and parameters (name, default,
+/// about, level), from the placers' declarations.
 #[pyfunction]
 pub fn placers<'py>(py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
     core_placers::registry()
@@ -336,8 +353,13 @@ pub fn placers<'py>(py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
             let d = PyDict::new(py);
             d.set_item("name", p.name())?;
             d.set_item("about", p.about())?;
-            let params: Vec<(&str, &str, &str)> = p.params().iter().map(|x| (x.name, x.default, x.about)).collect();
+            d.set_item("serving", p.serving().label())?;
+            let params: Vec<(&str, String, &str, &str)> =
+                p.params().iter().map(|x| (x.name, x.default_text(), x.about, x.level.name())).collect();
             d.set_item("params", params)?;
+            let presets: Vec<(&str, &str, String)> =
+                p.presets().iter().map(|x| (x.name, x.about, x.settings())).collect();
+            d.set_item("presets", presets)?;
             Ok(d)
         })
         .collect()
@@ -345,7 +367,7 @@ pub fn placers<'py>(py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
 
 /// Replays trace files against a plan; the metrics as JSON text.
 #[pyfunction]
-#[pyo3(signature = (paths, plan, dispatcher=None, dispatcher_params=None, homes=None, request_homes=None, seed=0, format=None, experts=None, top_k=None, preset=None, cluster=None))]
+#[pyo3(signature = (paths, plan, dispatcher=None, dispatcher_params=None, homes=None, request_homes=None, seed=0, format=None, experts=None, top_k=None, machine=None, cluster=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     py: Python<'_>,
@@ -359,12 +381,12 @@ pub fn evaluate(
     format: Option<&str>,
     experts: Option<usize>,
     top_k: Option<usize>,
-    preset: Option<&str>,
+    machine: Option<&str>,
     cluster: Option<PathBuf>,
 ) -> PyResult<String> {
     let plan = &plan.inner;
     let p = &plan.placement;
-    let cluster = cluster_of(cluster, preset, plan.num_nodes, p.gpus(), p.slots()).map_err(value_error)?;
+    let cluster = cluster_of(cluster, machine, plan.num_nodes, p.gpus(), p.slots()).map_err(value_error)?;
     // The plan's serving, changed by what is given.
     let mut serving = plan.serving_or_default();
     if let Some(d) = dispatcher.filter(|d| *d != serving.dispatcher) {

@@ -85,3 +85,33 @@ def test_bad_plan_arguments_raise_value_error(stats):
         moeplace.plan(stats, "linear", gpus=2, slots_per_gpu=4)
     with pytest.raises(ValueError, match="unknown engine"):
         moeplace.plan(stats, "linear", gpus=4).export("triton")
+
+
+def test_presets_set_placer_and_serving_parameters_like_the_cli(tmp_path, stats, cli):
+    info = {p["name"]: p for p in moeplace.placers()}
+    presets = {pr["name"]: pr for pr in info["tacg+gesr"]["presets"]}
+    assert {"min-remote-nodes", "shift-robust"} <= set(presets)
+    assert all(q["level"] in ("stable", "experimental") for q in info["tacg+gesr"]["params"])
+    p = moeplace.plan(stats, "tacg+gesr", gpus=4, nodes=2, slots_per_gpu=5, preset="min-remote-nodes")
+    assert p.to_dict()["provenance"]["parameters"] == {"alpha": "0", "locality": "0.25"}
+    assert p.serving["parameters"] == {"theta": "1.5", "free_first": "true"}
+    stats.save(tmp_path / "s.bin")
+    cli("plan", "--placer", "tacg+gesr", "--stats", tmp_path / "s.bin", "--gpus", "4", "--nodes", "2",
+        "--slots-per-gpu", "5", "--preset", "min-remote-nodes", "-o", tmp_path / "cli.json")
+    p.save(tmp_path / "py.json")
+    assert (tmp_path / "py.json").read_bytes() == (tmp_path / "cli.json").read_bytes()
+    # Given parameters win over the preset's.
+    q = moeplace.plan(stats, "tacg+gesr", gpus=4, nodes=2, slots_per_gpu=5, preset="shift-robust",
+                      params={"robust": 0.5})
+    assert q.to_dict()["provenance"]["parameters"] == {"robust": "0.5"}
+    with pytest.raises(ValueError, match='no preset "h100".*machine='):
+        moeplace.plan(stats, "tacg", gpus=4, nodes=2, slots_per_gpu=5, preset="h100")
+
+
+def test_plan_help_lists_every_declared_parameter():
+    doc = moeplace.plan.__doc__
+    for p in moeplace.placers():
+        for q in p["params"]:
+            assert f"{q['name']}={q['default']}" in doc, (p["name"], q["name"])
+        for pr in p["presets"]:
+            assert f"preset {pr['name']}:" in doc

@@ -28,7 +28,7 @@ use crate::output::check_output_of;
 /// home); per layer over GPUs: Jain, balancedness (mean/max, SGLang's form), MaxVio
 /// (max/mean - 1) and max/mean, averaged over layers; balancedness as vLLM logs it (sum
 /// over layers of mean / sum over layers of max); home load max/mean; bytes; estimated all-to-all and expert
-/// compute time from the cluster's links (h100 preset unless --preset/--cluster).
+/// compute time from the cluster's links (h100 links unless --machine/--cluster).
 ///
 /// Examples:
 ///   moeplace eval --trace test.jsonl --plan linear.json --plan grouped.json
@@ -69,7 +69,7 @@ pub struct Args {
     /// Seed of the random dispatcher.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Link figures: --preset h100|a100-eth, or --cluster FILE matching the plans.
+    /// Link figures: --machine h100|a100-eth, or --cluster FILE matching the plans.
     #[command(flatten)]
     links: LinkArgs,
     /// Print JSON (per plan: metrics and cut_* percentages) instead of the table.
@@ -89,7 +89,7 @@ pub struct Args {
 pub struct LinkArgs {
     /// Link figures of a named machine (h100, a100-eth; default: h100's links).
     #[arg(long, value_name = "NAME", conflicts_with = "cluster")]
-    preset: Option<String>,
+    machine: Option<String>,
     /// A cluster TOML file whose layout matches the plans.
     #[arg(long, value_name = "CLUSTER.toml")]
     cluster: Option<PathBuf>,
@@ -132,7 +132,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     warn_calibration_input(&args.trace_path, &plans)?;
     let links =
-        ClusterArgs { preset: args.links.preset.clone(), cluster: args.links.cluster.clone(), ..Default::default() };
+        ClusterArgs { machine: args.links.machine.clone(), cluster: args.links.cluster.clone(), ..Default::default() };
     // The co-activation the report shows, counted window by window.
     let mut seen: Option<Statistics> = None;
     let eval = evaluate_windows(shape, &plans, &overrides, args.seed, &|n, g, s| links.for_layout(n, g, s), |feed| {

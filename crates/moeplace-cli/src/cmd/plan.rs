@@ -25,7 +25,7 @@ use crate::model_args::ModelArgs;
 ///
 /// Examples:
 ///   moeplace plan --placer linear --stats calib.json --gpus 16 --nodes 4 -o linear.json
-///   moeplace plan --placer round-robin --trace calib.jsonl --preset h100 --nodes 2 \
+///   moeplace plan --placer round-robin --trace calib.jsonl --machine h100 --nodes 2 \
 ///       --slots-per-gpu 17 -o rr.json
 ///   moeplace plan --placer eplb --stats sglang_logical_count.json --model deepseek-v3 \
 ///       --gpus 32 --nodes 4 --slots-per-gpu 9 -o eplb.json
@@ -78,6 +78,12 @@ pub struct Args {
     /// parameters with their defaults.
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
+    /// A named operating point of the placer (`moeplace placers NAME` lists them, e.g.
+    /// tacg+gesr's min-remote-nodes or shift-robust): placer and serving parameters
+    /// set together; --param given as well wins over it. With --trace, tuning varies
+    /// only what the preset leaves open.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
     /// Expert groups (contiguous ids) for load balancers, EPLB's `num_groups`; the same
     /// as `--param groups=K`. With eplb, groups divisible by --nodes select DeepSeek's
     /// hierarchical policy (groups packed onto nodes), otherwise the global one.
@@ -213,6 +219,10 @@ pub fn run(args: Args) -> Result<()> {
     }
     let model = args.model.resolve()?;
     let placer = by_name(&args.placer);
+    let preset = match (&args.preset, &placer) {
+        (Some(name), Some(p)) => Some(moeplace_core::placers::preset(p.as_ref(), name).context("--preset")?),
+        _ => None,
+    };
     let loads_only = placer.as_ref().is_some_and(|p| p.loads_only());
     let parts = placer.as_ref().map_or(Parts::ALL, |p| p.needs());
     let (mut stats, digest) =
@@ -223,6 +233,10 @@ pub fn run(args: Args) -> Result<()> {
     let shape = stats.shape();
     let cluster = args.cluster.resolve(shape.experts)?;
     let mut params = Params::parse(args.params.iter().map(String::as_str))?;
+    if let Some(preset) = &preset {
+        params = params.over(&preset.placer_params());
+    }
+    let serving_params = preset.as_ref().map(|p| p.serving_params()).unwrap_or_default();
     if let Some(k) = args.groups {
         if params.0.contains_key("groups") {
             bail!("give the number of groups once: --groups or --param groups=K, not both");
@@ -263,8 +277,9 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => engine_counts(p, &args.trace, model.as_ref()).transpose()?.map(|c| c.loads),
         None => None,
     };
+    let fixed = tune::Fixed { placer: params.clone(), serving: serving_params.clone() };
     let tunable = placer.as_ref().filter(|p| {
-        let (settings, servings) = tune::candidates(p.as_ref(), &params);
+        let (settings, servings) = tune::candidates(p.as_ref(), &fixed);
         settings.len() * servings.len() > 1
     });
     let tuned = match (tunable, &args.trace_path) {
@@ -276,7 +291,7 @@ pub fn run(args: Args) -> Result<()> {
                 seed: args.seed,
                 profile: ProfileOptions::default(),
             };
-            tune_on(p.as_ref(), path, &args, model.as_ref(), &cluster, &params, options, previous.as_ref())?
+            tune_on(p.as_ref(), path, &args, model.as_ref(), &cluster, &fixed, options, previous.as_ref())?
         }
         (Some(_), _) if !args.no_tune => {
             eprintln!(
@@ -301,6 +316,9 @@ pub fn run(args: Args) -> Result<()> {
     pb.finish_and_clear();
     let mut plan = plan?;
     plan.notes.extend(shares.iter().map(|(f, s)| (format!("family_share_{f}"), *s)));
+    if let Some(serving) = plan.serving.as_mut() {
+        serving.params = serving_params.over(&serving.params);
+    }
     if let Some(t) = &tuned {
         plan.serving = Some(t.chosen().setting.serving.clone());
         plan.notes.extend(t.notes());
@@ -380,7 +398,7 @@ fn tune_on(
     args: &Args,
     model: Option<&ModelDescription>,
     cluster: &moeplace_core::cluster::Cluster,
-    params: &Params,
+    fixed: &tune::Fixed,
     options: TuneOptions,
     previous: Option<&moeplace_core::placement::Placement>,
 ) -> Result<Option<Tuned>> {
@@ -396,7 +414,7 @@ fn tune_on(
             return Ok(None);
         }
     };
-    let pb = indicatif::ProgressBar::new(tune::jobs(placer, params, k.len()) as u64);
+    let pb = indicatif::ProgressBar::new(tune::jobs(placer, fixed, k.len()) as u64);
     pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     pb.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} plans ({eta} left)")
@@ -404,7 +422,7 @@ fn tune_on(
             .progress_chars("=> "),
     );
     pb.set_message(format!("tuning {} ({}-fold cross-validation)", placer.name(), k.len()));
-    let tuned = tune::cross_validate(placer, &trace, cluster, params, options, previous, &|| pb.inc(1));
+    let tuned = tune::cross_validate(placer, &trace, cluster, fixed, options, previous, &|| pb.inc(1));
     pb.finish_and_clear();
     match tuned {
         // A parameter the user gave is wrong in every setting: say so as planning would.

@@ -52,15 +52,14 @@
 //! earlier pick must use. (A copy at home is not forced: it too must be within the
 //! tolerance.)
 //!
-//! Recent load: at serving time, [`DecayedLoad`] keeps the exponentially decayed
-//! average of picks served per GPU (`avg = decay * avg + (1 - decay) * served` per
-//! step; default decay 0.9) and [`Gesr::choose`] takes any load source. In the replay
-//! simulator the load signal every dispatcher receives is the running count of picks
-//! per GPU in the current replay chunk (`dispatch` module documentation), so the
-//! replay uses that window in place of the decayed average.
+//! Recent load: [`Gesr::choose`] takes any load source (at serving time, for example,
+//! an exponentially decayed average of picks served per GPU). In the replay simulator
+//! the load signal every dispatcher receives is the running count of picks per GPU in
+//! the current replay chunk (`dispatch` module documentation).
 
 use super::{fix_forced, sends_to_node, DispatchContext, Dispatcher, LayerBatch, PENDING};
-use crate::placers::{ParamDoc, Params, PlaceError};
+use crate::params::{Kind, Level, Param, Params, Value};
+use crate::placers::PlaceError;
 
 /// The `gesr` dispatcher; `theta` is the load tolerance.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,36 +79,40 @@ pub struct Gesr {
 
 /// The default load tolerance (the paper's ~0.15).
 pub const DEFAULT_THETA: f64 = 0.15;
+const DEFAULT_FREE_FIRST: bool = false;
 
 impl Default for Gesr {
+    /// The declared defaults.
     fn default() -> Self {
-        Gesr { theta: DEFAULT_THETA, mean_reference: true, join_nodes: true, free_first: false }
+        Gesr { theta: DEFAULT_THETA, mean_reference: true, join_nodes: true, free_first: DEFAULT_FREE_FIRST }
     }
 }
 
 /// The parameters `gesr` takes in a plan's serving (the other fields are for the
 /// lab's ablations).
-const PARAMS: &[ParamDoc] = &[
-    ParamDoc {
-        name: "theta",
-        default: "0.15",
-        about: "load tolerance: copies up to this fraction above the reference load (the least loaded copy \
-                or the mean GPU load) are candidates",
-    },
-    ParamDoc {
-        name: "free_first",
-        default: "false",
-        about: "choose by cost tiers, least loaded first: a copy reached at no new send, then one at no new \
-                inter-node send, each while not above the reference load, then the busier ones",
-    },
-];
+const THETA: Param = Param {
+    name: "theta",
+    kind: Kind::NonNegative,
+    default: Value::Number(DEFAULT_THETA),
+    about: "load tolerance: copies up to this fraction above the reference load (the least loaded copy \
+            or the mean GPU load) are candidates",
+    level: Level::Stable,
+};
+const FREE_FIRST: Param = Param {
+    name: "free_first",
+    kind: Kind::Flag,
+    default: Value::Flag(DEFAULT_FREE_FIRST),
+    about: "choose by cost tiers, least loaded first: a copy reached at no new send, then one at no new \
+            inter-node send, each while not above the reference load, then the busier ones",
+    level: Level::Stable,
+};
+const PARAMS: &[Param] = &[THETA, FREE_FIRST];
 
 impl Gesr {
     /// `gesr` configured from a serving's parameters (declared defaults for absent ones).
     pub fn from_params(params: &Params) -> Result<Gesr, PlaceError> {
-        let def = |k: &str| crate::serving::declared_default(PARAMS, k);
-        let theta = params.non_negative("theta", def("theta").parse().expect("a number"))?;
-        let free_first = params.bool("free_first", def("free_first") == "true")?;
+        let theta = params.number(&THETA)?;
+        let free_first = params.flag(&FREE_FIRST)?;
         Ok(Gesr { theta, free_first, ..Gesr::default() })
     }
 
@@ -207,7 +210,7 @@ impl Gesr {
 }
 
 impl Dispatcher for Gesr {
-    fn params(&self) -> Vec<ParamDoc> {
+    fn params(&self) -> Vec<Param> {
         PARAMS.to_vec()
     }
 
@@ -309,26 +312,6 @@ impl Gesr {
     }
 }
 
-/// Exponentially decayed picks served per GPU, for serving-time use of [`Gesr`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct DecayedLoad {
-    pub decay: f64,
-    pub avg: Vec<f64>,
-}
-
-impl DecayedLoad {
-    pub fn new(gpus: usize, decay: f64) -> DecayedLoad {
-        DecayedLoad { decay, avg: vec![0.0; gpus] }
-    }
-
-    /// Folds in one step's picks served per GPU.
-    pub fn observe(&mut self, served: &[u64]) {
-        for (a, &s) in self.avg.iter_mut().zip(served) {
-            *a = self.decay * *a + (1.0 - self.decay) * s as f64;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,13 +394,5 @@ mod tests {
             assert_eq!(g.choose(&[1, 2], 0, 0, &nodes, &[5], 10.0, l), 2);
             assert_eq!(g.choose(&[3, 4], 0, 0, &nodes, &[5], 10.0, |x| if x == 3 { 11.0 } else { 10.0 }), 4);
         }
-    }
-
-    #[test]
-    fn decayed_load_folds_steps() {
-        let mut d = DecayedLoad::new(2, 0.5);
-        d.observe(&[4, 0]);
-        d.observe(&[0, 2]);
-        assert_eq!(d.avg, vec![1.0, 1.0]);
     }
 }

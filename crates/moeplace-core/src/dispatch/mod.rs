@@ -15,8 +15,9 @@
 //! [`BatchDispatch`] (`batch.rs`) serves one layer of a batch of tokens at a time,
 //! answering with physical slots: the serving-time entry point for engines.
 
+use crate::params::{Param, Params};
 use crate::placement::Placement;
-use crate::placers::{ParamDoc, Params, PlaceError};
+use crate::placers::PlaceError;
 
 mod batch;
 mod gesr;
@@ -26,7 +27,7 @@ mod primary;
 mod random;
 
 pub use batch::{BatchDispatch, BatchError};
-pub use gesr::{DecayedLoad, Gesr};
+pub use gesr::Gesr;
 pub use grace::Grace;
 
 /// The `gesr` dispatcher's default load tolerance.
@@ -205,7 +206,7 @@ pub trait Dispatcher: Send + Sync {
     }
     /// The parameters it takes (`--dispatcher-param name=value`, a plan's serving),
     /// declared once: name, default, what it does.
-    fn params(&self) -> Vec<ParamDoc> {
+    fn params(&self) -> Vec<Param> {
         Vec::new()
     }
 }
@@ -225,7 +226,7 @@ pub fn by_name(name: &str, seed: u64) -> Option<Box<dyn Dispatcher>> {
 pub fn build(name: &str, params: &Params, seed: u64) -> Result<Box<dyn Dispatcher>, PlaceError> {
     let d = by_name(name, seed)
         .ok_or_else(|| PlaceError::BadParam(format!("unknown dispatcher {name:?} (known: {})", names().join(", "))))?;
-    crate::serving::allow_only(name, &d.params(), params)?;
+    params.check_declared(&d.params(), &format!("dispatcher {name}"), "")?;
     match name {
         "gesr" => Ok(Box::new(Gesr::from_params(params)?)),
         _ => Ok(d),

@@ -98,7 +98,7 @@ use std::collections::BinaryHeap;
 use rayon::prelude::*;
 
 use super::eplb::{rebalance_experts, repair_layer, replicate};
-use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, Kind, Level, Param, PlaceError, Placer, PlacerInput, PlacerOutput, Preset, Value};
 use crate::balance::layer_lower_bound;
 use crate::placement::Placement;
 
@@ -397,8 +397,49 @@ impl Ord for Load {
     }
 }
 
-/// Default of `count_moves` (most steps of [`count_search`] per layer).
-const COUNT_MOVES: usize = 128;
+const HIERARCHICAL: Param = Param {
+    name: "hierarchical",
+    kind: Kind::Flag,
+    default: Value::Flag(false),
+    about: "keep all copies of an expert on one node (needs groups divisible by nodes)",
+    level: Level::Stable,
+};
+const ENUMERATE: Param = Param {
+    name: "enumerate",
+    kind: Kind::Count,
+    default: Value::Count(3000),
+    about: "most replica-count choices tried exhaustively per layer (0: off)",
+    level: Level::Experimental,
+};
+/// Most steps of [`count_search`] per layer.
+const COUNT_MOVES: Param = Param {
+    name: "count_moves",
+    kind: Kind::Count,
+    default: Value::Count(128),
+    about: "at up to 2 slots per GPU: most copies moved between experts by the replica-count search (0: off)",
+    level: Level::Experimental,
+};
+const PER_STEP: Param = Param {
+    name: "per_step",
+    kind: Kind::Flag,
+    default: Value::Flag(false),
+    about: "lower the expected per-step maximum GPU load (needs loads with several steps)",
+    level: Level::Stable,
+};
+const PER_STEP_SWEEPS: Param = Param {
+    name: "per_step_sweeps",
+    kind: Kind::Count,
+    default: Value::Count(8),
+    about: "most improvement sweeps of per_step",
+    level: Level::Experimental,
+};
+const MOVE_SLACK: Param = Param {
+    name: "move_slack",
+    kind: Kind::NonNegative,
+    default: Value::Number(0.0),
+    about: "with --previous: allowed relative rise of a layer's maximum GPU load to keep experts in place",
+    level: Level::Stable,
+};
 
 /// Receivers and donors tried at each step of [`count_search`].
 const COUNT_RECEIVERS: usize = 24;
@@ -862,25 +903,17 @@ impl Placer for Balance {
         "replica counts and packing chosen together for the lowest max GPU load; never worse than eplb"
     }
 
-    fn params(&self) -> Vec<ParamDoc> {
-        let doc = |name, default, about| ParamDoc { name, default, about };
-        vec![
-            super::eplb::GROUPS_DOC,
-            doc("hierarchical", "false", "keep all copies of an expert on one node (needs groups divisible by nodes)"),
-            doc("enumerate", "3000", "most replica-count choices tried exhaustively per layer (0: off)"),
-            doc(
-                "count_moves",
-                "128",
-                "at up to 2 slots per GPU: most copies moved between experts by the replica-count search (0: off)",
-            ),
-            doc("per_step", "false", "lower the expected per-step maximum GPU load (needs loads with several steps)"),
-            doc("per_step_sweeps", "8", "most improvement sweeps of per_step"),
-            doc(
-                "move_slack",
-                "0",
-                "with --previous: allowed relative rise of a layer's maximum GPU load to keep experts in place",
-            ),
-        ]
+    fn params(&self) -> Vec<Param> {
+        vec![super::eplb::GROUPS, HIERARCHICAL, ENUMERATE, COUNT_MOVES, PER_STEP, PER_STEP_SWEEPS, MOVE_SLACK]
+    }
+
+    fn presets(&self) -> &'static [Preset] {
+        &[Preset {
+            name: "per-step",
+            about: "for engine load counts with several steps: lower the expected busiest GPU of each step",
+            placer: &[("per_step", "true")],
+            serving: &[],
+        }]
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
@@ -889,12 +922,12 @@ impl Placer for Balance {
         check_fits(input.shape, input.cluster)?;
         let c = input.cluster;
         let groups = super::eplb::groups_param(params)?;
-        let hierarchical = params.bool("hierarchical", false)?;
-        let enumerate = params.usize("enumerate", 3000)?;
-        let count_moves = params.usize("count_moves", COUNT_MOVES)?;
-        let move_slack = params.non_negative("move_slack", 0.0)?;
-        let per_step = params.bool("per_step", false)?;
-        let sweeps = params.usize("per_step_sweeps", 8)?;
+        let hierarchical = params.flag(&HIERARCHICAL)?;
+        let enumerate = params.count(&ENUMERATE)?;
+        let count_moves = params.count(&COUNT_MOVES)?;
+        let move_slack = params.number(&MOVE_SLACK)?;
+        let per_step = params.flag(&PER_STEP)?;
+        let sweeps = params.count(&PER_STEP_SWEEPS)?;
         if per_step && input.loads.steps.len() < 2 {
             return Err(PlaceError::BadParam(
                 "per_step=true needs loads with several steps ([steps, layers, experts]); these have one".into(),

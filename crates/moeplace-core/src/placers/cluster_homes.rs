@@ -51,7 +51,7 @@ use crate::requests::l2_normalise;
 use crate::requests::signature::{SignatureModel, SignatureOptions};
 use crate::trace::{ModelShape, Phase};
 
-use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, Kind, Level, Param, PlaceError, Placer, PlacerInput, PlacerOutput, Value};
 
 /// One calibration request.
 #[derive(Clone, Copy, Debug)]
@@ -76,12 +76,38 @@ pub struct ClusterHomesOptions {
     pub seed: u64,
 }
 
+const GROUPS_DEFAULT: usize = 0;
+const GROUPS: Param = Param {
+    name: "groups",
+    kind: Kind::Count,
+    default: Value::Count(GROUPS_DEFAULT),
+    about: "GPU groups (= request clusters), dividing the GPUs; 0: one per node",
+    level: Level::Stable,
+};
+const BALANCED_DEFAULT: bool = true;
+const BALANCED: Param = Param {
+    name: "balanced",
+    kind: Kind::Flag,
+    default: Value::Flag(BALANCED_DEFAULT),
+    about: "size-balanced K-means (each cluster at most ceil(N/K) requests)",
+    level: Level::Experimental,
+};
+const SLACK_DEFAULT: f64 = 0.25;
+const SLACK: Param = Param {
+    name: "slack",
+    kind: Kind::NonNegative,
+    default: Value::Number(SLACK_DEFAULT),
+    about: "online homes: a group takes requests up to (1 + slack) x its fair share, then spills over",
+    level: Level::Stable,
+};
+
 impl Default for ClusterHomesOptions {
+    /// The declared defaults of `cluster-homes`'s parameters.
     fn default() -> Self {
         ClusterHomesOptions {
-            groups: 0,
-            balanced: true,
-            slack: 0.25,
+            groups: GROUPS_DEFAULT,
+            balanced: BALANCED_DEFAULT,
+            slack: SLACK_DEFAULT,
             signature: SignatureOptions { max_layers: 8, per_layer: 0, sample: 200 },
             seed: 0,
         }
@@ -398,33 +424,17 @@ impl Placer for ClusterHomesPlacer {
         TuneGrid { placer: vec![("slack", &["0.1", "0.25", "0.5"])], serving: vec![] }
     }
 
-    fn params(&self) -> Vec<ParamDoc> {
-        vec![
-            ParamDoc {
-                name: "groups",
-                default: "0",
-                about: "GPU groups (= request clusters), dividing the GPUs; 0: one per node",
-            },
-            ParamDoc {
-                name: "balanced",
-                default: "true",
-                about: "size-balanced K-means (each cluster at most ceil(N/K) requests)",
-            },
-            ParamDoc {
-                name: "slack",
-                default: "0.25",
-                about: "online homes: a group takes requests up to (1 + slack) x its fair share, then spills over",
-            },
-        ]
+    fn params(&self) -> Vec<Param> {
+        vec![GROUPS, BALANCED, SLACK]
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         let p = input.params;
         p.allow_only(self)?;
         let opts = ClusterHomesOptions {
-            groups: p.usize("groups", 0)?,
-            balanced: p.bool("balanced", true)?,
-            slack: p.non_negative("slack", 0.25)?,
+            groups: p.count(&GROUPS)?,
+            balanced: p.flag(&BALANCED)?,
+            slack: p.number(&SLACK)?,
             seed: input.seed,
             ..ClusterHomesOptions::default()
         };

@@ -23,8 +23,7 @@
 //! expert sits on the GPU where the token lives. The partition maximises
 //! `sum w + sum bias - balance * spread` (see [`crate::partition`]); with the
 //! family-aware placers' `robust` knob, also minus the spreads of each family's own
-//! load `sum_f r_i(f) u_f(e_i)`, and with their `resample` knob the spreads of each
-//! fold of the calibration requests ([`LayerModel::folds`]).
+//! load `sum_f r_i(f) u_f(e_i)`.
 //!
 //! `coact` has one pooled "family", no groups, and fills redundant slots with extra
 //! copies of the hottest experts (each slot to the expert of highest load per copy,
@@ -33,8 +32,8 @@
 //! different GPUs).
 //!
 //! Parameters (`--param`):
-//! - `balance=B` (default 8, chosen with `moeplace-lab experiment tacg --tune` on the ESFT
-//!   calibration requests): weight of the load-spread term.
+//! - `load_spread=B` (default 8, chosen with `moeplace-lab experiment tacg --tune` on the
+//!   ESFT calibration requests): weight of the load-spread term.
 //! - `passes=N` (default 30): the most swap passes per partition.
 //! - `stay=S` (default 0; needs the deployed plan, `plan --previous`): re-planning
 //!   keeps copies in place. A copy on a GPU that held its expert in the deployed plan
@@ -48,7 +47,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, Kind, Level, Param, PlaceError, Placer, PlacerInput, PlacerOutput, Value};
 use crate::cluster::Cluster;
 use crate::partition::{partition_hierarchical, Problem, ScenarioLoads};
 use crate::placement::Placement;
@@ -56,41 +55,64 @@ use crate::stats::{pair_count, pair_index, Statistics};
 
 pub struct Coact;
 
-/// Default weight of the load-spread term.
-pub(crate) const DEFAULT_BALANCE: f64 = 8.0;
-/// Default most swap passes.
-pub(crate) const DEFAULT_PASSES: usize = 30;
-
-/// `balance` and `passes`, shared by the grouping placers.
-pub(crate) const PARTITION_DOCS: [ParamDoc; 2] = [
-    ParamDoc {
-        name: "balance",
-        default: "8",
-        about: "weight of the load-spread term against co-activation affinity (0: ignore loads)",
-    },
-    ParamDoc { name: "passes", default: "30", about: "most swap passes of the partition" },
-];
+/// `load_spread` and `passes`, shared by the grouping placers.
+pub(crate) const LOAD_SPREAD: Param = Param {
+    name: "load_spread",
+    kind: Kind::NonNegative,
+    default: Value::Number(8.0),
+    about: "weight of the load-spread term against co-activation affinity (0: ignore loads)",
+    level: Level::Stable,
+};
+pub(crate) const PASSES: Param = Param {
+    name: "passes",
+    kind: Kind::Count,
+    default: Value::Count(30),
+    about: "most swap passes of the partition",
+    level: Level::Stable,
+};
+pub(crate) const PARTITION_PARAMS: [Param; 2] = [LOAD_SPREAD, PASSES];
 
 /// `stay`, shared by the grouping placers that keep experts in place when re-planning.
-pub(crate) const STAY_DOC: ParamDoc = ParamDoc {
+pub(crate) const STAY: Param = Param {
     name: "stay",
-    default: "0",
+    kind: Kind::NonNegative,
+    default: Value::Number(0.0),
     about: "with plan --previous: worth of keeping a copy on a GPU that held its expert, in mean copy loads \
             (0: place afresh)",
+    level: Level::Stable,
 };
 
 /// Parameters of the token-level refinement ([`crate::refine`]) that `tacg`,
 /// `tacg+gesr` and `grace` accept.
-pub(crate) const REFINE_DOCS: [ParamDoc; 4] = [
-    ParamDoc {
-        name: "refine",
-        default: "true",
-        about: "token-level steps on the statistics' token sample (false skips them)",
-    },
-    ParamDoc { name: "node_weight", default: "1", about: "weight of a remote node in the token-level steps" },
-    ParamDoc { name: "gpu_weight", default: "1", about: "weight of a remote GPU in the token-level steps" },
-    ParamDoc { name: "refine_passes", default: "8", about: "most swap passes of the refinement (0: no swaps)" },
-];
+pub(crate) const REFINE: Param = Param {
+    name: "refine",
+    kind: Kind::Flag,
+    default: Value::Flag(true),
+    about: "token-level steps on the statistics' token sample (false skips them)",
+    level: Level::Stable,
+};
+pub(crate) const NODE_WEIGHT: Param = Param {
+    name: "node_weight",
+    kind: Kind::NonNegative,
+    default: Value::Number(1.0),
+    about: "weight of a remote node in the token-level steps",
+    level: Level::Experimental,
+};
+pub(crate) const GPU_WEIGHT: Param = Param {
+    name: "gpu_weight",
+    kind: Kind::NonNegative,
+    default: Value::Number(1.0),
+    about: "weight of a remote GPU in the token-level steps",
+    level: Level::Experimental,
+};
+pub(crate) const REFINE_PASSES: Param = Param {
+    name: "refine_passes",
+    kind: Kind::Count,
+    default: Value::Count(8),
+    about: "most swap passes of the refinement (0: no swaps)",
+    level: Level::Experimental,
+};
+pub(crate) const REFINE_PARAMS: [Param; 4] = [REFINE, NODE_WEIGHT, GPU_WEIGHT, REFINE_PASSES];
 
 /// Plan note (value 1) of a placer whose token-level steps were asked for (the
 /// default) but skipped because the statistics carry no token-path sample.
@@ -98,7 +120,7 @@ pub const REFINE_SKIPPED_NOTE: &str = "refine_skipped_no_sample";
 
 /// Whether the token-level steps are asked for but the statistics cannot feed them.
 pub(crate) fn refine_skipped(params: &super::Params, stats: &Statistics) -> Result<bool, PlaceError> {
-    Ok(params.bool("refine", true)? && stats.token_sample().is_empty())
+    Ok(params.flag(&REFINE)? && stats.token_sample().is_empty())
 }
 
 /// The refinement options from a placer's parameters, or `None` when it is turned
@@ -107,12 +129,12 @@ pub(crate) fn refine_options(
     params: &super::Params,
     stats: &Statistics,
 ) -> Result<Option<crate::refine::RefineOptions>, PlaceError> {
-    if !params.bool("refine", true)? || stats.token_sample().is_empty() {
+    if !params.flag(&REFINE)? || stats.token_sample().is_empty() {
         return Ok(None);
     }
-    let node_weight = params.non_negative("node_weight", 1.0)?;
-    let gpu_weight = params.non_negative("gpu_weight", 1.0)?;
-    let passes = params.usize("refine_passes", crate::refine::RefineOptions::default().passes)?;
+    let node_weight = params.number(&NODE_WEIGHT)?;
+    let gpu_weight = params.number(&GPU_WEIGHT)?;
+    let passes = params.count(&REFINE_PASSES)?;
     Ok(Some(crate::refine::RefineOptions { node_weight, gpu_weight, passes, ..Default::default() }))
 }
 
@@ -137,22 +159,21 @@ impl Placer for Coact {
     fn tuning(&self) -> crate::tune::TuneGrid {
         use crate::tune::TuneGrid;
         // Around the defaults: the load-spread weight against co-activation affinity.
-        TuneGrid { placer: vec![("balance", &["2", "8", "32"])], serving: vec![] }
+        TuneGrid { placer: vec![("load_spread", &["2", "8", "32"])], serving: vec![] }
     }
 
-    fn params(&self) -> Vec<ParamDoc> {
-        [&PARTITION_DOCS[..], &[STAY_DOC]].concat()
+    fn params(&self) -> Vec<Param> {
+        [&PARTITION_PARAMS[..], &[STAY]].concat()
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
         let knobs = Knobs {
-            balance: input.params.non_negative("balance", DEFAULT_BALANCE)?,
-            passes: input.params.usize("passes", DEFAULT_PASSES)?,
+            balance: input.params.number(&LOAD_SPREAD)?,
+            passes: input.params.count(&PASSES)?,
             eta: 0.0,
             robust: 0.0,
-            resample: 0.0,
             stay: stay(input)?,
         };
         let stats = needs_pairs(input, self.name())?;
@@ -185,7 +206,7 @@ pub(crate) fn needs_pairs<'a>(input: &PlacerInput<'a>, placer: &str) -> Result<&
 
 /// The `stay` parameter; above 0 it needs the deployed plan to keep copies in.
 pub(crate) fn stay(input: &PlacerInput<'_>) -> Result<f64, PlaceError> {
-    let stay = input.params.non_negative("stay", 0.0)?;
+    let stay = input.params.number(&STAY)?;
     if stay > 0.0 && input.previous.is_none() {
         return Err(PlaceError::BadParam(format!(
             "stay={stay} keeps copies where the deployed plan has them: give that plan (plan --previous)"
@@ -223,15 +244,12 @@ pub(crate) struct Knobs {
     pub passes: usize,
     /// Weight of the home-affinity term (0: none).
     pub eta: f64,
-    /// Weight of each family's own load spread, relative to `balance` (0: only the
+    /// Weight of each family's own load spread, relative to `load_spread` (0: only the
     /// calibration mix is balanced).
     pub robust: f64,
     /// Worth of keeping a copy on a GPU that held its expert in the previous plan, in
     /// mean copy loads (0: the previous plan is ignored).
     pub stay: f64,
-    /// Weight of the load spreads of the calibration requests' folds
-    /// ([`LayerModel::folds`]), relative to `balance` (0: none).
-    pub resample: f64,
 }
 
 /// One layer's per-family rates (see the module documentation).
@@ -246,11 +264,6 @@ pub(crate) struct LayerModel {
     pub c: Vec<Vec<f64>>,
     /// Task modulation `m[pair_index]` (empty: 1 everywhere).
     pub m: Vec<f64>,
-    /// `folds[k][f][e]`: picks of e by family f's requests of calibration fold k, per
-    /// token of the fold (empty: no folds). Each fold is a sample of requests like a
-    /// held-out stream; how loads differ between folds is how they will differ on
-    /// new requests.
-    pub folds: Vec<Vec<Vec<f64>>>,
 }
 
 impl LayerModel {
@@ -267,7 +280,6 @@ impl LayerModel {
                 u: vec![g.load[l * e..(l + 1) * e].iter().map(|&x| x as f64 / t).collect()],
                 c: vec![g.coact[l * pc..(l + 1) * pc].iter().map(|&x| x as f64 / t).collect()],
                 m: Vec::new(),
-                folds: Vec::new(),
             })
             .collect()
     }
@@ -403,20 +415,13 @@ pub(crate) fn solve_layer(
     let class: Vec<u32> = items.iter().map(|it| it.expert as u32).collect();
     let caps: Vec<usize> = (0..g).map(|gpu| cluster.gpu_slot_count(gpu)).collect();
     let node_of: Vec<usize> = (0..g).map(|gpu| cluster.node_of(gpu)).collect();
-    // Each family's traffic alone as a mix of its own (`robust` > 0), and each fold of
-    // the calibration requests (`resample` > 0); module docs.
+    // Each family's traffic alone as a mix of its own (`robust` > 0); module docs.
     let mut mixes: Vec<Vec<f64>> = Vec::new();
     let mut weights = Vec::new();
     if knobs.robust > 0.0 && f > 1 {
         for fam in 0..f {
             mixes.push(items.iter().map(|it| it.route[fam] * m.u[fam][it.expert]).collect());
             weights.push(knobs.robust * knobs.balance / f as f64);
-        }
-    }
-    if knobs.resample > 0.0 && !m.folds.is_empty() {
-        for fold in &m.folds {
-            mixes.push(items.iter().map(|it| (0..f).map(|fam| it.route[fam] * fold[fam][it.expert]).sum()).collect());
-            weights.push(knobs.resample * knobs.balance / m.folds.len() as f64);
         }
     }
     let dims = mixes.len();

@@ -46,21 +46,23 @@
 
 use rayon::prelude::*;
 
-use super::{check_fits, ParamDoc, Params, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, Kind, Level, Param, Params, PlaceError, Placer, PlacerInput, PlacerOutput, Value};
 
 /// `groups`, shared with `balance`.
-pub(crate) const GROUPS_DOC: ParamDoc = ParamDoc {
+pub(crate) const GROUPS: Param = Param {
     name: "groups",
-    default: "1",
+    kind: Kind::Count,
+    default: Value::Count(1),
     about: "expert groups of consecutive ids (EPLB's num_groups); a multiple of the node count selects \
             the hierarchical policy (groups packed onto nodes)",
+    level: Level::Stable,
 };
 use crate::placement::Placement;
 
 /// The `groups` parameter, shared with `balance`; checked here so that the message
 /// names the parameter rather than EPLB's inner sizes.
 pub(crate) fn groups_param(params: &Params) -> Result<usize, PlaceError> {
-    let groups = params.usize("groups", 1)?;
+    let groups = params.count(&GROUPS)?;
     if groups == 0 {
         return Err(PlaceError::BadParam("parameter groups=0 must be at least 1".into()));
     }
@@ -392,8 +394,8 @@ impl Placer for Eplb {
         "DeepSeek EPLB (hierarchical when groups divide by nodes, else global); duplicates on a GPU repaired by swaps"
     }
 
-    fn params(&self) -> Vec<ParamDoc> {
-        vec![GROUPS_DOC]
+    fn params(&self) -> Vec<Param> {
+        vec![GROUPS]
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {

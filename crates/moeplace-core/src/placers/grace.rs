@@ -34,16 +34,10 @@
 //! Slot counts per GPU stay the cluster's (unequal counts allowed). The paper sets r
 //! by hand for its testbed; the automatic knee is our choice.
 //!
-//! Parameters (`--param`): `balance=B` (default: `coact`'s) and `passes=N`, as for
-//! `coact`; `r=X` fixes the size tolerance instead of choosing the knee;
-//! `replication=dynamic|fixed` (default `dynamic`, step 2): `fixed` replaces the
-//! measured rule for ablations (the paper's "fixed replicas" rung): the R hottest
-//! experts, R = the free slots after grouping, get one extra copy each (a copy that
-//! fits nowhere passes to the next hottest); `locality=F` (default 0.25; 0 = copies
-//! by load only); `refine=false` skips the
-//! token-level steps (locality copies and swaps), `refine_passes=N` (8) bounds the
-//! swaps, `node_weight=W` and `gpu_weight=W` (both 1) weigh remote nodes and remote
-//! GPUs in them.
+//! Parameters (`--param`): `moeplace placers grace` and docs/PARAMETERS.md list them
+//! with their defaults: `load_spread` and `passes` as for `coact`; `r` fixes the size
+//! tolerance instead of choosing the knee; `locality` (0 = copies by load only); and
+//! the token-level steps' `refine`, `refine_passes`, `node_weight`, `gpu_weight`.
 //!
 //! How `locality` was chosen (default 0.25): locality copies concentrate load, so
 //! more of them trade balance for locality. On the ESFT calibration requests (2 nodes
@@ -59,10 +53,10 @@
 use rayon::prelude::*;
 
 use super::coact::{
-    needs_pairs, refine_options, refine_skipped, LayerModel, DEFAULT_BALANCE, DEFAULT_PASSES, PARTITION_DOCS,
-    REFINE_DOCS, REFINE_SKIPPED_NOTE,
+    needs_pairs, refine_options, refine_skipped, LayerModel, LOAD_SPREAD, PARTITION_PARAMS, PASSES, REFINE_PARAMS,
+    REFINE_SKIPPED_NOTE,
 };
-use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, Kind, Level, Param, PlaceError, Placer, PlacerInput, PlacerOutput, Value};
 use crate::cluster::Cluster;
 use crate::partition::{partition_hierarchical, Problem};
 use crate::placement::Placement;
@@ -74,7 +68,21 @@ use crate::stats::pair_index;
 pub struct Grace;
 
 /// Share of the free slots given to locality copies (module documentation).
-const DEFAULT_LOCALITY: f64 = 0.25;
+const LOCALITY: Param = Param {
+    name: "locality",
+    kind: Kind::Number,
+    default: Value::Number(0.25),
+    about: "share of the replica slots, in [0, 1], given to copies that make sampled tokens node-local \
+            (0: by load only)",
+    level: Level::Stable,
+};
+const R: Param = Param {
+    name: "r",
+    kind: Kind::NonNegative,
+    default: Value::Chosen("the knee"),
+    about: "group size tolerance; by default chosen per layer at the knee of affinity against spread",
+    level: Level::Stable,
+};
 
 /// Size tolerances tried for the knee.
 const TOLERANCES: [f64; 4] = [0.0, 0.125, 0.25, 0.5];
@@ -156,15 +164,9 @@ fn knee(points: &[(f64, f64)]) -> usize {
     best.0
 }
 
-/// Fills every GPU's free slots with copies (module documentation, step 2; with
-/// `fixed`, the rule of `replication=fixed`). Returns the number of hot experts.
-fn replicate(
-    m: &LayerModel,
-    cluster: &Cluster,
-    lists: &mut [Vec<usize>],
-    locality: Option<Locality<'_>>,
-    fixed: bool,
-) -> usize {
+/// Fills every GPU's free slots with copies (module documentation, step 2). Returns
+/// the number of hot experts.
+fn replicate(m: &LayerModel, cluster: &Cluster, lists: &mut [Vec<usize>], locality: Option<Locality<'_>>) -> usize {
     let (e, g) = (m.experts, cluster.gpus);
     let w: Vec<f64> = (0..e).map(|x| m.load(x)).collect();
     let mut cnt = vec![1usize; e];
@@ -179,9 +181,7 @@ fn replicate(
     order.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
     let free = |lists: &[Vec<usize>], gpu: usize| cluster.gpu_slot_count(gpu) - lists[gpu].len();
     let mut hot = 0;
-    if fixed {
-        hot = (0..g).map(|gpu| free(lists, gpu)).sum::<usize>().min(e);
-    } else if mean > 0.0 && max > mean {
+    if mean > 0.0 && max > mean {
         let excess = (max / mean - 1.0) / (max / mean) * total;
         let mut acc = 0.0;
         while hot < e && (hot == 0 || acc < excess) {
@@ -190,9 +190,8 @@ fn replicate(
         }
     }
     // A hot expert needs copies while its load per copy exceeds a slot's mean load.
-    // (The fixed rule gives each hot expert one extra copy instead.)
     let slot_mean = total / cluster.slots().max(1) as f64;
-    let hot_cap = if fixed { 2.min(g) } else { g };
+    let hot_cap = g;
     let mut locality_done = locality.is_none();
     loop {
         if (0..g).all(|gpu| free(lists, gpu) == 0) {
@@ -203,7 +202,7 @@ fn replicate(
         let pick = |pool: &[usize], needy: bool, cap: usize| {
             pool.iter()
                 .copied()
-                .filter(|&x| !needy || fixed || w[x] / cnt[x] as f64 > slot_mean)
+                .filter(|&x| !needy || w[x] / cnt[x] as f64 > slot_mean)
                 .filter(|&x| cnt[x] < cap && (0..g).any(|gpu| free(lists, gpu) > 0 && !lists[gpu].contains(&x)))
                 .max_by(|&a, &b| (w[a] / cnt[a] as f64).total_cmp(&(w[b] / cnt[b] as f64)).then(b.cmp(&a)))
         };
@@ -274,44 +273,19 @@ impl Placer for Grace {
         TuneGrid { placer: vec![("locality", &["0", "0.25", "0.5"])], serving: vec![] }
     }
 
-    fn params(&self) -> Vec<ParamDoc> {
-        let own = [
-            ParamDoc {
-                name: "r",
-                default: "(the knee)",
-                about: "group size tolerance; by default chosen per layer at the knee of affinity against spread",
-            },
-            ParamDoc {
-                name: "replication",
-                default: "dynamic",
-                about: "dynamic: replicas by the measured rule; fixed: one extra copy for each of the hottest experts",
-            },
-            ParamDoc {
-                name: "locality",
-                default: "0.25",
-                about:
-                    "share of the replica slots given to copies that make sampled tokens node-local (0: by load only)",
-            },
-        ];
-        [&own[..], &PARTITION_DOCS[..], &REFINE_DOCS[..]].concat()
+    fn params(&self) -> Vec<Param> {
+        [&[R, LOCALITY][..], &PARTITION_PARAMS[..], &REFINE_PARAMS[..]].concat()
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
-        let balance = input.params.non_negative("balance", DEFAULT_BALANCE)?;
-        let passes = input.params.usize("passes", DEFAULT_PASSES)?;
-        let fixed_r = input.params.0.contains_key("r").then(|| input.params.non_negative("r", 0.0)).transpose()?;
-        let fixed = match input.params.0.get("replication").map(String::as_str) {
-            None | Some("dynamic") => false,
-            Some("fixed") => true,
-            Some(v) => {
-                return Err(PlaceError::BadParam(format!("parameter replication={v:?} is not dynamic or fixed")))
-            }
-        };
+        let balance = input.params.number(&LOAD_SPREAD)?;
+        let passes = input.params.count(&PASSES)?;
+        let fixed_r = input.params.chosen_number(&R)?;
         let stats = needs_pairs(input, self.name())?;
         let refine_options = refine_options(input.params, stats)?;
-        let locality_share = input.params.f64("locality", DEFAULT_LOCALITY)?;
+        let locality_share = input.params.number(&LOCALITY)?;
         if !(0.0..=1.0).contains(&locality_share) {
             return Err(PlaceError::BadParam(format!("locality={locality_share} must lie in [0, 1]")));
         }
@@ -335,7 +309,7 @@ impl Placer for Grace {
                 let tokens =
                     SampledLayer { sample: stats.token_sample(), layer, top_k: input.shape.top_k, homes: &homes };
                 let locality = refine_options.is_some().then_some(Locality { tokens, share: locality_share });
-                let hot = replicate(m, c, &mut lists, locality, fixed);
+                let hot = replicate(m, c, &mut lists, locality);
                 let mut refined = RefineOutcome::default();
                 if let Some(options) = &refine_options {
                     let load: Vec<f64> = (0..m.experts).map(|x| m.load(x)).collect();
@@ -380,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn fixed_replication_gives_the_hottest_one_copy_each() {
+    fn replicas_go_to_the_dominant_expert() {
         // 8 experts on 4 GPUs of 3 slots (4 free slots); expert 0 carries most load.
         let m = LayerModel {
             experts: 8,
@@ -388,17 +362,14 @@ mod tests {
             u: vec![vec![10.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.25]],
             c: vec![vec![0.0; 28]],
             m: Vec::new(),
-            folds: Vec::new(),
         };
         let cluster = Cluster::new(2, 4, 3).unwrap();
         let start: Vec<Vec<usize>> = vec![vec![0, 7], vec![1, 6], vec![2, 5], vec![3, 4]];
         let count = |lists: &[Vec<usize>], x: usize| lists.iter().filter(|l| l.contains(&x)).count();
-        let mut fixed = start.clone();
-        assert_eq!(replicate(&m, &cluster, &mut fixed, None, true), 4);
-        assert_eq!((0..8).map(|x| count(&fixed, x)).collect::<Vec<_>>(), [2, 2, 2, 2, 1, 1, 1, 1]);
-        // The measured rule spends the free slots on the dominant expert instead.
+        // The measured rule spends the free slots on the dominant expert (not one
+        // extra copy for each of the hottest).
         let mut dynamic = start;
-        replicate(&m, &cluster, &mut dynamic, None, false);
+        replicate(&m, &cluster, &mut dynamic, None);
         assert_eq!(count(&dynamic, 0), 4);
         assert!(dynamic.iter().all(|l| l.len() == 3));
     }

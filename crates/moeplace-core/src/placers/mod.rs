@@ -25,113 +25,19 @@ mod tacg;
 pub use tacg::SPLIT_GROUPS_NOTE;
 mod tacg_gesr;
 
-/// Placer parameters as `key=value` strings (from `--param` on the command line);
-/// each placer documents and parses its own.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Params(pub BTreeMap<String, String>);
+pub use crate::params::{Kind, Level, Param, Params, Preset, Value};
 
 impl Params {
-    /// Parses `key=value` items.
-    pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Params, PlaceError> {
-        let mut m = BTreeMap::new();
-        for it in items {
-            let (k, v) = it
-                .split_once('=')
-                .ok_or_else(|| PlaceError::BadParam(format!("{it:?} is not of the form key=value")))?;
-            if let Some(old) = m.insert(k.trim().to_string(), v.trim().to_string()) {
-                return Err(PlaceError::BadParam(format!(
-                    "parameter {} is given twice ({old:?} and {:?})",
-                    k.trim(),
-                    v.trim()
-                )));
-            }
-        }
-        Ok(Params(m))
-    }
-
-    /// A number parameter, or `default` when absent.
-    pub fn f64(&self, key: &str, default: f64) -> Result<f64, PlaceError> {
-        match self.0.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite())
-                .ok_or_else(|| PlaceError::BadParam(format!("parameter {key}={v:?} is not a number"))),
-        }
-    }
-
-    /// A weight or threshold that must not be negative, or `default` when absent: a
-    /// negative one would turn what it weighs around rather than be refused.
-    pub fn non_negative(&self, key: &str, default: f64) -> Result<f64, PlaceError> {
-        let x = self.f64(key, default)?;
-        if x < 0.0 {
-            return Err(PlaceError::BadParam(format!("parameter {key}={x} must not be negative")));
-        }
-        Ok(x)
-    }
-
-    /// An integer parameter, or `default` when absent.
-    pub fn usize(&self, key: &str, default: usize) -> Result<usize, PlaceError> {
-        match self.0.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<usize>()
-                .map_err(|_| PlaceError::BadParam(format!("parameter {key}={v:?} is not a non-negative integer"))),
-        }
-    }
-
-    /// A yes/no parameter (`true/false/yes/no/1/0`), or `default` when absent.
-    pub fn bool(&self, key: &str, default: bool) -> Result<bool, PlaceError> {
-        match self.0.get(key).map(|s| s.to_ascii_lowercase()) {
-            None => Ok(default),
-            Some(v) => match v.as_str() {
-                "true" | "yes" | "1" => Ok(true),
-                "false" | "no" | "0" => Ok(false),
-                _ => Err(PlaceError::BadParam(format!("parameter {key}={v:?} is not true or false"))),
-            },
-        }
-    }
-
-    /// Refuses keys the placer does not document, so typos do not pass silently.
+    /// Refuses keys the placer does not declare, so typos do not pass silently.
     pub fn allow_only(&self, placer: &dyn Placer) -> Result<(), PlaceError> {
-        let known = placer.params();
-        for k in self.0.keys() {
-            if !known.iter().any(|d| d.name == k) {
-                let names: Vec<&str> = known.iter().map(|d| d.name).collect();
-                return Err(PlaceError::BadParam(format!(
-                    "placer {} has no parameter {k:?} (it takes: {}; `moeplace placers {}` explains them)",
-                    placer.name(),
-                    if names.is_empty() { "none".to_string() } else { names.join(", ") },
-                    placer.name()
-                )));
-            }
-        }
-        Ok(())
+        let hint = format!("; `moeplace placers {}` explains them", placer.name());
+        self.check_declared(&placer.params(), &format!("placer {}", placer.name()), &hint)
     }
 
     /// The parameters among these that `placer` takes.
     pub fn for_placer(&self, placer: &dyn Placer) -> Params {
-        let known = placer.params();
-        Params(
-            self.0
-                .iter()
-                .filter(|(k, _)| known.iter().any(|d| d.name == *k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        )
+        self.only(&placer.params())
     }
-}
-
-/// One parameter a placer takes (`--param name=value`): what `moeplace placers`
-/// prints, and the list [`Params::allow_only`] checks keys against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ParamDoc {
-    pub name: &'static str,
-    /// The value used when the parameter is not given.
-    pub default: &'static str,
-    /// What it does, in one or two sentences.
-    pub about: &'static str,
 }
 
 /// What a placer gets.
@@ -182,7 +88,7 @@ pub trait Placer: Send + Sync {
     /// One line for `--help` and `moeplace placers`.
     fn about(&self) -> &'static str;
     /// The parameters it takes (none by default).
-    fn params(&self) -> Vec<ParamDoc> {
+    fn params(&self) -> Vec<Param> {
         Vec::new()
     }
     /// Whether it reads only expert loads (not top-k, co-activation or token paths),
@@ -211,6 +117,23 @@ pub trait Placer: Send + Sync {
     fn tuning(&self) -> crate::tune::TuneGrid {
         crate::tune::TuneGrid::default()
     }
+    /// Its named operating points (`plan --preset NAME`): settings of the placer and
+    /// of its serving for one purpose; none by default.
+    fn presets(&self) -> &'static [Preset] {
+        &[]
+    }
+}
+
+/// The preset `name` of `placer`, or an error listing its presets.
+pub fn preset(placer: &dyn Placer, name: &str) -> Result<Preset, PlaceError> {
+    placer.presets().iter().copied().find(|p| p.name == name).ok_or_else(|| {
+        let names: Vec<&str> = placer.presets().iter().map(|p| p.name).collect();
+        PlaceError::BadParam(format!(
+            "placer {} has no preset {name:?} ({})",
+            placer.name(),
+            if names.is_empty() { "it has none".to_string() } else { format!("it has: {}", names.join(", ")) }
+        ))
+    })
 }
 
 /// Every placer, in the order tables list them.
@@ -403,6 +326,52 @@ fn jain(load: &[f64]) -> f64 {
 #[cfg(test)]
 mod param_tests {
     use super::*;
+
+    #[test]
+    fn every_declaration_is_consistent_and_every_preset_valid() {
+        let dispatchers = crate::dispatch::registry(0);
+        for p in registry() {
+            let params = p.params();
+            for (i, d) in params.iter().enumerate() {
+                assert!(d.is_consistent(), "{}: {d:?}", p.name());
+                assert!(!d.about.is_empty(), "{}: {} has no text", p.name(), d.name);
+                assert!(params[..i].iter().all(|e| e.name != d.name), "{}: {} declared twice", p.name(), d.name);
+            }
+            Params::default().check_values(&params).unwrap();
+            let serving = p.serving();
+            let dispatcher = dispatchers.iter().find(|d| d.name() == serving.dispatcher).expect("a dispatcher");
+            for preset in p.presets() {
+                let placer_params = preset.placer_params();
+                placer_params.allow_only(p.as_ref()).unwrap();
+                placer_params.check_values(&params).unwrap();
+                let mut served = serving.clone();
+                served.params = preset.serving_params().over(&served.params);
+                served.check().unwrap_or_else(|e| panic!("{} {}: {e}", p.name(), preset.name));
+                assert!(preset.serving_params().check_values(&dispatcher.params()).is_ok());
+            }
+            for (name, values) in &p.tuning().placer {
+                let d = params.iter().find(|d| d.name == *name).expect("a tuned parameter is declared");
+                for v in *values {
+                    Params::parse([format!("{name}={v}").as_str()]).unwrap().check_values(&[*d]).unwrap();
+                }
+            }
+        }
+        for d in dispatchers {
+            for p in d.params() {
+                assert!(p.is_consistent(), "{}: {p:?}", d.name());
+            }
+        }
+    }
+
+    #[test]
+    fn presets_are_found_by_name_and_unknown_ones_named() {
+        let tacg = by_name("tacg+gesr").unwrap();
+        assert_eq!(preset(tacg.as_ref(), "shift-robust").unwrap().placer, &[("robust", "0.75")]);
+        let e = preset(tacg.as_ref(), "fastest").unwrap_err().to_string();
+        assert!(e.contains("no preset \"fastest\" (it has: min-remote-nodes, shift-robust)"), "{e}");
+        let e = preset(by_name("linear").unwrap().as_ref(), "x").unwrap_err().to_string();
+        assert!(e.contains("it has none"), "{e}");
+    }
 
     #[test]
     fn the_balance_fallback_evens_a_lopsided_layer_and_leaves_an_even_one() {

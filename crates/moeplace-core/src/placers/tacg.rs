@@ -52,38 +52,15 @@
 //!    R = 0 falls to 0.911, at a remote-node cut of 24 to 27% instead of 28 to 35%
 //!    (docs/TACG.md).
 //!
-//! 8. balance on unseen requests (ours, off by default): with `resample=S` > 0 each
-//!    family's calibration requests, in id order, are dealt round-robin into `folds`
-//!    folds (default 4), and the partition also balances each fold's load
-//!    (`sum_f route_i(f) n_kf(e_i) / T_k` per copy, where `n_kf(e)` are the picks of e
-//!    by fold k's requests of family f and `T_k` the fold's tokens; the spread terms
-//!    weigh `S * balance` together); the refinement holds every fold's load to its
-//!    limits too. A plan balanced only for the calibration requests fits their noise:
-//!    when a few long requests make up the traffic, the next requests load the experts
-//!    differently (and shift the family mix). On ESFT (64 calibration requests) the
-//!    default plan served by `nearest` has Jain 0.9904 on its calibration requests and
-//!    0.9835 on the held-out ones at the same remote-node cut. Each fold is a smaller
-//!    sample of the requests; a plan balanced on every fold stays balanced on new
-//!    requests too, which leaves the dispatcher room for a wider tolerance. With gesr
-//!    taking the first copy of a step, `resample=0.5` at tolerance 0.4 cut remote
-//!    nodes by 36.1% at Jain 0.9902 on the held-out requests where the default plan
-//!    fell to Jain 0.9875; since gesr takes the least loaded copy of a step and
-//!    `free_first` balances at no inter-node cost, the calibration halves of `moeplace
-//!    experiment tacg --tune` no longer choose it (it costs more locality than the
-//!    balance it adds is worth; docs/TACG.md, "Balance on unseen requests"). Kept for
-//!    dispatchers that balance less. Needs per-request statistics (`profile` keeps
-//!    them unless `--no-request-vectors`). Four folds is our choice, not tuned.
-//!
-//! Parameters (`--param`): `alpha` (0.25; 0 = no task-modulated graph), `temperature`
-//! (0.5), `eta` (1; 0 = no task preference), `balance` (8), `passes` (30), `robust`
-//! (0), `resample` (0), `folds` (4), `stay` (0; with `plan --previous`, see
-//! `coact`), and the refinement's `refine` (true), `node_weight` (1), `gpu_weight` (1).
+//! Parameters (`--param`): `moeplace placers tacg` and docs/PARAMETERS.md list them
+//! with their defaults; `alpha` 0 means no task-modulated graph, `eta` 0 no task
+//! preference, `stay` > 0 needs `plan --previous` (see `coact`).
 //!
 //! How the defaults were chosen: `moeplace-lab experiment tacg --tune` replays a grid of
-//! `balance` x `alpha` x `eta` for `tacg+gesr` on the ESFT calibration requests only
+//! `load_spread` x `alpha` x `eta` for `tacg+gesr` on the ESFT calibration requests only
 //! (never the held-out ones), at its chosen `pay`; among the settings with Jain >= 0.99
 //! at alpha = 0.25 (the paper's value) the one with the largest remote-node cut was
-//! balance 8, eta 1 (`tacg` shares them). On those calibration requests alpha = 0
+//! load_spread 8, eta 1 (`tacg` shares them). On those calibration requests alpha = 0
 //! scored 0.4 points of remote-node cut higher (docs/TACG.md).
 
 use std::collections::BTreeMap;
@@ -92,9 +69,9 @@ use rayon::prelude::*;
 
 use super::coact::{
     hottest_copies, needs_pairs, previous_lists, refine_options, refine_skipped, solve_layer, to_placement, Knobs,
-    LayerModel, DEFAULT_BALANCE, DEFAULT_PASSES, PARTITION_DOCS, REFINE_DOCS, STAY_DOC,
+    LayerModel, LOAD_SPREAD, PARTITION_PARAMS, PASSES, REFINE_PARAMS, STAY,
 };
-use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::{check_fits, Kind, Level, Param, PlaceError, Placer, PlacerInput, PlacerOutput, Preset, Value};
 use crate::refine::{refine_layer, RefineOptions, RefineOutcome, SampledLayer, TokenHomes};
 use crate::stats::{pair_count, pair_index, Statistics};
 
@@ -104,44 +81,48 @@ pub struct Tacg;
 /// traffic shares did not allow whole nodes (0 when every group follows nodes).
 pub const SPLIT_GROUPS_NOTE: &str = "groups_split_across_nodes";
 
-pub(crate) const DEFAULT_ALPHA: f64 = 0.25;
-pub(crate) const DEFAULT_TEMPERATURE: f64 = 0.5;
-pub(crate) const DEFAULT_ETA: f64 = 1.0;
-pub(crate) const DEFAULT_ROBUST: f64 = 0.0;
-pub(crate) const DEFAULT_RESAMPLE: f64 = 0.0;
-/// Folds of the calibration requests for `resample`, by default.
-pub(crate) const DEFAULT_FOLDS: usize = 4;
+pub(crate) const ALPHA: Param = Param {
+    name: "alpha",
+    kind: Kind::Number,
+    default: Value::Number(0.25),
+    about: "mixing weight of the task-modulated graph, in [0, 1] (0: the pooled co-activation graph)",
+    level: Level::Stable,
+};
+pub(crate) const TEMPERATURE: Param = Param {
+    name: "temperature",
+    kind: Kind::Number,
+    default: Value::Number(0.5),
+    about: "softmax temperature of the family preferences (positive)",
+    level: Level::Experimental,
+};
+pub(crate) const ETA: Param = Param {
+    name: "eta",
+    kind: Kind::NonNegative,
+    default: Value::Number(1.0),
+    about: "weight of the pull of a family's experts into its GPU group (0: no task preference)",
+    level: Level::Stable,
+};
+pub(crate) const ROBUST: Param = Param {
+    name: "robust",
+    kind: Kind::NonNegative,
+    default: Value::Number(0.0),
+    about: "weight of each family's own load balance, for traffic whose family mix may shift",
+    level: Level::Stable,
+};
 
 /// The parameters of `tacg` (shared with `tacg+gesr`).
-pub(crate) fn tacg_params() -> Vec<ParamDoc> {
-    let own = [
-        ParamDoc {
-            name: "alpha",
-            default: "0.25",
-            about: "mixing weight of the task-modulated graph (0: the pooled co-activation graph)",
-        },
-        ParamDoc { name: "temperature", default: "0.5", about: "softmax temperature of the family preferences" },
-        ParamDoc {
-            name: "eta",
-            default: "1",
-            about: "weight of the pull of a family's experts into its GPU group (0: no task preference)",
-        },
-        ParamDoc {
-            name: "robust",
-            default: "0",
-            about: "weight of each family's own load balance, for traffic whose family mix may shift \
-                    (0.75 kept Jain >= 0.985 under the ESFT shifts; docs/TACG.md)",
-        },
-        ParamDoc {
-            name: "resample",
-            default: "0",
-            about: "weight of the load balance of each fold of the calibration requests, so that the plan \
-                    stays balanced on requests it has not seen (needs per-request statistics)",
-        },
-        ParamDoc { name: "folds", default: "4", about: "folds of the calibration requests for resample (2 to 64)" },
-    ];
-    [&own[..], &PARTITION_DOCS[..], &[STAY_DOC], &REFINE_DOCS[..]].concat()
+pub(crate) fn tacg_params() -> Vec<Param> {
+    [&[ALPHA, TEMPERATURE, ETA, ROBUST][..], &PARTITION_PARAMS[..], &[STAY], &REFINE_PARAMS[..]].concat()
 }
+
+/// `shift-robust`, shared with `tacg+gesr`: each family's own load is balanced too,
+/// for traffic whose family mix may move away from the calibration mix.
+pub(crate) const SHIFT_ROBUST: Preset = Preset {
+    name: "shift-robust",
+    about: "stays balanced when the family mix moves away from the calibration mix, for a smaller cut",
+    placer: &[("robust", "0.75")],
+    serving: &[],
+};
 
 impl Placer for Tacg {
     fn serving(&self) -> crate::serving::Serving {
@@ -163,8 +144,21 @@ impl Placer for Tacg {
         TuneGrid { placer: vec![("alpha", &["0", "0.25"]), ("robust", &["0", "0.25", "0.5"])], serving: vec![] }
     }
 
-    fn params(&self) -> Vec<ParamDoc> {
+    fn params(&self) -> Vec<Param> {
         tacg_params()
+    }
+
+    fn presets(&self) -> &'static [Preset] {
+        &[
+            Preset {
+                name: "min-remote-nodes",
+                about:
+                    "the pooled co-activation graph under the family pull: fewer remote nodes, a little less balance",
+                placer: &[("alpha", "0")],
+                serving: &[],
+            },
+            SHIFT_ROBUST,
+        ]
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
@@ -218,8 +212,8 @@ impl FamilyModel {
     pub fn build(input: &PlacerInput<'_>, placer: &str) -> Result<FamilyModel, PlaceError> {
         let stats = needs_pairs(input, placer)?;
         let params = input.params;
-        let alpha = params.f64("alpha", DEFAULT_ALPHA)?;
-        let temperature = params.f64("temperature", DEFAULT_TEMPERATURE)?;
+        let alpha = params.number(&ALPHA)?;
+        let temperature = params.number(&TEMPERATURE)?;
         if !(0.0..=1.0).contains(&alpha) {
             return Err(PlaceError::BadParam(format!("alpha={alpha} must lie in [0, 1]")));
         }
@@ -227,24 +221,12 @@ impl FamilyModel {
             return Err(PlaceError::BadParam(format!("temperature={temperature} must be positive")));
         }
         let knobs = Knobs {
-            balance: params.non_negative("balance", DEFAULT_BALANCE)?,
-            passes: params.usize("passes", DEFAULT_PASSES)?,
-            eta: params.non_negative("eta", DEFAULT_ETA)?,
-            robust: params.non_negative("robust", DEFAULT_ROBUST)?,
+            balance: params.number(&LOAD_SPREAD)?,
+            passes: params.count(&PASSES)?,
+            eta: params.number(&ETA)?,
+            robust: params.number(&ROBUST)?,
             stay: super::coact::stay(input)?,
-            resample: params.non_negative("resample", DEFAULT_RESAMPLE)?,
         };
-        let folds = params.usize("folds", DEFAULT_FOLDS)?;
-        if !(2..=64).contains(&folds) {
-            return Err(PlaceError::BadParam(format!("folds={folds} must lie in 2..=64")));
-        }
-        if knobs.resample > 0.0 && stats.requests().is_empty() {
-            return Err(PlaceError::BadParam(format!(
-                "resample={} needs per-request activation vectors in the statistics (profile without \
-                 --no-request-vectors)",
-                knobs.resample
-            )));
-        }
         let families = stats.families();
         if families.len() < 2 {
             return Err(PlaceError::Unsupported(format!(
@@ -253,10 +235,7 @@ impl FamilyModel {
                 families.len()
             )));
         }
-        let (mut layers, pref, pi) = family_layers(stats, &families, alpha, temperature);
-        if knobs.resample > 0.0 {
-            add_folds(stats, &families, folds, &mut layers);
-        }
+        let (layers, pref, pi) = family_layers(stats, &families, alpha, temperature);
         let NodeGroups { groups, split } = node_groups(&pi, input.cluster);
         let refine = refine_options(params, stats)?;
         let homes = TokenHomes::by_family(input.cluster, &family_gpus(&families, &groups));
@@ -295,12 +274,6 @@ impl FamilyModel {
         if self.knobs.robust > 0.0 {
             loads.extend(m.u.iter().map(Vec::as_slice));
         }
-        let fold_loads: Vec<Vec<f64>> = if self.knobs.resample > 0.0 {
-            m.folds.iter().map(|fold| (0..m.experts).map(|x| fold.iter().map(|u| u[x]).sum()).collect()).collect()
-        } else {
-            Vec::new()
-        };
-        loads.extend(fold_loads.iter().map(Vec::as_slice));
         // Experts the partition kept where the previous plan had them stay there.
         let mut fixed = vec![false; m.experts];
         for (gpu, held) in self.kept(layer).into_iter().flatten().enumerate() {
@@ -421,42 +394,10 @@ fn family_layers(
                 m[pair_index(a, b, e)] = (1.0 - alpha) + alpha * nf as f64 * k;
             }
         }
-        layers.push(LayerModel { experts: e, pi: pi.clone(), u, c, m, folds: Vec::new() });
+        layers.push(LayerModel { experts: e, pi: pi.clone(), u, c, m });
         prefs.push(pref);
     }
     (layers, prefs, pi)
-}
-
-/// Fills [`LayerModel::folds`]: each family's requests, in id order, dealt round-robin
-/// into `folds` folds (so every fold holds every family with at least as many
-/// requests as folds); a fold's rates are per token of the whole fold, so that its
-/// family mix varies with its requests' lengths as a held-out stream's does.
-fn add_folds(stats: &Statistics, families: &[String], folds: usize, layers: &mut [LayerModel]) {
-    let shape = stats.shape();
-    let (l, e, nf) = (shape.layers, shape.experts, families.len());
-    let mut counts = vec![vec![vec![0u64; l * e]; nf]; folds];
-    let mut tokens = vec![0u64; folds];
-    let mut dealt = vec![0usize; nf];
-    for r in stats.requests().values() {
-        let Some(f) = r.family.as_ref().and_then(|x| families.iter().position(|y| y == x)) else { continue };
-        let k = dealt[f] % folds;
-        dealt[f] += 1;
-        tokens[k] += r.tokens.values().sum::<u64>();
-        for v in r.by_phase.values() {
-            counts[k][f].iter_mut().zip(v).for_each(|(a, &b)| *a += u64::from(b));
-        }
-    }
-    for (layer, m) in layers.iter_mut().enumerate() {
-        m.folds = (0..folds)
-            .filter(|&k| tokens[k] > 0)
-            .map(|k| {
-                let t = tokens[k] as f64;
-                (0..nf)
-                    .map(|f| counts[k][f][layer * e..(layer + 1) * e].iter().map(|&x| x as f64 / t).collect())
-                    .collect()
-            })
-            .collect();
-    }
 }
 
 /// z-scores across families of `v[f][e]` (see the module documentation).
@@ -770,29 +711,7 @@ mod tests {
     }
 
     #[test]
-    fn folds_deal_each_familys_requests_round_robin() {
-        let stats = two_families(true);
-        let families = stats.families();
-        let (mut layers, _, _) = family_layers(&stats, &families, 0.25, 0.5);
-        add_folds(&stats, &families, 4, &mut layers);
-        let folds = &layers[0].folds;
-        assert_eq!(folds.len(), 4);
-        for (k, fold) in folds.iter().enumerate() {
-            // Fold k holds a_k (k + 1 tokens on expert k) and b_k (2 tokens on 3 - k).
-            let t = (k + 3) as f64;
-            let mut a = vec![0.0; 4];
-            a[k] = (k + 1) as f64 / t;
-            let mut b = vec![0.0; 4];
-            b[3 - k] = 2.0 / t;
-            assert_eq!(fold, &vec![a, b], "fold {k}");
-        }
-        // Two folds: a0, a2 with b0, b2 and a1, a3 with b1, b3.
-        add_folds(&stats, &families, 2, &mut layers);
-        assert_eq!(layers[0].folds[1][0], vec![0.0, 2.0 / 10.0, 0.0, 4.0 / 10.0]);
-    }
-
-    #[test]
-    fn resample_needs_request_vectors_and_sane_folds() {
+    fn out_of_range_parameters_are_refused() {
         use crate::cluster::Cluster;
         use crate::placers::{Params, PlacerInput};
         let cluster = Cluster::new(1, 2, 1).unwrap().with_slots(4).unwrap();
@@ -810,13 +729,16 @@ mod tests {
             };
             Tacg.place(&input).map(|_| ()).map_err(|e| e.to_string())
         };
-        let with = two_families(true);
-        assert_eq!(run(&with, &["resample=1"]), Ok(()));
-        let err = run(&two_families(false), &["resample=1"]).unwrap_err();
-        assert!(err.contains("needs per-request activation vectors"), "{err}");
-        for folds in ["1", "65"] {
-            let err = run(&with, &["resample=1", &format!("folds={folds}")]).unwrap_err();
-            assert!(err.contains("must lie in 2..=64"), "{err}");
+        let stats = two_families(true);
+        assert_eq!(run(&stats, &["alpha=1", "robust=0.5"]), Ok(()));
+        for (bad, says) in [
+            ("alpha=1.5", "must lie in [0, 1]"),
+            ("temperature=0", "must be positive"),
+            ("eta=-1", "must not be negative"),
+            ("resample=1", "has no parameter \"resample\""),
+        ] {
+            let err = run(&stats, &[bad]).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
         }
     }
 

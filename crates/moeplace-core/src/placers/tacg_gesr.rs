@@ -55,16 +55,15 @@
 //! an unpinned copy lets the dispatcher send any family's picks to the less loaded
 //! copy.
 //!
-//! Parameters (`--param`): those of `tacg` (`alpha`, `temperature`, `eta`, `balance`,
-//! `passes`, `robust`, `resample`, `folds`, `stay`, `refine`, `node_weight`,
-//! `gpu_weight`) and `lambda1` (1),
-//! `lambda2` (1), `pay` (1.5), `pay_by_load` (true), `locality` (0).
+//! Parameters (`--param`): those of `tacg` and `lambda1`, `lambda2`, `pay`,
+//! `locality`; `moeplace placers tacg+gesr` and docs/PARAMETERS.md list them with
+//! their defaults.
 
 use rayon::prelude::*;
 
 use super::coact::{hottest_copies, solve_layer, to_placement, Item, LayerModel};
-use super::tacg::{tacg_params, FamilyModel};
-use super::{check_fits, ParamDoc, PlaceError, Placer, PlacerInput, PlacerOutput};
+use super::tacg::{tacg_params, FamilyModel, SHIFT_ROBUST};
+use super::{check_fits, Kind, Level, Param, PlaceError, Placer, PlacerInput, PlacerOutput, Preset, Value};
 use crate::refine::RefineOutcome;
 use crate::stats::pair_index;
 
@@ -94,52 +93,36 @@ impl Placer for TacgGesr {
         }
     }
 
-    fn params(&self) -> Vec<ParamDoc> {
-        let own = [
-            ParamDoc {
-                name: "lambda1",
-                default: "1",
-                about: "weight of cross-family consistency in the generic score",
+    fn params(&self) -> Vec<Param> {
+        [tacg_params(), vec![LAMBDA1, LAMBDA2, PAY, LOCALITY]].concat()
+    }
+
+    fn presets(&self) -> &'static [Preset] {
+        &[
+            Preset {
+                name: "min-remote-nodes",
+                about: "fewer remote nodes for a little balance: the pooled graph, a quarter of the redundant \
+                        slots for node-local copies, served with a wide tolerance, free first",
+                placer: &[("alpha", "0"), ("locality", "0.25")],
+                serving: &[("theta", "1.5"), ("free_first", "true")],
             },
-            ParamDoc {
-                name: "lambda2",
-                default: "1",
-                about: "weight of task specificity (subtracted) in the generic score",
-            },
-            ParamDoc {
-                name: "pay",
-                default: "1.5",
-                about: "a family group gets its own copy of a generic expert when its demand for it is at least \
-                        pay times an average expert's",
-            },
-            ParamDoc {
-                name: "pay_by_load",
-                default: "true",
-                about: "demand is the family's usage scaled by its share of the traffic (false: usage alone)",
-            },
-            ParamDoc {
-                name: "locality",
-                default: "0",
-                about: "share of the redundant slots given to copies that make sampled tokens node-local",
-            },
-        ];
-        [tacg_params(), own.to_vec()].concat()
+            SHIFT_ROBUST,
+        ]
     }
 
     fn place(&self, input: &PlacerInput<'_>) -> Result<PlacerOutput, PlaceError> {
         input.params.allow_only(self)?;
         check_fits(input.shape, input.cluster)?;
-        let lambda1 = input.params.non_negative("lambda1", 1.0)?;
-        let lambda2 = input.params.non_negative("lambda2", 1.0)?;
-        let pay = input.params.non_negative("pay", DEFAULT_PAY)?;
-        let by_load = input.params.bool("pay_by_load", true)?;
-        let locality = input.params.f64("locality", DEFAULT_LOCALITY)?;
+        let lambda1 = input.params.number(&LAMBDA1)?;
+        let lambda2 = input.params.number(&LAMBDA2)?;
+        let pay = input.params.number(&PAY)?;
+        let locality = input.params.number(&LOCALITY)?;
         if !(0.0..=1.0).contains(&locality) {
             return Err(PlaceError::BadParam(format!("locality={locality} must lie in [0, 1]")));
         }
         let fm = FamilyModel::build(input, self.name())?;
         let k = input.shape.top_k as f64;
-        let rule = PayRule { threshold: pay * k / input.shape.experts as f64, by_load };
+        let rule = PayRule { threshold: pay * k / input.shape.experts as f64 };
         let full = input.cluster;
         // Slots kept back from the partition for locality copies (only with a sample),
         // as many as the slot layout allows: GPU g owns [g*S/G, (g+1)*S/G), so with
@@ -189,12 +172,38 @@ impl Placer for TacgGesr {
     }
 }
 
+const LAMBDA1: Param = Param {
+    name: "lambda1",
+    kind: Kind::NonNegative,
+    default: Value::Number(1.0),
+    about: "weight of cross-family consistency in the generic score",
+    level: Level::Experimental,
+};
+const LAMBDA2: Param = Param {
+    name: "lambda2",
+    kind: Kind::NonNegative,
+    default: Value::Number(1.0),
+    about: "weight of task specificity (subtracted) in the generic score",
+    level: Level::Experimental,
+};
 /// How much more than an average expert a group must demand of an expert to pay for
 /// its own copy (module documentation).
-const DEFAULT_PAY: f64 = 1.5;
-
+const PAY: Param = Param {
+    name: "pay",
+    kind: Kind::NonNegative,
+    default: Value::Number(1.5),
+    about: "a family group gets its own copy of a generic expert when its demand for it (its usage scaled by \
+            its share of the traffic) is at least pay times an average expert's",
+    level: Level::Stable,
+};
 /// Share of the redundant slots kept for locality copies (module documentation).
-const DEFAULT_LOCALITY: f64 = 0.0;
+const LOCALITY: Param = Param {
+    name: "locality",
+    kind: Kind::Number,
+    default: Value::Number(0.0),
+    about: "share of the redundant slots, in [0, 1], given to copies that make sampled tokens node-local",
+    level: Level::Stable,
+};
 
 /// Fills every GPU's free slots (lists shorter than the cluster's slot counts) with
 /// copies of the expert of highest load per copy that the GPU lacks, least-loaded GPU
@@ -227,19 +236,13 @@ pub(crate) struct PayRule {
     /// Demand at which a group pays: `pay * k / E`, an average expert's picks per token
     /// times `pay`.
     pub threshold: f64,
-    /// Demand scaled by the family's share of the traffic (`F pi_f u_f(e)`), not its
-    /// usage alone (`u_f(e)`).
-    pub by_load: bool,
 }
 
 impl PayRule {
-    /// Family `f`'s demand for expert `x`.
+    /// Family `f`'s demand for expert `x`: its usage scaled by its share of the
+    /// traffic (`F pi_f u_f(e)`), so that a family with little traffic does not pay.
     fn demand(&self, m: &LayerModel, f: usize, x: usize) -> f64 {
-        if self.by_load {
-            m.families() as f64 * m.pi[f] * m.u[f][x]
-        } else {
-            m.u[f][x]
-        }
+        m.families() as f64 * m.pi[f] * m.u[f][x]
     }
 }
 
@@ -351,7 +354,6 @@ mod tests {
             u: vec![vec![1.0, 1.0, 0.0, 0.0], vec![1.0, 0.0, 0.5, 0.5]],
             c: vec![vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0], vec![0.0, 0.5, 0.5, 0.0, 0.0, 0.5]],
             m: Vec::new(),
-            folds: Vec::new(),
         }
     }
 
@@ -361,7 +363,7 @@ mod tests {
         let pref = vec![vec![0.5, 1.0, 0.0, 0.0], vec![0.5, 0.0, 1.0, 1.0]];
         let s = generic_scores(&m, &pref, 1.0, 1.0);
         assert!(s[0] > s[1] && s[0] > s[2], "{s:?}");
-        let rule = PayRule { threshold: 0.25, by_load: true };
+        let rule = PayRule { threshold: 0.25 };
         let items = generic_items(&m, &s, 6, 3, rule);
         assert_eq!(items.len(), 6);
         let copies0: Vec<&Item> = items.iter().filter(|it| it.expert == 0).collect();
@@ -381,13 +383,14 @@ mod tests {
     fn a_family_with_little_traffic_does_not_pay_for_a_copy() {
         // Family 1 picks expert 0 as often as family 0 does but brings a tenth of the
         // tokens: its demand by load is 2 x 0.1 x 1 = 0.2, below the threshold 0.25.
-        let m = LayerModel { pi: vec![0.9, 0.1], ..model() };
         let s = vec![1.0, 0.0, 0.0, 0.0];
-        let pinned = |by_load| {
-            let items = generic_items(&m, &s, 6, 3, PayRule { threshold: 0.25, by_load });
+        let pinned = |pi: Vec<f64>| {
+            let m = LayerModel { pi, ..model() };
+            let items = generic_items(&m, &s, 6, 3, PayRule { threshold: 0.25 });
             items.iter().filter(|it| it.pin.is_some()).count()
         };
-        assert_eq!(pinned(true), 0);
-        assert_eq!(pinned(false), 2);
+        assert_eq!(pinned(vec![0.9, 0.1]), 0);
+        // With even traffic both families pay for their own copy.
+        assert_eq!(pinned(vec![0.5, 0.5]), 2);
     }
 }

@@ -31,7 +31,7 @@ pub(super) fn split(trace: &Trace) -> (Trace, Trace) {
 }
 
 /// Statistics of `trace` as `moeplace profile` keeps them (with per-request
-/// activation vectors, which `resample` plans need).
+/// activation vectors, which cluster-homes plans need).
 pub(super) fn profile(trace: &Trace) -> Result<Statistics> {
     Ok(Statistics::from_batches(
         trace.shape,

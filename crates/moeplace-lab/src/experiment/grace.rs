@@ -21,7 +21,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use moeplace_core::cluster::{expert_flops, Cluster, Preset, DEEPSEEK_V3_EXPERT_INTERMEDIATE, DEEPSEEK_V3_HIDDEN};
+use moeplace_core::cluster::{expert_flops, Cluster, Machine, DEEPSEEK_V3_EXPERT_INTERMEDIATE, DEEPSEEK_V3_HIDDEN};
 use moeplace_core::dispatch::{Dispatcher, Grace, Random};
 use moeplace_core::placers::{Params, PlacerOutput};
 use moeplace_core::simulate::{cut_percent, simulate, HomePolicy, SimResult};
@@ -174,7 +174,7 @@ pub(super) fn grace(args: GraceArgs) -> Result<()> {
 
 /// A preset's links for `nodes` nodes with the model sizes of the workload.
 fn links(preset: &str, nodes: usize, (hidden, intermediate): (usize, usize)) -> Result<Cluster> {
-    let p = Preset::by_name(preset).ok_or_else(|| anyhow::anyhow!("preset {preset} is defined"))?;
+    let p = Machine::by_name(preset).ok_or_else(|| anyhow::anyhow!("preset {preset} is defined"))?;
     let mut c = p.cluster(nodes, 1)?;
     c.hidden_size = hidden;
     c.expert_flops_per_token = expert_flops(hidden, intermediate);
@@ -311,8 +311,8 @@ fn ladder_table(s: &Setup<'_>, seed: u64, out: &mut String) -> Result<()> {
     eprintln!("{}: ladder ...", s.label);
     out.push_str(&format!(
         "### Ablation ladder: {}\n\nStep 3 plans on the same layout without redundant slots ({} slots per \
-         layer, one per expert); steps 4-6 use the setup's {} slots per layer. Steps 3-5 serve copies with the \
-         topology-blind `random` dispatcher (seed {seed}; a uniform choice among an expert's copies), step 6 \
+         layer, one per expert); steps 4-5 use the setup's {} slots per layer. Steps 3-4 serve copies with the \
+         topology-blind `random` dispatcher (seed {seed}; a uniform choice among an expert's copies), step 5 \
          with grace's.\n\n",
         s.label,
         s.bare.slots(),
@@ -323,8 +323,6 @@ fn ladder_table(s: &Setup<'_>, seed: u64, out: &mut String) -> Result<()> {
          inter-node GB | intra-node GB | load sd % | Jain | all-to-all ms |\n\
          |---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    let mut fixed = s.grace.clone();
-    fixed.0.insert("replication".into(), "fixed".into());
     let random = Random::new(seed);
     let mut rungs: Vec<(&str, String, usize, &str, SimResult, bool)> = vec![
         ("1. linear, flat communication", "linear".into(), s.bare.slots(), "primary", s.baseline.clone(), false),
@@ -332,12 +330,10 @@ fn ladder_table(s: &Setup<'_>, seed: u64, out: &mut String) -> Result<()> {
     ];
     let (r, _, _) = replay(s, "grace", &s.bare, &s.grace, &random, false)?;
     rungs.push(("3. + grouping (no replicas)", "grace".into(), s.bare.slots(), "random", r, true));
-    let (r, _, _) = replay(s, "grace", &s.cluster, &fixed, &random, false)?;
-    rungs.push(("4. + fixed replicas", "grace replication=fixed".into(), s.cluster.slots(), "random", r, true));
     let (r, _, _) = replay(s, "grace", &s.cluster, &s.grace, &random, false)?;
-    rungs.push(("5. + dynamic replication", "grace".into(), s.cluster.slots(), "random", r.clone(), true));
+    rungs.push(("4. + dynamic replication", "grace".into(), s.cluster.slots(), "random", r.clone(), true));
     let (r6, _, _) = replay(s, "grace", &s.cluster, &s.grace, &Grace, false)?;
-    rungs.push(("6. + topology-aware routing", "grace".into(), s.cluster.slots(), "grace", r6, true));
+    rungs.push(("5. + topology-aware routing", "grace".into(), s.cluster.slots(), "grace", r6, true));
     let first = s.baseline.cross_node_gpus;
     let mut previous = first;
     for (label, placer, slots, d, r, hier) in &rungs {

@@ -25,11 +25,11 @@ pub(super) struct TacgArgs {
     /// A parameter of tacg and tacg+gesr, key=value (repeatable).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
-    /// Instead of the tables: grids of tacg+gesr parameters (balance x alpha x eta;
+    /// Instead of the tables: grids of tacg+gesr parameters (load_spread x alpha x eta;
     /// pay; robust x locality under the eight shifts, planned from the even mix, also
     /// with gesr's free first at several tolerances, and re-planned for each shift's
     /// mix) replayed on the calibration requests themselves (5 slots per GPU, homes by
-    /// family), and resample x locality x alpha x gesr tolerance and free first planned
+    /// family), and locality x alpha x gesr tolerance and free first planned
     /// on one half of the calibration requests and replayed on the other, to choose
     /// settings without looking at the held-out requests.
     #[arg(long)]
@@ -810,7 +810,7 @@ fn tune(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<
     for balance in ["1", "2", "4", "8", "16"] {
         for alpha in ["0", "0.25", "0.5", "0.75"] {
             for eta in ["0.5", "1", "2"] {
-                let p = gesr_params(user, &[("balance", balance), ("alpha", alpha), ("eta", eta)]);
+                let p = gesr_params(user, &[("load_spread", balance), ("alpha", alpha), ("eta", eta)]);
                 let o = run_one(stats, calib, "tacg+gesr", 5, true, &p, &Gesr { theta, ..Gesr::default() })?;
                 rows.push((balance, alpha, eta, o.result));
             }
@@ -837,7 +837,7 @@ fn tune(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<
     print_stdout(&out)
 }
 
-/// The `pay` x `pay_by_load` sweep of `--tune`: on the calibration requests, and with
+/// The `pay` sweep of `--tune`: on the calibration requests, and with
 /// plans made from each calibration stream with one family at 70% replayed on that
 /// stream (how a plan made from a skewed mix balances that mix).
 fn tune_pay(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<String> {
@@ -848,21 +848,21 @@ fn tune_pay(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Res
         .map(|(_, t)| profile(&t).map(|st| (t, st)))
         .collect::<Result<_>>()?;
     let mut out = String::from(
-        "\n#### pay, pay_by_load\n\n\
-         | pay_by_load | pay | remote GPUs cut % | remote nodes cut % | Jain | planned on a 70% mix: least Jain |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+        "\n#### pay\n\n\
+         | pay | remote GPUs cut % | remote nodes cut % | Jain | planned on a 70% mix: least Jain |\n\
+         |---:|---:|---:|---:|---:|\n",
     );
     let gesr = Gesr { theta, ..Gesr::default() };
-    for by_load in ["true", "false"] {
+    {
         for pay in ["0.75", "1", "1.25", "1.5", "2", "3"] {
-            let p = gesr_params(user, &[("pay", pay), ("pay_by_load", by_load)]);
+            let p = gesr_params(user, &[("pay", pay)]);
             let r = run_one(stats, calib, "tacg+gesr", 5, true, &p, &gesr)?.result;
             let mut least = f64::INFINITY;
             for (t, st) in &skewed {
                 least = least.min(run_one(st, t, "tacg+gesr", 5, true, &p, &gesr)?.result.jain);
             }
             out.push_str(&format!(
-                "| {by_load} | {pay} | {:.1} | {:.1} | {:.4} | {least:.4} |\n",
+                "| {pay} | {:.1} | {:.1} | {:.4} | {least:.4} |\n",
                 cut_percent(r.remote_gpus, base.remote_gpus).unwrap_or(0.0),
                 cut_percent(r.remote_nodes, base.remote_nodes).unwrap_or(0.0),
                 r.jain
@@ -970,17 +970,15 @@ fn tune_replan(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> 
 
 /// The plan settings `--tune` tries for requests the plan has not seen, and the gesr
 /// settings (tolerance, `free_first`) each is served with.
-const RESAMPLE_GRID: [&str; 3] = ["0", "0.5", "1"];
 const LOCALITY_GRID: [&str; 4] = ["0", "0.125", "0.25", "0.375"];
 const ALPHA_GRID: [&str; 2] = ["0", "0.25"];
 const UNSEEN_GESR: [(f64, bool); 4] = [(0.15, false), (1.5, false), (0.15, true), (1.5, true)];
 
-/// The `resample` x `locality` x `alpha` x gesr (tolerance, `free_first`) sweep of
+/// The `locality` x `alpha` x gesr (tolerance, `free_first`) sweep of
 /// `--tune`, out of sample inside the calibration requests: they are split again as
 /// the experiment splits the trace (even and odd ordinals within each family), a plan
-/// is made from one half and replayed on the other, both ways round. Balance on
-/// requests a plan has not seen is what `resample` is for, so an in-sample replay
-/// could not choose it. The last line names the setting chosen: the largest mean
+/// is made from one half and replayed on the other, both ways round, so that the
+/// choice is judged on requests the plan has not seen. The last line names the setting chosen: the largest mean
 /// remote-node cut whose least Jain is at least 0.99.
 fn tune_unseen(calib: &Trace, user: &Params) -> Result<String> {
     let (a, b) = split(calib);
@@ -988,20 +986,20 @@ fn tune_unseen(calib: &Trace, user: &Params) -> Result<String> {
     let served =
         |(theta, free_first): (f64, bool)| format!("theta={theta}{}", if free_first { ", free first" } else { "" });
     let mut out = format!(
-        "\n#### resample x locality x alpha x gesr (calibration requests split in two: planned on one half, \
+        "\n#### locality x alpha x gesr (calibration requests split in two: planned on one half, \
          replayed on the other, both ways; each cell: mean remote-node cut % / least Jain)\n\n\
-         | resample | locality | alpha | {} |\n|---:|---:|---:|{}\n",
+         | locality | alpha | {} |\n|---:|---:|{}\n",
         UNSEEN_GESR.map(served).join(" | "),
         "---:|".repeat(UNSEEN_GESR.len())
     );
     let mut choice = Choice::new(0.99);
-    for resample in RESAMPLE_GRID {
+    {
         for locality in LOCALITY_GRID {
             for alpha in ALPHA_GRID {
-                let p = gesr_params(user, &[("resample", resample), ("locality", locality), ("alpha", alpha)]);
+                let p = gesr_params(user, &[("locality", locality), ("alpha", alpha)]);
                 let plans: Vec<_> =
                     halves.iter().map(|(st, _, _)| plan(st, "tacg+gesr", 5, &p)).collect::<Result<_>>()?;
-                let mut line = format!("| {resample} | {locality} | {alpha} |");
+                let mut line = format!("| {locality} | {alpha} |");
                 for (theta, free_first) in UNSEEN_GESR {
                     let gesr = Gesr { theta, free_first, ..Gesr::default() };
                     let (mut nodes, mut least) = (0.0, f64::INFINITY);
@@ -1012,14 +1010,14 @@ fn tune_unseen(calib: &Trace, user: &Params) -> Result<String> {
                     }
                     line.push_str(&format!(" {nodes:.1} / {least:.4} |"));
                     let ff = if free_first { "yes" } else { "no" };
-                    choice.offer(nodes, least, format!("{resample} | {locality} | {alpha} | {theta} | {ff}"));
+                    choice.offer(nodes, least, format!("{locality} | {alpha} | {theta} | {ff}"));
                 }
                 out.push_str(&line);
                 out.push('\n');
             }
         }
     }
-    out.push_str(&choice.line("resample | locality | alpha | theta | free first", "mean"));
+    out.push_str(&choice.line("locality | alpha | theta | free first", "mean"));
     Ok(out)
 }
 

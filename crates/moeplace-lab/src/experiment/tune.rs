@@ -107,7 +107,7 @@ fn row(
             seed,
             profile: ProfileOptions::default(),
         };
-        let t = tune::cross_validate(p.as_ref(), calib, cluster, &Params::default(), options, None, &|| {})?;
+        let t = tune::cross_validate(p.as_ref(), calib, cluster, &tune::Fixed::default(), options, None, &|| {})?;
         let c = t.chosen();
         (c.setting.params.clone(), c.setting.serving.clone(), Some(c.cut().mean))
     } else {

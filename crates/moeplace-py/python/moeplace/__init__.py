@@ -519,12 +519,19 @@ class Plan:
 
 
 def placers() -> List[Dict[str, Any]]:
-    """Every placer: ``name``, ``about`` and ``params``, a list of (name, default,
-    what it does); ``plan(..., params={name: value})`` sets them."""
+    """Every placer: ``name``, ``about``, ``serving`` (how its plans are served),
+    ``presets`` (``name``, ``about``, ``settings``; ``plan(..., preset=name)``) and
+    ``params`` (``name``, ``default``, ``about``, ``level``: stable or
+    experimental; ``plan(..., params={name: value})`` sets them), from the placers'
+    own declarations."""
     return [
-        {"name": p["name"], "about": p["about"], "params": [
-            {"name": n, "default": d, "about": a} for (n, d, a) in p["params"]
-        ]}
+        {
+            "name": p["name"],
+            "about": p["about"],
+            "serving": p["serving"],
+            "presets": [{"name": n, "about": a, "settings": s} for (n, a, s) in p["presets"]],
+            "params": [{"name": n, "default": d, "about": a, "level": lv} for (n, d, a, lv) in p["params"]],
+        }
         for p in _native.placers()
     ]
 
@@ -542,6 +549,7 @@ def plan(
     previous: Optional[Plan] = None,
     family_shares: Optional[Mapping[str, float]] = None,
     preset: Optional[str] = None,
+    machine: Optional[str] = None,
     cluster: Optional[PathLike] = None,
 ) -> Plan:
     """Places experts (and replicas) with a placer, as ``moeplace plan`` does.
@@ -564,7 +572,11 @@ def plan(
             (``balance`` with ``move_slack``; ``coact``/``tacg``/``tacg+gesr`` with
             ``stay``).
         family_shares: plan for another family mix, ``{family: share of tokens}``.
-        preset: link figures of a named machine (``h100``, ``a100-eth``).
+        preset: a named operating point of the placer (``placers()`` lists each
+            placer's ``presets``, e.g. ``"min-remote-nodes"`` or ``"shift-robust"``
+            for ``tacg+gesr``): placer and serving parameters set together;
+            ``params`` given as well win over it.
+        machine: link figures of a named machine (``h100``, ``a100-eth``).
         cluster: a cluster TOML file instead of the layout arguments' defaults
             (its layout must match them).
 
@@ -593,9 +605,28 @@ def plan(
             previous=None if previous is None else previous._p,
             family_shares=None if family_shares is None else {str(k): float(v) for k, v in family_shares.items()},
             preset=preset,
+            machine=machine,
             cluster=None if cluster is None else os.fspath(cluster),
         )
     )
+
+
+def _placer_reference() -> str:
+    """Every placer's presets and parameters, printed from their declarations (the
+    same tables as docs/PARAMETERS.md), for ``help(moeplace.plan)``."""
+    out = ["", "Placers, their presets and parameters:", ""]
+    for p in placers():
+        out.append(f"{p['name']}: {p['about']} (served with {p['serving']})")
+        for pr in p["presets"]:
+            out.append(f"    preset {pr['name']}: {pr['about']} ({pr['settings']})")
+        for q in p["params"]:
+            mark = " [experimental]" if q["level"] == "experimental" else ""
+            out.append(f"    {q['name']}={q['default']}{mark}: {q['about']}")
+    return "\n".join(out) + "\n"
+
+
+if plan.__doc__ is not None:
+    plan.__doc__ += _placer_reference()
 
 
 def evaluate(
@@ -609,7 +640,7 @@ def evaluate(
     format: Optional[str] = None,
     experts: Optional[int] = None,
     top_k: Optional[int] = None,
-    preset: Optional[str] = None,
+    machine: Optional[str] = None,
     cluster: Optional[PathLike] = None,
 ) -> Dict[str, Any]:
     """Replays held-out trace files against a plan (``moeplace eval``).
@@ -627,7 +658,7 @@ def evaluate(
             plan's ``family_gpus``) or ``{request: gpu}``; by default what the
             plan's serving says.
         seed: seed of the ``random`` dispatcher.
-        preset, cluster: link figures for the time estimates.
+        machine, cluster: link figures for the time estimates.
 
     Returns:
         The metrics as a dict: ``remote_gpus``, ``remote_nodes``,
@@ -652,7 +683,7 @@ def evaluate(
         format=format,
         experts=experts,
         top_k=top_k,
-        preset=preset,
+        machine=machine,
         cluster=None if cluster is None else os.fspath(cluster),
     )
     return json.loads(text)

@@ -125,6 +125,7 @@ def plan(
     previous: Optional[Plan] = ...,
     family_shares: Optional[Dict[str, float]] = ...,
     preset: Optional[str] = ...,
+    machine: Optional[str] = ...,
     cluster: Optional[str] = ...,
 ) -> Plan: ...
 def placers() -> List[Dict[str, Any]]: ...
@@ -138,6 +139,6 @@ def evaluate(
     format: Optional[str] = ...,
     experts: Optional[int] = ...,
     top_k: Optional[int] = ...,
-    preset: Optional[str] = ...,
+    machine: Optional[str] = ...,
     cluster: Optional[str] = ...,
 ) -> str: ...
