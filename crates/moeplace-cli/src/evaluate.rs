@@ -145,8 +145,8 @@ pub fn evaluate(
 }
 
 /// A stream window by window: `source` hands each window of the stream, in order, to
-/// the function it is given. Memory stays bounded by one window (DESIGN.md's
-/// evaluation, each plan and baseline replayed with `simulate::Replay`).
+/// the function it is given. Memory stays bounded by one window (docs/DESIGN.md,
+/// "Evaluation protocol"; each plan and baseline replayed with `simulate::Replay`).
 pub fn evaluate_windows(
     shape: ModelShape,
     plans: &[(String, Plan)],

@@ -12,7 +12,7 @@
 //! - [`placers`]: algorithms statistics + cluster -> placement, one per file.
 //! - [`synth`]: synthetic multi-task routing workloads at any model scale, and fitting them to real statistics.
 //! - [`dispatch`]: serving-time replica choice per token pick, one per file.
-//! - [`simulate`]: the replay simulator and the metrics of DESIGN.md.
+//! - [`simulate`]: the replay simulator and the metrics of docs/DESIGN.md.
 //! - [`tune`]: a placer's and its serving's parameters chosen by cross-validation over the calibration requests.
 //! - [`requests`]: request-side locality: prefill signatures, balanced K-means, ELDR decode routing, the decode simulator, cluster homes.
 

@@ -1,6 +1,6 @@
 //! The replay simulator: every token of a trace through every MoE layer, against a
-//! placement, a dispatcher and a home policy, measuring the metrics of DESIGN.md
-//! "Metrics" exactly, plus an estimated time per layer.
+//! placement, a dispatcher and a home policy, measuring the metrics of docs/DESIGN.md,
+//! "Metrics", exactly, plus an estimated time per layer.
 //!
 //! Per token and layer the dispatcher picks one GPU for each top-k pick; then
 //! - remote GPUs: distinct GPUs other than home among them (one send each);
@@ -23,7 +23,7 @@
 //!   the slowest GPU's, times 2 because the combine mirrors the dispatch.
 //! - expert compute: the hottest GPU's picks x FLOPs per token-expert / throughput.
 //!
-//! Two communication schemes are estimated side by side (DESIGN.md "Metrics"):
+//! Two communication schemes are estimated side by side (docs/DESIGN.md, "Metrics"):
 //! - flat: a token sends one copy to every remote GPU it needs (cross-node GPUs are
 //!   the inter-node sends);
 //! - hierarchical (DeepEP's internode mode, GRACE-MoE's sparse communication): a

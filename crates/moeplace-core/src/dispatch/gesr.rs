@@ -1,5 +1,5 @@
-//! `gesr`: the serving-time rule of generic-expert shared replication (METHODS.md
-//! section 1, step 6), for plans of `tacg+gesr` (and any plan with replicas).
+//! `gesr`: the serving-time rule of generic-expert shared replication (docs/METHODS.md,
+//! "TACG and GESR"), for plans of `tacg+gesr` (and any plan with replicas).
 //!
 //! A pick of an expert with one copy has no choice. For an expert with several copies,
 //! the candidates are the copies whose recent load is within the tolerance `theta`

@@ -1,4 +1,4 @@
-//! `grace`: GRACE-MoE's placement (METHODS.md section 4), per layer on the pooled
+//! `grace`: GRACE-MoE's placement (docs/METHODS.md, "GRACE-MoE"), per layer on the pooled
 //! co-activation graph of `coact`:
 //! 1. **Grouping with controlled non-uniform sizes.** The E primaries are partitioned
 //!    (nodes first, then GPUs, by [`crate::partition`]) into groups of at most

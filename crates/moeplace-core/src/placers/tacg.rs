@@ -1,4 +1,4 @@
-//! `tacg`: task-aware co-activation grouping (METHODS.md section 1, steps 1-4), with
+//! `tacg`: task-aware co-activation grouping (docs/METHODS.md, "TACG and GESR"), with
 //! family GPU groups where each family's requests are served.
 //!
 //! Per layer, from each family f's calibration tokens (families: the trace's family

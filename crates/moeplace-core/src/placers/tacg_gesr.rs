@@ -1,5 +1,5 @@
-//! `tacg+gesr`: `tacg` plus generic-expert shared replication (METHODS.md section 1,
-//! step 5): the redundant slots hold copies of the experts every family uses, one per
+//! `tacg+gesr`: `tacg` plus generic-expert shared replication (docs/METHODS.md,
+//! "TACG and GESR"): the redundant slots hold copies of the experts every family uses, one per
 //! family group where that pays, so that each family finds them in its own group.
 //! Serve the plan with the `gesr` dispatcher (`--dispatcher gesr`).
 //!
