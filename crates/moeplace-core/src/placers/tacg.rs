@@ -47,10 +47,9 @@
 //!    not for the calibration mix. A plan balanced for every family alone stays
 //!    balanced for any blend of them: the calibration mix says nothing about
 //!    tomorrow's. The price is locality: a family's experts can no longer crowd into
-//!    its own group. On held-out ESFT (`moeplace-lab experiment tacg`, shift table),
-//!    `tacg+gesr` with R = 0.75 keeps Jain at 0.990 or more under every shift, where
-//!    R = 0 falls to 0.911, at a remote-node cut of 24 to 27% instead of 28 to 35%
-//!    (docs/TACG.md).
+//!    its own group. The shift table of `moeplace-lab experiment tacg`
+//!    (docs/TACG.md) measures both sides: Jain under each shift with and without
+//!    `robust`, and the remote-node cut it costs.
 //!
 //! 8. balance on unseen requests (ours, off by default): with `resample=S` > 0 each
 //!    family's calibration requests, in id order, are dealt round-robin into `folds`
@@ -60,17 +59,14 @@
 //!    weigh `S * balance` together); the refinement holds every fold's load to its
 //!    limits too. A plan balanced only for the calibration requests fits their noise:
 //!    when a few long requests make up the traffic, the next requests load the experts
-//!    differently (and shift the family mix). On ESFT (64 calibration requests) the
-//!    default plan served by `nearest` has Jain 0.9904 on its calibration requests and
-//!    0.9835 on the held-out ones at the same remote-node cut. Each fold is a smaller
-//!    sample of the requests; a plan balanced on every fold stays balanced on new
-//!    requests too, which leaves the dispatcher room for a wider tolerance. With gesr
-//!    taking the first copy of a step, `resample=0.5` at tolerance 0.4 cut remote
-//!    nodes by 36.1% at Jain 0.9902 on the held-out requests where the default plan
-//!    fell to Jain 0.9875; since gesr takes the least loaded copy of a step and
-//!    `free_first` balances at no inter-node cost, the calibration halves of `moeplace
-//!    experiment tacg --tune` no longer choose it (it costs more locality than the
-//!    balance it adds is worth; docs/TACG.md, "Balance on unseen requests"). Kept for
+//!    differently (and shift the family mix), so a plan is less balanced on held-out
+//!    requests than on its calibration ones. Each fold is a smaller sample of the
+//!    requests; a plan balanced on every fold stays balanced on new requests too,
+//!    which leaves the dispatcher room for a wider tolerance. Since gesr takes the
+//!    least loaded copy of a step and `free_first` balances at no inter-node cost,
+//!    the calibration halves of `moeplace-lab experiment tacg --tune` no longer choose
+//!    it (it costs more locality than the balance it adds is worth; docs/TACG.md,
+//!    "Balance on unseen requests", has the figures). Kept for
 //!    dispatchers that balance less. Needs per-request statistics (`profile` keeps
 //!    them unless `--no-request-vectors`). Four folds is our choice, not tuned.
 //!
