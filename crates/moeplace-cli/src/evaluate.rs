@@ -5,8 +5,8 @@
 //! The baseline and the metrics are the protocol's (`moeplace_core::protocol`).
 
 use anyhow::{Context, Result};
-use moeplace_core::balance::bound_max_over_mean;
 use moeplace_core::cluster::Cluster;
+use moeplace_core::gpu_load::bound_max_over_mean;
 use moeplace_core::placement::Placement;
 use moeplace_core::placers::Params;
 use moeplace_core::protocol::{self, METRICS};

@@ -157,7 +157,7 @@ pub struct SimResult {
 }
 
 /// Per-layer load figures of one layer's per-GPU loads: (Jain, balancedness, MaxVio).
-pub fn balance_figures(load: &[u64]) -> (f64, f64, f64) {
+pub fn layer_load_figures(load: &[u64]) -> (f64, f64, f64) {
     let g = load.len() as f64;
     let sum: f64 = load.iter().map(|&x| x as f64).sum();
     let sq: f64 = load.iter().map(|&x| (x as f64) * (x as f64)).sum();
@@ -622,7 +622,7 @@ fn finish(acc: Acc, cluster: &Cluster, layers: usize, node_of: &[u32]) -> SimRes
     let mut per_layer = Vec::with_capacity(layers);
     for l in 0..layers {
         let load = acc.load[l * g..(l + 1) * g].to_vec();
-        let (jain, balancedness, maxvio) = balance_figures(&load);
+        let (jain, balancedness, maxvio) = layer_load_figures(&load);
         let t = &acc.traffic[l * g * g..(l + 1) * g * g];
         let nt = &acc.node_traffic[l * g * nodes..(l + 1) * g * nodes];
         let remote_sends: u64 = t.iter().sum();

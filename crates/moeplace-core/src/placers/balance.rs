@@ -82,7 +82,7 @@
 //! GPU load, see `balance::layer_lower_bound`), `max_load` and `eplb_max_load` (largest
 //! per-layer maximum GPU load of this plan and of EPLB's plan 1); as ratios to each
 //! layer's mean GPU load, averaged over layers: `max_over_mean`, `eplb_max_over_mean`
-//! and `bound_max_over_mean` (the lower bound, the same figures `balance_figures`
+//! and `bound_max_over_mean` (the lower bound, the same figures `gpu_load::load_figures`
 //! gives); and the gap to the bound, `gap_to_bound`: the mean over layers of
 //! (maximum GPU load / lower bound - 1), 0 when every layer's busiest GPU is at its
 //! bound (then no plan for these GPUs and slots is more balanced). The bound is the
