@@ -6,18 +6,19 @@
 # strings and small files. Nothing here is committed; run it before scripts/fuzz.sh
 # (which calls it when a corpus is missing).
 #
-# MOEPLACE_BIN: the moeplace binary to write with (default: target/debug/moeplace,
-# built with `cargo build -p moeplace-cli` when absent).
+# MOEPLACE_BIN: the moeplace binary to write with (default: target/release/moeplace,
+# built with `cargo build --release -p moeplace-cli` when absent: the profile the
+# README's commands build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DATA=${MOEPLACE_SHARED_DATA:-$ROOT/../shared/data}
 CORPUS=$ROOT/fuzz/corpus
 
-BIN=${MOEPLACE_BIN:-$ROOT/target/debug/moeplace}
+BIN=${MOEPLACE_BIN:-$ROOT/target/release/moeplace}
 if [ ! -x "$BIN" ]; then
-  cargo build --quiet -p moeplace-cli
-  BIN=$ROOT/target/debug/moeplace
+  cargo build --release --quiet -p moeplace-cli
+  BIN=$ROOT/target/release/moeplace
 fi
 
 rm -rf "$CORPUS"

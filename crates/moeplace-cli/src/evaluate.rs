@@ -5,8 +5,8 @@
 //! The baseline and the metrics are the protocol's (`moeplace_core::protocol`).
 
 use anyhow::{Context, Result};
-use moeplace_core::balance::bound_max_over_mean;
 use moeplace_core::cluster::Cluster;
+use moeplace_core::gpu_load::bound_max_over_mean;
 use moeplace_core::placement::Placement;
 use moeplace_core::placers::Params;
 use moeplace_core::protocol::{self, METRICS};
@@ -145,8 +145,8 @@ pub fn evaluate(
 }
 
 /// A stream window by window: `source` hands each window of the stream, in order, to
-/// the function it is given. Memory stays bounded by one window (DESIGN.md's
-/// evaluation, each plan and baseline replayed with `simulate::Replay`).
+/// the function it is given. Memory stays bounded by one window (docs/DESIGN.md,
+/// "Evaluation protocol"; each plan and baseline replayed with `simulate::Replay`).
 pub fn evaluate_windows(
     shape: ModelShape,
     plans: &[(String, Plan)],

@@ -111,6 +111,33 @@ pub fn read_progress(reader: &dyn TraceReader, what: &str) -> ProgressBar {
     pb
 }
 
+/// Statistics files from this size up show a progress bar while they are read; smaller
+/// ones take too short a time for a bar to be seen.
+const STATS_PROGRESS_BYTES: u64 = 32 << 20;
+
+/// Reads a statistics file, decoding `parts`, with the digest of its bytes. A large
+/// file shows a bar on stderr over the bytes read, then says it is decoding (hidden
+/// when stderr is not a terminal, like the trace bars).
+pub fn read_stats_file(path: &Path, parts: moeplace_core::stats::Parts) -> Result<(Statistics, String)> {
+    let large = std::fs::metadata(path).is_ok_and(|m| m.len() >= STATS_PROGRESS_BYTES);
+    let pb = if large { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(format!("reading {}", path.display()));
+    let read = stats_file::read_parts_with_digest_progress(path, parts, &mut |done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+        if done == total {
+            pb.set_message(format!("decoding {}", path.display()));
+        }
+    });
+    pb.finish_and_clear();
+    Ok(read?)
+}
+
 /// Whether `path` is a moeplace statistics file (binary or JSON) rather than a trace.
 pub fn is_stats_file(path: &Path) -> bool {
     stats_file::is_statistics_file(path)
@@ -130,7 +157,7 @@ pub fn profile_inputs(
     let mut acc: Option<Statistics> = None;
     for path in inputs {
         let stats = if is_stats_file(path) {
-            let stats = stats_file::read(path)?;
+            let (stats, _) = read_stats_file(path, moeplace_core::stats::Parts::ALL)?;
             check_shape_flags(path, stats.shape(), args)?;
             with_model(path, stats, model)?
         } else if let Some(stats) = engine_statistics(path, args, model) {
@@ -343,7 +370,7 @@ pub fn read_statistics_parts(
     match engine_statistics(path, args, model) {
         Some(s) => Ok((s?, moeplace_formats::plan_file::digest_file(path)?)),
         None => {
-            let (stats, digest) = stats_file::read_parts_with_digest(path, parts)?;
+            let (stats, digest) = read_stats_file(path, parts)?;
             check_shape_flags(path, stats.shape(), args)?;
             Ok((with_model(path, stats, model)?, digest))
         }

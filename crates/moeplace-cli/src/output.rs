@@ -65,10 +65,16 @@ pub fn parse_stats_encoding(s: &str) -> Result<moeplace_formats::stats_file::Enc
 /// Refuses an input given twice (the same path, or one file through links): its
 /// counts would silently be added twice.
 pub fn refuse_repeated_inputs(inputs: &[std::path::PathBuf]) -> Result<()> {
+    refuse_repeated(inputs, "its counts would be added twice")
+}
+
+/// Refuses a file given twice among `inputs` (by its path or through links), saying
+/// what repeating it would do (`consequence`).
+pub fn refuse_repeated(inputs: &[std::path::PathBuf], consequence: &str) -> Result<()> {
     for (i, a) in inputs.iter().enumerate() {
         if let Some(b) = inputs[..i].iter().find(|b| same_file(a, b)) {
             anyhow::bail!(
-                "{} is given twice (as {} and {}); its counts would be added twice: give each input once",
+                "{} is given twice (as {} and {}); {consequence}: give each input once",
                 a.display(),
                 b.display(),
                 a.display()

@@ -40,3 +40,15 @@ fn demo_with_too_few_slots_fails_before_any_work() {
     assert!(!err.contains("workload:"), "work started: {err}");
     assert!(!report.exists());
 }
+
+#[test]
+fn demo_with_more_slots_per_gpu_than_experts_fails_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("demo.html");
+    let out = common::moeplace(&["demo", "--gpus", "4", "--slots-per-gpu", "33", "--report", report.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--slots-per-gpu 33 is more than the workload's 32 experts"), "{err}");
+    assert!(!err.contains("workload:"), "work started: {err}");
+    assert!(!report.exists());
+}

@@ -17,7 +17,7 @@
 pub struct Cluster {
     pub nodes: usize,
     pub gpus: usize,
-    /// Expert slots per MoE layer over all GPUs (S in DESIGN.md's words); GPU g owns
+    /// Expert slots per MoE layer over all GPUs (S in docs/DESIGN.md); GPU g owns
     /// slots [g*S/G, (g+1)*S/G), so GPUs own S/G slots each when G divides S.
     pub slots: usize,
     /// Per-GPU bandwidth to GPUs of the same node, GB/s (one direction).
@@ -265,7 +265,7 @@ impl Cluster {
         }
     }
 
-    /// The slots GPU `gpu` owns in every layer: [g*S/G, (g+1)*S/G) (DESIGN.md).
+    /// The slots GPU `gpu` owns in every layer: [g*S/G, (g+1)*S/G) (docs/DESIGN.md, "Vocabulary").
     /// Placers should size GPUs through this (or [`Cluster::gpu_slot_count`]) rather
     /// than assume every GPU has the same number of slots.
     #[inline]

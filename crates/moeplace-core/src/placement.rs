@@ -1,4 +1,4 @@
-//! Placements (DESIGN.md vocabulary): per MoE layer, the slot -> expert map
+//! Placements (docs/DESIGN.md, "Vocabulary"): per MoE layer, the slot -> expert map
 //! (`physical_to_logical_map`). GPU g owns slots [g*S/G, (g+1)*S/G).
 //!
 //! [`Placement::new`] is the one place the invariants are checked; every reader and
@@ -240,7 +240,8 @@ impl Placement {
     }
 }
 
-/// The slots GPU `gpu` of `gpus` owns among `slots`: [g*S/G, (g+1)*S/G) (DESIGN.md).
+/// The slots GPU `gpu` of `gpus` owns among `slots`: [g*S/G, (g+1)*S/G)
+/// (docs/DESIGN.md, "Vocabulary").
 #[inline]
 pub fn slot_range(gpus: usize, slots: usize, gpu: usize) -> std::ops::Range<usize> {
     gpu * slots / gpus..(gpu + 1) * slots / gpus

@@ -8,14 +8,15 @@
 //! - **Interleaving**: logs often list one family after another; replayed as they
 //!   are, every replay chunk (the dispatchers' load window) would hold one family.
 //!   [`interleave_families`] reorders whole requests into a mixed stream.
-//! - **Baseline**: [`baseline_placement`]: no replicas, expert e on GPU
-//!   floor(e x G / E) (contiguous blocks, counts differing by at most one), primary
-//!   copies, requests round-robin over all GPUs, on the plan's GPUs and nodes, replayed
-//!   on the same stream. When GPUs outnumber experts (G > E, e.g. 256 experts on 320
-//!   GPUs) a GPU may hold no expert of a layer; since a cluster gives every GPU at
-//!   least one slot, such a GPU gets one slot with a copy of the expert of the nearest
-//!   lower-numbered GPU, which the primary-copy rule never serves: the replay is the
-//!   one of a placement in which that GPU holds nothing.
+//! - **Baseline** (docs/DESIGN.md, "Baseline"): [`baseline_placement`]: no replicas,
+//!   GPU g holds experts [g*E/G, (g+1)*E/G) (contiguous blocks, counts differing by at
+//!   most one), primary copies, requests round-robin over all GPUs, on the plan's GPUs
+//!   and nodes, replayed on the same stream. When GPUs outnumber experts (G > E, e.g.
+//!   256 experts on 320 GPUs) expert e goes to GPU floor(e x G / E) and a GPU may hold
+//!   no expert of a layer; since a cluster gives every GPU at least one slot, such a
+//!   GPU gets one slot with a copy of the expert of the nearest lower-numbered GPU,
+//!   which the primary-copy rule never serves: the replay is the one of a placement in
+//!   which that GPU holds nothing.
 //! - **Metrics**: [`METRICS`] lists every figure of a replay (both balancedness
 //!   forms: SGLang's mean over layers of mean/max, vLLM's sum of means over sum of
 //!   maxima) with the cut against the baseline for the traffic metrics.

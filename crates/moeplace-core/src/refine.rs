@@ -1,5 +1,5 @@
 //! Token-level refinement of a placement: swaps of single-copy experts between GPUs
-//! that lower the metrics of DESIGN.md measured on sampled tokens
+//! that lower the metrics of docs/DESIGN.md measured on sampled tokens
 //! ([`crate::stats::TokenSample`]) instead of on pair counts.
 //!
 //! Pair counts are a proxy: a token's remote GPUs and remote nodes depend on all k

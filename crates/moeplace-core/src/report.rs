@@ -21,7 +21,8 @@
 //!   in every family; candidates for replication. Empty with fewer than two families.
 //! - `prefill_decode_correlation`: over requests with both prefill and decode tokens,
 //!   the mean Pearson correlation between the request's prefill and decode expert
-//!   counts at this layer (METHODS.md section 2). `null` without such requests.
+//!   counts at this layer (docs/METHODS.md, "Activation-pattern micro-batching").
+//!   `null` without such requests.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,6 @@
 //! The replay simulator: every token of a trace through every MoE layer, against a
-//! placement, a dispatcher and a home policy, measuring the metrics of DESIGN.md
-//! "Metrics" exactly, plus an estimated time per layer.
+//! placement, a dispatcher and a home policy, measuring the metrics of docs/DESIGN.md,
+//! "Metrics", exactly, plus an estimated time per layer.
 //!
 //! Per token and layer the dispatcher picks one GPU for each top-k pick; then
 //! - remote GPUs: distinct GPUs other than home among them (one send each);
@@ -23,7 +23,7 @@
 //!   the slowest GPU's, times 2 because the combine mirrors the dispatch.
 //! - expert compute: the hottest GPU's picks x FLOPs per token-expert / throughput.
 //!
-//! Two communication schemes are estimated side by side (DESIGN.md "Metrics"):
+//! Two communication schemes are estimated side by side (docs/DESIGN.md, "Metrics"):
 //! - flat: a token sends one copy to every remote GPU it needs (cross-node GPUs are
 //!   the inter-node sends);
 //! - hierarchical (DeepEP's internode mode, GRACE-MoE's sparse communication): a
@@ -157,7 +157,7 @@ pub struct SimResult {
 }
 
 /// Per-layer load figures of one layer's per-GPU loads: (Jain, balancedness, MaxVio).
-pub fn balance_figures(load: &[u64]) -> (f64, f64, f64) {
+pub fn layer_load_figures(load: &[u64]) -> (f64, f64, f64) {
     let g = load.len() as f64;
     let sum: f64 = load.iter().map(|&x| x as f64).sum();
     let sq: f64 = load.iter().map(|&x| (x as f64) * (x as f64)).sum();
@@ -622,7 +622,7 @@ fn finish(acc: Acc, cluster: &Cluster, layers: usize, node_of: &[u32]) -> SimRes
     let mut per_layer = Vec::with_capacity(layers);
     for l in 0..layers {
         let load = acc.load[l * g..(l + 1) * g].to_vec();
-        let (jain, balancedness, maxvio) = balance_figures(&load);
+        let (jain, balancedness, maxvio) = layer_load_figures(&load);
         let t = &acc.traffic[l * g * g..(l + 1) * g * g];
         let nt = &acc.node_traffic[l * g * nodes..(l + 1) * g * nodes];
         let remote_sends: u64 = t.iter().sum();

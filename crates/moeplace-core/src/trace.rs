@@ -1,5 +1,5 @@
 //! The trace model: tokens x MoE layers x top-k expert ids, with the request,
-//! family, phase and position of every token (DESIGN.md "Trace record").
+//! family, phase and position of every token (docs/DESIGN.md, "Trace record").
 //!
 //! Traces travel in [`TokenBatch`]es so that readers can stream files of any size
 //! with bounded memory. A batch is columnar: expert ids of all tokens sit in one

@@ -4,8 +4,8 @@
 //! tie-break, exactly as it was); `balance` never has a higher maximum GPU load than
 //! `eplb` with the same groups, in either policy.
 
-use moeplace_core::balance::{balance_figures, layer_lower_bound};
 use moeplace_core::cluster::Cluster;
+use moeplace_core::gpu_load::{layer_lower_bound, load_figures};
 use moeplace_core::placement::Placement;
 use moeplace_core::placers::{by_name, Params, PlacerInput, PlacerOutput};
 use moeplace_core::stats::ExpertLoads;
@@ -65,7 +65,7 @@ fn place(placer: &str, p: &Problem, scale: f64, params: &[String]) -> PlacerOutp
 
 fn max_load(out: &PlacerOutput, p: &Problem) -> f64 {
     let loads = ExpertLoads::new(p.loads.len(), p.loads[0].len(), vec![p.loads.concat()]).unwrap();
-    balance_figures(&out.placement, &loads).max_load
+    load_figures(&out.placement, &loads).max_load
 }
 
 fn revalidate(out: &PlacerOutput) {

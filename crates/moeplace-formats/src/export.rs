@@ -1,4 +1,4 @@
-//! Plans in the formats serving engines load (DESIGN.md "Exports"), and readers for
+//! Plans in the formats serving engines load (docs/DESIGN.md, "Exports"), and readers for
 //! each so a round trip can be checked. Every export takes the plan's [`LayerMap`]
 //! (the decoder-layer index of each row, the model's hidden-layer count) and numbers
 //! rows as its engine does:

@@ -1,7 +1,7 @@
 //! A model's Hugging Face `config.json` read as a
 //! [`ModelDescription`](moeplace_core::model::ModelDescription).
 //!
-//! Fields read (DESIGN.md "Model description"): `num_hidden_layers`; the routed expert
+//! Fields read (docs/DESIGN.md, "Model description"): `num_hidden_layers`; the routed expert
 //! count from `n_routed_experts` (DeepSeek), `num_experts` (Qwen MoE, OLMoE) or
 //! `num_local_experts` (Mixtral, Llama 4); `num_experts_per_tok`; `n_group` and
 //! `topk_group`; and which decoder layers are MoE layers:

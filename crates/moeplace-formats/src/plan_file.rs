@@ -1,4 +1,4 @@
-//! The plan file (DESIGN.md "Contracts"): versioned JSON carrying a placement to
+//! The plan file (docs/DESIGN.md, "Plan file"): versioned JSON carrying a placement to
 //! serving engines and to `moeplace eval`.
 //!
 //! ```text

@@ -262,9 +262,7 @@ pub fn read(path: &Path) -> Result<Statistics, FormatError> {
 /// Reads a statistics file and the digest of its bytes (a plan's `input_digest`),
 /// reading the file once.
 pub fn read_with_digest(path: &Path) -> Result<(Statistics, String), FormatError> {
-    let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
-    let digest = crate::plan_file::digest(&bytes);
-    Ok((from_bytes(path, &bytes)?, digest))
+    read_parts_with_digest_progress(path, moeplace_core::stats::Parts::ALL, &mut |_, _| {})
 }
 
 /// [`read_with_digest`] decoding only `parts` of a binary file (a placer's needs;
@@ -273,7 +271,39 @@ pub fn read_parts_with_digest(
     path: &Path,
     parts: moeplace_core::stats::Parts,
 ) -> Result<(Statistics, String), FormatError> {
-    let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
+    read_parts_with_digest_progress(path, parts, &mut |_, _| {})
+}
+
+/// Bytes read between two calls of a progress callback: large enough that the calls
+/// cost nothing, small enough that a bar over a file of some gigabytes moves.
+const PROGRESS_CHUNK: usize = 8 << 20;
+
+/// A file's bytes, read in chunks, calling `progress(bytes read, file size)` after
+/// each (a caller's progress bar; the file size is the one at opening).
+pub fn read_bytes_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Vec<u8>, FormatError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let total = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
+    let mut bytes = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    loop {
+        let n =
+            (&mut file).take(PROGRESS_CHUNK as u64).read_to_end(&mut bytes).map_err(|e| FormatError::io(path, e))?;
+        progress(bytes.len() as u64, total.max(bytes.len() as u64));
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(bytes)
+}
+
+/// [`read_parts_with_digest`] telling `progress(bytes read, file size)` as the file's
+/// bytes come in; decoding follows the last call.
+pub fn read_parts_with_digest_progress(
+    path: &Path,
+    parts: moeplace_core::stats::Parts,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Statistics, String), FormatError> {
+    let bytes = read_bytes_progress(path, progress)?;
     let digest = crate::plan_file::digest(&bytes);
     if crate::stats_binary::is_binary(&bytes) {
         return Ok((crate::stats_binary::from_bytes_parts(path, &bytes, parts)?, digest));

@@ -64,6 +64,29 @@ fn binary_and_json_hold_the_same_statistics() {
 }
 
 #[test]
+fn reading_with_progress_reports_every_byte_in_order_and_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = stats();
+    let p = dir.path().join("s.bin");
+    stats_file::write(&p, &s).unwrap();
+    let size = std::fs::metadata(&p).unwrap().len();
+    let mut calls: Vec<(u64, u64)> = Vec::new();
+    let (back, digest) =
+        stats_file::read_parts_with_digest_progress(&p, moeplace_core::stats::Parts::ALL, &mut |done, total| {
+            calls.push((done, total))
+        })
+        .unwrap();
+    assert_eq!(back, s);
+    assert_eq!(digest, moeplace_formats::plan_file::digest_file(&p).unwrap());
+    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "{calls:?}");
+    assert!(calls.iter().all(|&(done, total)| total == size && done <= size), "{calls:?}");
+    assert_eq!(calls.last().unwrap().0, size);
+    // A missing file is an error naming it, not an empty read.
+    let e = stats_file::read_bytes_progress(&dir.path().join("absent.bin"), &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("absent.bin"), "{e}");
+}
+
+#[test]
 fn files_are_written_as_their_name_asks_and_read_either_way() {
     let dir = tempfile::tempdir().unwrap();
     let s = stats();

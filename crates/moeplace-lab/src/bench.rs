@@ -614,7 +614,7 @@ fn balance_cases(a: &BalanceArgs) -> Result<(Vec<BalanceCase>, Vec<String>)> {
 }
 
 fn bench_balance(a: BalanceArgs) -> Result<()> {
-    use moeplace_core::balance::balance_figures;
+    use moeplace_core::gpu_load::load_figures;
     use moeplace_core::placement::Placement;
     use moeplace_core::trace::ModelShape;
 
@@ -649,7 +649,7 @@ fn bench_balance(a: BalanceArgs) -> Result<()> {
             let (previous, _) = solve(&case.previous, None)?;
             let (plan, secs) = solve(&case.current, Some(&previous.placement))?;
             let plan = plan.placement;
-            let f = balance_figures(&plan, &case.current);
+            let f = load_figures(&plan, &case.current);
             out.push_str(&format!(
                 "| {} | {} x {} | {} ({}), {} slots | {label} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.1} |\n",
                 case.name,
@@ -700,8 +700,8 @@ fn synth_shape_loads(
 /// loads, seed 2): max/mean of both, the lower bound as max/mean, `balance`'s gap to
 /// it (mean over layers of max / bound - 1) and solve times (best of --repeat).
 fn fleet_table(a: &BalanceArgs) -> Result<String> {
-    use moeplace_core::balance::balance_figures;
     use moeplace_core::cluster::Cluster;
+    use moeplace_core::gpu_load::load_figures;
     let mut out = format!(
         "\none and two slots per GPU: synthetic loads ({} tokens, seed 2), global policy, solve time best of {} on {} threads\n",
         a.tokens,
@@ -729,7 +729,7 @@ fn fleet_table(a: &BalanceArgs) -> Result<String> {
         };
         let (e, te) = solve_best("eplb", &[], &w, &c, None, a.repeat)?;
         let (b, tb) = solve_best("balance", &[], &w, &c, None, a.repeat)?;
-        let (fe, fb) = (balance_figures(&e.placement, &w), balance_figures(&b.placement, &w));
+        let (fe, fb) = (load_figures(&e.placement, &w), load_figures(&b.placement, &w));
         let gap = b.notes.get("gap_to_bound").copied().context("balance reports gap_to_bound")?;
         out.push_str(&format!(
             "| {name} | {} ({}) x {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.1} | {:.1} |\n",
@@ -784,7 +784,7 @@ fn solve_once(
 /// Balance against moves: `balance` with growing `move_slack` given the plan of the
 /// earlier window.
 fn slack_table(case: &BalanceCase) -> Result<String> {
-    use moeplace_core::balance::balance_figures;
+    use moeplace_core::gpu_load::load_figures;
     let c = &case.cluster;
     let groups = format!("groups={}", case.groups);
     let (previous, _) = solve_once("balance", &[&groups], &case.previous, c, None)?;
@@ -795,7 +795,7 @@ fn slack_table(case: &BalanceCase) -> Result<String> {
     out.push_str("| placer | move_slack | max/mean | bal. vLLM | moves | moved share | solve ms |\n|---|---|---|---|---|---|---|\n");
     let slots = (case.current.layers * c.slots()) as f64;
     let (eplb, t) = solve_once("eplb", &[&groups], &case.current, c, None)?;
-    let f = balance_figures(&eplb.placement, &case.current);
+    let f = load_figures(&eplb.placement, &case.current);
     let m = eplb.placement.moves_from(&previous.placement);
     out.push_str(&format!(
         "| eplb (hierarchical) | - | {:.4} | {:.4} | {m} | {:.3} | {:.1} |\n",
@@ -807,7 +807,7 @@ fn slack_table(case: &BalanceCase) -> Result<String> {
     for slack in ["0", "0.002", "0.005", "0.01", "0.02", "0.05"] {
         let param = format!("move_slack={slack}");
         let (o, t) = solve_once("balance", &[&groups, &param], &case.current, c, Some(&previous.placement))?;
-        let f = balance_figures(&o.placement, &case.current);
+        let f = load_figures(&o.placement, &case.current);
         let m = o.placement.moves_from(&previous.placement);
         out.push_str(&format!(
             "| balance | {slack} | {:.4} | {:.4} | {m} | {:.3} | {:.1} |\n",
@@ -846,8 +846,8 @@ fn synth_step_loads(steps: usize, step_tokens: usize, seed: u64) -> Result<moepl
 /// Per-step balance: plans from 32 calibration steps, measured per step on those
 /// and on 32 held-out steps.
 fn per_step_table(a: &BalanceArgs) -> Result<String> {
-    use moeplace_core::balance::{balance_figures, per_step_max_over_mean};
     use moeplace_core::cluster::Cluster;
+    use moeplace_core::gpu_load::{load_figures, per_step_max_over_mean};
     let (steps, step_tokens) = (32, a.step_tokens);
     eprintln!("generating synthetic DeepSeek-V3 steps ({steps} x {step_tokens} tokens, twice) ...");
     let (calib, held_out) = (synth_step_loads(steps, step_tokens, 3)?, synth_step_loads(steps, step_tokens, 4)?);
@@ -867,7 +867,7 @@ fn per_step_table(a: &BalanceArgs) -> Result<String> {
         let (o, t) = solve_once(placer, &params, &calib, &c, None)?;
         out.push_str(&format!(
             "| {label} | {:.4} | {:.4} | {:.4} | {:.1} |\n",
-            balance_figures(&o.placement, &calib).max_over_mean,
+            load_figures(&o.placement, &calib).max_over_mean,
             per_step_max_over_mean(&o.placement, &calib),
             per_step_max_over_mean(&o.placement, &held_out),
             t * 1e3

@@ -26,7 +26,8 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum What {
-    /// Request-side locality (METHODS.md sections 2-3), docs/REQUESTS.md.
+    /// Request-side locality (docs/METHODS.md, "Activation-pattern micro-batching" and
+    /// "ELDR decode routing"), docs/REQUESTS.md.
     ///
     /// For each input: an 80/20 calibration/test split of its requests, then
     /// (1) `cluster-homes`: prefill-to-cluster classification accuracy of the held-out
@@ -63,7 +64,7 @@ enum What {
     /// same shifts re-planned for the shifted mix (`plan --family-share`); (7)
     /// re-planned with fewer moves (`plan --previous`, `stay`); (8) calibration budget
     /// (tokens per family).
-    /// Cuts are against the baseline of DESIGN.md (linear, no replicas, primary copy,
+    /// Cuts are against the baseline of docs/DESIGN.md (linear, no replicas, primary copy,
     /// homes round-robin) on the same held-out stream.
     Tacg(TacgArgs),
     /// GRACE-MoE (docs/GRACE.md): grace against linear, eplb, balance, coact and

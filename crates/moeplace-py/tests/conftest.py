@@ -39,12 +39,12 @@ def torch():
 
 @pytest.fixture(scope="session")
 def cli():
-    """Runs the `moeplace` binary (MOEPLACE_BIN, else target/debug or target/release)."""
-    candidates = [os.environ.get("MOEPLACE_BIN"), ROOT / "target" / "debug" / "moeplace",
-                  ROOT / "target" / "release" / "moeplace"]
+    """Runs the `moeplace` binary (MOEPLACE_BIN, else target/release or target/debug)."""
+    candidates = [os.environ.get("MOEPLACE_BIN"), ROOT / "target" / "release" / "moeplace",
+                  ROOT / "target" / "debug" / "moeplace"]
     exe = next((str(c) for c in candidates if c and pathlib.Path(c).is_file()), None)
     if exe is None:
-        _missing("the moeplace binary (cargo build -p moeplace-cli)")
+        _missing("the moeplace binary (cargo build --release -p moeplace-cli)")
 
     def run(*args: str) -> str:
         r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True)

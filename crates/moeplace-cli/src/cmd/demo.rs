@@ -90,6 +90,13 @@ pub fn run(args: Args) -> Result<()> {
             experts.div_ceil(args.gpus)
         );
     }
+    if args.slots_per_gpu > experts {
+        bail!(
+            "--slots-per-gpu {} is more than the workload's {experts} experts: a GPU would hold two copies of one \
+             expert; give at most {experts}",
+            args.slots_per_gpu
+        );
+    }
     let trace = synthesize_workload(args.seed);
     let (calib, test) = split_calibration(&trace);
     let stats = Statistics::from_batches(trace.shape, ProfileOptions::default(), &calib.batches)?;

@@ -97,6 +97,7 @@ pub struct LinkArgs {
 
 pub fn run(args: Args) -> Result<()> {
     let overrides = args.serving.overrides()?;
+    crate::output::refuse_repeated(&args.plans, "its row would be replayed twice beside itself")?;
     if let Some(path) = &args.report {
         let mut inputs: Vec<&std::path::Path> = args.plans.iter().map(|p| p.as_path()).collect();
         inputs.push(&args.trace_path);

@@ -38,10 +38,10 @@ pub fn run(args: Args) -> Result<()> {
     crate::output::check_output_of(&args.output, &inputs)?;
     crate::output::refuse_repeated_inputs(&args.inputs)?;
     let start = Instant::now();
-    let mut acc = stats_file::read(&args.inputs[0])?;
+    let mut acc = read_whole(&args.inputs[0])?;
     for p in &args.inputs[1..] {
         // Read inside the loop so that each input is dropped before the next.
-        let s = stats_file::read(p)?;
+        let s = read_whole(p)?;
         acc.merge(&s).with_context(|| format!("adding {}", p.display()))?;
     }
     let read = start.elapsed().as_secs_f64();
@@ -57,4 +57,9 @@ pub fn run(args: Args) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A whole statistics file, with a progress bar when it is large.
+fn read_whole(path: &std::path::Path) -> Result<moeplace_core::stats::Statistics> {
+    Ok(crate::input::read_stats_file(path, moeplace_core::stats::Parts::ALL)?.0)
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use moeplace_core::balance::{balance_figures, per_step_max_over_mean};
+use moeplace_core::gpu_load::{load_figures, per_step_max_over_mean};
 use moeplace_core::model::ModelDescription;
 use moeplace_core::placers::{by_name, registry, Params, PlacerInput, REFINE_SKIPPED_NOTE, SPLIT_GROUPS_NOTE};
 use moeplace_core::stats::{parse_family_shares, ExpertLoads, Parts, ProfileOptions, Statistics};
@@ -325,7 +325,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     plan_file::write(&args.output, &plan)?;
     let p = &plan.placement;
-    let f = balance_figures(p, &stats.loads(|_| true));
+    let f = load_figures(p, &stats.loads(|_| true));
     eprintln!(
         "calibration loads (each expert's load split evenly over its copies): max/mean {:.4} (lower bound {:.4}), \
          balancedness vLLM {:.4}, SGLang {:.4}",

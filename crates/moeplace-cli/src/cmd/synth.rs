@@ -6,7 +6,6 @@ use anyhow::{bail, Context, Result};
 use moeplace_core::stats::{ProfileOptions, Statistics, StatisticsBuilder};
 use moeplace_core::synth::{self, LengthDist, SynthConfig, PRESETS};
 use moeplace_core::trace::{ModelShape, TokenBatch};
-use moeplace_formats::stats_file;
 use moeplace_formats::writer::{output_format, TraceWriter};
 
 /// Write a synthetic routing trace with the structure real multi-task traces have:
@@ -103,7 +102,7 @@ fn build_config(args: &Args) -> Result<(SynthConfig, Option<Statistics>)> {
     }
     let (mut config, real) = match &args.fit {
         Some(path) => {
-            let stats = stats_file::read(path)?;
+            let (stats, _) = crate::input::read_stats_file(path, moeplace_core::stats::Parts::ALL)?;
             let mut c = synth::fit(&stats).with_context(|| format!("fitting to {}", path.display()))?;
             if let Some(p) = &args.preset {
                 let shape = SynthConfig::preset(p)?.shape;

@@ -1,5 +1,5 @@
-//! `gesr`: the serving-time rule of generic-expert shared replication (METHODS.md
-//! section 1, step 6), for plans of `tacg+gesr` (and any plan with replicas).
+//! `gesr`: the serving-time rule of generic-expert shared replication (docs/METHODS.md,
+//! "TACG and GESR"), for plans of `tacg+gesr` (and any plan with replicas).
 //!
 //! A pick of an expert with one copy has no choice. For an expert with several copies,
 //! the candidates are the copies whose recent load is within the tolerance `theta`
@@ -18,16 +18,14 @@
 //!    cluster, a copy inside the node avoids the inter-node send the paper's "least
 //!    loaded" may choose; it is still within the load tolerance);
 //! 4. a copy on a node the token already sends to (ours too: the token crosses to
-//!    that node anyway, so a hierarchical all-to-all adds no inter-node send; on
-//!    held-out ESFT this raises tacg+gesr's remote-node cut from 30.3% to 33.2% at
-//!    Jain 0.994, the ablation table of `moeplace-lab experiment tacg`; `join_nodes`);
+//!    that node anyway, so a hierarchical all-to-all adds no inter-node send; its gain
+//!    is in the ablation table of `moeplace-lab experiment tacg`; `join_nodes`);
 //! 5. the least loaded candidate (ties: the lower slot).
 //!
 //! Where a step has several candidates, the least loaded of them (ties: the lower
 //! slot). The paper leaves this open; taking the first copy in slot order instead
-//! piles a step's picks onto one GPU until the tolerance stops them, which on
-//! held-out ESFT cost 0.001 of Jain at the default tolerance for tacg+gesr, 0.0025 for
-//! coact, and more at wide tolerances (docs/TACG.md).
+//! piles a step's picks onto one GPU until the tolerance stops them, which costs
+//! Jain, the more so at wide tolerances (docs/TACG.md).
 //!
 //! With `free_first` (ours, off by default; `eval --dispatcher-param free_first=true`) the steps become
 //! tiers by what the pick costs: free (home, or a GPU the token already sends to: no
@@ -39,14 +37,10 @@
 //! least loaded. A busy home copy then sheds picks first to copies the token reaches
 //! anyway, and a copy the token already sends to takes a pick from a busier home GPU,
 //! both at no inter-node cost: balance improves at the same remote-node cut, and the
-//! wider tolerance or more local plan it allows buys the cut. On held-out ESFT, at
-//! tolerance 1.5, the default plan keeps its 38.6% remote-node cut and Jain rises from
-//! 0.985 to 0.994 (`moeplace-lab experiment tacg`, "Balance on unseen requests"). It pays
-//! with remote GPUs (sends inside a node): 26.0% cut instead of 30.3%. Plans made with
-//! `alpha=0` and `locality=0.125` served this way cut remote nodes by 40.0% at Jain
-//! 0.993, with `locality=0.25` by 41.0% at 0.989; and a `robust=0.75 locality=0.75`
-//! plan from the even mix, served at tolerance 0.2, keeps Jain >= 0.98 and a
-//! remote-node cut of 32% or more under every family-mix shift (docs/TACG.md).
+//! wider tolerance or more local plan it allows buys the cut. It pays with remote GPUs
+//! (more sends inside a node). `moeplace-lab experiment tacg` measures it on held-out
+//! ESFT, at wide tolerances, with locality copies and under family-mix shifts
+//! (docs/TACG.md, "Balance on unseen requests" and the shift tables).
 //!
 //! Picks with one copy are fixed first, so a later pick can still join a GPU an
 //! earlier pick must use. (A copy at home is not forced: it too must be within the

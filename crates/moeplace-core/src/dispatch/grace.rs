@@ -1,4 +1,4 @@
-//! `grace`: GRACE-MoE's topology-aware routing (METHODS.md section 4). For each pick:
+//! `grace`: GRACE-MoE's topology-aware routing (docs/METHODS.md, "GRACE-MoE"). For each pick:
 //! 1. the copy on the token's home GPU, if there is one;
 //! 2. else a copy on the home node, by weighted round-robin over those copies;
 //! 3. else a copy on a remote node the token already sends to in this layer, the same

@@ -1,4 +1,4 @@
-//! Dispatchers (DESIGN.md vocabulary): the serving-time choice of a replica for each
+//! Dispatchers (docs/DESIGN.md, "Vocabulary"): the serving-time choice of a replica for each
 //! top-k pick of a token. One dispatcher per file behind the small [`Dispatcher`]
 //! trait; [`by_name`] finds them. To add one (for example a placer's own routing
 //! rule): write `dispatch/<name>.rs` implementing [`Dispatcher`] and add one line to

@@ -79,10 +79,10 @@
 //!   maximum GPU load to keep expert weights in place, when a previous plan is given.
 //!
 //! Notes reported: `lower_bound_max_load` (largest per-layer lower bound on the maximum
-//! GPU load, see `balance::layer_lower_bound`), `max_load` and `eplb_max_load` (largest
+//! GPU load, see `gpu_load::layer_lower_bound`), `max_load` and `eplb_max_load` (largest
 //! per-layer maximum GPU load of this plan and of EPLB's plan 1); as ratios to each
 //! layer's mean GPU load, averaged over layers: `max_over_mean`, `eplb_max_over_mean`
-//! and `bound_max_over_mean` (the lower bound, the same figures `balance_figures`
+//! and `bound_max_over_mean` (the lower bound, the same figures `gpu_load::load_figures`
 //! gives); and the gap to the bound, `gap_to_bound`: the mean over layers of
 //! (maximum GPU load / lower bound - 1), 0 when every layer's busiest GPU is at its
 //! bound (then no plan for these GPUs and slots is more balanced). The bound is the
@@ -99,7 +99,7 @@ use rayon::prelude::*;
 
 use super::eplb::{rebalance_experts, repair_layer, replicate};
 use super::{check_fits, Kind, Level, Param, PlaceError, Placer, PlacerInput, PlacerOutput, Preset, Value};
-use crate::balance::layer_lower_bound;
+use crate::gpu_load::layer_lower_bound;
 use crate::placement::Placement;
 
 /// One layer's problem.
@@ -1098,7 +1098,7 @@ mod tests {
 
     fn max_load(out: &PlacerOutput, w: &[Vec<f64>]) -> f64 {
         let loads = ExpertLoads::new(w.len(), w[0].len(), vec![w.concat()]).unwrap();
-        crate::balance::balance_figures(&out.placement, &loads).max_load
+        crate::gpu_load::load_figures(&out.placement, &loads).max_load
     }
 
     const README_L0: [f64; 12] = [90.0, 132.0, 40.0, 61.0, 104.0, 165.0, 39.0, 4.0, 73.0, 56.0, 183.0, 86.0];
@@ -1233,9 +1233,9 @@ mod tests {
         (0..layers).map(|_| (0..experts).map(|_| (1000.0 * next().powf(-0.5).min(50.0)).round()).collect()).collect()
     }
 
-    fn figures(out: &PlacerOutput, w: &[Vec<f64>]) -> crate::balance::BalanceFigures {
+    fn figures(out: &PlacerOutput, w: &[Vec<f64>]) -> crate::gpu_load::LoadFigures {
         let loads = ExpertLoads::new(w.len(), w[0].len(), vec![w.concat()]).unwrap();
-        crate::balance::balance_figures(&out.placement, &loads)
+        crate::gpu_load::load_figures(&out.placement, &loads)
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `cluster-homes`: activation-pattern micro-batching (METHODS.md section 2).
+//! `cluster-homes`: activation-pattern micro-batching (docs/METHODS.md,
+//! "Activation-pattern micro-batching").
 //!
 //! Offline, from calibration requests:
 //! 1. each request's activation vector (tokens per (layer, expert); decode tokens when

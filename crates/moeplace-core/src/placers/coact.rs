@@ -1,4 +1,4 @@
-//! `coact`: task-agnostic co-activation grouping (the baseline of METHODS.md section 1):
+//! `coact`: task-agnostic co-activation grouping (TACG's baseline, docs/METHODS.md):
 //! one pooled co-activation graph per layer, partitioned into GPUs with exact slot
 //! counts by [`crate::partition`] (nodes first, then GPUs inside each node).
 //!

@@ -1,4 +1,4 @@
-//! `eplb`: DeepSeek's expert-parallel load balancer (METHODS.md section 5), written
+//! `eplb`: DeepSeek's expert-parallel load balancer (docs/METHODS.md, "DeepSeek EPLB"), written
 //! from its published description, with the same inputs, outputs and tie-breaks.
 //!
 //! [`rebalance_experts`] is the algorithm itself: loads `[layers][experts]`, the number
@@ -26,7 +26,7 @@
 //! equal counts this is exactly EPLB.
 //!
 //! **Duplicates.** EPLB may put two copies of one expert on one GPU (its packing
-//! never looks at expert ids), which moeplace plans refuse (DESIGN.md). The function
+//! never looks at expert ids), which moeplace plans refuse (docs/DESIGN.md). The function
 //! [`rebalance_experts`] reproduces EPLB exactly, duplicates included. The `eplb`
 //! placer then repairs each duplicate by one swap: the extra copy trades places with
 //! a copy of another expert on another GPU (preferring the same node, so the node

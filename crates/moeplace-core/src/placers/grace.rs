@@ -1,4 +1,4 @@
-//! `grace`: GRACE-MoE's placement (METHODS.md section 4), per layer on the pooled
+//! `grace`: GRACE-MoE's placement (docs/METHODS.md, "GRACE-MoE"), per layer on the pooled
 //! co-activation graph of `coact`:
 //! 1. **Grouping with controlled non-uniform sizes.** The E primaries are partitioned
 //!    (nodes first, then GPUs, by [`crate::partition`]) into groups of at most
@@ -41,14 +41,12 @@
 //!
 //! How `locality` was chosen (default 0.25): locality copies concentrate load, so
 //! more of them trade balance for locality. On the ESFT calibration requests (2 nodes
-//! x 4 GPUs, 10 slots per GPU; the calibration column of
-//! `moeplace-lab experiment grace --quick --param locality=F`), shares 0.25 / 0.5 / 0.75 /
-//! 1 cut cross-node sends against linear hierarchical by 22.8 / 23.9 / 24.9 / 26.1% at
-//! Jain 0.989 / 0.986 / 0.984 / 0.982. Replayed on requests the plan did not see, Jain
-//! fell by about 0.007 (0.9864 -> 0.9796 at 0.5, seen on the held-out requests), so we
-//! take the largest share whose calibration Jain stays at least 0.01 above the 0.98
-//! goal: 0.25. The margin was set after that observation; the share itself comes from
-//! calibration figures.
+//! x 4 GPUs, 10 slots per GPU), the calibration column of `moeplace-lab experiment
+//! grace --quick --param locality=F` shows larger shares cutting more cross-node
+//! sends at lower Jain, and Jain falls further on requests the plan did not see, so
+//! we take the largest share whose calibration Jain stays at least 0.01 above the 0.98
+//! goal: 0.25. The margin was set after seeing that fall on the held-out requests;
+//! the share itself comes from calibration figures.
 
 use rayon::prelude::*;
 

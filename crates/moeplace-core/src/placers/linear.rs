@@ -1,6 +1,6 @@
-//! `linear`: the default placement of serving engines and the baseline of every
-//! "cut" (DESIGN.md): expert e on GPU floor(e / ceil(E / G)) when E >= G, primaries
-//! dealt in id order; redundant slots (if any) take extra copies of the hottest
+//! `linear`: the default placement of serving engines, laid out as the protocol's
+//! baseline (docs/DESIGN.md, "Baseline"): GPU g holds experts [g*E/G, (g+1)*E/G) in
+//! id order; redundant slots (if any) take extra copies of the hottest
 //! experts of the calibration loads.
 
 use super::{check_fits, fill_redundant_hottest, PlaceError, Placer, PlacerInput, PlacerOutput};

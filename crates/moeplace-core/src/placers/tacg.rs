@@ -1,4 +1,4 @@
-//! `tacg`: task-aware co-activation grouping (METHODS.md section 1, steps 1-4), with
+//! `tacg`: task-aware co-activation grouping (docs/METHODS.md, "TACG and GESR"), with
 //! family GPU groups where each family's requests are served.
 //!
 //! Per layer, from each family f's calibration tokens (families: the trace's family
@@ -47,10 +47,9 @@
 //!    not for the calibration mix. A plan balanced for every family alone stays
 //!    balanced for any blend of them: the calibration mix says nothing about
 //!    tomorrow's. The price is locality: a family's experts can no longer crowd into
-//!    its own group. On held-out ESFT (`moeplace-lab experiment tacg`, shift table),
-//!    `tacg+gesr` with R = 0.75 keeps Jain at 0.990 or more under every shift, where
-//!    R = 0 falls to 0.911, at a remote-node cut of 24 to 27% instead of 28 to 35%
-//!    (docs/TACG.md).
+//!    its own group. The shift table of `moeplace-lab experiment tacg`
+//!    (docs/TACG.md) measures both sides: Jain under each shift with and without
+//!    `robust`, and the remote-node cut it costs.
 //!
 //! Parameters (`--param`): `moeplace placers tacg` and docs/PARAMETERS.md list them
 //! with their defaults; `alpha` 0 means no task-modulated graph, `eta` 0 no task
@@ -61,7 +60,7 @@
 //! (never the held-out ones), at its chosen `pay`; among the settings with Jain >= 0.99
 //! at alpha = 0.25 (the paper's value) the one with the largest remote-node cut was
 //! load_spread 8, eta 1 (`tacg` shares them). On those calibration requests alpha = 0
-//! scored 0.4 points of remote-node cut higher (docs/TACG.md).
+//! scored a little more remote-node cut (docs/TACG.md).
 
 use std::collections::BTreeMap;
 

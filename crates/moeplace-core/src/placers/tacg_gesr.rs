@@ -1,5 +1,5 @@
-//! `tacg+gesr`: `tacg` plus generic-expert shared replication (METHODS.md section 1,
-//! step 5): the redundant slots hold copies of the experts every family uses, one per
+//! `tacg+gesr`: `tacg` plus generic-expert shared replication (docs/METHODS.md,
+//! "TACG and GESR"): the redundant slots hold copies of the experts every family uses, one per
 //! family group where that pays, so that each family finds them in its own group.
 //! Serve the plan with the `gesr` dispatcher (`--dispatcher gesr`).
 //!
@@ -18,10 +18,10 @@
 //! experiment tacg --tune`). The paper does not say when a group pays; we weigh usage
 //! by traffic share so that the group of a family with a tenth of the traffic does
 //! not take a slot for a copy that would serve little while the dominant family's
-//! copies run hot: re-planned for a mix with one family at 70% (`plan
-//! --family-share`) and replayed on held-out traffic of that mix, plans reach Jain
-//! 0.987-0.989 by load and 0.963-0.977 with `pay_by_load=false` (demand `u_f(e)`
-//! alone; docs/TACG.md). An expert with at least two paying groups gets one copy per
+//! copies run hot: plans re-planned for a mix dominated by one family (`plan
+//! --family-share`) and replayed on held-out traffic of that mix are more balanced
+//! by load than with `pay_by_load=false` (demand `u_f(e)` alone; docs/TACG.md,
+//! "Re-planned for the shifted mix"). An expert with at least two paying groups gets one copy per
 //! paying group (all but one of them new copies, while the R = S - E redundant slots
 //! last; when fewer are left, the groups with the highest demand get them), each copy
 //! pinned to its group and serving that family's picks; the other
@@ -40,13 +40,12 @@
 //! sample, a share F of the redundant slots is kept out of the steps above and filled
 //! by [`crate::refine::locality_copies`] with each family's tokens homed on its group
 //! (the copy that makes the most sampled tokens node-local first); slots those leave
-//! take copies of the hottest experts. On held-out ESFT (16 GPUs, 5 slots per GPU,
-//! family homes) F = 0.25 / 0.5 / 1 raise the remote-node cut under gesr's default
-//! rule from 33.2% to 34.1 / 35.0 / 35.0% but lower Jain from 0.994 to 0.990 / 0.985
-//! / 0.983, so the default stays 0. Served with gesr's `free_first` at tolerance 1.5,
-//! which keeps the balance the copies cost, plans with `alpha=0` and F = 0.125 / 0.25
-//! cut 40.0% at Jain 0.993 and 41.0% at 0.989 (chosen on calibration halves by
-//! `moeplace-lab experiment tacg --tune`; docs/TACG.md).
+//! take copies of the hottest experts. Under gesr's default rule more locality copies
+//! raise the remote-node cut a little and lower Jain more, so the default stays 0;
+//! served with gesr's `free_first` at a wide tolerance, which keeps the balance the
+//! copies cost, small shares with `alpha=0` pay (chosen on calibration halves by
+//! `moeplace-lab experiment tacg --tune`; its ablation table in docs/TACG.md has the
+//! figures).
 //!
 //! Shift robustness (`robust` > 0, `tacg`'s step 7): no pinned generic copies; the
 //! redundant slots hold unpinned copies of the experts hottest for any single family.

@@ -14,8 +14,8 @@
 //! `cost(j, b) - cost(j, a)` over members j of a). Because the assignment of the
 //! points inserted so far is optimal, the cluster graph has no negative cycle and a
 //! Bellman-Ford search finds the path; the final assignment is a minimum-cost one.
-//! Cost: O(N (K^2 + path x cap x K)) per round on average, under a second for 1000
-//! points and 64 clusters in a release build. A cluster left empty is re-seeded with
+//! Cost: O(N (K^2 + path x cap x K)) per round on average (`moeplace-lab bench
+//! requests` times the centroid fit, docs/REQUESTS.md, "Router decision cost"). A cluster left empty is re-seeded with
 //! the point farthest from its centroid (both variants).
 
 use crate::synth::rng::Rng;

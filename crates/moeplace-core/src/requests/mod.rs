@@ -1,4 +1,5 @@
-//! Request-side locality (METHODS.md sections 2 and 3): where each request runs
+//! Request-side locality (docs/METHODS.md,
+//! "Activation-pattern micro-batching" and "ELDR decode routing"): where each request runs
 //! decides which experts its tokens need locally.
 //!
 //! - [`records`]: per-request prefill and decode tokens from a trace (recorded

@@ -1,13 +1,13 @@
 //! Decode routers for prefill/decode-disaggregated serving, behind the small
 //! [`Router`] trait: after prefill, each request goes to one decode worker.
 //!
-//! - [`Eldr`] (METHODS.md section 3): one centroid per decode worker from K-means
-//!   (size-balanced by default) over calibration signatures, each centroid
-//!   L2-normalised; online, the cosine similarity `s_k` of the request's signature to
-//!   each centroid, the band `{k : s_k >= max s - tau}`, and the band's least-loaded
-//!   worker (ties: higher similarity, then lower worker id). `tau = 0` is pure
-//!   matching; with non-negative signatures similarities lie in [0, 1], so
-//!   `tau = 1` is join-shortest-queue (ties broken by similarity).
+//! - [`Eldr`] (docs/METHODS.md, "ELDR decode routing"): one centroid per decode
+//!   worker from K-means (size-balanced by default) over calibration signatures,
+//!   each centroid L2-normalised; online, the cosine similarity `s_k` of the
+//!   request's signature to each centroid, the band `{k : s_k >= max s - tau}`, and
+//!   the band's least-loaded worker (ties: higher similarity, then lower worker id).
+//!   `tau = 0` is pure matching; with non-negative signatures similarities lie in
+//!   [0, 1], so `tau = 1` is join-shortest-queue (ties broken by similarity).
 //! - [`RoundRobin`], [`JoinShortestQueue`] (least loaded, ties: lower id) and
 //!   [`RandomRouter`] (seeded) as baselines.
 //!

@@ -1,4 +1,4 @@
-//! ELDR request signatures from prefill activations (METHODS.md section 3).
+//! ELDR request signatures from prefill activations (docs/METHODS.md, "ELDR decode routing").
 //!
 //! A signature is computed from a request's prefill tokens per (layer, expert):
 //! 1. raw counts, restricted to the layers of a mask;

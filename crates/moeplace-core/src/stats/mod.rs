@@ -1,4 +1,4 @@
-//! Mergeable routing statistics (DESIGN.md "profile").
+//! Mergeable routing statistics (docs/DESIGN.md, "Statistics").
 //!
 //! Everything here is a sum of per-token counts, so statistics of shards added with
 //! [`Statistics::merge`] equal the statistics of the whole trace, exactly. That is

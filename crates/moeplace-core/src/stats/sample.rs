@@ -2,7 +2,7 @@
 //! every layer, with its family and phase.
 //!
 //! Pair counts say which experts fire together two at a time; the metrics of
-//! DESIGN.md (distinct remote GPUs and nodes per token-layer) depend on all k picks
+//! docs/DESIGN.md (distinct remote GPUs and nodes per token-layer) depend on all k picks
 //! of a token at once. Placers that score a placement on real tokens
 //! ([`crate::refine`]) read this sample.
 //!

@@ -20,8 +20,8 @@
 //! logs the load-share error grew round after round); with them fixed, the weights
 //! converge. The co-activation affinity is capped at [`MAX_AFFINITY`]: more of it
 //! raises the top pair share towards the real one but lets linked picks distort the
-//! loads (on the ESFT logs, cap 0.8: family divergence 39% above the real one; cap
-//! 0.6: 6% above, with the top pair share 23% below; docs/SYNTH.md).
+//! loads (family divergence rises above the real one as the cap grows; docs/SYNTH.md
+//! compares the fit with the ESFT logs).
 //!
 //! The paper does not prescribe a fitting procedure; these choices are ours and the
 //! agreement they reach is measured by the ESFT test and in docs/SYNTH.md.
@@ -196,8 +196,8 @@ fn profile_config(config: &SynthConfig, seed: u64) -> Result<Statistics, SynthEr
 /// Top co-activation partners of each expert of `layer` (the most frequent pairs),
 /// weighted by lift: the pair count over the partner's load. Weighting by the raw
 /// count would steer partner picks to popular experts, and since those picks ignore
-/// the weights, the calibrated loads could not be reached (on the ESFT logs the
-/// family divergence came out 40% above the real one).
+/// the weights, the calibrated loads could not be reached (the family divergence of the fit
+/// overshot the real one).
 fn partner_lists(g: &GroupStats, layer: usize, e: usize) -> Links {
     let pc = pair_count(e);
     let block = &g.coact[layer * pc..(layer + 1) * pc];

@@ -9,7 +9,8 @@
 //! output does not depend on the number of threads: same config and seed, same tokens.
 //!
 //! The generative model, per MoE layer and family (each property has a knob in
-//! [`Knobs`]; the names are those of METHODS.md sections 1-2):
+//! [`Knobs`]; the properties are those docs/METHODS.md reports
+//! for TACG and activation-pattern micro-batching):
 //! - skewed popularity: a Zipf law over a random ranking of the layer's experts
 //!   (`skew`);
 //! - family-specific experts: each family prefers its own random set of experts
@@ -325,8 +326,9 @@ pub struct Preset {
     pub experts: usize,
     pub top_k: usize,
     /// `decode_drift` of the preset: set so the prefill/decode correlation is about
-    /// the paper's figure where one is reported (METHODS.md section 2: DeepSeek-V3
-    /// 0.55, Qwen3-235B 0.68, Llama 4 Maverick 0.82), the middle one otherwise.
+    /// the paper's figure where one is reported (docs/METHODS.md, "Activation-pattern
+    /// micro-batching": DeepSeek-V3 0.55, Qwen3-235B 0.68, Llama 4 Maverick 0.82), the
+    /// middle one otherwise.
     pub decode_drift: f64,
 }
 
@@ -352,7 +354,8 @@ pub const PRESETS: &[Preset] = &[
     Preset { name: "llama-4-maverick", layers: 24, experts: 128, top_k: 1, decode_drift: DD_MAVERICK },
 ];
 
-/// The default family mix: the four request families of METHODS.md section 2.
+/// The default family mix: the four request families of the activation-pattern paper
+/// (docs/METHODS.md).
 pub fn default_families() -> Vec<FamilyMix> {
     ["code", "math", "chat", "general"].iter().map(|n| FamilyMix { name: n.to_string(), weight: 1.0 }).collect()
 }

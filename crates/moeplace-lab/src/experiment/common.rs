@@ -1,8 +1,8 @@
 //! Pieces shared by the experiments that plan on calibration requests and replay
 //! held-out ones (`tacg`, `grace`): the ESFT calibration/held-out split (even/odd
 //! request ordinals within each family), family interleaving, profiling, planning
-//! with a registered placer, the DESIGN.md baseline replay, and the dispatcher each
-//! placer is served with.
+//! with a registered placer, the baseline replay (docs/DESIGN.md, "Baseline"), and the
+//! dispatcher each placer is served with.
 
 use std::time::Instant;
 

@@ -1,4 +1,4 @@
-//! `moeplace-lab experiment grace`: GRACE-MoE (METHODS.md section 4) against the other
+//! `moeplace-lab experiment grace`: GRACE-MoE (docs/METHODS.md, "GRACE-MoE") against the other
 //! placers with flat and hierarchical communication, its ablation ladder, and the
 //! issue's targets; docs/GRACE.md quotes its tables.
 //!
@@ -14,8 +14,8 @@
 //! One replay gives both schemes: the dispatcher's choices do not depend on how
 //! tokens then travel, so a row's flat and hierarchical figures come from the same
 //! replay (cross-node sends: cross-node GPUs with flat communication, remote nodes
-//! with hierarchical, DESIGN.md "Metrics"). Homes are round-robin over all GPUs
-//! (DESIGN.md's baseline), except one labelled row that serves tacg+gesr by its
+//! with hierarchical, docs/DESIGN.md, "Metrics"). Homes are round-robin over all GPUs
+//! (the baseline's, docs/DESIGN.md), except one labelled row that serves tacg+gesr by its
 //! family groups.
 
 use std::path::PathBuf;

@@ -141,7 +141,7 @@ fn plan(stats: &Statistics, placer: &str, slots: usize, params: &Params) -> Resu
     Ok((out, cluster, ms))
 }
 
-/// The baseline of DESIGN.md on `test` (16 GPUs in 4 nodes).
+/// The baseline (docs/DESIGN.md, "Baseline") on `test` (16 GPUs in 4 nodes).
 fn baseline(test: &Trace) -> Result<SimResult> {
     common::baseline(test, &Cluster::new(NODES, GPUS, 1)?)
 }

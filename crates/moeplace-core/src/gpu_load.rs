@@ -73,7 +73,7 @@ pub fn layer_lower_bound(w: &[f64], gpus: usize, slots: usize) -> f64 {
 
 /// Per-step max/mean: the mean over layers and steps of (largest GPU load in that step
 /// / mean GPU load in that step), each step's expert loads split evenly over copies.
-/// With one step it equals [`BalanceFigures::max_over_mean`]. This is the straggler
+/// With one step it equals [`LoadFigures::max_over_mean`]. This is the straggler
 /// a serving engine sees step by step, which the summed loads can hide.
 pub fn per_step_max_over_mean(placement: &Placement, loads: &ExpertLoads) -> f64 {
     let e = loads.experts;
@@ -115,7 +115,7 @@ pub fn bound_max_over_mean(loads: &ExpertLoads, gpus: usize, slots: usize) -> f6
 
 /// Balance figures of one placement (module documentation).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BalanceFigures {
+pub struct LoadFigures {
     pub balancedness_vllm: f64,
     pub balancedness_sglang: f64,
     pub max_over_mean: f64,
@@ -125,7 +125,7 @@ pub struct BalanceFigures {
     pub max_load: f64,
 }
 
-impl BalanceFigures {
+impl LoadFigures {
     /// The figures as `(name, value)` pairs, for plan notes and JSON output.
     pub fn named(&self) -> [(&'static str, f64); 4] {
         [
@@ -138,7 +138,7 @@ impl BalanceFigures {
 }
 
 /// The balance figures of `placement` under `loads`.
-pub fn balance_figures(placement: &Placement, loads: &ExpertLoads) -> BalanceFigures {
+pub fn load_figures(placement: &Placement, loads: &ExpertLoads) -> LoadFigures {
     let per_gpu = expected_gpu_loads(placement, loads);
     let layers = per_gpu.len().max(1) as f64;
     let (mut sum_mean, mut sum_max, mut sglang, mut mom, mut max_load) = (0.0, 0.0, 0.0, 0.0, 0.0f64);
@@ -156,7 +156,7 @@ pub fn balance_figures(placement: &Placement, loads: &ExpertLoads) -> BalanceFig
             mom += 1.0;
         }
     }
-    BalanceFigures {
+    LoadFigures {
         balancedness_vllm: if sum_max > 0.0 { sum_mean / sum_max } else { 1.0 },
         balancedness_sglang: sglang / layers,
         max_over_mean: mom / layers,
@@ -176,7 +176,7 @@ mod tests {
         let p = Placement::new(4, 2, 2, vec![vec![0, 1, 2, 3], vec![0, 1, 2, 3]]).unwrap();
         let loads = ExpertLoads::new(2, 4, vec![vec![4.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]).unwrap();
         assert_eq!(expected_gpu_loads(&p, &loads), vec![vec![6.0, 2.0], vec![2.0, 2.0]]);
-        let f = balance_figures(&p, &loads);
+        let f = load_figures(&p, &loads);
         assert!((f.balancedness_vllm - (4.0 + 2.0) / (6.0 + 2.0)).abs() < 1e-12);
         assert!((f.balancedness_sglang - (4.0 / 6.0 + 1.0) / 2.0).abs() < 1e-12);
         assert!((f.max_over_mean - (1.5 + 1.0) / 2.0).abs() < 1e-12);
@@ -186,7 +186,7 @@ mod tests {
         // Two steps that peak on different GPUs: balanced in sum, 2.0 in each step.
         let steps = ExpertLoads::new(1, 4, vec![vec![1.0, 1.0, 0.0, 0.0], vec![0.0, 0.0, 1.0, 1.0]]).unwrap();
         let one = Placement::new(4, 2, 2, vec![vec![0, 1, 2, 3]]).unwrap();
-        assert!((balance_figures(&one, &steps).max_over_mean - 1.0).abs() < 1e-12);
+        assert!((load_figures(&one, &steps).max_over_mean - 1.0).abs() < 1e-12);
         assert!((per_step_max_over_mean(&one, &steps) - 2.0).abs() < 1e-12);
     }
 
