@@ -138,6 +138,8 @@ struct Column {
     lower_is_better: bool,
     decimals: usize,
     cut: bool,
+    /// Whether the plan's lower bound of max/mean goes under it.
+    bound: bool,
 }
 
 const GB: f64 = 1e9;
@@ -149,6 +151,7 @@ const COLUMNS: &[Column] = &[
         lower_is_better: true,
         decimals: 4,
         cut: true,
+        bound: false,
     },
     Column {
         header: "remote nodes / token-layer",
@@ -156,6 +159,7 @@ const COLUMNS: &[Column] = &[
         lower_is_better: true,
         decimals: 4,
         cut: true,
+        bound: false,
     },
     Column {
         header: "cross-node GPUs / token-layer",
@@ -163,6 +167,7 @@ const COLUMNS: &[Column] = &[
         lower_is_better: true,
         decimals: 4,
         cut: true,
+        bound: false,
     },
     Column {
         header: "inter-node GB (flat)",
@@ -170,6 +175,7 @@ const COLUMNS: &[Column] = &[
         lower_is_better: true,
         decimals: 3,
         cut: true,
+        bound: false,
     },
     Column {
         header: "inter-node GB (hierarchical)",
@@ -177,14 +183,23 @@ const COLUMNS: &[Column] = &[
         lower_is_better: true,
         decimals: 3,
         cut: true,
+        bound: false,
     },
-    Column { header: "Jain (load)", get: |p| p.result.jain, lower_is_better: false, decimals: 4, cut: false },
+    Column {
+        header: "Jain (load)",
+        get: |p| p.result.jain,
+        lower_is_better: false,
+        decimals: 4,
+        cut: false,
+        bound: false,
+    },
     Column {
         header: "max/mean (bound)",
         get: |p| p.result.maxvio + 1.0,
         lower_is_better: true,
         decimals: 4,
         cut: false,
+        bound: true,
     },
     Column {
         header: "home load max/mean",
@@ -192,6 +207,7 @@ const COLUMNS: &[Column] = &[
         lower_is_better: true,
         decimals: 4,
         cut: false,
+        bound: false,
     },
     Column {
         header: "all-to-all ms (flat, est.)",
@@ -199,6 +215,7 @@ const COLUMNS: &[Column] = &[
         lower_is_better: true,
         decimals: 3,
         cut: true,
+        bound: false,
     },
     Column {
         header: "all-to-all ms (hierarchical, est.)",
@@ -206,6 +223,7 @@ const COLUMNS: &[Column] = &[
         lower_is_better: true,
         decimals: 3,
         cut: true,
+        bound: false,
     },
     Column {
         header: "expert compute ms (est.)",
@@ -213,6 +231,7 @@ const COLUMNS: &[Column] = &[
         lower_is_better: true,
         decimals: 3,
         cut: false,
+        bound: false,
     },
 ];
 
@@ -271,7 +290,7 @@ fn summary_table(input: &ReportInput<'_>) -> String {
                     let _ = write!(s, "<span class=\"cut\">{t}</span>");
                 }
             }
-            if k == 6 {
+            if c.bound {
                 let _ = write!(s, "<span class=\"cut\">\u{2265} {:.4}</span>", p.bound_max_over_mean);
             }
             s.push_str("</td>");
