@@ -785,7 +785,8 @@ fn tuning_plot(i: usize, p: &ReportPlan<'_>, t: &Tuning) -> String {
     let (w, h, ml, mr, mt, mb) = (560.0, 340.0, 56.0, 20.0, 28.0, 44.0);
     let cs = &t.candidates;
     let (mut x0, mut x1) = (t.min_jain, t.min_jain);
-    let (mut y0, mut y1) = (0.0f64, 0.0f64);
+    // The cuts' own range (zero is drawn when inside it): points stay apart.
+    let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
     for c in cs {
         x0 = x0.min(c.jain.min);
         x1 = x1.max(c.jain.max);
@@ -838,15 +839,18 @@ fn tuning_plot(i: usize, p: &ReportPlan<'_>, t: &Tuning) -> String {
             n(y(0.0))
         );
     }
+    let fx = x(t.min_jain);
+    // The floor's name on the side of its line with room for it.
+    let (lx, anchor) = if fx > (ml + w - mr) / 2.0 { (fx - 4.0, "end") } else { (fx + 4.0, "start") };
     let _ = write!(
         s,
         "<line class=\"floor\" x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#d62728\" stroke-dasharray=\"5 4\"/><text \
-         x=\"{}\" y=\"{}\" fill=\"#d62728\">Jain floor {}</text>",
-        n(x(t.min_jain)),
+         x=\"{}\" y=\"{}\" fill=\"#d62728\" text-anchor=\"{anchor}\">Jain floor {}</text>",
+        n(fx),
         n(mt),
-        n(x(t.min_jain)),
+        n(fx),
         n(h - mb),
-        n(x(t.min_jain) + 4.0),
+        n(lx),
         n(mt + 10.0),
         t.min_jain
     );
