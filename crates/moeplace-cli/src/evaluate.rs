@@ -14,8 +14,9 @@ use moeplace_core::serving::{Homes, Serving};
 use moeplace_core::simulate::{cut_percent, HomePolicy, Replay, SimResult};
 use moeplace_core::stats::ExpertLoads;
 use moeplace_core::trace::{ModelShape, Trace};
-use moeplace_formats::plan_file::Plan;
+use moeplace_formats::plan_file::{Plan, Tuning};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 /// `--homes` on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -117,11 +118,15 @@ impl ServingOverride {
 pub struct Row {
     pub label: String,
     pub placer: String,
+    /// The placer's parameters, as the plan records them.
+    pub parameters: BTreeMap<String, String>,
     pub serving: Serving,
     pub placement: Placement,
     pub result: SimResult,
     /// Index into [`Evaluation::baselines`].
     pub baseline: usize,
+    /// What tuning tried, when the plan records it.
+    pub tuning: Option<Tuning>,
 }
 
 pub struct Evaluation {
@@ -215,10 +220,12 @@ pub fn evaluate_windows(
         rows.push(Row {
             label: label.clone(),
             placer: plan.provenance.placer.clone(),
+            parameters: plan.provenance.parameters.clone(),
             serving: serving.clone(),
             placement: plan.placement.clone(),
             result: r.finish().with_context(|| format!("replaying {label}"))?,
             baseline: *b,
+            tuning: plan.tuning.clone(),
         });
     }
     Ok(Evaluation { tokens, baselines: base_results, rows, loads })
@@ -436,16 +443,38 @@ pub fn write_report(
     let pc = pair_count(shape.experts);
     let coact = if pooled.coact.is_empty() { &[][..] } else { &pooled.coact[layer * pc..(layer + 1) * pc] };
     let summary = eval.table();
+    // The baseline is served as the protocol replays it: primary copies, homes round-robin.
+    let base_serving = Serving::new("primary", Homes::RoundRobin);
+    let no_params = BTreeMap::new();
+    let base_name = |i: usize| if i == 0 { "baseline (linear)" } else { "baseline (other layout)" };
     let mut plans: Vec<ReportPlan<'_>> = Vec::new();
-    for (i, (_, p, r)) in eval.baselines.iter().enumerate() {
+    for (i, (c, p, r)) in eval.baselines.iter().enumerate() {
         plans.push(ReportPlan {
-            label: if i == 0 { "baseline (linear)" } else { "baseline (other layout)" },
+            label: base_name(i),
+            placer: "linear (the protocol's baseline)",
+            parameters: &no_params,
+            serving: &base_serving,
+            nodes: c.nodes,
             placement: p,
             result: r,
+            baseline: None,
+            bound_max_over_mean: eval.bound_max_over_mean(p),
+            tuning: None,
         });
     }
     for row in &eval.rows {
-        plans.push(ReportPlan { label: &row.label, placement: &row.placement, result: &row.result });
+        plans.push(ReportPlan {
+            label: &row.label,
+            placer: &row.placer,
+            parameters: &row.parameters,
+            serving: &row.serving,
+            nodes: eval.baselines[row.baseline].0.nodes,
+            placement: &row.placement,
+            result: &row.result,
+            baseline: Some(&eval.baselines[row.baseline].2),
+            bound_max_over_mean: eval.bound_max_over_mean(&row.placement),
+            tuning: row.tuning.as_ref(),
+        });
     }
     let input = ReportInput {
         title: "moeplace evaluation",

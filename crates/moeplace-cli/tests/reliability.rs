@@ -400,7 +400,20 @@ fn a_full_disk_is_one_error_and_keeps_the_earlier_output() {
         }))
         .chain(std::iter::once({
             let out = d.join("report.html");
-            let a = ["eval", "--trace", s(&trace), "--plan", s(&plan), "-o", s(&out)];
+            // The plan three times: one plan's page of this small model is under 32 KiB.
+            let a = [
+                "eval",
+                "--trace",
+                s(&trace),
+                "--plan",
+                s(&plan),
+                "--plan",
+                s(&plan),
+                "--plan",
+                s(&plan),
+                "-o",
+                s(&out),
+            ];
             let a: Vec<String> = a.iter().map(|x| x.to_string()).collect();
             (out, a)
         }))

@@ -166,3 +166,40 @@ fn tuning_on_the_esft_logs_reports_held_out_figures() {
     // Every family keeps its GPUs in the tuned plan.
     assert_eq!(v["family_gpus"].as_object().unwrap().len(), 4);
 }
+
+#[test]
+fn the_report_plots_every_setting_tried_and_marks_the_chosen_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = trace(dir.path());
+    let p = dir.path().join("tuned.json");
+    let (text, _) = plan(&t, &p, &[], "2");
+    let v = json(&text);
+    let tuning = &v["tuning"];
+    let candidates = tuning["candidates"].as_array().unwrap_or_else(|| panic!("no tuning block: {text}"));
+    assert_eq!(candidates.len() as f64, note(&v, "tune_settings"));
+    assert_eq!(tuning["folds"], 4);
+    assert_eq!(tuning["min_jain"], 0.99);
+    assert_eq!(tuning["objective"], "remote-nodes");
+    let chosen = &candidates[tuning["chosen"].as_u64().unwrap() as usize];
+    // The chosen candidate is the plan's own setting, with the figures the notes give.
+    assert_eq!(chosen["parameters"], v["provenance"]["parameters"]);
+    assert_eq!(chosen["serving"], v["serving"]);
+    assert_eq!(chosen["cut"]["mean"].as_f64().unwrap(), note(&v, "tune_cut_remote_nodes_mean"));
+    assert_eq!(chosen["jain"]["min"].as_f64().unwrap(), note(&v, "tune_jain_min"));
+
+    let untuned = dir.path().join("defaults.json");
+    let (text, _) = plan(&t, &untuned, &["--no-tune"], "2");
+    assert!(json(&text).get("tuning").is_none(), "{text}");
+
+    let report = dir.path().join("r.html");
+    moeplace_ok(&["eval", "--trace", s(&t), "--plan", s(&untuned), "--plan", s(&p), "--report", s(&report)]);
+    let html = std::fs::read_to_string(&report).unwrap();
+    // The tuned plan is the page's third (after the baseline and `defaults`).
+    assert!(html.contains("id=\"tuning-2\"") && !html.contains("id=\"tuning-1\""), "tuning plot missing");
+    // A point per setting and one ring on the chosen one, with the floor drawn.
+    assert_eq!(html.matches("<circle").count(), candidates.len() + 1);
+    assert_eq!(html.matches("class=\"chosen\"").count(), 1);
+    assert!(html.contains("class=\"floor\"") && html.contains("Jain floor 0.99"));
+    let label = chosen["label"].as_str().unwrap().replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    assert!(html.contains(&format!("Chosen: {label}.")), "chosen setting not named");
+}

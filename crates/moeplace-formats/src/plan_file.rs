@@ -17,9 +17,19 @@
 //!                  "input_digest": "fnv1a64:0123456789abcdef"},
 //!   "serving": {"dispatcher": "gesr", "parameters": {"k": "v"},
 //!               "homes": "family"},                         // optional
-//!   "notes": {"name": number, ...}                          // placer's figures
+//!   "notes": {"name": number, ...},                         // placer's figures
+//!   "tuning": {"objective": "remote-nodes", "min_jain": 0.99, "folds": 4,
+//!              "held": true, "chosen": 2,
+//!              "candidates": [{"label": "...", "parameters": {"k": "v"},
+//!                              "serving": {...},
+//!                              "cut": {"mean": m, "min": a, "max": b},
+//!                              "jain": {"mean": m, "min": a, "max": b}}, ...]}  // optional
 //! }
 //! ```
+//! `tuning` is what `plan --trace` tried when it tuned the placer by cross-validation
+//! ([`Tuning`]): every candidate setting with the objective's cut (percent against
+//! the baseline) and Jain over the held-out folds, and the index of the one chosen;
+//! plans written without tuning, or before plans recorded it, have none.
 //! `serving` says how the plan is served (`moeplace_core::serving`): the dispatcher,
 //! its parameters and the home policy (`rr` or `family`); `plan` writes the one its
 //! placer declares. Plans without it (written before plans named their serving) are
@@ -95,6 +105,67 @@ pub struct Plan {
     pub serving: Option<Serving>,
     /// The decoder-layer index of each row and the model's hidden-layer count.
     pub layers: LayerMap,
+    /// What tuning tried and chose, when `plan` tuned the placer.
+    pub tuning: Option<Tuning>,
+}
+
+/// Mean, least and largest of a figure over the held-out folds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// One setting tuning tried.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// One line naming the setting (`alpha=0 robust=0.5; served gesr theta=1, homes family`).
+    pub label: String,
+    pub parameters: BTreeMap<String, String>,
+    pub serving: Serving,
+    /// The objective's cut against the baseline, in percent.
+    pub cut: Range,
+    pub jain: Range,
+}
+
+/// What cross-validation tried and chose (`moeplace_core::tune::Tuned`, as recorded).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tuning {
+    /// The objective's name (`remote-nodes`, `remote-gpus`, `bytes`, `all-to-all-time`).
+    pub objective: String,
+    /// The Jain floor every fold had to reach.
+    pub min_jain: f64,
+    pub folds: usize,
+    /// Whether some candidate reached the floor on every fold.
+    pub held: bool,
+    /// Index of the chosen candidate.
+    pub chosen: usize,
+    pub candidates: Vec<Candidate>,
+}
+
+impl Tuning {
+    pub fn from_tuned(t: &moeplace_core::tune::Tuned) -> Tuning {
+        let range = |s: moeplace_core::tune::Spread| Range { mean: s.mean, min: s.min, max: s.max };
+        Tuning {
+            objective: t.options.objective.name().to_string(),
+            min_jain: t.options.min_jain,
+            folds: t.folds,
+            held: t.held,
+            chosen: t.chosen,
+            candidates: t
+                .scores
+                .iter()
+                .map(|s| Candidate {
+                    label: s.setting.label(),
+                    parameters: s.setting.params.0.clone(),
+                    serving: s.setting.serving.clone(),
+                    cut: range(s.cut()),
+                    jain: range(s.jain()),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Plan {
@@ -125,6 +196,7 @@ impl Plan {
             placement: out.placement,
             notes: out.notes,
             serving: moeplace_core::placers::by_name(placer).map(|p| p.serving()),
+            tuning: None,
         }
     }
 }
@@ -220,7 +292,68 @@ pub fn check(plan: &Plan) -> Result<(), String> {
             }
         }
     }
+    if let Some(t) = &plan.tuning {
+        check_tuning(t)?;
+    }
     Ok(())
+}
+
+/// A tuning block names a chosen candidate that exists, finite figures in order and
+/// servings that are valid.
+fn check_tuning(t: &Tuning) -> Result<(), String> {
+    if t.candidates.is_empty() {
+        return Err("tuning: no candidates".into());
+    }
+    if t.chosen >= t.candidates.len() {
+        return Err(format!("tuning: chosen {} but there are {} candidates", t.chosen, t.candidates.len()));
+    }
+    if t.folds < 2 {
+        return Err(format!("tuning: {} folds (cross-validation needs at least 2)", t.folds));
+    }
+    if moeplace_core::tune::Objective::parse(&t.objective).is_none() {
+        return Err(format!(
+            "tuning: objective {:?} is not one of {}",
+            t.objective,
+            moeplace_core::tune::Objective::NAMES.join(", ")
+        ));
+    }
+    if !t.min_jain.is_finite() {
+        return Err("tuning: min_jain must be a number".into());
+    }
+    for (i, c) in t.candidates.iter().enumerate() {
+        for (name, r) in [("cut", c.cut), ("jain", c.jain)] {
+            if !(r.min.is_finite() && r.mean.is_finite() && r.max.is_finite()) {
+                return Err(format!("tuning: candidate {i}: {name} must be numbers"));
+            }
+            if !(r.min <= r.mean && r.mean <= r.max) {
+                return Err(format!(
+                    "tuning: candidate {i}: {name} needs min <= mean <= max ({} {} {})",
+                    r.min, r.mean, r.max
+                ));
+            }
+        }
+        c.serving.check().map_err(|e| format!("tuning: candidate {i}: serving: {e}"))?;
+    }
+    Ok(())
+}
+
+fn write_serving(s: &mut String, sv: &Serving) {
+    let _ = write!(
+        s,
+        "{{\"dispatcher\": {}, \"parameters\": {}, \"homes\": {}}}",
+        js(&sv.dispatcher),
+        serde_json::to_string(&sv.params.0).expect("strings serialise"),
+        js(sv.homes.name())
+    );
+}
+
+fn write_range(r: Range) -> String {
+    format!("{{\"mean\": {}, \"min\": {}, \"max\": {}}}", num(r.mean), num(r.min), num(r.max))
+}
+
+/// A finite number as JSON (checked finite before).
+fn num(x: f64) -> String {
+    serde_json::to_string(&x).expect("numbers serialise")
 }
 
 /// The canonical text of a plan (validated first).
@@ -275,7 +408,39 @@ pub fn to_json(plan: &Plan) -> Result<String, String> {
         let _ = writeln!(s, "    \"homes\": {}", js(sv.homes.name()));
         s.push_str("  },\n");
     }
-    let _ = writeln!(s, "  \"notes\": {}", serde_json::to_string(&plan.notes).map_err(|e| e.to_string())?);
+    let notes = serde_json::to_string(&plan.notes).map_err(|e| e.to_string())?;
+    match &plan.tuning {
+        None => {
+            let _ = writeln!(s, "  \"notes\": {notes}");
+        }
+        Some(t) => {
+            let _ = writeln!(s, "  \"notes\": {notes},");
+            s.push_str("  \"tuning\": {\n");
+            let _ = writeln!(s, "    \"objective\": {},", js(&t.objective));
+            let _ = writeln!(s, "    \"min_jain\": {},", num(t.min_jain));
+            let _ = writeln!(s, "    \"folds\": {},", t.folds);
+            let _ = writeln!(s, "    \"held\": {},", t.held);
+            let _ = writeln!(s, "    \"chosen\": {},", t.chosen);
+            s.push_str("    \"candidates\": [\n");
+            for (i, c) in t.candidates.iter().enumerate() {
+                let _ = write!(
+                    s,
+                    "      {{\"label\": {}, \"parameters\": {}, \"serving\": ",
+                    js(&c.label),
+                    serde_json::to_string(&c.parameters).expect("strings serialise")
+                );
+                write_serving(&mut s, &c.serving);
+                let _ = writeln!(
+                    s,
+                    ", \"cut\": {}, \"jain\": {}}}{}",
+                    write_range(c.cut),
+                    write_range(c.jain),
+                    if i + 1 < t.candidates.len() { "," } else { "" }
+                );
+            }
+            s.push_str("    ]\n  }\n");
+        }
+    }
     s.push_str("}\n");
     Ok(s)
 }
@@ -397,6 +562,7 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
         "provenance",
         "serving",
         "notes",
+        "tuning",
     ];
     if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(part(path, k, "unknown key in a plan file"));
@@ -494,8 +660,12 @@ pub fn from_json(path: &Path, text: &str) -> Result<Plan, FormatError> {
         None | Some(Value::Null) => None,
         Some(sv) => Some(read_serving(path, sv)?),
     };
+    let tuning = match v.get("tuning") {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(read_tuning(path, t)?),
+    };
     let layers = plan_layers(path, &v, placement.layers())?;
-    let plan = Plan { num_nodes: nodes, placement, family_gpus, provenance, notes, serving, layers };
+    let plan = Plan { num_nodes: nodes, placement, family_gpus, provenance, notes, serving, layers, tuning };
     check(&plan).map_err(|e| FormatError::file(path, e))?;
     Ok(plan)
 }
@@ -521,6 +691,57 @@ fn read_serving(path: &Path, sv: &Value) -> Result<Serving, FormatError> {
     let serving = Serving { dispatcher: dispatcher.to_string(), params: Params(params), homes };
     serving.check().map_err(|e| err(e.to_string()))?;
     Ok(serving)
+}
+
+/// The `tuning` object (checked further by [`check`]).
+fn read_tuning(path: &Path, t: &Value) -> Result<Tuning, FormatError> {
+    let err = |m: String| part(path, "tuning", m);
+    let obj = t.as_object().ok_or_else(|| err("expected {\"objective\": ..., \"candidates\": [...]}".into()))?;
+    const KEYS: &[&str] = &["objective", "min_jain", "folds", "held", "chosen", "candidates"];
+    if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(err(format!("unknown key {k:?}")));
+    }
+    let field = |k: &str| t.get(k).ok_or_else(|| err(format!("`{k}` missing")));
+    let uint = |k: &str| {
+        field(k)?.as_u64().map(|x| x as usize).ok_or_else(|| err(format!("`{k}` must be a non-negative integer")))
+    };
+    let number = |v: &Value, what: &str| v.as_f64().ok_or_else(|| err(format!("{what} must be a number")));
+    let range = |v: Option<&Value>, what: &str| -> Result<Range, FormatError> {
+        let v = v.ok_or_else(|| err(format!("{what} missing")))?;
+        let o = v.as_object().ok_or_else(|| err(format!("{what}: expected {{\"mean\", \"min\", \"max\"}}")))?;
+        if let Some(k) = o.keys().find(|k| !["mean", "min", "max"].contains(&k.as_str())) {
+            return Err(err(format!("{what}: unknown key {k:?}")));
+        }
+        let get = |k: &str| number(v.get(k).unwrap_or(&Value::Null), &format!("{what}.{k}"));
+        Ok(Range { mean: get("mean")?, min: get("min")?, max: get("max")? })
+    };
+    let objective = field("objective")?.as_str().ok_or_else(|| err("`objective` must be a string".into()))?.to_string();
+    let min_jain = number(field("min_jain")?, "`min_jain`")?;
+    let held = field("held")?.as_bool().ok_or_else(|| err("`held` must be true or false".into()))?;
+    let list = field("candidates")?.as_array().ok_or_else(|| err("`candidates` must be a list".into()))?;
+    let mut candidates = Vec::with_capacity(list.len());
+    for (i, c) in list.iter().enumerate() {
+        let what = format!("candidate {i}");
+        let o = c.as_object().ok_or_else(|| err(format!("{what} is not an object")))?;
+        const CKEYS: &[&str] = &["label", "parameters", "serving", "cut", "jain"];
+        if let Some(k) = o.keys().find(|k| !CKEYS.contains(&k.as_str())) {
+            return Err(err(format!("{what}: unknown key {k:?}")));
+        }
+        let label = c
+            .get("label")
+            .and_then(Value::as_str)
+            .ok_or_else(|| err(format!("{what}: `label` missing or not a string")))?
+            .to_string();
+        let parameters =
+            serde_json::from_value(c.get("parameters").cloned().unwrap_or(Value::Object(Default::default())))
+                .map_err(|e| err(format!("{what}: `parameters` must map names to strings: {e}")))?;
+        let sv = c.get("serving").ok_or_else(|| err(format!("{what}: `serving` missing")))?;
+        let serving = read_serving(path, sv).map_err(|e| err(format!("{what}: {e}")))?;
+        let cut = range(c.get("cut"), &format!("{what}: `cut`"))?;
+        let jain = range(c.get("jain"), &format!("{what}: `jain`"))?;
+        candidates.push(Candidate { label, parameters, serving, cut, jain });
+    }
+    Ok(Tuning { objective, min_jain, folds: uint("folds")?, held, chosen: uint("chosen")?, candidates })
 }
 
 /// The plan's layer map: its three fields, or the default numbering when the plan has
@@ -566,7 +787,65 @@ mod tests {
             notes: BTreeMap::from([("bound".into(), 1.5)]),
             serving: Some(Serving::new("gesr", Homes::Family).with_param("theta", "1.5")),
             layers: LayerMap::new(5, vec![1, 3], LayerSource::Model).unwrap(),
+            tuning: None,
         }
+    }
+
+    fn tuning() -> Tuning {
+        let c = |label: &str, theta: &str, cut: f64, jain: f64| Candidate {
+            label: label.into(),
+            parameters: BTreeMap::from([("alpha".into(), "0.5".into())]),
+            serving: Serving::new("gesr", Homes::Family).with_param("theta", theta),
+            cut: Range { mean: cut, min: cut - 2.5, max: cut + 1.0 },
+            jain: Range { mean: jain, min: jain - 0.01, max: (jain + 0.005).min(1.0) },
+        };
+        Tuning {
+            objective: "remote-nodes".into(),
+            min_jain: 0.99,
+            folds: 4,
+            held: true,
+            chosen: 1,
+            candidates: vec![c("a \"quoted\"", "0.15", 12.25, 0.97), c("b", "1", 30.5, 0.995)],
+        }
+    }
+
+    #[test]
+    fn tuning_round_trips_and_plans_without_it_still_read() {
+        let mut p = plan();
+        p.tuning = Some(tuning());
+        let text = to_json(&p).unwrap();
+        assert!(text.contains("\"tuning\": {") && text.contains("\"chosen\": 1"), "{text}");
+        let back = from_json(Path::new("p.json"), &text).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(to_json(&back).unwrap(), text);
+        // A plan written before the block reads, without it.
+        let old = to_json(&plan()).unwrap();
+        assert!(!old.contains("tuning"));
+        assert_eq!(from_json(Path::new("p.json"), &old).unwrap().tuning, None);
+    }
+
+    #[test]
+    fn bad_tuning_blocks_are_refused_with_names() {
+        let mut p = plan();
+        p.tuning = Some(tuning());
+        let text = to_json(&p).unwrap();
+        for (from, to, says) in [
+            ("\"chosen\": 1", "\"chosen\": 2", "chosen 2"),
+            ("\"folds\": 4", "\"folds\": 1", "folds"),
+            ("\"objective\": \"remote-nodes\"", "\"objective\": \"speed\"", "speed"),
+            ("\"held\": true", "\"held\": 1", "held"),
+            ("\"mean\": 30.5", "\"mean\": 99", "min <= mean <= max"),
+            ("\"mean\": 30.5", "\"mean\": null", "must be a number"),
+            ("{\"theta\":\"1\"}", "{\"tehta\":\"1\"}", "tehta"),
+            ("\"candidates\": [", "\"candidates\": [], \"x\": [", "unknown key"),
+        ] {
+            assert!(text.contains(from), "{from} not in {text}");
+            let bad = text.replacen(from, to, 1);
+            let e = from_json(Path::new("p.json"), &bad).unwrap_err().to_string();
+            assert!(e.contains("tuning") && e.contains(says), "{from} -> {to}: {e}");
+        }
+        p.tuning.as_mut().unwrap().candidates[0].cut.mean = f64::NAN;
+        assert!(to_json(&p).unwrap_err().contains("cut must be numbers"));
     }
 
     #[test]

@@ -93,6 +93,7 @@ proptest! {
                 provenance: Provenance { placer: placer.name().into(), parameters: BTreeMap::new(), seed, input_digest: plan_file::digest(b"x") },
                 notes: out.notes,
                 serving: Some(placer.serving()),
+                tuning: None,
             };
             let path = dir.path().join(format!("{}.json", placer.name()));
             plan_file::write(&path, &plan).unwrap();

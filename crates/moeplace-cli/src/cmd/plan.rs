@@ -46,8 +46,9 @@ use crate::model_args::ModelArgs;
 /// replayed on the held-out one as it would be served. The setting with the best
 /// mean cut of --objective among those keeping Jain >= --min-jain on every fold is
 /// then planned on all calibration requests; the plan records it (parameters,
-/// serving, and the held-out figures in `notes`, `tune_*`) and `plan` prints the
-/// figures with their spread over folds. Parameters given with --param are kept
+/// serving, the held-out figures in `notes`, `tune_*`, and every setting tried in
+/// `tuning`, which `eval --report` plots) and `plan` prints the figures with their
+/// spread over folds. Parameters given with --param are kept
 /// fixed. --no-tune plans with the defaults; plans from --stats, or with
 /// --family-share, are not tuned (they have no requests to hold out). Tuning holds
 /// the calibration trace in memory.
@@ -322,6 +323,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(t) = &tuned {
         plan.serving = Some(t.chosen().setting.serving.clone());
         plan.notes.extend(t.notes());
+        plan.tuning = Some(plan_file::Tuning::from_tuned(t));
     }
     plan_file::write(&args.output, &plan)?;
     let p = &plan.placement;
