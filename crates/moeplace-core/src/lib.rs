@@ -34,4 +34,3 @@ pub mod stats;
 pub mod synth;
 pub mod trace;
 pub mod tune;
-
