@@ -820,8 +820,8 @@ fn tune(calib: &Trace, stats: &Statistics, user: &Params, theta: f64) -> Result<
     }
     let mut out = String::from(
         "Replayed on the calibration requests (in-sample), tacg+gesr, 5 slots per GPU, homes by family.\n\n\
-         #### balance, alpha, eta\n\n\
-         | balance | alpha | eta | remote GPUs cut % | remote nodes cut % | Jain |\n|---:|---:|---:|---:|---:|---:|\n",
+         #### load_spread, alpha, eta\n\n\
+         | load_spread | alpha | eta | remote GPUs cut % | remote nodes cut % | Jain |\n|---:|---:|---:|---:|---:|---:|\n",
     );
     for (b, a, e, r) in rows {
         out.push_str(&format!(
