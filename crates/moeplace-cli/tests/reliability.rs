@@ -379,8 +379,15 @@ fn a_full_disk_is_one_error_and_keeps_the_earlier_output() {
     let mut args: Vec<&str> = synth.to_vec();
     args.extend(["-o", s(&trace)]);
     common::moeplace_ok(&args);
-    let plan = d.join("p.json");
-    common::moeplace_ok(&["plan", "--placer", "linear", "--trace", s(&trace), "--gpus", "4", "-o", s(&plan)]);
+    // Three plans: one plan's page of this small model is under 32 KiB.
+    let plans: Vec<PathBuf> = ["linear", "round-robin", "eplb"]
+        .iter()
+        .map(|placer| {
+            let plan = d.join(format!("{placer}.json"));
+            common::moeplace_ok(&["plan", "--placer", placer, "--trace", s(&trace), "--gpus", "4", "-o", s(&plan)]);
+            plan
+        })
+        .collect();
     // Each command with an output of well over the 16 KiB the limit allows.
     let cases: Vec<(PathBuf, Vec<String>)> = ["out.parquet", "out.jsonl", "out.npz"]
         .iter()
@@ -400,17 +407,16 @@ fn a_full_disk_is_one_error_and_keeps_the_earlier_output() {
         }))
         .chain(std::iter::once({
             let out = d.join("report.html");
-            // The plan three times: one plan's page of this small model is under 32 KiB.
             let a = [
                 "eval",
                 "--trace",
                 s(&trace),
                 "--plan",
-                s(&plan),
+                s(&plans[0]),
                 "--plan",
-                s(&plan),
+                s(&plans[1]),
                 "--plan",
-                s(&plan),
+                s(&plans[2]),
                 "-o",
                 s(&out),
             ];
