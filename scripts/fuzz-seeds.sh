@@ -61,6 +61,12 @@ for placer in linear eplb balance coact; do
   m plan --placer "$placer" --stats "$WORK/a-stats.json" --gpus 4 --slots-per-gpu 5 -o "$WORK/plan-$placer.json"
   cp "$WORK/plan-$placer.json" "$CORPUS/plan_file/"
 done
+# A tuned plan carries the optional `tuning` block.
+m synth --layers 2 --experts 8 --top-k 2 --families a=1,b=1 --requests 16 --prefill-len 4..8 --decode-len 2 \
+  --seed 3 "$WORK/t.jsonl"
+m plan --placer coact --trace "$WORK/t.jsonl" --gpus 4 --nodes 2 --slots-per-gpu 3 -o "$WORK/plan-tuned.json"
+grep -q '"tuning"' "$WORK/plan-tuned.json"
+cp "$WORK/plan-tuned.json" "$CORPUS/plan_file/"
 for format in sglang vllm vllm-map trtllm eplb; do
   m export "$WORK/plan-balance.json" --to "$format" -o "$WORK/export-$format"
   cp "$WORK/export-$format" "$CORPUS/export_file/"

@@ -5,10 +5,29 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// A small synthetic trace in `d`.
+fn small_trace(d: &Path) -> PathBuf {
+    let trace = d.join("t.jsonl");
+    common::moeplace_ok(&[
+        "synth",
+        "--layers",
+        "2",
+        "--experts",
+        "8",
+        "--top-k",
+        "2",
+        "--tokens",
+        "400",
+        "-o",
+        s(&trace),
+    ]);
+    trace
 }
 
 /// The stderr of a run that must fail.
@@ -42,20 +61,7 @@ fn the_detector_finds_doubled_prefixes() {
 fn bad_inputs_give_one_prefix_per_message() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let trace = d.join("t.jsonl");
-    common::moeplace_ok(&[
-        "synth",
-        "--layers",
-        "2",
-        "--experts",
-        "8",
-        "--top-k",
-        "2",
-        "--tokens",
-        "400",
-        "-o",
-        s(&trace),
-    ]);
+    let trace = small_trace(d);
     let garbage = d.join("garbage.jsonl");
     std::fs::write(&garbage, "{\"request\": \"a\", \"experts\": [[1, 2], [3]]}\nnot json\n").unwrap();
     let bad_stats = d.join("bad.stats");
@@ -134,20 +140,7 @@ fn bad_inputs_give_one_prefix_per_message() {
 fn a_plan_given_twice_to_eval_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let trace = d.join("t.jsonl");
-    common::moeplace_ok(&[
-        "synth",
-        "--layers",
-        "2",
-        "--experts",
-        "8",
-        "--top-k",
-        "2",
-        "--tokens",
-        "400",
-        "-o",
-        s(&trace),
-    ]);
+    let trace = small_trace(d);
     let plan = d.join("p.json");
     common::moeplace_ok(&[
         "plan",

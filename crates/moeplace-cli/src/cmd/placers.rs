@@ -102,13 +102,7 @@ pub fn markdown() -> String {
     s.push_str("\n## Dispatchers\n");
     for d in dispatch::registry(0) {
         s.push_str(&format!("\n### `{}`\n\n{}\n", d.name(), d.about()));
-        let params = d.params();
-        if params.is_empty() {
-            s.push_str("\nNo parameters.\n");
-        } else {
-            s.push('\n');
-            s.push_str(&table_markdown(&params));
-        }
+        s.push_str(&params_markdown(&d.params()));
     }
     s
 }
@@ -125,12 +119,15 @@ fn placer_markdown(p: &dyn Placer) -> String {
             s.push_str(&format!("| `{}` | {} | `{}` |\n", preset.name, preset.about, preset.settings()));
         }
     }
-    let params = p.params();
-    if params.is_empty() {
-        s.push_str("\nNo parameters.\n");
-    } else {
-        s.push('\n');
-        s.push_str(&table_markdown(&params));
-    }
+    s.push_str(&params_markdown(&p.params()));
     s
+}
+
+/// The parameters' table, or a line saying there are none.
+fn params_markdown(params: &[Param]) -> String {
+    if params.is_empty() {
+        "\nNo parameters.\n".to_string()
+    } else {
+        format!("\n{}", table_markdown(params))
+    }
 }
